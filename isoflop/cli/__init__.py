@@ -1,0 +1,25 @@
+"""The ``isoflop`` command line. ``main`` turns user errors into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import ValidationError
+
+from isoflop.cli.app import app
+from isoflop.errors import IsoflopError, describe_validation_error
+
+# Each module registers its commands on ``app`` when imported.
+from isoflop.cli import count as _count  # noqa: F401,E402
+from isoflop.cli import hw as _hw  # noqa: F401,E402
+
+
+def main() -> None:
+    try:
+        app()
+    except IsoflopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as exc:
+        print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
+        sys.exit(2)

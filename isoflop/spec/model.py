@@ -1,0 +1,120 @@
+"""``ModelSpec``: the one description of a decoder-only transformer.
+
+The accounting (``isoflop.spec.accounting``), the performance model (``isoflop.perf``), the PyTorch
+module (``isoflop.train.model``) and the Hugging Face export all read this object and nothing else.
+
+Two families are covered by the same fields:
+
+* GPT-2/3 style (Radford et al. 2019; Brown et al. 2020): learned positions, LayerNorm with bias,
+  GELU MLP with ``d_ff = 4 d_model``, multi-head attention, biases on every linear layer, tied embeddings.
+* Llama style (Touvron et al. 2023; Dubey et al. 2024): RoPE, RMSNorm, SwiGLU, grouped-query /
+  multi-query attention (``n_kv_heads < n_heads``), no biases, untied embeddings.
+
+Mixture-of-experts (Fedus et al. 2022; Jiang et al. 2024, Mixtral) replaces each layer's MLP by
+``n_experts`` expert MLPs of width ``d_ff``, of which ``top_k`` run per token, plus ``n_shared_experts``
+that always run (Dai et al. 2024, DeepSeekMoE), and a bias-free linear router.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from isoflop.errors import IsoflopError
+
+
+class ModelSpec(BaseModel):
+    """Shape and architecture of a decoder-only transformer (all sizes are counts, not bytes)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("custom", description="Display name (a preset name, or 'custom').")
+    d_model: int = Field(..., description="Residual stream width (hidden size).")
+    n_layers: int = Field(..., description="Number of transformer blocks.")
+    n_heads: int = Field(..., description="Number of query heads.")
+    n_kv_heads: int | None = Field(None, description="Key/value heads; fewer than n_heads is GQA, 1 is MQA. Default: n_heads.")
+    head_dim: int | None = Field(None, description="Per-head width. Default: d_model // n_heads.")
+    d_ff: int = Field(..., description="MLP (or each expert's) hidden width.")
+    vocab_size: int = Field(..., description="Vocabulary size (rows of the embedding table).")
+    max_seq_len: int = Field(2048, description="Context length; sizes the learned position table.")
+    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    position: Literal["learned", "rope"] = "rope"
+    tie_embeddings: bool = False
+    bias: bool = Field(False, description="Biases on every linear layer and LayerNorm (GPT-2 style).")
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    n_experts: int = Field(0, description="Routed experts per MoE layer; 0 means a dense MLP.")
+    top_k: int = Field(0, description="Routed experts each token runs through.")
+    n_shared_experts: int = Field(0, description="Experts every token runs through (DeepSeekMoE).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        for field in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
+            value = getattr(self, field)
+            if value is None or value <= 0:
+                raise IsoflopError(f"{field} must be a positive integer, got {value}; fix the model spec")
+        for field in ("n_kv_heads", "head_dim"):
+            value = getattr(self, field)
+            if value is not None and value <= 0:
+                raise IsoflopError(f"{field} must be a positive integer, got {value}; fix the model spec")
+        if not (math.isfinite(self.norm_eps) and self.norm_eps > 0):
+            raise IsoflopError(f"norm_eps must be a positive finite number, got {self.norm_eps}")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise IsoflopError(f"rope_theta must be a positive finite number, got {self.rope_theta}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise IsoflopError(
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; choose a head count that divides the width or set head_dim"
+            )
+        if self.kv_heads > self.n_heads or self.n_heads % self.kv_heads:
+            raise IsoflopError(
+                f"n_kv_heads={self.kv_heads} does not divide n_heads={self.n_heads}; use a divisor of n_heads (1 = MQA)"
+            )
+        if self.rope and self.dim_per_head % 2:
+            raise IsoflopError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        if min(self.n_experts, self.top_k, self.n_shared_experts) < 0:
+            raise IsoflopError("n_experts, top_k and n_shared_experts must be >= 0")
+        if self.n_experts:
+            if not 1 <= self.top_k <= self.n_experts:
+                raise IsoflopError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
+        elif self.top_k or self.n_shared_experts:
+            raise IsoflopError("top_k and n_shared_experts need n_experts > 0; set n_experts or drop them")
+        return self
+
+    # Derived shape -----------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the concatenated query heads (= d_model unless head_dim is set)."""
+        return self.n_heads * self.dim_per_head
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the concatenated key (or value) heads."""
+        return self.kv_heads * self.dim_per_head
+
+    @property
+    def rope(self) -> bool:
+        return self.position == "rope"
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    @property
+    def gated(self) -> bool:
+        """SwiGLU has three weight matrices (gate, up, down); GELU has two."""
+        return self.mlp == "swiglu"
+
+    def replace(self, **changes: object) -> "ModelSpec":
+        """A copy with some fields changed, validated again."""
+        return ModelSpec(**{**self.model_dump(), **changes})
