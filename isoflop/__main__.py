@@ -1,0 +1,5 @@
+"""``python -m isoflop`` runs the CLI."""
+
+from isoflop.cli import main
+
+main()
