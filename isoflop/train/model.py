@@ -20,6 +20,8 @@ Layout choices made for speed, none of which changes the function computed:
   autograd's decomposition; SwiGLU writes its gradient straight into the fused gate/up buffer). On
   other devices they are ``F.rms_norm`` and ``silu(gate) * up``, which fused kernels and
   ``torch.compile`` handle.
+* On CPU the output head and the cross-entropy are fused and chunked (``isoflop.train.loss``): the
+  full ``(tokens, vocab)`` logits are never materialised in a training step.
 * A tied output head has no module of its own: the logits use the token embedding matrix
   directly, so there is exactly one tensor (no re-tying needed after ``to_empty`` or sharding).
 
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
+from isoflop.train.loss import linear_cross_entropy
 
 INIT_STD = 0.02
 
@@ -271,11 +274,11 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
-        logits = F.linear(self.hidden_states(idx), self.output_weight)
+        h = self.hidden_states(idx)
         if targets is None:
-            return logits
-        # The loss is taken in float32 whatever the autocast dtype (a no-op cast in fp32 training).
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+            return F.linear(h, self.output_weight)
+        # Softmax in float32 whatever the autocast dtype; fused and chunked on CPU (isoflop.train.loss).
+        return linear_cross_entropy(h.flatten(0, 1), self.output_weight, targets.reshape(-1))
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
