@@ -73,7 +73,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of ``h @ weight.T`` (``h``: ``(N, d)``, ``weight``: ``(V, d)``) against
     ``targets`` ``(N,)``; targets equal to ``-100`` are ignored."""
-    if h.device.type == "cpu" and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+    fusable = h.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    if fusable and (h.requires_grad or weight.requires_grad):
         chunk = max(128, _CHUNK_ELEMENTS // weight.shape[0])
         return _FusedLinearCrossEntropy.apply(h, weight, targets, chunk)
     logits = F.linear(h, weight)

@@ -57,6 +57,12 @@ def _norm(spec: ModelSpec) -> nn.Module:
     return RMSNorm(spec.d_model, eps=spec.norm_eps)
 
 
+def _eager_cpu_training(x: Tensor) -> bool:
+    """Use the hand-written CPU functions: CPU, grad enabled, and not inside ``torch.compile`` (which
+    fuses the plain ops itself)."""
+    return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class _RMSNormCPU(torch.autograd.Function):
     """RMSNorm with a hand-written backward: fewer full-size passes than the decomposition PyTorch
     uses on CPU (``pow``, ``mean``, ``rsqrt``, two ``mul`` and their autograd graph).
@@ -94,7 +100,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dtype == self.weight.dtype and torch.is_grad_enabled():
+        if _eager_cpu_training(x) and x.dtype == self.weight.dtype:
             return _RMSNormCPU.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
@@ -180,7 +186,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
             h = self.gate_up(x)
-            if h.device.type == "cpu" and torch.is_grad_enabled():
+            if _eager_cpu_training(h):
                 return self.down(SwiGLUFn.apply(h))
             gate, up = h.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
