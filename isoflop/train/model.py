@@ -4,9 +4,10 @@ One module covers both families the spec describes:
 
 * GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm, GELU MLP (tanh approximation,
   "gelu_new" as in the released GPT-2), biases, tied embeddings.
-* Llama (Touvron et al. 2023): RoPE (Su et al. 2021) on interleaved dimension pairs, as in the paper
-  and Meta's code (the Hugging Face export permutes rows into its half-split layout), RMSNorm (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020),
-  grouped-query attention (Ainslie et al. 2023; ``n_kv_heads = 1`` is MQA, Shazeer 2019).
+* Llama (Touvron et al. 2023): RoPE (Su et al. 2021) on interleaved dimension pairs, as in the
+  paper and Meta's code (the Hugging Face export permutes rows into its half-split layout), RMSNorm
+  (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020), grouped-query attention (Ainslie et al. 2023;
+  ``n_kv_heads = 1`` is MQA, Shazeer 2019) through SDPA's ``enable_gqa`` (no copies of K and V).
 
 Layout choices made for speed, none of which changes the function computed:
 
@@ -163,10 +164,8 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if K != H:  # GQA/MQA: every group of H / K query heads shares one key/value head
-            k = k.repeat_interleave(H // K, dim=1)
-            v = v.repeat_interleave(H // K, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # GQA/MQA: each group of H / K query heads shares one key/value head, without copying K and V.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
         return self.out(y.transpose(1, 2).reshape(B, T, H * D))
 
 
