@@ -1,0 +1,1 @@
+"""The PyTorch trainer: model, data pipeline and loop. Submodules import torch lazily."""
