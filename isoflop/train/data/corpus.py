@@ -131,8 +131,8 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 def _split(records: Iterator[Document | Skipped], cfg: DataConfig) -> Corpus:
     """Assign documents to splits by id hash; with ``max_bytes`` each split keeps its share of the cap.
 
-    The training split stops at ``(1 - val_fraction) * max_bytes`` and validation at ``val_fraction *
-    max_bytes`` (each keeps at least one document), so a capped corpus still has both splits.
+    Each split takes whole documents in order until it holds its share of the cap, ``(1 - val_fraction) *
+    max_bytes`` for training and ``val_fraction * max_bytes`` for validation, so a capped corpus keeps both.
     """
     corpus = Corpus()
     budget = None
@@ -143,20 +143,18 @@ def _split(records: Iterator[Document | Skipped], cfg: DataConfig) -> Corpus:
     for rec in records:
         if isinstance(rec, Skipped):
             corpus.skipped.append(rec)
-            log.warning("skipped %s: %s", rec.id, rec.reason)
+            log.debug("skipped %s: %s", rec.id, rec.reason)
             continue
         split = "val" if is_val(rec.id, cfg.val_fraction) else "train"
         if split in full:
             continue
         docs = corpus.val if split == "val" else corpus.train
-        size = len(rec.text.encode("utf-8"))
-        if budget is not None and docs and used[split] + size > budget[split]:
-            full.add(split)  # a split takes documents in order until the first one that overflows its share
+        docs.append(rec)
+        used[split] += len(rec.text.encode("utf-8"))
+        if budget is not None and used[split] >= budget[split]:
+            full.add(split)  # a split takes whole documents in order until its share is reached
             if len(full) == 2:
                 break
-            continue
-        docs.append(rec)
-        used[split] += size
     if not corpus.train and not corpus.val:
         raise IsoflopError(f"data source {cfg.source!r} yielded no usable text ({len(corpus.skipped)} files "
                            "skipped); check the source path and the text_field setting")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,10 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None)
     if not corpus.train:  # every document hashed into validation (e.g. a single file): train on them instead
         corpus.train, corpus.val = corpus.val, []
     t_read = time.perf_counter()
+    if corpus.skipped:
+        reasons = Counter(s.reason.split(" (")[0] for s in corpus.skipped)
+        log.warning("skipped %d input(s) (%s); the list is in %s", len(corpus.skipped),
+                    ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), folder / shards.MANIFEST)
     tok, trained = _tokenizer(cfg, corpus)
     tok_bytes = tok.to_str().encode("utf-8")
     atomic_write_bytes(folder / TOKENIZER_FILE, tok_bytes)
