@@ -120,3 +120,17 @@ def test_max_bytes_caps_each_split_to_its_share():
     last_train = len(corpus.train[-1].text.encode())
     assert 180_000 <= train_bytes < 180_000 + last_train
     assert corpus.val and val_bytes - len(corpus.val[-1].text.encode()) < 20_000
+
+
+def test_hf_datasets_saved_to_disk_and_no_download(tmp_path):
+    datasets = pytest.importorskip("datasets")  # optional dependency: runs where it is installed
+    rows = [f"row {i} " * 5 for i in range(40)] + [""]
+    full = datasets.Dataset.from_dict({"text": rows, "n": list(range(len(rows)))})
+    datasets.DatasetDict({"train": full, "test": full.select(range(5))}).save_to_disk(str(tmp_path / "dd"))
+    full.save_to_disk(str(tmp_path / "single"))
+    for where, split, n in (("dd", "train", 40), ("dd", "test", 5), ("single", "train", 40)):
+        corpus = load_corpus(DataConfig(source=f"hf:{tmp_path / where}", hf_split=split))
+        assert sorted(d.text for d in corpus.train + corpus.val) == sorted(rows[:n])
+    assert [s.id for s in load_corpus(DataConfig(source=f"hf:{tmp_path / 'single'}")).skipped] == ["train:40"]
+    with pytest.raises(IsoflopError, match="not available offline"):
+        load_corpus(DataConfig(source="hf:isoflop-no-such-org/no-such-dataset"))

@@ -8,6 +8,7 @@ binary, unreadable, malformed records) are skipped and listed in the report; the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from isoflop.errors import IsoflopError
 from isoflop.train.data.config import DataConfig
@@ -252,25 +253,58 @@ def _parquet_records(path: Path, rel: str, text_field: str) -> Iterator[Document
         yield Skipped(rel, f"unreadable Parquet ({type(exc).__name__}: {exc})")
 
 
+@contextlib.contextmanager
+def _hf_offline(datasets_module: Any) -> Iterator[None]:
+    """Force offline mode for one call, even if ``datasets``/``huggingface_hub`` were imported before.
+
+    Both read their ``*_OFFLINE`` environment variables once at import, so the module constants are patched
+    too and restored afterwards.
+    """
+    saved_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    patched: list[tuple[Any, str, Any]] = []
+    targets = [(getattr(datasets_module, "config", None), "HF_DATASETS_OFFLINE"),
+               (getattr(datasets_module, "config", None), "HF_HUB_OFFLINE")]
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        targets.append((hub_constants, "HF_HUB_OFFLINE"))
+    except ImportError:
+        pass
+    try:
+        os.environ.update({k: "1" for k in saved_env})
+        for obj, attr in targets:
+            if obj is not None and hasattr(obj, attr):
+                patched.append((obj, attr, getattr(obj, attr)))
+                setattr(obj, attr, True)
+        yield
+    finally:
+        for obj, attr, value in reversed(patched):
+            setattr(obj, attr, value)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _hf_records(cfg: DataConfig) -> Iterator[Document | Skipped]:
     """Rows of a Hugging Face dataset that is local (a ``save_to_disk`` folder) or already cached; never downloads."""
     name = cfg.source[3:].strip()
     if not name:
         raise IsoflopError("data source 'hf:' names no dataset; write hf:<dataset name or local folder>")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import datasets
     except ImportError as exc:
         raise IsoflopError("hf: data sources need the 'datasets' package; pip install datasets") from exc
     local = Path(name).expanduser()
     try:
-        if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
-            ds = datasets.load_from_disk(str(local))
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[cfg.hf_split]
-        else:
-            ds = datasets.load_dataset(name, split=cfg.hf_split)
+        with _hf_offline(datasets):
+            if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
+                ds = datasets.load_from_disk(str(local))
+                if isinstance(ds, datasets.DatasetDict):
+                    ds = ds[cfg.hf_split]
+            else:
+                ds = datasets.load_dataset(name, split=cfg.hf_split)
     except Exception as exc:
         raise IsoflopError(f"Hugging Face dataset {name!r} (split {cfg.hf_split!r}) is not available offline "
                            f"({type(exc).__name__}: {exc}); download it once with datasets.load_dataset or "
@@ -281,7 +315,7 @@ def _hf_records(cfg: DataConfig) -> Iterator[Document | Skipped]:
     row = 0
     for batch in ds.iter(batch_size=1024):
         for text in batch[cfg.text_field]:
-            doc_id = f"{name}:{row}"
+            doc_id = f"{cfg.hf_split}:{row}"  # independent of where a local copy lives
             row += 1
             if not isinstance(text, str):
                 yield Skipped(doc_id, f"column {cfg.text_field!r} is not a string")
