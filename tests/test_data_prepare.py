@@ -149,3 +149,25 @@ def test_cache_root_follows_isoflop_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("ISOFLOP_CACHE", str(tmp_path))
     assert prepare_mod.cache_dir_for(SMALL).parent == tmp_path / "data"
     assert prepare_mod.cache_dir_for(SMALL) != prepare_mod.cache_dir_for(SMALL.model_copy(update={"vocab_size": 500}))
+
+
+def test_concurrent_processes_build_the_cache_once(tmp_path):
+    """Like torchrun ranks: two processes prepare the same config at once; one builds, both get equal tokens."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys, hashlib, logging\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "from isoflop.train.data import DataConfig, prepare_data\n"
+        f"d = prepare_data(DataConfig(max_bytes=60_000, vocab_size=300), cache_dir={str(tmp_path)!r})\n"
+        "print(hashlib.sha256(bytes(d.train)).hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert outs[0][0] == outs[1][0]
+    assert sum(err.count("prepared ") for _, err in outs) == 1
