@@ -143,6 +143,8 @@ def test_val_batches_are_deterministic_shifted_windows(small):
 def test_sampler_runs_on_prepared_tokens(small):
     x, y = PackedSampler(small.train, seq_len=32, batch_size=4, seed=0).next_batch()
     assert x.shape == (4, 32) and int(x.max()) < small.vocab_size
+    assert torch.equal(small.sampler(32, 4, seed=0).next_batch()[0], x)
+    assert small.decode(small.encode("def f(x):\n    return x\n")) == "def f(x):\n    return x\n"
 
 
 def test_cache_root_follows_isoflop_cache(monkeypatch, tmp_path):

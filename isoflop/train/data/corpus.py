@@ -48,7 +48,7 @@ class Skipped:
 
 @dataclass
 class Corpus:
-    """Documents of both splits, in deterministic order, plus what was skipped and a fingerprint of the inputs."""
+    """Documents of both splits, in deterministic order, and the inputs that were skipped."""
 
     train: list[Document] = field(default_factory=list)
     val: list[Document] = field(default_factory=list)
@@ -101,15 +101,20 @@ def _walk(root: Path, suffixes: set[str] | frozenset[str], excluded: frozenset[s
 
 
 def fingerprint(cfg: DataConfig) -> str:
-    """sha256 over (relative path, size, mtime) of every input file, or the dataset name for ``hf:``.
+    """sha256 over (relative path, size, mtime) of every input file (or of a local ``hf:`` dataset folder).
 
     A stored cache whose fingerprint differs (files added, removed or edited) is rebuilt.
     """
     h = hashlib.sha256()
     if cfg.source.startswith("hf:"):
         h.update(cfg.source.encode("utf-8"))
-        return h.hexdigest()
-    root, files = list_files(cfg)
+        local = Path(cfg.source[3:].strip()).expanduser()
+        if not local.is_dir():  # a hub name: the cached copy is immutable per revision
+            return h.hexdigest()
+        root = local
+        files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.relative_to(local).as_posix())
+    else:
+        root, files = list_files(cfg)
     h.update(str(root.resolve()).encode("utf-8"))
     if cfg.source == "stdlib":
         h.update(sys.version.encode("utf-8"))
