@@ -37,6 +37,11 @@ def bootstrap_approach3(
     counts ``{requested, converged, dropped, seed}``; raises ``IsoflopError`` when fewer than half converge."""
     if n_samples < 2:
         raise IsoflopError(f"--bootstrap needs at least 2 resamples, got {n_samples}")
+    with H.single_threaded_blas():
+        return _bootstrap(n, d, loss, theta, n_samples, seed)
+
+
+def _bootstrap(n, d, loss, theta, n_samples: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     rng = np.random.default_rng(seed)
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     size = len(n)

@@ -117,6 +117,11 @@ def fit_approach3(
     full-data optimum during a bootstrap). The result is polished by restarting L-BFGS-B from the best point
     until the objective stops improving. Raises ``IsoflopError`` when no start reaches a finite optimum.
     """
+    with H.single_threaded_blas():
+        return _fit_approach3(n, d, loss, weights, n_refine, start)
+
+
+def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result:
     n, d, loss = check_runs(n, d, loss, 5, "Approach 3 (five parameters)")
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     w = None if weights is None else np.asarray(weights, dtype=float)
@@ -184,7 +189,8 @@ def fit_saturating(x: np.ndarray, loss: np.ndarray) -> "SaturatingPowerLaw":
             best = (p0, f0)
     if best is None:
         raise IsoflopError("loss does not decrease with x; a saturating power law does not fit these points")
-    res = minimize(sse, best[0], method="L-BFGS-B", options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+    with H.single_threaded_blas():
+        res = minimize(sse, best[0], method="L-BFGS-B", options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
     linf, lx0, alpha = res.x
     if not (np.all(np.isfinite(res.x)) and alpha > 0 and np.isfinite(np.exp(lx0))):
         raise IsoflopError("the saturating power-law fit did not converge; add points over a wider range")
@@ -206,7 +212,8 @@ def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> d
             val = float(np.sum((np.log(pred) - ll) ** 2))
         return val if np.isfinite(val) else 1e300
 
-    res = minimize(sse, p0, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
+    with H.single_threaded_blas():
+        res = minimize(sse, p0, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
     if not np.all(np.isfinite(np.exp(res.x))) or res.fun >= 1e300:
         raise IsoflopError(f"the {law.form} fit did not converge; start from other parameters or add runs")
     return dict(zip(names, (float(v) for v in np.exp(res.x))))
