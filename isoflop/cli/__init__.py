@@ -16,6 +16,7 @@ from isoflop.cli import estimate as _estimate  # noqa: F401,E402
 from isoflop.cli import layout as _layout  # noqa: F401,E402
 from isoflop.cli import fit as _fit  # noqa: F401,E402
 from isoflop.cli import plan as _plan  # noqa: F401,E402
+from isoflop.cli import train as _train  # noqa: F401,E402
 
 
 def main() -> None:
