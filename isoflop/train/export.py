@@ -1,0 +1,138 @@
+"""Export a ``Transformer`` as a Hugging Face checkpoint: ``model.safetensors`` + ``config.json``.
+
+Two targets, chosen by the spec:
+
+* ``GPT2LMHeadModel`` for GPT-2 specs (LayerNorm, GELU, learned positions, biases, ``n_kv_heads =
+  n_heads``, ``head_dim = d_model / n_heads``). GPT-2's ``Conv1D`` stores weights as ``(in, out)``,
+  so every projection is transposed; the fused QKV rows are already in GPT-2's ``c_attn`` order.
+* ``LlamaForCausalLM`` for Llama specs (RMSNorm, SwiGLU, RoPE, no biases; GQA, explicit ``head_dim``
+  and tied embeddings allowed). The fused ``qkv`` and ``gate_up`` matrices are split into
+  ``q/k/v_proj`` and ``gate/up_proj``; RoPE already uses Hugging Face's half-split layout, so no
+  permutation is needed.
+
+Weights are written with ``safetensors`` only (no pickle), atomically (``isoflop.atomic``). A tied
+model writes no ``lm_head.weight`` and sets ``tie_word_embeddings: true``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from isoflop.atomic import atomic_write_bytes, atomic_write_json
+from isoflop.errors import IsoflopError
+from isoflop.spec.model import ModelSpec
+
+
+def hf_architecture(spec: ModelSpec) -> str:
+    """``gpt2`` or ``llama``: the Hugging Face class that computes exactly this spec's function."""
+    if spec.is_moe:
+        raise IsoflopError("MoE models cannot be exported (MoE training is not supported yet); export a dense model")
+    if spec.norm == "layernorm" and spec.mlp == "gelu" and spec.position == "learned" and spec.bias:
+        if spec.kv_heads != spec.n_heads or spec.dim_per_head * spec.n_heads != spec.d_model:
+            raise IsoflopError("GPT-2 export needs n_kv_heads = n_heads and head_dim = d_model / n_heads; drop those fields")
+        return "gpt2"
+    if spec.norm == "rmsnorm" and spec.mlp == "swiglu" and spec.position == "rope" and not spec.bias:
+        return "llama"
+    raise IsoflopError(
+        f"no Hugging Face architecture matches norm={spec.norm}, mlp={spec.mlp}, position={spec.position}, "
+        f"bias={spec.bias}; export supports the GPT-2 family (layernorm/gelu/learned/bias) and the Llama family "
+        "(rmsnorm/swiglu/rope/no bias)"
+    )
+
+
+def hf_config(spec: ModelSpec, dtype: str = "float32") -> dict[str, Any]:
+    """The ``config.json`` mapping for ``spec`` (keys of ``GPT2Config`` or ``LlamaConfig``)."""
+    arch = hf_architecture(spec)
+    if arch == "gpt2":
+        return {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": spec.d_model,
+            "n_layer": spec.n_layers, "n_head": spec.n_heads, "n_inner": spec.d_ff, "vocab_size": spec.vocab_size,
+            "n_positions": spec.max_seq_len, "activation_function": "gelu_new", "layer_norm_epsilon": spec.norm_eps,
+            "tie_word_embeddings": spec.tie_embeddings, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "scale_attn_weights": True, "use_cache": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": dtype,
+        }
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.n_layers, "num_attention_heads": spec.n_heads,
+        "num_key_value_heads": spec.kv_heads, "intermediate_size": spec.d_ff,
+        "vocab_size": spec.vocab_size, "max_position_embeddings": spec.max_seq_len, "hidden_act": "silu",
+        "rms_norm_eps": spec.norm_eps, "rope_theta": spec.rope_theta, "tie_word_embeddings": spec.tie_embeddings,
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+        "use_cache": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": dtype,
+    }
+    if spec.head_dim is not None:  # only when set: Hugging Face derives hidden_size / heads otherwise
+        config["head_dim"] = spec.head_dim
+    return config
+
+
+def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor]:
+    """Rename (and split/transpose) an isoflop state dict into Hugging Face tensor names."""
+    arch = hf_architecture(spec)
+    out: dict[str, Tensor] = {}
+    q, kv, ff = spec.q_dim, spec.kv_dim, spec.d_ff
+    for i in range(spec.n_layers):
+        p = f"layers.{i}."
+        if arch == "gpt2":
+            h = f"transformer.h.{i}."
+            for ours, theirs, transpose in [
+                ("attn.qkv", "attn.c_attn", True), ("attn.out", "attn.c_proj", True),
+                ("mlp.up", "mlp.c_fc", True), ("mlp.down", "mlp.c_proj", True),
+                ("attn_norm", "ln_1", False), ("mlp_norm", "ln_2", False),
+            ]:
+                weight = state[p + ours + ".weight"]
+                out[h + theirs + ".weight"] = weight.t() if transpose else weight
+                out[h + theirs + ".bias"] = state[p + ours + ".bias"]
+        else:
+            h = f"model.layers.{i}."
+            wq, wk, wv = state[p + "attn.qkv.weight"].split([q, kv, kv], dim=0)
+            gate, up = state[p + "mlp.gate_up.weight"].split([ff, ff], dim=0)
+            out.update({
+                h + "self_attn.q_proj.weight": wq, h + "self_attn.k_proj.weight": wk,
+                h + "self_attn.v_proj.weight": wv, h + "self_attn.o_proj.weight": state[p + "attn.out.weight"],
+                h + "mlp.gate_proj.weight": gate, h + "mlp.up_proj.weight": up,
+                h + "mlp.down_proj.weight": state[p + "mlp.down.weight"],
+                h + "input_layernorm.weight": state[p + "attn_norm.weight"],
+                h + "post_attention_layernorm.weight": state[p + "mlp_norm.weight"],
+            })
+    if arch == "gpt2":
+        out["transformer.wte.weight"] = state["embed.weight"]
+        out["transformer.wpe.weight"] = state["pos_embed.weight"]
+        out["transformer.ln_f.weight"] = state["norm.weight"]
+        out["transformer.ln_f.bias"] = state["norm.bias"]
+    else:
+        out["model.embed_tokens.weight"] = state["embed.weight"]
+        out["model.norm.weight"] = state["norm.weight"]
+    if not spec.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def export_hf(model: torch.nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json``; returns ``out_dir``.
+
+    ``model`` is an ``isoflop.train.model.Transformer`` (unwrapped: not DDP/FSDP/compiled wrappers;
+    for FSDP2 gather a full state dict first and pass a module holding it). ``dtype`` casts the
+    exported weights (default: as stored)."""
+    from safetensors.torch import save
+
+    spec: ModelSpec = model.spec
+    tensors = hf_state_dict(model.state_dict(), spec)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    stored = next(iter(tensors.values())).dtype
+    target = Path(out_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    payload = save({k: v.cpu() for k, v in tensors.items()}, metadata={"format": "pt"})
+    atomic_write_bytes(target / "model.safetensors", payload)
+    atomic_write_json(target / "config.json", hf_config(spec, str(stored).removeprefix("torch.")))
+    return target
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """The exported ``config.json`` as a dict (plain JSON, no code)."""
+    return json.loads(Path(path, "config.json").read_text(encoding="utf-8"))

@@ -1,0 +1,253 @@
+"""A decoder-only transformer built from a ``ModelSpec`` and nothing else.
+
+One module covers both families the spec describes:
+
+* GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm, GELU MLP (tanh approximation,
+  "gelu_new" as in the released GPT-2), biases, tied embeddings.
+* Llama (Touvron et al. 2023): RoPE (Su et al. 2021) in the half-split ("rotate_half") layout that
+  Hugging Face's ``LlamaForCausalLM`` uses, RMSNorm (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020),
+  grouped-query attention (Ainslie et al. 2023; ``n_kv_heads = 1`` is MQA, Shazeer 2019).
+
+Layout choices made for speed, none of which changes the function computed:
+
+* Q, K and V come from one fused matmul (``attn.qkv``); SwiGLU's gate and up projections from one
+  (``mlp.gate_up``, gate rows first). The export splits them back into Hugging Face's names.
+* Attention is ``F.scaled_dot_product_attention(..., is_causal=True)``: no mask tensor is built, and
+  the fused kernel (FlashAttention on GPU, the flash-style CPU kernel otherwise) is picked by PyTorch.
+* RoPE tables are computed once (in float64, stored as float32 buffers) and sliced per step; RoPE
+  is applied to the query and key heads together in one pass, ``x cos + roll(x, d/2) sin_signed``.
+* RMSNorm is ``F.rms_norm`` (one fused kernel where PyTorch has one).
+* A tied output head has no module of its own: the logits use the token embedding matrix
+  directly, so there is exactly one tensor (no re-tying needed after ``to_empty`` or sharding).
+
+Initialisation (GPT-2 / nanoGPT scheme): every linear and embedding weight ~ N(0, 0.02); the two
+residual output projections of each block (``attn.out`` and ``mlp.down``) ~ N(0, 0.02 / sqrt(2 L))
+(Radford et al. 2019, Sec. 2.3); biases 0; norm weights 1. ``init_weights()`` is separate from
+construction, so a model built on the meta device, moved with ``to_empty`` and then initialised is
+the same as one built directly (same seed, same values).
+
+Mixture-of-experts specs are rejected with an ``IsoflopError`` (the accounting handles them; the
+trainer does not yet).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from isoflop.errors import IsoflopError
+from isoflop.spec.model import ModelSpec
+
+INIT_STD = 0.02
+
+
+def _norm(spec: ModelSpec) -> nn.Module:
+    """LayerNorm always carries a bias (2 d parameters, as ``count_params`` counts it); RMSNorm has d."""
+    if spec.norm == "layernorm":
+        return nn.LayerNorm(spec.d_model, eps=spec.norm_eps)
+    return RMSNorm(spec.d_model, eps=spec.norm_eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019, Eq. 4): ``x / sqrt(mean(x^2) + eps) * g``, via ``F.rms_norm``."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """RoPE tables (Su et al. 2021, Eq. 34) in the half-split layout: ``cos`` and a signed ``sin``.
+
+    Frequencies ``theta^(-2i/d)`` for ``i < d/2``; each is used for dimensions ``i`` and ``i + d/2``,
+    so rotating ``x`` is ``x * cos + roll(x, d/2) * sin_signed`` with ``sin_signed = [-sin, sin]``.
+    Computed in float64 and stored as float32, shape ``(max_seq_len, head_dim)``.
+    """
+    half = head_dim // 2
+    inv_freq = theta ** (-torch.arange(0, half, dtype=torch.float64, device=device) * 2 / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64, device=device), inv_freq)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1).float(), torch.cat([-sin, sin], -1).float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """Rotate ``x`` of shape ``(B, T, heads, D)``; ``cos``/``sin_signed`` are ``(T, 1, D)``."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+class Attention(nn.Module):
+    """Causal self-attention with fused QKV, optional RoPE and GQA/MQA."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.kv_heads, spec.dim_per_head
+        self.qkv = nn.Linear(spec.d_model, spec.q_dim + 2 * spec.kv_dim, bias=spec.bias)
+        self.out = nn.Linear(spec.q_dim, spec.d_model, bias=spec.bias)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        B, T, _ = x.shape
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        heads = self.qkv(x).view(B, T, H + 2 * K, D)
+        if rope is not None:
+            qk = apply_rope(heads[:, :, : H + K], *rope)
+            q, k = qk[:, :, :H], qk[:, :, H:]
+        else:
+            q, k = heads[:, :, :H], heads[:, :, H : H + K]
+        v = heads[:, :, H + K :]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if K != H:  # GQA/MQA: every group of H / K query heads shares one key/value head
+            k = k.repeat_interleave(H // K, dim=1)
+            v = v.repeat_interleave(H // K, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020, Eq. 6) with a fused gate/up matmul, or GPT-2's GELU MLP."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gated = spec.gated
+        self.d_ff = spec.d_ff
+        if self.gated:
+            self.gate_up = nn.Linear(spec.d_model, 2 * spec.d_ff, bias=spec.bias)
+        else:
+            self.up = nn.Linear(spec.d_model, spec.d_ff, bias=spec.bias)
+        self.down = nn.Linear(spec.d_ff, spec.d_model, bias=spec.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gated:
+            gate, up = self.gate_up(x).split(self.d_ff, dim=-1)
+            return self.down(F.silu(gate) * up)
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.attn_norm = _norm(spec)
+        self.attn = Attention(spec)
+        self.mlp_norm = _norm(spec)
+        self.mlp = MLP(spec)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer for ``spec``. ``forward(idx)`` gives logits ``(B, T, V)``;
+    ``forward(idx, targets)`` gives the mean next-token cross-entropy (targets ``-100`` are ignored)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.is_moe:
+            raise IsoflopError(
+                f"MoE training is not supported yet; {spec.name} has n_experts={spec.n_experts}, "
+                "train a dense model (n_experts: 0) instead"
+            )
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
+        self.pos_embed = nn.Embedding(spec.max_seq_len, spec.d_model) if spec.position == "learned" else None
+        self.layers = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
+        self.norm = _norm(spec)
+        self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+        if spec.rope:
+            cos, sin = rope_tables(spec.dim_per_head, spec.max_seq_len, spec.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    @property
+    def output_weight(self) -> Tensor:
+        """The ``(V, d)`` output matrix: the token embedding when tied, else ``lm_head.weight``."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """(Re)initialise every parameter and the RoPE buffers in place (GPT-2 scheme, module docstring).
+
+        Call after ``to_empty()`` for a model built on the meta device."""
+        residual_std = INIT_STD / math.sqrt(2 * self.spec.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith(("attn.out", "mlp.down")) else INIT_STD
+                nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, INIT_STD, generator=generator)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.spec.rope:
+            cos, sin = rope_tables(self.spec.dim_per_head, self.spec.max_seq_len, self.spec.rope_theta)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    def _rope(self, seq_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+        if not self.spec.rope:
+            return None
+        # (T, 1, D) to broadcast over (B, T, heads, D); cast once per step to the activation dtype.
+        return self.rope_cos[:seq_len, None].to(dtype), self.rope_sin[:seq_len, None].to(dtype)
+
+    def hidden_states(self, idx: Tensor) -> Tensor:
+        """The final-norm output ``(B, T, d)``, before the output head."""
+        T = idx.shape[1]
+        if T > self.spec.max_seq_len:
+            raise IsoflopError(f"sequence length {T} exceeds max_seq_len={self.spec.max_seq_len}; shorten seq_len")
+        x = self.embed(idx)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.weight[:T]
+        rope = self._rope(T, _activation_dtype(x))
+        for block in self.layers:
+            x = block(x, rope)
+        return self.norm(x)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
+        logits = F.linear(self.hidden_states(idx), self.output_weight)
+        if targets is None:
+            return logits
+        # The loss is taken in float32 whatever the autocast dtype (a no-op cast in fp32 training).
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+
+
+def _activation_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmul outputs will have: the autocast dtype when autocast is on, else ``x``'s."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
+    """Build on the meta device, allocate on ``device`` with ``to_empty``, then ``init_weights`` (seeded)."""
+    with torch.device("meta"):
+        model = Transformer(spec)
+    model.to_empty(device=device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    model.init_weights(generator)
+    return model
+
+
+def compile_blocks(model: Transformer, backend: str = "inductor", mode: str | None = None) -> Transformer:
+    """``torch.compile`` each block in place (per-block compile, as torchtitan does: short compiles,
+    FSDP2-friendly). Returns the model; raises ``IsoflopError`` when torch.compile is unavailable."""
+    if not hasattr(torch, "compile"):
+        raise IsoflopError("torch.compile is not available in this PyTorch; run without compile")
+    for block in model.layers:
+        block.compile(backend=backend, mode=mode, fullgraph=True)  # in place: state_dict keys unchanged
+    return model

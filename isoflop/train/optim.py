@@ -1,0 +1,71 @@
+"""AdamW with weight-decay groups (Loshchilov & Hutter 2019, decoupled weight decay).
+
+Groups: weight decay applies to the weight matrices of linear layers (attention, MLP and an untied
+output head) only. Norm weights and biases (all 1-D tensors) and the token/position embedding tables
+(including a tied output head, which is the token embedding) get no decay, as in nanoGPT, Megatron-LM
+and OLMo (Groeneveld et al. 2024).
+
+Implementation: ``fused=True`` (one kernel per step) where PyTorch supports it for every parameter's
+device and dtype (CUDA, and CPU since PyTorch 2.4), else ``foreach=True`` (multi-tensor), else the
+per-parameter loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from isoflop.errors import IsoflopError
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: ``decay`` (linear weight matrices) and ``no_decay`` (norms, biases, embeddings)."""
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for param in model.parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (no_decay if param.ndim < 2 or id(param) in embedding_ids else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def _implementation(params: list[torch.Tensor]) -> dict[str, bool]:
+    """``fused`` when every parameter is on a device/dtype the fused kernel supports, else ``foreach``."""
+    devices = {p.device.type for p in params}
+    floating = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params)
+    if floating and devices and devices <= {"cuda", "cpu", "xpu", "mps"} and not any(p.is_meta for p in params):
+        return {"fused": True}
+    return {"foreach": True} if devices and "meta" not in devices else {}
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    implementation: str = "auto",
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups(model)``; ``implementation`` is ``auto``, ``fused``, ``foreach`` or ``loop``."""
+    if lr <= 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps <= 0:
+        raise IsoflopError(
+            f"invalid AdamW settings lr={lr}, weight_decay={weight_decay}, betas={betas}, eps={eps}; "
+            "use lr > 0, weight_decay >= 0, 0 <= beta < 1, eps > 0"
+        )
+    groups = param_groups(model, weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    if implementation == "auto":
+        kwargs = _implementation(params)
+    elif implementation == "fused":
+        kwargs = {"fused": True}
+    elif implementation == "foreach":
+        kwargs = {"foreach": True}
+    elif implementation == "loop":
+        kwargs = {"foreach": False}
+    else:
+        raise IsoflopError(f"unknown AdamW implementation {implementation!r}; use auto, fused, foreach or loop")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)

@@ -1,0 +1,54 @@
+"""Export to a Hugging Face folder; ``AutoModelForCausalLM.from_pretrained`` (safetensors only) gives the
+same logits as isoflop's model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from isoflop.errors import IsoflopError
+from isoflop.spec import ModelSpec, load_spec
+from isoflop.train.export import export_hf
+from isoflop.train.model import build_model
+
+transformers = pytest.importorskip("transformers")
+
+GPT2_KW = dict(norm="layernorm", mlp="gelu", position="learned", tie_embeddings=True, bias=True)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=300, max_seq_len=32, **GPT2_KW),
+        ModelSpec(d_model=64, n_layers=2, n_heads=8, n_kv_heads=2, d_ff=176, vocab_size=300, max_seq_len=32),
+        ModelSpec(d_model=64, n_layers=2, n_heads=4, d_ff=160, vocab_size=256, max_seq_len=32, tie_embeddings=True),
+    ],
+    ids=["gpt2-tied", "llama-gqa", "llama-tied"],
+)
+def test_export_loads_in_transformers_with_same_logits(tmp_path, spec: ModelSpec) -> None:
+    model = build_model(spec, seed=1).eval()
+    out = export_hf(model, tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no pickle file
+    ref = transformers.AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
+    idx = torch.randint(0, spec.vocab_size, (2, spec.max_seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(input_ids=idx).logits, rtol=1e-4, atol=1e-5)
+    # The exported config.json reads back as the same ModelSpec (the loader's HF path).
+    def shape(s: ModelSpec) -> dict:
+        return {**s.model_dump(exclude={"name"}), "n_kv_heads": s.kv_heads, "head_dim": s.dim_per_head}
+
+    assert shape(load_spec(out / "config.json")) == shape(spec)
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_export_bf16_and_unsupported_family(tmp_path) -> None:
+    spec = ModelSpec(d_model=64, n_layers=1, n_heads=4, d_ff=160, vocab_size=256, max_seq_len=16)
+    out = export_hf(build_model(spec, seed=0), tmp_path / "hf", dtype=torch.bfloat16)
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    chinchilla_like = spec.replace(mlp="gelu")
+    with pytest.raises(IsoflopError, match="no Hugging Face architecture"):
+        export_hf(build_model(chinchilla_like, seed=0), tmp_path / "x")
