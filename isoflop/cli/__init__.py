@@ -28,3 +28,6 @@ def main() -> None:
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         sys.exit(2)
+from isoflop.cli import ladder as _ladder  # noqa: F401,E402
+from isoflop.cli import report as _report  # noqa: F401,E402
+from isoflop.cli import quickstart as _quickstart  # noqa: F401,E402

@@ -1,0 +1,189 @@
+"""Design an IsoFLOP grid: compute budgets x model sizes around the expected optimum (Hoffmann et al. 2022, Sec. 3.2).
+
+Each budget ``C`` gets ``sizes`` models spaced by ``size_ratio`` in parameters, centred on the expected
+compute-optimal size ``N_c(C)``: the size whose run at ``C`` sees ``tokens_per_param`` tokens per
+non-embedding parameter (default 20, the Chinchilla ratio, Hoffmann et al. 2022, Table 3). Shapes come
+from the planner's rule (``isoflop.plan.arch.shape_for_params``); a run's FLOPs are exact
+(``isoflop.spec.accounting``: training FLOPs per token x tokens), so every point sits on its budget.
+
+Hyperparameters for tiny models follow one stated rule, identical across sizes but for the learning rate:
+* learning rate from Kaplan et al. 2020, App. D.6, Eq. D.1: ``lr(N) = 0.003239 - 0.0001395 ln N``
+  with ``N`` the non-embedding parameters (about 1.6e-3 at 1e5 parameters);
+* a fixed batch in tokens for every run (the same optimizer noise scale on the whole ladder);
+* linear warmup over ``warmup_fraction`` of the steps, then cosine decay to 10% of the peak at the
+  run's own last step (the schedule length matched to the tokens, Hoffmann et al. 2022, Sec. 3 / App. B);
+* AdamW (beta2 0.95, weight decay 0.1), fp32, the same data and validation set (same seed) for all runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from isoflop.errors import IsoflopError
+from isoflop.spec import ModelSpec, count_flops, count_params
+
+
+@dataclass(frozen=True)
+class LadderDesign:
+    """The knobs of a ladder; ``budgets`` in training FLOPs (exact accounting)."""
+
+    name: str
+    budgets: tuple[float, ...]
+    sizes: int = 4
+    size_ratio: float = 2.0
+    tokens_per_param: float = 20.0
+    vocab_size: int = 512
+    seq_len: int = 64
+    batch_seqs: int = 16
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1
+    heldout_factor: float = 3.5
+    seed: int = 0
+    data_source: str = "stdlib"
+    eval_batches: int = 16
+    dim_multiple: int = 16
+    primary: str = "envelope"
+    bootstrap: int = 200
+    extra_data: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if len(self.budgets) < 3 or self.sizes < 4:
+            raise IsoflopError(f"an IsoFLOP ladder needs >= 3 budgets x >= 4 sizes, got {len(self.budgets)} x {self.sizes}")
+        if any(b <= 0 for b in self.budgets):
+            raise IsoflopError("ladder budgets must be positive FLOP counts")
+        if self.primary not in ("envelope", "approach3"):
+            raise IsoflopError(f"primary must be envelope or approach3, got {self.primary!r}")
+        if self.size_ratio <= 1:
+            raise IsoflopError(f"size_ratio must be > 1, got {self.size_ratio}")
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.batch_seqs * self.seq_len
+
+
+@dataclass
+class GridPoint:
+    """One planned run: its budget, shape, token count and exact FLOPs, and the training config."""
+
+    budget: float
+    spec: ModelSpec
+    steps: int
+    tokens: int
+    flops: float
+    n_params: int
+    n_params_non_embedding: int
+    config: dict[str, Any]
+    role: str = "ladder"
+
+    @property
+    def label(self) -> str:
+        return f"C={self.budget:.2e} N={self.n_params_non_embedding:,} D={self.tokens:,}"
+
+
+def kaplan_lr(n_non_embedding: float) -> float:
+    """Kaplan et al. 2020, Eq. D.1: the learning rate that trains well at ``N`` non-embedding parameters."""
+    return max(1e-4, 0.003239 - 0.0001395 * math.log(max(n_non_embedding, 1.0)))
+
+
+def tiny_shape(n_non_embedding: int, vocab_size: int, seq_len: int, multiple: int = 16) -> ModelSpec:
+    """A Llama-style tiny model (RMSNorm, SwiGLU, RoPE, tied embeddings, head_dim = ``multiple``) with about
+    ``n_non_embedding`` parameters and aspect ratio ``d_model ~ 16 n_layers``: blocks have ``12 d^2``
+    parameters (attention ``4 d^2`` + SwiGLU ``3 d (8d/3)``), so ``d = (16 N / 12)^(1/3)`` rounded to ``multiple``.
+    Kaplan et al. 2020 (Sec. 3.1, Fig. 5) find loss nearly independent of the aspect ratio at fixed ``N``."""
+    best: ModelSpec | None = None
+    for layers in range(1, 64):
+        d = max(multiple, round(math.sqrt(n_non_embedding / (12 * layers)) / multiple) * multiple)
+        d_ff = max(multiple, round(8 * d / 3 / multiple) * multiple)
+        spec = ModelSpec(name="ladder", d_model=d, n_layers=layers, n_heads=d // multiple, d_ff=d_ff,
+                         vocab_size=vocab_size, max_seq_len=seq_len, tie_embeddings=True)
+        err = abs(math.log(count_params(spec).non_embedding / n_non_embedding)) + 0.5 * abs(math.log(d / (16 * layers)))
+        if best is None or err < best_err:
+            best, best_err = spec, err
+    assert best is not None
+    return best
+
+
+def _default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:
+    return tiny_shape(n_params, vocab_size, seq_len, multiple)
+
+
+ShapeFn = Callable[[int, int, int, int], ModelSpec]
+
+
+def train_config(design: LadderDesign, spec: ModelSpec, steps: int, budget: float, role: str) -> dict[str, Any]:
+    """The TrainConfig (plan.yaml schema) of one ladder run."""
+    n_ne = count_params(spec).non_embedding
+    return {
+        "model": spec.model_dump(),
+        "data": {"source": design.data_source, "vocab_size": design.vocab_size, **design.extra_data},
+        "train": {
+            "seq_len": design.seq_len, "global_batch": design.batch_seqs, "max_steps": steps,
+            "tokens": steps * design.batch_tokens, "seed": design.seed, "dtype": "fp32", "compile": False,
+            "eval_every": max(1, steps // 8), "eval_batches": design.eval_batches,
+            "log_every": max(1, steps // 50), "ckpt_every": 0,
+        },
+        "optim": {
+            "lr": round(kaplan_lr(n_ne), 6), "min_lr_ratio": design.min_lr_ratio, "schedule": "cosine",
+            "warmup_steps": max(1, round(design.warmup_fraction * steps)), "weight_decay": 0.1,
+            "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "grad_clip": 1.0,
+        },
+        "parallel": {"strategy": "none"},
+        "plan": {"ladder": design.name, "budget": budget, "role": role},
+    }
+
+
+def point_for(design: LadderDesign, spec: ModelSpec, budget: float, role: str = "ladder") -> GridPoint:
+    """The run of ``spec`` that spends ``budget`` training FLOPs (rounded to whole optimizer steps)."""
+    per_token = count_flops(spec, design.seq_len).training
+    steps = max(1, round(budget / (per_token * design.batch_tokens)))
+    tokens = steps * design.batch_tokens
+    params = count_params(spec)
+    return GridPoint(
+        budget=budget, spec=spec, steps=steps, tokens=tokens, flops=tokens * per_token,
+        n_params=params.total, n_params_non_embedding=params.non_embedding,
+        config=train_config(design, spec, steps, budget, role), role=role,
+    )
+
+
+def centre_size(design: LadderDesign, budget: float, shape_fn: ShapeFn | None = None) -> int:
+    """Non-embedding size ``N`` whose run at ``budget`` sees ``tokens_per_param * N`` tokens (bisection in log N)."""
+    shape = shape_fn or _default_shape
+    lo, hi = 1e3, 1e10
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        spec = shape(int(mid), design.vocab_size, design.seq_len, design.dim_multiple)
+        n_ne = count_params(spec).non_embedding
+        tokens = budget / count_flops(spec, design.seq_len).training
+        if tokens / n_ne > design.tokens_per_param:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1.02:
+            break
+    return int(math.sqrt(lo * hi))
+
+
+def design_grid(design: LadderDesign, shape_fn: ShapeFn | None = None) -> list[GridPoint]:
+    """Every (budget, size) point of the ladder, smallest budget first; duplicate shapes are dropped."""
+    design.validate()
+    shape = shape_fn or _default_shape
+    points: list[GridPoint] = []
+    for budget in sorted(design.budgets):
+        centre = centre_size(design, budget, shape)
+        seen: set[tuple[int, int, int]] = set()
+        offsets = [i - (design.sizes - 1) / 2 for i in range(design.sizes)]
+        for off in offsets:
+            spec = shape(int(centre * design.size_ratio**off), design.vocab_size, design.seq_len, design.dim_multiple)
+            key = (spec.d_model, spec.n_layers, spec.d_ff)
+            if key in seen:
+                continue
+            seen.add(key)
+            points.append(point_for(design, spec, budget))
+    return points
+
+
+def heldout_budget(design: LadderDesign) -> float:
+    """The verification run's compute: ``heldout_factor`` x the largest ladder budget."""
+    return design.heldout_factor * max(design.budgets)

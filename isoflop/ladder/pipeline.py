@@ -1,0 +1,158 @@
+"""The predict-then-verify loop in one call: design -> run the ladder -> fit -> predict -> train held-out -> report.
+
+Everything lives under one folder: ``registry.sqlite`` (the runs), ``runs/<run_id>/`` (each run's config, log
+and trainer output), ``analysis.json`` (fits, predictions, curves), ``report.html`` + ``plots/`` and
+``summary.json``. Running it again over the same folder reuses every finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from isoflop.atomic import atomic_write_json
+from isoflop.ladder import verify as V
+from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid
+from isoflop.ladder.registry import Registry, RunRecord
+from isoflop.ladder.runner import ExecOptions, Job, available_cores, execute
+
+Say = Callable[[str], None]
+
+
+def registry_for(out_dir: Path) -> Registry:
+    return Registry(out_dir / "registry.sqlite")
+
+
+def _jobs(reg: Registry, design: LadderDesign, points: list[GridPoint], out_dir: Path) -> list[Job]:
+    jobs = []
+    for p in points:
+        run_id = reg.add(design.name, p.config, role=p.role, budget=p.budget, n_params=p.n_params,
+                         n_params_non_embedding=p.n_params_non_embedding, tokens=p.tokens, flops=p.flops)
+        jobs.append(Job(run_id, p.config, out_dir / "runs" / run_id, p.label))
+    return jobs
+
+
+def _progress(say: Say, total: int) -> Callable[[str, Job, dict[str, Any]], None]:
+    done = {"n": 0}
+
+    def on_event(event: str, job: Job, info: dict[str, Any]) -> None:
+        if event == "started":
+            say(f"  start    {job.label}")
+            return
+        done["n"] += 1
+        detail = {"finished": lambda: f"val loss {info.get('val_loss') or float('nan'):.4f} in {info.get('wall_s', 0):.0f} s",
+                  "failed": lambda: f"FAILED: {info.get('error', '')}",
+                  "skipped": lambda: "already finished (reused)"}[event]()
+        say(f"  [{done['n']}/{total}] {job.label}: {detail}")
+
+    return on_event
+
+
+def read_curve(out_dir: str | Path | None) -> dict[str, list[float]]:
+    """Validation loss against tokens from a run's ``metrics.jsonl`` (records with ``val_loss``)."""
+    if not out_dir:
+        return {}
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    tokens, loss = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("val_loss") is not None and rec.get("tokens"):
+            tokens.append(float(rec["tokens"]))
+            loss.append(float(rec["val_loss"]))
+    return {"tokens": tokens, "loss": loss}
+
+
+def _point_dict(r: RunRecord) -> dict[str, Any]:
+    return {"run_id": r.run_id, "budget": r.budget, "n": r.n_params_non_embedding, "n_total": r.n_params,
+            "tokens": r.tokens, "flops": r.flops, "loss": r.val_loss, "train_loss": r.final_loss,
+            "step_time_s": r.step_time_s, "memory_gib": r.memory_gib, "status": r.status, "error": r.error,
+            "curve": read_curve(r.out_dir)}
+
+
+def _law_dict(law) -> dict[str, Any]:
+    data = law.to_dict()
+    data.pop("bootstrap_samples", None)
+    return data
+
+
+def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | None = None, say: Say = print,
+                 verify: bool = True, shape_fn=None) -> dict[str, Any]:
+    """Run the whole loop and return ``summary.json``'s content (also written to ``out_dir``)."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    opts = opts or ExecOptions()
+    reg = registry_for(out)
+    points = design_grid(design, shape_fn)
+    budgets = sorted({p.budget for p in points})
+    say(f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
+        f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
+    jobs = _jobs(reg, design, points, out)
+    outcome = execute(reg, jobs, opts, _progress(say, len(jobs)))
+    runs = [reg.get(j.run_id) for j in jobs]
+    arr = V.run_arrays(runs)
+    say(f"fitting approach 2 (IsoFLOP parabolas, envelope) and approach 3 on {len(arr['n'])} runs")
+    fits = V.fit_ladder(arr, bootstrap=design.bootstrap, seed=design.seed)
+    held_point = V.plan_heldout(design, fits, shape_fn)
+    preds = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
+    primary = next(p for p in preds if p["method"] == design.primary)
+    heldout: dict[str, Any] = {
+        "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
+        "n_total": held_point.n_params, "tokens": held_point.tokens, "method": design.primary,
+        "predicted_loss": primary["predicted_loss"], "ci95": primary["ci95"], "predictions": preds,
+        "actual_loss": None, "error_pct": None, "inside_ci": None,
+        "shape": {k: getattr(held_point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
+    }
+    lo, hi = primary["ci95"]
+    say(f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
+        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] ({design.primary})")
+    if verify:
+        held_opts = ExecOptions(workers=1, threads=max(1, min(available_cores(), opts.threads * opts.n_workers())),
+                                launcher=opts.launcher, nproc_per_node=opts.nproc_per_node, slurm=opts.slurm, entry=opts.entry)
+        say(f"training the held-out run to verify ({held_opts.threads} thread(s))")
+        (held_job,) = _jobs(reg, design, [held_point], out)
+        outcome.update(execute(reg, [held_job], held_opts, _progress(say, 1)))
+        rec = reg.get(held_job.run_id)
+        if rec and rec.status == "finished" and rec.val_loss is not None:
+            actual = rec.val_loss
+            for p in preds:
+                p["error_pct"] = 100 * (p["predicted_loss"] - actual) / actual
+                p["inside_ci"] = bool(p["ci95"] and p["ci95"][0] <= actual <= p["ci95"][1])
+            heldout.update(actual_loss=actual, error_pct=primary["error_pct"], inside_ci=primary["inside_ci"],
+                           curve=read_curve(rec.out_dir), run_id=rec.run_id, wall_s=rec.wall_s, step_time_s=rec.step_time_s)
+    fit_summary = {"param_kind": "non_embedding", "approach3": _law_dict(fits["approach3"]), "approach2": fits["approach2"],
+                   "envelope": fits["envelope"], "n_opt_fit": fits["n_opt_fit"], "d_opt_fit": fits["d_opt_fit"]}
+    analysis = {
+        "ladder": design.name, "design": {k: v for k, v in design.__dict__.items()},
+        "points": [_point_dict(r) for r in runs if r is not None], "parabolas": [p for p in fits["parabolas"] if p["interior"]],
+        "n_opt_fit": fits["n_opt_fit"], "d_opt_fit": fits["d_opt_fit"],
+        "curves": V.curves(fits, held_point.flops), "heldout": heldout, "fits": fit_summary,
+    }
+    atomic_write_json(out / "analysis.json", _finite(analysis))
+    from isoflop.report import write_report
+
+    report = write_report(analysis, out)
+    counts = {s: sum(1 for v in outcome.values() if v == s) for s in ("finished", "failed", "skipped")}
+    summary = {"ladder": design.name, "out_dir": str(out), "runs": {"total": len(outcome), **counts},
+               "heldout": {k: v for k, v in heldout.items() if k != "curve"}, "fit": fit_summary,
+               "report": str(report), "wall_s": time.perf_counter() - start}
+    atomic_write_json(out / "summary.json", _finite(summary))
+    return summary
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: tuples to lists, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
