@@ -36,7 +36,10 @@ log = logging.getLogger("isoflop.data")
 
 TOKENIZER_FILE = "tokenizer.json"
 ENCODE_CHUNK_BYTES = 4 << 20  # texts handed to one parallel encode_batch call
-MIN_VAL_TOKENS = 1024  # held-out tail when no document hashes into validation
+MIN_VAL_TOKENS = 1024
+# BPE merges are learned on at most about this many characters of training text (every k-th document): the
+# merge statistics of a few MB are stable, and training cost grows linearly with the sample.
+TOKENIZER_TRAIN_CHARS = 4_000_000  # held-out tail when no document hashes into validation
 
 
 def default_cache_root() -> Path:
@@ -210,11 +213,14 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None)
 
 
 def _tokenizer(cfg: DataConfig, corpus: Corpus) -> tuple["Tokenizer", bool]:
-    """The given tokenizer, or a byte-level BPE trained on the training documents only (never on val)."""
+    """The given tokenizer, or a byte-level BPE trained on (a sample of) the training documents, never on val."""
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer), False
     texts = [d.text for d in corpus.train]
-    return train_bpe(texts, cfg.vocab_size, length=len(texts)), True
+    total = sum(len(t) for t in texts)
+    stride = max(1, -(-total // TOKENIZER_TRAIN_CHARS))  # every k-th document: a spread, deterministic sample
+    sample = texts[::stride]
+    return train_bpe(sample, cfg.vocab_size, length=len(sample)), True
 
 
 def _encode_into(tok: "Tokenizer", docs: list[Document], eot_id: int | None, writer: shards.ShardWriter) -> None:
