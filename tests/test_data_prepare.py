@@ -173,3 +173,22 @@ def test_concurrent_processes_build_the_cache_once(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0] == outs[1][0]
     assert sum(err.count("prepared ") for _, err in outs) == 1
+
+
+def test_vocabularies_over_65536_use_uint32_shards(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {f"w{i}": i for i in range(70_000)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(tmp_path / "big.json"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"d{i}.txt").write_text(" ".join(f"w{69_990 - j * i}" for j in range(300)))
+    data = prepare_data(DataConfig(source=str(src), tokenizer=str(tmp_path / "big.json")), cache_dir=tmp_path / "c")
+    assert data.vocab_size == 70_001 and data.eot_id == 70_000 and data.train.dtype == np.uint32
+    assert int(np.max(data.train)) == 70_000
+    expected = [words[w] for i in range(20) for w in (src / f"d{i}.txt").read_text().split()] + [70_000] * 20
+    np.testing.assert_array_equal(np.sort(np.concatenate([data.train, data.val])), np.sort(expected))
