@@ -192,3 +192,16 @@ def test_vocabularies_over_65536_use_uint32_shards(tmp_path):
     assert int(np.max(data.train)) == 70_000
     expected = [words[w] for i in range(20) for w in (src / f"d{i}.txt").read_text().split()] + [70_000] * 20
     np.testing.assert_array_equal(np.sort(np.concatenate([data.train, data.val])), np.sort(expected))
+
+
+def test_config_mappings_and_bad_cache_folders(small, tmp_path):
+    as_dict = prepare_data(SMALL.model_dump(), cache_dir=small.cache_dir.parent)
+    assert as_dict.cache_dir == small.cache_dir
+    with pytest.raises(IsoflopError, match="vocab_size"):
+        prepare_data({"vocab_size": 10})
+    with pytest.raises(IsoflopError, match="Extra inputs"):
+        prepare_data({"sorce": "stdlib"})
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(IsoflopError, match="cannot write the data cache"):
+        prepare_data(SMALL, cache_dir=blocker)

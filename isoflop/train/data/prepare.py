@@ -110,17 +110,41 @@ class TokenData:
         return [(rows[i * batch:(i + 1) * batch, :-1], rows[i * batch:(i + 1) * batch, 1:]) for i in range(n)]
 
 
-def prepare_data(cfg: DataConfig | None = None, cache_dir: str | os.PathLike[str] | None = None) -> TokenData:
+def prepare_data(cfg: DataConfig | dict[str, Any] | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> TokenData:
     """Tokenize ``cfg``'s corpus once into ``cache_dir_for(cfg, cache_dir)`` and return the cached ``TokenData``.
 
     A cache is reused only when its manifest, every shard checksum, the tokenizer and the input fingerprint
     (file names, sizes, mtimes) match; otherwise it is rebuilt. Concurrent callers (e.g. torchrun ranks)
     serialize on a file lock, so the corpus is tokenized once.
     """
-    cfg = cfg or DataConfig()
+    cfg = _as_config(cfg)
     folder = cache_dir_for(cfg, cache_dir)
     source_fp = fingerprint(cfg)
     given_sha = file_sha256(tokenizer_file(cfg.tokenizer)) if cfg.tokenizer else None
+    try:
+        return _prepare_locked(cfg, folder, source_fp, given_sha)
+    except OSError as exc:
+        raise IsoflopError(f"cannot write the data cache in {folder} ({exc.strerror or exc}); free disk space "
+                           "or point $ISOFLOP_CACHE (or cache_dir) at a writable folder") from exc
+
+
+def _as_config(cfg: DataConfig | dict[str, Any] | None) -> DataConfig:
+    if cfg is None:
+        return DataConfig()
+    if isinstance(cfg, DataConfig):
+        return cfg
+    from pydantic import ValidationError
+
+    from isoflop.errors import describe_validation_error
+
+    try:
+        return DataConfig.model_validate(cfg)
+    except ValidationError as exc:
+        raise IsoflopError(f"invalid data config: {describe_validation_error(exc)}; see DataConfig's fields") from exc
+
+
+def _prepare_locked(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None) -> TokenData:
     with shards.folder_lock(folder):
         manifest, why = shards.verify(folder)
         if manifest is not None:

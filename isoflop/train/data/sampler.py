@@ -32,6 +32,8 @@ class PackedSampler:
                  rank: int = 0, world: int = 1) -> None:
         if seq_len < 1 or batch_size < 1:
             raise IsoflopError(f"seq_len and batch_size must be positive (got {seq_len}, {batch_size})")
+        if seed < 0:
+            raise IsoflopError(f"seed must be >= 0 (got {seed})")
         if world < 1 or not 0 <= rank < world:
             raise IsoflopError(f"rank {rank} is outside world size {world}; use 0 <= rank < world")
         self.tokens = tokens
