@@ -81,9 +81,10 @@ class TokenData:
     def decode(self, ids: Any) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def sampler(self, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1) -> "PackedSampler":
+    def sampler(self, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
+                global_batch: int | None = None) -> "PackedSampler":
         """A ``PackedSampler`` over the training split (see ``isoflop.train.data.sampler``)."""
-        return PackedSampler(self.train, seq_len, batch_size, seed, rank=rank, world=world)
+        return PackedSampler(self.train, seq_len, batch_size, seed, rank=rank, world=world, global_batch=global_batch)
 
     def val_batches(self, seq_len: int, batch: int, n: int) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
         """``n`` validation batches ``(x, y)`` of shape (batch, seq_len), int64, the same on every call.
