@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--max-bytes", type=int, default=None)
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--cached-repeats", type=int, default=5)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     cfg = DataConfig(source=args.source, max_bytes=args.max_bytes, vocab_size=args.vocab_size)
     with tempfile.TemporaryDirectory() as root:
@@ -37,6 +39,12 @@ def main() -> None:
             again = prepare_data(cfg, cache_dir=root)
             cached.append(time.perf_counter() - t0)
         assert len(again.train) == len(first.train)
+        sampler = again.sampler(args.seq_len, args.batch, seed=0)
+        sampler.next_batch()  # imports torch outside the timing
+        t0 = time.perf_counter()
+        for _ in range(200):
+            sampler.next_batch()
+        sampler_ms = (time.perf_counter() - t0) / 200 * 1e3
         m = first.manifest
         n_tokens = m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]
         cached_s = sorted(cached)[len(cached) // 2]
@@ -54,6 +62,8 @@ def main() -> None:
             "first_phases_s": {k: round(v, 3) for k, v in m["seconds"].items()},
             "cached_s": round(cached_s, 4),
             "speedup": round(first_s / cached_s, 1),
+            "sampler_ms_per_batch": round(sampler_ms, 4),  # (batch x seq_len) int64 x and y from the memory map
+            "sampler_shape": [args.batch, args.seq_len],
         }))
 
 
