@@ -74,10 +74,13 @@ def test_a_damaged_cache_is_detected_and_rebuilt(small, tmp_path, caplog, damage
         (folder / ".train.bin.123.tmp").write_bytes(b"partial")
     else:
         (folder / "tokenizer.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="isoflop.data"):
+    with caplog.at_level(logging.INFO, logger="isoflop.data"):
         rebuilt = prepare_data(SMALL, cache_dir=tmp_path)
     assert rebuilt.cache_dir == folder
     assert any("rebuilding" in r.message for r in caplog.records)
+    # A damaged shard keeps the intact trained tokenizer; without a manifest or tokenizer it is retrained.
+    reused = any("reusing the trained tokenizer" in r.message for r in caplog.records)
+    assert reused == (damage in ("flip_byte", "truncate"))
     np.testing.assert_array_equal(rebuilt.train, small.train)
     np.testing.assert_array_equal(rebuilt.val, small.val)
     assert not list(folder.glob("*.tmp"))

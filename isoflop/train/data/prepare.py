@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -156,7 +157,7 @@ def _prepare_locked(cfg: DataConfig, folder: Path, source_fp: str, given_sha: st
         if manifest is None:
             if why != "no manifest" or any(folder.glob("*.bin")):
                 log.warning("rebuilding data cache %s: %s", folder, why)
-            _build(cfg, folder, source_fp, given_sha)
+            _build(cfg, folder, source_fp, given_sha, _reusable_tokenizer(folder, cfg, source_fp))
             manifest, why = shards.verify(folder)
             if manifest is None:
                 raise IsoflopError(f"the data cache {folder} failed verification right after writing ({why}); "
@@ -179,9 +180,20 @@ def _open(folder: Path, manifest: dict[str, Any]) -> TokenData:
     )
 
 
-def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None) -> None:
+def _reusable_tokenizer(folder: Path, cfg: DataConfig, source_fp: str) -> bool:
+    """True when a damaged cache still holds the BPE trained for this very config and input (checksum intact)."""
+    try:
+        old = json.loads((folder / shards.MANIFEST).read_text("utf-8"))
+        tok = old["tokenizer"]
+        return (old.get("config") == cfg.model_dump() and old.get("fingerprint") == source_fp and tok["trained"]
+                and shards.sha256_file(folder / TOKENIZER_FILE) == tok["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None, reuse_tokenizer: bool) -> None:
     t0 = time.perf_counter()
-    shards.clear(folder)
+    shards.clear(folder, keep=frozenset({TOKENIZER_FILE}) if reuse_tokenizer else frozenset())
     corpus = load_corpus(cfg)
     if not corpus.train:  # every document hashed into validation (e.g. a single file): train on them instead
         corpus.train, corpus.val = corpus.val, []
@@ -190,9 +202,12 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None)
         reasons = Counter(s.reason.split(" (")[0] for s in corpus.skipped)
         log.warning("skipped %d input(s) (%s); the list is in %s", len(corpus.skipped),
                     ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), folder / shards.MANIFEST)
-    tok, trained = _tokenizer(cfg, corpus)
-    tok_bytes = tok.to_str().encode("utf-8")
-    atomic_write_bytes(folder / TOKENIZER_FILE, tok_bytes)
+    if reuse_tokenizer:
+        tok, trained = load_tokenizer(str(folder / TOKENIZER_FILE)), True
+        log.info("reusing the trained tokenizer in %s", folder)
+    else:
+        tok, trained = _tokenizer(cfg, corpus)
+        atomic_write_bytes(folder / TOKENIZER_FILE, tok.to_str().encode("utf-8"))
     vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
     eot_id = find_eot(tok, Path(cfg.tokenizer).expanduser() if cfg.tokenizer and Path(cfg.tokenizer).is_dir() else None)
     if eot_id is None:
