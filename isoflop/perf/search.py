@@ -77,7 +77,7 @@ def candidates(
     ok &= dp >= 1
     dpc = dp * cols["cp"]
     ok &= global_batch % np.maximum(dp * cols["micro_batch"], 1) == 0
-    ok &= (dpc % cols["ep"] == 0)
+    ok &= (dpc % cols["ep"] == 0) & ((spec.n_experts % cols["ep"] == 0) if spec.is_moe else (cols["ep"] == 1))
     ok &= ~(cols["sequence_parallel"] & (cols["tp"] == 1))
     ok &= (cols["interleave"] == 1) | ((cols["pp"] > 1) & (spec.n_layers % (cols["pp"] * cols["interleave"]) == 0))
     ok &= (cols["replicate"] == 1) | ((cols["zero"] == 3) & (dpc % cols["replicate"] == 0) & (dpc > cols["replicate"]))
@@ -150,7 +150,12 @@ def _explain_no_candidate(spec: ModelSpec, n_gpus: int, global_batch: int, seq_l
     lay = Layout(**{k: v for k, v in fixed.items() if k in Layout.field_names()})
     if "dp" not in fixed:
         denom = lay.tp * lay.pp * lay.cp
-        lay = lay.replace(dp=max(1, n_gpus // denom))
+        if n_gpus % denom:
+            raise IsoflopError(
+                f"tp*pp*cp = {lay.tp}*{lay.pp}*{lay.cp} = {denom} does not divide the GPU count {n_gpus}; "
+                "choose degrees whose product divides it"
+            )
+        lay = lay.replace(dp=n_gpus // denom)
     validate(lay, spec, n_gpus, global_batch, seq_len)
     raise IsoflopError(
         f"no valid layout for {n_gpus} GPUs, global batch {global_batch}, seq_len {seq_len} with {fixed or 'no knobs'} fixed; "
