@@ -106,7 +106,7 @@ def _ground_truth():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [0, 2, 6])
+@pytest.mark.parametrize("case", [0, 2, 6, 8])
 def test_fake_tensor_ground_truth(case: int) -> None:
     """A real PyTorch step under FakeTensorMode + MemTracker: model states exact, peak within 5%."""
     pytest.importorskip("torch")
@@ -115,3 +115,17 @@ def test_fake_tensor_ground_truth(case: int) -> None:
     assert row["model_states_exact"], row
     assert abs(row["total_error"]) < 0.05, row
     assert np.isfinite(row["activation_error"])
+
+
+def test_amp_recipe_keeps_fp32_states_and_bf16_weight_casts() -> None:
+    """torch.autocast over fp32 weights: 4 + 4 + 8 bytes of states; bf16 casts of the matmul weights are saved."""
+    spec = preset("llama2-7b")
+    psi = count_params(spec).total
+    amp = estimate(spec, H100, 1, Layout(dtype="amp"), 1, 2048)
+    bf16 = estimate(spec, H100, 1, Layout(dtype="bf16"), 1, 2048)
+    assert amp.memory["weights_gib"] * GIB == 4 * psi and amp.memory["optimizer_gib"] * GIB == 8 * psi
+    casts = (psi - spec.vocab_size * spec.d_model - (2 * spec.n_layers + 1) * spec.d_model) * 2  # not the lookup table or norms
+    residual = spec.n_layers * 2048 * 2 * spec.d_model * 2  # two fp32 norm inputs instead of bf16 per layer
+    extra = (amp.memory["activations_gib"] - bf16.memory["activations_gib"]) * GIB
+    assert extra == pytest.approx(casts + residual, rel=1e-9)
+    assert amp.mfu == pytest.approx(bf16.mfu, rel=0.05)  # same bf16 peak

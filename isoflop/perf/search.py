@@ -16,7 +16,7 @@ from isoflop.errors import IsoflopError
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants, load_constants
 from isoflop.perf.estimate import Estimate, build_estimate, evaluate
-from isoflop.perf.layout import KNOBS, RECOMPUTE, Layout, LayoutArrays, validate
+from isoflop.perf.layout import KNOBS, OPTIMIZERS, PRECISIONS, RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
 from isoflop.spec.model import ModelSpec
 
 MAX_MICRO_BATCH = 64
@@ -129,7 +129,11 @@ def search_layouts(
     fixed = dict(fixed or {})
     dtype = fixed.pop("dtype", None) or "bf16"
     optimizer = fixed.pop("optimizer", None) or "adamw"
-    gpu.peak_flops(dtype)
+    if dtype not in PRECISIONS:
+        raise IsoflopError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+    if optimizer not in OPTIMIZERS:
+        raise IsoflopError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    gpu.peak_flops(peak_dtype(dtype))
     const = constants or load_constants(gpu.name)
     la = candidates(spec, gpu, n_gpus, global_batch, seq_len, fixed)
     if len(la) == 0:

@@ -30,7 +30,7 @@ import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
-from isoflop.perf.layout import LayoutArrays
+from isoflop.perf.layout import LayoutArrays, peak_dtype
 from isoflop.perf.memory import precision, stage_params
 from isoflop.spec.model import ModelSpec
 
@@ -66,7 +66,7 @@ def step_time(
     """Seconds per optimizer step, as an additive breakdown (``STEP_KEYS``) plus ``step_time_s``."""
     prec = precision(spec, dtype, optimizer, c)
     act = prec.act
-    peak = gpu.peak_flops(dtype)
+    peak = gpu.peak_flops(peak_dtype(dtype))
     attn_peak = gpu.peak_flops("bf16") if dtype == "fp8" else peak
     G = gpu.gpus_per_node
     tp, pp, cp, dp, ep = (x.astype(float) for x in (la.tp, la.pp, la.cp, la.dp, la.ep))
