@@ -138,8 +138,9 @@ def build_reference(spec: ModelSpec, recompute: str):
     return Decoder()
 
 
-def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: str) -> dict[str, Any]:
-    """Exact model-state bytes and the MemTracker peak of one fwd+bwd (with optimizer state alive)."""
+def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: str, builder=None) -> dict[str, Any]:
+    """Exact model-state bytes and the MemTracker peak of one fwd+bwd (with optimizer state alive).
+    ``builder(spec)`` replaces the reference decoder (it must return ``module(idx, targets) -> loss``)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -149,7 +150,7 @@ def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: st
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "amp" else contextlib.nullcontext
     with torch.device("meta"):
-        model = build_reference(spec, recompute).to(torch_dtype)
+        model = (builder(spec) if builder else build_reference(spec, recompute)).to(torch_dtype)
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to_empty(device="cpu")
         params = list(model.parameters())
@@ -232,15 +233,35 @@ def run_case(name: str, fields: dict, batch: int, seq: int, recompute: str, dtyp
     }
 
 
+def trainer_rows() -> list[dict[str, Any]]:
+    """The same measurement on isoflop's own trainer model (``isoflop.train.model``), when it is installed."""
+    try:
+        from isoflop.train.model import Transformer
+    except ImportError:
+        return []
+    rows = []
+    for name, fields, batch, seq in (("llama", LLAMA, 2, 512), ("gpt", GPT, 2, 512)):
+        spec = ModelSpec(name=name, **fields)
+        meas = measure(spec, batch, seq, "none", "amp", builder=Transformer)
+        pred = predict(spec, batch, seq, "none", "amp")
+        rows.append({"case": f"trainer {name} b={batch} s={seq} none amp", "measured_peak_bytes": meas["peak_total"],
+                     "predicted_peak_bytes": pred["total"], "total_error": pred["total"] / meas["peak_total"] - 1.0})
+    return rows
+
+
 def main() -> None:
     rows = [run_case(*case) for case in CASES]
     for r in rows:
         print(f"{r['case']:<40} states exact: {r['model_states_exact']}  measured {r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
               f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%} "
               f"(activations + logits {r['activation_error']:+.2%})")
+    trainer = trainer_rows()
+    for r in trainer:
+        print(f"{r['case']:<40} measured {r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
+              f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%}")
     worst = max(abs(r["total_error"]) for r in rows)
     worst_act = max(abs(r["activation_error"]) for r in rows)
-    print(json.dumps({"cases": rows, "max_abs_total_error": worst, "max_abs_activation_error": worst_act, "all_states_exact": all(r["model_states_exact"] for r in rows)}))
+    print(json.dumps({"cases": rows, "max_abs_total_error": worst, "max_abs_activation_error": worst_act, "all_states_exact": all(r["model_states_exact"] for r in rows), "trainer": trainer}))
 
 
 if __name__ == "__main__":
