@@ -214,7 +214,10 @@ def fit_hints(
     return hints
 
 
-def _fits_any(spec, gpu, n_gpus, global_batch, seq_len, fixed, const) -> bool:
+def _fits_any(
+    spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int, fixed: dict[str, Any], const: PerfConstants
+) -> bool:
+    """Whether any layout with ``fixed`` held fits in memory."""
     fixed = dict(fixed)
     dtype = fixed.pop("dtype", None) or "bf16"
     optimizer = fixed.pop("optimizer", None) or "adamw"
