@@ -190,3 +190,21 @@ def test_law_round_trip_json_and_yaml(tmp_path) -> None:
         load_law(tmp_path / "bad.json")
     with pytest.raises(IsoflopError, match="unknown law preset|neither a preset"):
         load_law("chinchila")
+
+
+def test_data_constrained_fit_recovers_repetition_constants_and_bootstraps() -> None:
+    from isoflop.laws import DataConstrainedLaw
+
+    truth = preset_law("muennighoff")
+    rng = np.random.default_rng(8)
+    n = 10 ** rng.uniform(8, 10, 120)
+    u = 10 ** rng.uniform(9, 10.5, 120)
+    d = u * 10 ** rng.uniform(0, 1.7, 120)  # 1 to 50 epochs
+    loss = truth.predict(n, d, u) * np.exp(rng.normal(0, 0.0005, 120))
+    start = DataConstrainedLaw(**{**truth.params, "R_D_star": 8.0, "R_N_star": 10.0})
+    law = start.fit(n, d, u, loss)
+    assert law.params["R_D_star"] == pytest.approx(15.4, rel=0.15)
+    law.bootstrap(5, seed=0)
+    assert law.samples.shape[1] == 7 and np.all(np.isfinite(law.samples))
+    lo, hi = law.ci95["R_D_star"]
+    assert lo <= law.params["R_D_star"] * 1.2 and hi >= law.params["R_D_star"] * 0.8

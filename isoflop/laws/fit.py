@@ -199,16 +199,16 @@ def fit_saturating(x: np.ndarray, loss: np.ndarray) -> "SaturatingPowerLaw":
     return law
 
 
-def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> dict[str, float]:
-    """Least squares on log loss for any two-variable law with positive parameters, from ``law``'s current
-    parameters (L-BFGS-B over log parameters). Used for ``KaplanLaw.fit``."""
+def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray, extra: tuple = ()) -> dict[str, float]:
+    """Least squares on log loss for a law with positive parameters, ``law.predict(n, d, *extra)``, from ``law``'s
+    current parameters (L-BFGS-B over log parameters). Used by ``KaplanLaw`` and ``DataConstrainedLaw``."""
     n, d, loss = check_runs(n, d, loss, len(law.param_names) + 1, f"a {law.form} fit")
     names, ll = law.param_names, np.log(loss)
     p0 = np.log([law.params[k] for k in names])
 
     def sse(lp: np.ndarray) -> float:
         with np.errstate(all="ignore"):
-            pred = law.with_params(dict(zip(names, np.exp(lp)))).predict(n, d)
+            pred = law.with_params(dict(zip(names, np.exp(lp)))).predict(n, d, *extra)
             val = float(np.sum((np.log(pred) - ll) ** 2))
         return val if np.isfinite(val) else 1e300
 

@@ -93,6 +93,38 @@ class Law:
     def derived(self) -> dict[str, float]:
         return {}
 
+    def _refit(self, *arrays: np.ndarray) -> dict[str, float]:
+        """Parameters fitted to ``arrays`` (the same arrays ``fit`` takes), starting from the current ones."""
+        raise IsoflopError(f"{self.form} laws cannot be refitted; fit a Chinchilla, Kaplan, data-constrained or saturating law")
+
+    def bootstrap(self, n_samples: int = 1000, seed: int = 0) -> "Law":
+        """Refit on ``n_samples`` resamples (with replacement) of the fitted points; failed refits are dropped
+        and counted in ``info['bootstrap']`` (never kept as samples). Returns self."""
+        data = getattr(self, "_data", None)
+        if data is None:
+            raise IsoflopError("bootstrap needs the fitted runs; call fit(...) first")
+        if n_samples < 2:
+            raise IsoflopError(f"bootstrap needs at least 2 resamples, got {n_samples}")
+        rng = np.random.default_rng(seed)
+        size, rows, dropped = len(data[0]), [], 0
+        for _ in range(n_samples):
+            idx = rng.integers(0, size, size)
+            try:
+                params = self._refit(*(x[idx] for x in data))
+            except IsoflopError:
+                dropped += 1
+                continue
+            row = [params[k] for k in self.param_names]
+            if all(math.isfinite(v) for v in row):
+                rows.append(row)
+            else:
+                dropped += 1
+        if len(rows) < max(2, n_samples // 2):
+            raise IsoflopError(f"only {len(rows)} of {n_samples} bootstrap refits converged; the points do not constrain the law")
+        self.samples = np.asarray(rows)
+        self.info["bootstrap"] = {"requested": n_samples, "converged": len(rows), "dropped": dropped, "seed": seed}
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         self._fitted()
         out: dict[str, Any] = {"form": self.form, "name": self.name, "citation": self.citation, "params": dict(self.params)}
@@ -205,11 +237,21 @@ class KaplanLaw(Law):
         return n, c / (6.0 * n)
 
     def fit(self, n: Any, d: Any, loss: Any) -> "KaplanLaw":
-        """Least squares on log loss from the current parameters (L-BFGS-B on log parameters). Returns self."""
+        """Least squares on log loss from the current parameters (the Kaplan preset when unfitted), by L-BFGS-B
+        on log parameters. Returns self; ``bootstrap`` refits resamples the same way."""
+        from isoflop.laws.fit import check_runs
+
+        if not self.params:
+            self.params = dict(PRESETS["kaplan"]["params"])
+        self._data = check_runs(n, d, loss, len(self.param_names) + 1, "a Kaplan fit")
+        self.params = self._refit(*self._data)
+        self.samples, self.info = None, {"n_points": int(len(self._data[0]))}
+        return self
+
+    def _refit(self, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> dict[str, float]:
         from isoflop.laws.fit import fit_generic
 
-        self.params = fit_generic(self, n, d, loss)
-        return self
+        return fit_generic(self, n, d, loss)
 
 
 class DataConstrainedLaw(Law):
@@ -246,7 +288,27 @@ class DataConstrainedLaw(Law):
         return self.base().predict(n_eff, d_eff)
 
     def optimal(self, flops: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Compute-optimal ``(N, D)`` with unlimited unique data (the base Chinchilla law)."""
         return self.base().optimal(flops)
+
+    def fit(self, n: Any, d: Any, unique_tokens: Any, loss: Any) -> "DataConstrainedLaw":
+        """Fit all seven parameters by least squares on log loss (L-BFGS-B on log parameters), starting from the
+        current parameters or Muennighoff et al.'s. Runs need ``unique_tokens`` (U_D) each. Returns self."""
+        from isoflop.laws.fit import check_runs
+
+        if not self.params:
+            self.params = dict(PRESETS["muennighoff"]["params"])
+        n, d, loss = check_runs(n, d, loss, len(self.param_names) + 1, "a data-constrained fit")
+        u = check_runs(unique_tokens, d, loss, 1, "a data-constrained fit")[0]
+        self._data = (n, d, u, loss)
+        self.params = self._refit(*self._data)
+        self.samples, self.info = None, {"n_points": int(len(n))}
+        return self
+
+    def _refit(self, n: np.ndarray, d: np.ndarray, u: np.ndarray, loss: np.ndarray) -> dict[str, float]:
+        from isoflop.laws.fit import fit_generic
+
+        return fit_generic(self, n, d, loss, extra=(u,))
 
 
 class SaturatingPowerLaw(Law):
@@ -268,10 +330,18 @@ class SaturatingPowerLaw(Law):
 
     def fit(self, x: Any, loss: Any) -> "SaturatingPowerLaw":
         """Huber-free least squares on log loss (L-BFGS-B on ``(log L_inf, log x0, alpha)``). Returns self."""
+        from isoflop.laws.fit import check_runs
+
+        x, _, loss = check_runs(x, np.ones(np.size(x)), loss, 3, "a saturating power law")
+        self._data = (x, loss)
+        self.params = self._refit(x, loss)
+        self.samples, self.info = None, {"n_points": int(len(x))}
+        return self
+
+    def _refit(self, x: np.ndarray, loss: np.ndarray) -> dict[str, float]:
         from isoflop.laws.fit import fit_saturating
 
-        self.params = fit_saturating(x, loss).params
-        return self
+        return fit_saturating(x, loss).params
 
 
 class AllocationLaw(Law):
