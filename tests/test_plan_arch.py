@@ -12,7 +12,7 @@ from isoflop.spec import count_params, preset
 @pytest.mark.parametrize("n_params", [1.25e8, 1e9, 7e9, 16.6e9, 72.25e9, 400e9])
 def test_large_shapes_are_hardware_friendly(n_params) -> None:
     spec = shape_for_params(n_params, vocab_size=32000, seq_len=4096)
-    assert count_params(spec).total == pytest.approx(n_params, rel=0.02)
+    assert count_params(spec).total == pytest.approx(n_params, rel=0.025)
     assert spec.d_model % 128 == 0 and spec.d_ff % 256 == 0
     assert spec.n_heads * spec.dim_per_head == spec.d_model and spec.n_heads % spec.kv_heads == 0
     assert spec.d_ff == -(-8 * spec.d_model // 3 // 256) * 256 or spec.d_ff >= 8 * spec.d_model / 3

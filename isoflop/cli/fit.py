@@ -109,6 +109,7 @@ def _plot(law: Law, points: tuple, path: str) -> None:
             ns = np.geomspace(n.min(), n.max(), 100)
             axes[1].plot(ns, law.predict(ns, budget / (6 * ns)), lw=1, color=plt.cm.viridis((np.log10(budget) - np.log10(c.min())) / max(1e-9, np.log10(c.max() / c.min()))))
         axes[1].set_xscale("log")
+        axes[1].set_ylim(loss.min() - 0.1 * np.ptp(loss), loss.max() + 0.1 * np.ptp(loss))
         axes[1].set_xlabel("parameters N")
         axes[1].set_ylabel("loss")
         axes[1].set_title("IsoFLOP curves of the fitted law")

@@ -75,7 +75,7 @@ def plan(
     vocab_size: int = typer.Option(32000, "--vocab-size", help="Vocabulary size of the planned model."),
     hp_law: str = typer.Option("step", "--hp-law", help="Hyperparameter law: step (Li et al. 2025) or deepseek (Bi et al. 2024)."),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or wsd."),
-    dtype: str = typer.Option("bf16", "--dtype", help="Training precision for the throughput model."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Training precision (default: bf16, or fp16 where the GPU lacks bf16)."),
     pue: float = typer.Option(DEFAULT_PUE, "--pue", help="Data-centre power usage effectiveness."),
     carbon: float = typer.Option(DEFAULT_CARBON_KG_PER_KWH, "--carbon-intensity", help="kg CO2e per kWh."),
     hardware: Optional[str] = typer.Option(None, "--hardware", help="Extra hardware YAML file (same layout as the catalog)."),

@@ -145,8 +145,13 @@ def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result
         if not ok or f >= best_f * (1 - 1e-12):
             break
         best, best_f = x, f
-    converged = theta_is_sane(best)
-    return Approach3Result(theta=best, objective=best_f, converged=converged, n_starts=len(starts), n_evals=evals)
+    if not theta_is_sane(best):
+        a, b, e, alpha, beta = best
+        raise IsoflopError(
+            f"Approach 3 did not converge (alpha {alpha:.3g}, beta {beta:.3g}, log A {a:.3g}, log B {b:.3g}); the runs do not "
+            "constrain the law: add runs over a wider range of N and D"
+        )
+    return Approach3Result(theta=best, objective=best_f, converged=True, n_starts=len(starts), n_evals=evals)
 
 
 def theta_is_sane(theta: np.ndarray) -> bool:

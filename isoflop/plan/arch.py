@@ -88,7 +88,7 @@ def shape_for_params(
     total = fixed[None, :] + layers[:, None] * per_layer[None, :]  # (layers, widths)
     size_err = np.log(total / n_params)
     aspect_err = np.log(widths[None, :] / layers[:, None] / ratio)
-    score = (size_err / 0.01) ** 2 + (aspect_err / 0.5) ** 2
+    score = (size_err / 0.015) ** 2 + (aspect_err / 0.4) ** 2  # 1.5% in size weighs like a factor 1.5 in aspect
     score[:, ~valid] = np.inf
     if not np.isfinite(score).any():
         raise IsoflopError(f"no head layout divides tp={tp}; lower --tp or choose head_dim/kv_heads that divide it")

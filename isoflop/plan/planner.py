@@ -49,7 +49,7 @@ class PlanRequest:
     vocab_size: int = 32000
     hp_law: str = "step"
     schedule: str = "cosine"
-    dtype: str = "bf16"
+    dtype: str | None = None  # default: bf16 where the GPU has it, else fp16, else fp32
     pue: float = DEFAULT_PUE
     carbon_kg_per_kwh: float = DEFAULT_CARBON_KG_PER_KWH
     hardware_file: str | None = None
@@ -78,7 +78,7 @@ def _check(req: PlanRequest) -> None:
         raise IsoflopError(f"--pue must be >= 1, got {req.pue}")
 
 
-def _model(alloc: Allocation, req: PlanRequest, tp_hint: int = 8) -> ModelSpec:
+def _model(alloc: Allocation, req: PlanRequest) -> ModelSpec:
     try:
         return shape_for_params(alloc.n_params, req.vocab_size, req.seq_len, tp=1, name="planned")
     except IsoflopError:
@@ -137,6 +137,8 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
     _check(req)
     law = load_law(req.law)
     gpu = get_gpu(req.gpu, req.hardware_file) if req.gpu else None
+    if gpu is not None and req.dtype is None:
+        req.dtype = next(d for d in ("bf16", "fp16", "fp32", "tf32", "fp8") if gpu.peak_tflops.get(d))
     if gpu is None:
         alloc = _allocate(law, req, req.budget_flops)
         spec = _model(alloc, req)
