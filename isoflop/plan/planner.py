@@ -211,7 +211,7 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     step_time = best.step_time_s if req.mfu is None else best.step_time_s * best.mfu / req.mfu
     steps = max(1, math.ceil(tokens / (global_batch * req.seq_len)))
     hp = {**hp, "global_batch": global_batch, "steps": steps,
-          "warmup_steps": max(1, min(math.ceil(counts.total / (global_batch * req.seq_len)), steps // 10 or 1))}
+          "warmup_steps": max(1, min(math.ceil(counts.non_embedding / (global_batch * req.seq_len)), steps // 10 or 1))}
     hp["batch_tokens"] = global_batch * req.seq_len
     plan = _common(law, req, alloc, spec, tokens, hp)
     days = steps * step_time / 86400.0
