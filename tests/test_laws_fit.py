@@ -208,3 +208,11 @@ def test_data_constrained_fit_recovers_repetition_constants_and_bootstraps() -> 
     assert law.samples.shape[1] == 7 and np.all(np.isfinite(law.samples))
     lo, hi = law.ci95["R_D_star"]
     assert lo <= law.params["R_D_star"] * 1.2 and hi >= law.params["R_D_star"] * 0.8
+
+
+def test_chinchilla_data_approaches_1_and_2(shared_data) -> None:
+    """Hoffmann et al. 2022 (Table 2) find a = 0.50 (Approach 1) and 0.49 (Approach 2) on their runs."""
+    n, d, loss = chinchilla_runs(shared_data)
+    for fit in (fit_approach1, fit_approach2):
+        law = fit(n, d, loss)
+        assert 0.45 < law.params["a"] < 0.55 and law.params["a"] + law.params["b"] == pytest.approx(1, abs=0.02)
