@@ -122,8 +122,6 @@ def _on_budget(law: Law, f: LossFn, flops: float, inference_tokens: float, close
 
 def _solve(law: Law, flops: float | None, target_loss: float | None, unique: float | None, inference: float) -> tuple[float, float, float]:
     """``(C, N, D)`` for one law (no intervals)."""
-    f = _loss_fn(law, unique)
-    closed = unique is None and hasattr(law, "optimal")
     if isinstance(law, AllocationLaw):
         if unique is not None or inference:
             raise IsoflopError("--unique-tokens and --inference-tokens need a parametric law L(N, D); fit with --approach 3 or use a preset")
@@ -133,6 +131,8 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
             flops = law.loss_law.inverse(target_loss)
         n, d = law.optimal(flops)
         return flops, float(n), float(d)
+    f = _loss_fn(law, unique)
+    closed = unique is None and hasattr(law, "optimal")
     if flops is not None:
         n, d = _on_budget(law, f, flops, inference, closed)
         return flops, n, d

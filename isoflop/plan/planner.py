@@ -165,6 +165,7 @@ def _common(law: Law, req: PlanRequest, alloc: Allocation, spec: ModelSpec, toke
         "law_optimum": alloc.as_dict(),
         "hyperparameters": hp,
         "seq_len": req.seq_len,
+        "notes": list(alloc.notes),
     }
 
 
