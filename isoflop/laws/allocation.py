@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from isoflop.errors import IsoflopError
-from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, DataConstrainedLaw, KaplanLaw, Law, PRESETS
+from isoflop.laws.forms import PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, Law
 
 LossFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 _MAX_CI_SAMPLES = 200  # numeric allocations per interval (closed forms use every sample)

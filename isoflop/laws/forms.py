@@ -257,7 +257,7 @@ class KaplanLaw(Law):
 class DataConstrainedLaw(Law):
     """Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models", Eq. 5 and App. A): the Chinchilla
     form evaluated on effective tokens ``D'`` and effective parameters ``N'``; fitted decay constants
-    ``R_D* = 15.4`` and ``R_N* = 5.3`` (their Sec. 3.1)."""
+    ``R_D* = 15.4`` and ``R_N* = 5.3`` (their Sec. 3.1). Unique tokens beyond the tokens seen count as ``D``."""
 
     form = "data_constrained"
     param_names = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
@@ -376,7 +376,8 @@ FORMS: dict[str, type[Law]] = {cls.form: cls for cls in (ChinchillaLaw, KaplanLa
 HOFFMANN = "Hoffmann et al. 2022, 'Training Compute-Optimal Large Language Models', Eq. 10 (Approach 3 fit)"
 BESIROGLU = "Besiroglu et al. 2024, 'Chinchilla Scaling: A replication attempt', Eq. 4 (Approach 3 refit on Hoffmann's data)"
 KAPLAN = "Kaplan et al. 2020, 'Scaling Laws for Neural Language Models', Eq. 1.5 and Table 2 (L(N, D) fit)"
-MUENNIGHOFF = "Muennighoff et al. 2023, 'Scaling Data-Constrained Language Models', Eq. 5 and Sec. 3.1 (fitted constants)"
+MUENNIGHOFF = ("Muennighoff et al. 2023, 'Scaling Data-Constrained Language Models', Eq. 5 and Sec. 3.1; fitted constants "
+               "from the authors' repository (huggingface/datablations, 'Parametric Fit')")
 
 # Published constants (facts from the cited papers).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -386,9 +387,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "params": {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}},
     "kaplan": {"form": "kaplan", "citation": KAPLAN,
                "params": {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}},
+    # Published in log form (a, b, e) = (6.255414, 7.3049974, 0.6254804) with the authors' code.
     "muennighoff": {"form": "data_constrained", "citation": MUENNIGHOFF,
-                    "params": {"E": 1.87, "A": 521.0, "B": 1488.0, "alpha": 0.353, "beta": 0.353,
-                               "R_D_star": 15.4, "R_N_star": 5.3}},
+                    "params": {"E": math.exp(0.6254804), "A": math.exp(6.255414), "B": math.exp(7.3049974),
+                               "alpha": 0.3526596, "beta": 0.3526596, "R_D_star": 15.387756, "R_N_star": 5.309743}},
 }
 
 
