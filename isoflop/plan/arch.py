@@ -1,9 +1,9 @@
 """From a parameter count to a concrete Llama-style architecture (RMSNorm, SwiGLU, RoPE, GQA).
 
-Rules (each a published convention, not a fit):
+Rules (conventions of published models; the aspect-ratio curve is our interpolation between them):
 
-* Depth/width: loss is flat over a wide range of aspect ratios ``d_model / n_layers`` (Kaplan et al. 2020,
-  Sec. 3.1 and Fig. 5: within a few percent from about 20 to 200); we aim at a ratio that grows with size, from
+* Depth/width: loss changes by only a few percent over a wide range of aspect ratios ``d_model / n_layers``
+  (Kaplan et al. 2020, Sec. 3.1 and Fig. 5); we aim at a ratio that grows with size, from
   16 for tiny models to 128 for large ones (GPT-3 175B: 12288/96 = 128; Llama 3 8B: 4096/32 = 128; GPT-2 small:
   768/12 = 64), ``ratio = 16 * 2^(0.6 (log10 N - 5))`` clipped to [16, 128].
 * Widths are multiples of ``multiple`` (128 by default, tensor-core and TP friendly; 16 or 32 allowed for tiny
