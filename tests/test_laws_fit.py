@@ -216,3 +216,13 @@ def test_chinchilla_data_approaches_1_and_2(shared_data) -> None:
     for fit in (fit_approach1, fit_approach2):
         law = fit(n, d, loss)
         assert 0.45 < law.params["a"] < 0.55 and law.params["a"] + law.params["b"] == pytest.approx(1, abs=0.02)
+
+
+def test_approach2_bootstrap_interval_covers_the_true_exponent() -> None:
+    rng = np.random.default_rng(9)
+    n, d, loss, c = _isoflop_grid(rng, np.geomspace(1e18, 1e22, 5), 0.003)
+    law = fit_approach2(n, d, loss, c).bootstrap(40, seed=0)
+    lo, hi = law.ci95["a"]
+    assert lo <= TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"]) <= hi
+    stats = law.info["bootstrap"]
+    assert stats["converged"] + stats["dropped"] == 40 and np.all(np.isfinite(law.samples))

@@ -268,7 +268,9 @@ def fit_approach1(n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray 
             points.append({"C": float(c[i]), "N_opt": float(n[i]), "D_opt": float(d[i]), "loss": float(loss[i])})
     if len({p["N_opt"] for p in points}) < 2 or len(points) < 3:
         raise IsoflopError(f"the loss envelope has only {len(points)} points with {len({p['N_opt'] for p in points})} model sizes; Approach 1 needs runs of several sizes over a range of compute")
-    return _allocation(points, 1, _loss_vs_compute(points))
+    law = _allocation(points, 1, _loss_vs_compute(points))
+    law._data = (n, d, loss, c)
+    return law
 
 
 def group_budgets(c: np.ndarray, tolerance_dex: float = 0.05) -> np.ndarray:
@@ -317,4 +319,5 @@ def fit_approach2(
         raise IsoflopError(f"only {len(points)} IsoFLOP budget(s) have an interior parabola minimum ({skipped} skipped); Approach 2 needs at least 2 budgets with 3+ model sizes around the optimum")
     law = _allocation(points, 2, _loss_vs_compute(points))
     law.info["budgets_skipped"] = skipped
+    law._data = (n, d, loss, c, labels)  # a bootstrap resamples runs and keeps their budget labels
     return law

@@ -361,6 +361,14 @@ class AllocationLaw(Law):
         c = np.asarray(flops, dtype=float)
         return p["k_N"] * c ** p["a"], p["k_D"] * c ** p["b"]
 
+    def _refit(self, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+        """Refit with the same approach (used by ``bootstrap`` on resampled runs)."""
+        from isoflop.laws.fit import fit_approach1, fit_approach2
+
+        if self.info.get("approach") == 1:
+            return fit_approach1(n, d, loss, c).params
+        return fit_approach2(n, d, loss, c, groups=groups).params
+
     def optimal_loss(self, flops: Any) -> np.ndarray | None:
         return None if self.loss_law is None else self.loss_law.predict(flops)
 
