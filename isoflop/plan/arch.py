@@ -85,6 +85,9 @@ def shape_for_params(
     embed = vocab_size * widths
     head = 0 if tie_embeddings else vocab_size * widths
     fixed = embed + widths + head if count == "total" else widths + head
+    small = fixed + per_layer <= 3 * n_params  # widths whose one-layer model is not already far too big
+    small[0] = True
+    widths, hd, heads, kv, ffn, per_layer, fixed, valid = (x[small] for x in (widths, hd, heads, kv, ffn, per_layer, fixed, valid))
     layers = np.arange(1, max_layers + 1, dtype=np.int64)
     total = fixed[None, :] + layers[:, None] * per_layer[None, :]  # (layers, widths)
     size_err = np.log(total / n_params)
