@@ -61,7 +61,7 @@ def _positive(value: float | None, name: str) -> None:
         raise IsoflopError(f"{name} must be a positive finite number, got {value!r}")
 
 
-def _data_constrained(law: Law) -> DataConstrainedLaw:
+def data_constrained(law: Law) -> DataConstrainedLaw:
     """The data-constrained form of ``law``: itself, or a Chinchilla law with Muennighoff's R_D*, R_N*."""
     if isinstance(law, DataConstrainedLaw):
         return law
@@ -75,7 +75,7 @@ def _data_constrained(law: Law) -> DataConstrainedLaw:
 def _loss_fn(law: Law, unique_tokens: float | None) -> LossFn:
     if unique_tokens is None:
         return law.predict
-    dc = _data_constrained(law)
+    dc = data_constrained(law)
     return lambda n, d: dc.predict(n, d, unique_tokens)
 
 

@@ -14,12 +14,14 @@ and Large Neural Network Training", Table 4) use for a hyperscale data centre an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from isoflop.errors import IsoflopError
 from isoflop.hardware import GPU, get_gpu
-from isoflop.laws.allocation import Allocation, compute_optimal
+from isoflop.laws.allocation import Allocation, compute_optimal, data_constrained
 from isoflop.laws.forms import AllocationLaw, Law, load_law
 from isoflop.laws.hyperparams import recommend
 from isoflop.plan.arch import shape_for_params
@@ -107,9 +109,7 @@ def _loss(law: Law, req: PlanRequest, n: float, d: float) -> float | None:
         loss = law.optimal_loss(6.0 * n * d)
         return None if loss is None else float(loss)
     if req.unique_tokens is not None:
-        from isoflop.laws.allocation import _data_constrained
-
-        return float(_data_constrained(law).predict(n, d, req.unique_tokens))
+        return float(data_constrained(law).predict(n, d, req.unique_tokens))
     return float(law.predict(n, d))
 
 
@@ -117,8 +117,6 @@ def _loss_ci(law: Law, req: PlanRequest, n: float, d: float) -> list[float] | No
     """Interval of the predicted loss of the planned (N, D) over the law's bootstrap draws."""
     if law.samples is None or isinstance(law, AllocationLaw):
         return None
-    import numpy as np
-
     values = [v for v in (_loss(s, req, n, d) for s in law.sample_laws()) if v is not None and math.isfinite(v)]
     if len(values) < 2:
         return None
@@ -138,7 +136,7 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
     law = load_law(req.law)
     gpu = get_gpu(req.gpu, req.hardware_file) if req.gpu else None
     if gpu is not None and req.dtype is None:
-        req.dtype = next(d for d in ("bf16", "fp16", "fp32", "tf32", "fp8") if gpu.peak_tflops.get(d))
+        req = replace(req, dtype=next(d for d in ("bf16", "fp16", "fp32", "tf32", "fp8") if gpu.peak_tflops.get(d)))
     if gpu is None:
         alloc = _allocate(law, req, req.budget_flops)
         spec = _model(alloc, req)
