@@ -31,6 +31,7 @@ DEFAULT_PUE = 1.1
 DEFAULT_CARBON_KG_PER_KWH = 0.429
 DEFAULT_MFU_GUESS = 0.4
 MAX_ITERATIONS = 12
+SIX_N_SHARE_GUESS = 0.9  # first guess of 6N / training FLOPs per token (attention scores add ~10%); iterated away
 
 
 @dataclass
@@ -173,9 +174,9 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     seconds = req.days * 86400.0
     peak = gpu.peak_flops(req.dtype) * req.n_gpus
     mfu = req.mfu or DEFAULT_MFU_GUESS
-    flops = peak * mfu * seconds * _six_n_share_guess()
+    flops = peak * mfu * seconds * SIX_N_SHARE_GUESS
     history: list[dict[str, float]] = []
-    best = None
+    done = False
     for _ in range(MAX_ITERATIONS):
         alloc = _allocate(law, req, flops)
         spec = _model(alloc, req)
@@ -219,7 +220,7 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     energy = gpu_hours * gpu.tdp_watts / 1000.0 * req.pue
     plan.update({
         "budget": {"kind": "hardware", "gpu": gpu.name, "n_gpus": req.n_gpus, "days": req.days, "flops": flops,
-                   "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history},
+                   "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history, "converged": done},
         "layout": best.layout.as_dict(),
         "layout_reason": best.extra.get("reason"),
         "alternatives": [e.layout.as_dict() | {"tokens_per_s": e.tokens_per_s, "mfu": e.mfu} for e in layouts[1:]],
@@ -238,7 +239,3 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     })
     return plan
 
-
-def _six_n_share_guess() -> float:
-    """First guess of 6N / (training FLOPs per token): attention and logits add roughly 10% (refined by iteration)."""
-    return 0.9
