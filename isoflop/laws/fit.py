@@ -145,15 +145,38 @@ def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result
         if not ok or f >= best_f * (1 - 1e-12):
             break
         best, best_f = x, f
-    converged = theta_is_sane(best)
-    return Approach3Result(theta=best, objective=best_f, converged=converged, n_starts=len(starts), n_evals=evals)
+    if not theta_is_sane(best):
+        a, b, e, alpha, beta = best
+        raise IsoflopError(
+            f"Approach 3 did not converge (alpha {alpha:.3g}, beta {beta:.3g}, log A {a:.3g}, log B {b:.3g}); the runs do not "
+            "constrain the law: add runs over a wider range of N and D"
+        )
+    return Approach3Result(theta=best, objective=best_f, converged=True, n_starts=len(starts), n_evals=evals)
+
+
+MAX_EXPONENT = 3.0  # published LLM exponents are 0.05-0.8 (Kaplan 2020; Hoffmann 2022; Besiroglu 2024)
+MAX_LOG_COEF = 100.0  # A, B up to e^100: beyond that the term is numerically meaningless
 
 
 def theta_is_sane(theta: np.ndarray) -> bool:
-    """A usable Approach 3 optimum: finite ``E, A, B`` (no overflow) and exponents in ``(0, 10)``."""
-    with np.errstate(over="ignore"):
-        coefs = np.exp(theta[:3])
-    return bool(np.all(np.isfinite(theta)) and np.all(np.isfinite(coefs)) and 0 < theta[3] < 10 and 0 < theta[4] < 10)
+    """A usable Approach 3 optimum: finite parameters, ``log A, log B, log E <= 100`` and exponents in ``(0, 3]``.
+    Optima outside are what poorly conditioned data produce (A ~ 1e50 with alpha ~ 9): not reported as a law."""
+    theta = np.asarray(theta, dtype=float)
+    return bool(
+        np.all(np.isfinite(theta)) and np.all(theta[:3] <= MAX_LOG_COEF)
+        and 0 < theta[3] <= MAX_EXPONENT and 0 < theta[4] <= MAX_EXPONENT
+    )
+
+
+def fit_warnings(params: dict[str, float], loss: np.ndarray) -> list[str]:
+    """Signs that the runs constrain the law poorly (reported with the fit, never silently)."""
+    out = []
+    if params["E"] < 0.05 * float(np.min(loss)):
+        out.append(f"E = {params['E']:.3g} is near zero: the runs do not pin down the irreducible loss")
+    for key in ("alpha", "beta"):
+        if params[key] > 1.0:
+            out.append(f"{key} = {params[key]:.3g} is far above published values (0.1-0.8): too narrow a range of N or D")
+    return out
 
 
 # One-variable saturating power law --------------------------------------------------------------
@@ -199,16 +222,16 @@ def fit_saturating(x: np.ndarray, loss: np.ndarray) -> "SaturatingPowerLaw":
     return law
 
 
-def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> dict[str, float]:
-    """Least squares on log loss for any two-variable law with positive parameters, from ``law``'s current
-    parameters (L-BFGS-B over log parameters). Used for ``KaplanLaw.fit``."""
+def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray, extra: tuple = ()) -> dict[str, float]:
+    """Least squares on log loss for a law with positive parameters, ``law.predict(n, d, *extra)``, from ``law``'s
+    current parameters (L-BFGS-B over log parameters). Used by ``KaplanLaw`` and ``DataConstrainedLaw``."""
     n, d, loss = check_runs(n, d, loss, len(law.param_names) + 1, f"a {law.form} fit")
     names, ll = law.param_names, np.log(loss)
     p0 = np.log([law.params[k] for k in names])
 
     def sse(lp: np.ndarray) -> float:
         with np.errstate(all="ignore"):
-            pred = law.with_params(dict(zip(names, np.exp(lp)))).predict(n, d)
+            pred = law.with_params(dict(zip(names, np.exp(lp)))).predict(n, d, *extra)
             val = float(np.sum((np.log(pred) - ll) ** 2))
         return val if np.isfinite(val) else 1e300
 
@@ -263,7 +286,9 @@ def fit_approach1(n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray 
             points.append({"C": float(c[i]), "N_opt": float(n[i]), "D_opt": float(d[i]), "loss": float(loss[i])})
     if len({p["N_opt"] for p in points}) < 2 or len(points) < 3:
         raise IsoflopError(f"the loss envelope has only {len(points)} points with {len({p['N_opt'] for p in points})} model sizes; Approach 1 needs runs of several sizes over a range of compute")
-    return _allocation(points, 1, _loss_vs_compute(points))
+    law = _allocation(points, 1, _loss_vs_compute(points))
+    law._data = (n, d, loss, c)
+    return law
 
 
 def group_budgets(c: np.ndarray, tolerance_dex: float = 0.05) -> np.ndarray:
@@ -312,4 +337,5 @@ def fit_approach2(
         raise IsoflopError(f"only {len(points)} IsoFLOP budget(s) have an interior parabola minimum ({skipped} skipped); Approach 2 needs at least 2 budgets with 3+ model sizes around the optimum")
     law = _allocation(points, 2, _loss_vs_compute(points))
     law.info["budgets_skipped"] = skipped
+    law._data = (n, d, loss, c, labels)  # a bootstrap resamples runs and keeps their budget labels
     return law
