@@ -224,6 +224,8 @@ class Checkpointer:
     # -- load --
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Restore model and optimizer from ``path`` (resharding as needed); returns the trainer state."""
+        reader = SafeFileSystemReader(str(path))
+        reader.read_metadata()  # vet the metadata first: a clean one-line error instead of DCP's wrapped one
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         with _quiet():
