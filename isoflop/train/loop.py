@@ -201,7 +201,8 @@ class _Run:
         model = self._build_model()
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2),
                                     cfg.optim.eps)
-        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world)
+        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world,
+                                global_batch=cfg.train.global_batch)
         ckpt = Checkpointer(out / "checkpoints", cfg.train.keep_checkpoints, env)
         state: dict[str, Any] = {"step": 0, "tokens": 0, "val_history": [], "skipped_steps": 0, "rollbacks": 0,
                                  "resumed_from": None, "last_loss": None, "last_grad_norm": None}
