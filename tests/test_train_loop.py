@@ -137,3 +137,17 @@ def test_activation_checkpointing_and_bf16_options(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(IsoflopError, match="no CUDA GPU"):
             train(micro_config(train={**base["train"], "device": "cuda"}), tmp_path / "cuda")
+
+
+def test_tiny_preset_via_cli_val_loss_falls(cli, tmp_path):
+    """The built-in ``tiny`` preset (its model, optimizer and schedule) through ``isoflop train``; the corpus
+    is capped at 1 MB and the run cut to 12 steps of 8 sequences to keep the test short."""
+    result = cli("train", "--preset", "tiny", "--max-steps", "12", "--set", "data.max_bytes=1000000",
+                 "--set", "train.eval_every=6", "--set", "train.global_batch=8", "--out", str(tmp_path / "tiny"),
+                 "--json")
+    assert result.code == 0, result.err
+    s = result.json()
+    assert s["model"] == "tiny-llama" and s["steps"] == 12 and 1.0e6 < s["params"] < 1.5e6
+    history = [loss for _, loss in s["val_history"]]
+    assert len(history) == 3 and history[0] > history[1] > history[2]
+    assert s["val_loss"] < s["val_loss_initial"] - 0.5

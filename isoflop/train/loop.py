@@ -18,6 +18,7 @@ Robustness:
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import shutil
@@ -352,28 +353,29 @@ class _Run:
 
     # -- pieces -----------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
-        """Refuse to resume a different run; record the config of this one."""
+        """Refuse to resume a different run; record the config of this one. Rank 0 decides, all ranks raise."""
         out, cfg = self.out, self.cfg
         ident = _identity(cfg)
         marker = out / "run.json"
+        problem = None
         if self.env.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            old = None
             if marker.is_file():
-                import json
-
                 try:
                     old = json.loads(marker.read_text(encoding="utf-8")).get("identity")
-                except ValueError:
+                except (ValueError, AttributeError):
                     old = None
-                if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
-                    diff = sorted(k for k in ident if ident.get(k) != old.get(k))
-                    raise IsoflopError(
-                        f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
-                        "use another --out, or delete that folder to start over"
-                    )
-            atomic_write_json(marker, {"identity": ident})
-            atomic_write_text(out / "config.yaml", cfg.to_yaml())
-        barrier()
+            if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
+                diff = sorted(k for k in ident if ident.get(k) != old.get(k))
+                problem = (f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
+                           "use another --out, or delete that folder to start over")
+            else:
+                atomic_write_json(marker, {"identity": ident})
+                atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        problem = broadcast_object(problem, self.env)
+        if problem:
+            raise IsoflopError(str(problem))
 
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any) -> tuple[float, float]:
         """One optimizer step over the global batch; returns (mean loss, gradient norm before clipping)."""
