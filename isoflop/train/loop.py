@@ -191,6 +191,10 @@ class _Run:
 
         cfg, env, out = self.cfg, self.env, self.out
         wall0 = time.perf_counter()
+        if env.device.type == "cpu":
+            from isoflop.train.cpu import tune_allocator
+
+            tune_allocator()  # keep freed activation buffers in the heap (no page faults every step)
         torch.manual_seed(cfg.train.seed)
         self._check_out_dir()
         data = prepare_data(cfg.data)
