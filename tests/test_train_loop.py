@@ -54,9 +54,14 @@ def test_micro_run_outputs_and_rerun(tmp_path):
         train(micro_config(model={"d_model": 64}), out)
 
 
-def test_half_written_checkpoints_are_ignored(tmp_path):
+def test_half_written_checkpoints_are_ignored_and_predictions_reported(tmp_path):
     out = tmp_path / "run"
-    train(micro_config(train={"max_steps": 8}), out)
+    predicted = {"loss": 5.0, "loss_ci95": [4.5, 5.5], "step_time_s": 0.01, "memory_gib": 0.5}
+    first = train(micro_config(train={"max_steps": 8}, predicted=predicted, plan={"budget": "tiny"}), out)
+    # A config from a plan reports its predictions beside the measurements.
+    assert first["predicted"]["loss"] == 5.0 and first["measured"]["loss"] == first["val_loss"]
+    assert first["prediction_error"]["loss"] == pytest.approx((first["val_loss"] - 5.0) / 5.0)
+    assert first["measured"]["step_time_s"] == first["step_time_s"]
     ckpts = out / "checkpoints"
     # A crash mid-save leaves a .tmp folder; a crash before the marker leaves a folder without COMPLETE.
     shutil.copytree(ckpts / "step-00000008", ckpts / "step-00000012.tmp")

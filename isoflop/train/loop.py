@@ -351,8 +351,9 @@ class _Run:
             summary["prediction_error"] = relative_errors(predicted, measured)
         if env.is_main:
             atomic_write_json(out / SUMMARY_FILE, _json_safe(summary))
-            self._say(f"done: {state['step']} steps, train loss {summary['final_train_loss']:.4f}, val loss "
-                      f"{final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
+            train_loss = summary["final_train_loss"]
+            self._say(f"done: {state['step']} steps, train loss {train_loss if train_loss is None else round(train_loss, 4)}, "
+                      f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
         return summary
 
     # -- pieces -----------------------------------------------------------------------------------
