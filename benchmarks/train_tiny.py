@@ -2,7 +2,9 @@
 
 1. Tokenize the stdlib corpus for the preset (``prepare_data``; the first run's cost, cached afterwards).
 2. ``python -m isoflop train --preset tiny --out DIR --json`` in a subprocess, after tokenization: wall time of
-   the whole command, the validation loss before and after, tokens/s and MFU (from ``summary.json``).
+   the whole command and its CPU time (user + system, all threads: on a shared machine the CPU time over the
+   thread count bounds what an idle machine would take), the validation loss before and after, tokens/s and
+   MFU (from ``summary.json``).
 3. With ``--parity``: the micro config of the tests trained by 1 process and by 2 gloo processes under torchrun
    (DDP, FSDP2, HSDP) on the same global batch; the largest relative difference of any logged loss.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,12 +45,16 @@ def tiny(threads: int) -> dict:
     prepare_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         run = subprocess.run([sys.executable, "-m", "isoflop", "train", "--preset", "tiny", "--out", f"{tmp}/run", "--json"],
                              cwd=ROOT, env=_env(threads, None), capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     s = json.loads(run.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"command": "isoflop train --preset tiny --out DIR --json", "threads": threads,
-            "prepare_s_cached_or_first": prepare_s, "command_wall_s": wall, "train_wall_s": s["wall_s"],
+            "prepare_s_cached_or_first": prepare_s, "command_wall_s": wall, "command_cpu_s": cpu,
+            "load_average_1min": os.getloadavg()[0], "train_wall_s": s["wall_s"],
             "steps": s["steps"], "val_loss_initial": s["val_loss_initial"], "val_loss": s["val_loss"],
             "final_train_loss": s["final_train_loss"], "tokens_per_s": s["tokens_per_s"], "mfu": s["mfu"],
             "params": s["params"]}
