@@ -138,7 +138,6 @@ class _Run:
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.strategy = resolve_strategy(cfg.parallel.strategy, env)
         self.stop = _StopFlag()
-        self.log_prefix_done = False
 
     # -- setup ------------------------------------------------------------------------------------
     def _autocast(self):
