@@ -18,6 +18,7 @@ Robustness:
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import shutil
@@ -112,9 +113,10 @@ def _set_rng_state(state: dict[str, str]) -> None:
 
 
 def _can_compile(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot run here, or None when it can."""
-    import shutil as _sh
+    """Why ``torch.compile`` cannot run here, or None when it can.
 
+    On CPU the model uses hand-written autograd functions (``isoflop.train.model``: RMSNorm, SwiGLU) that
+    dynamo cannot trace with ``fullgraph=True``, so CPU runs stay eager."""
     try:
         import torch._dynamo
 
@@ -122,8 +124,8 @@ def _can_compile(device: torch.device) -> str | None:
             return "torch.compile does not support this Python"
     except ImportError:
         return "torch._dynamo is unavailable"
-    if device.type == "cpu" and not any(_sh.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
-        return "no C++ compiler found for the CPU backend"
+    if device.type == "cpu":
+        return "the CPU model's hand-written autograd kernels cannot be compiled (compile is for GPUs)"
     return None
 
 
@@ -137,7 +139,6 @@ class _Run:
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.strategy = resolve_strategy(cfg.parallel.strategy, env)
         self.stop = _StopFlag()
-        self.log_prefix_done = False
 
     # -- setup ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -190,6 +191,10 @@ class _Run:
 
         cfg, env, out = self.cfg, self.env, self.out
         wall0 = time.perf_counter()
+        if env.device.type == "cpu":
+            from isoflop.train.cpu import tune_allocator
+
+            tune_allocator()  # keep freed activation buffers in the heap (no page faults every step)
         torch.manual_seed(cfg.train.seed)
         self._check_out_dir()
         data = prepare_data(cfg.data)
@@ -201,7 +206,8 @@ class _Run:
         model = self._build_model()
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2),
                                     cfg.optim.eps)
-        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world)
+        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world,
+                                global_batch=cfg.train.global_batch)
         ckpt = Checkpointer(out / "checkpoints", cfg.train.keep_checkpoints, env)
         state: dict[str, Any] = {"step": 0, "tokens": 0, "val_history": [], "skipped_steps": 0, "rollbacks": 0,
                                  "resumed_from": None, "last_loss": None, "last_grad_norm": None}
@@ -345,34 +351,36 @@ class _Run:
             summary["prediction_error"] = relative_errors(predicted, measured)
         if env.is_main:
             atomic_write_json(out / SUMMARY_FILE, _json_safe(summary))
-            self._say(f"done: {state['step']} steps, train loss {summary['final_train_loss']:.4f}, val loss "
-                      f"{final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
+            train_loss = summary["final_train_loss"]
+            self._say(f"done: {state['step']} steps, train loss {train_loss if train_loss is None else round(train_loss, 4)}, "
+                      f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
         return summary
 
     # -- pieces -----------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
-        """Refuse to resume a different run; record the config of this one."""
+        """Refuse to resume a different run; record the config of this one. Rank 0 decides, all ranks raise."""
         out, cfg = self.out, self.cfg
         ident = _identity(cfg)
         marker = out / "run.json"
+        problem = None
         if self.env.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            old = None
             if marker.is_file():
-                import json
-
                 try:
                     old = json.loads(marker.read_text(encoding="utf-8")).get("identity")
-                except ValueError:
+                except (ValueError, AttributeError):
                     old = None
-                if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
-                    diff = sorted(k for k in ident if ident.get(k) != old.get(k))
-                    raise IsoflopError(
-                        f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
-                        "use another --out, or delete that folder to start over"
-                    )
-            atomic_write_json(marker, {"identity": ident})
-            atomic_write_text(out / "config.yaml", cfg.to_yaml())
-        barrier()
+            if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
+                diff = sorted(k for k in ident if ident.get(k) != old.get(k))
+                problem = (f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
+                           "use another --out, or delete that folder to start over")
+            else:
+                atomic_write_json(marker, {"identity": ident})
+                atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        problem = broadcast_object(problem, self.env)
+        if problem:
+            raise IsoflopError(str(problem))
 
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any) -> tuple[float, float]:
         """One optimizer step over the global batch; returns (mean loss, gradient norm before clipping)."""
