@@ -8,6 +8,7 @@ binary, unreadable, malformed records) are skipped and listed in the report; the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from isoflop.errors import IsoflopError
 from isoflop.train.data.config import DataConfig
@@ -47,7 +48,7 @@ class Skipped:
 
 @dataclass
 class Corpus:
-    """Documents of both splits, in deterministic order, plus what was skipped and a fingerprint of the inputs."""
+    """Documents of both splits, in deterministic order, and the inputs that were skipped."""
 
     train: list[Document] = field(default_factory=list)
     val: list[Document] = field(default_factory=list)
@@ -100,15 +101,20 @@ def _walk(root: Path, suffixes: set[str] | frozenset[str], excluded: frozenset[s
 
 
 def fingerprint(cfg: DataConfig) -> str:
-    """sha256 over (relative path, size, mtime) of every input file, or the dataset name for ``hf:``.
+    """sha256 over (relative path, size, mtime) of every input file (or of a local ``hf:`` dataset folder).
 
     A stored cache whose fingerprint differs (files added, removed or edited) is rebuilt.
     """
     h = hashlib.sha256()
     if cfg.source.startswith("hf:"):
         h.update(cfg.source.encode("utf-8"))
-        return h.hexdigest()
-    root, files = list_files(cfg)
+        local = Path(cfg.source[3:].strip()).expanduser()
+        if not local.is_dir():  # a hub name: the cached copy is immutable per revision
+            return h.hexdigest()
+        root = local
+        files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.relative_to(local).as_posix())
+    else:
+        root, files = list_files(cfg)
     h.update(str(root.resolve()).encode("utf-8"))
     if cfg.source == "stdlib":
         h.update(sys.version.encode("utf-8"))
@@ -131,8 +137,8 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 def _split(records: Iterator[Document | Skipped], cfg: DataConfig) -> Corpus:
     """Assign documents to splits by id hash; with ``max_bytes`` each split keeps its share of the cap.
 
-    The training split stops at ``(1 - val_fraction) * max_bytes`` and validation at ``val_fraction *
-    max_bytes`` (each keeps at least one document), so a capped corpus still has both splits.
+    Each split takes whole documents in order until it holds its share of the cap, ``(1 - val_fraction) *
+    max_bytes`` for training and ``val_fraction * max_bytes`` for validation, so a capped corpus keeps both.
     """
     corpus = Corpus()
     budget = None
@@ -143,20 +149,18 @@ def _split(records: Iterator[Document | Skipped], cfg: DataConfig) -> Corpus:
     for rec in records:
         if isinstance(rec, Skipped):
             corpus.skipped.append(rec)
-            log.warning("skipped %s: %s", rec.id, rec.reason)
+            log.debug("skipped %s: %s", rec.id, rec.reason)
             continue
         split = "val" if is_val(rec.id, cfg.val_fraction) else "train"
         if split in full:
             continue
         docs = corpus.val if split == "val" else corpus.train
-        size = len(rec.text.encode("utf-8"))
-        if budget is not None and docs and used[split] + size > budget[split]:
-            full.add(split)  # a split takes documents in order until the first one that overflows its share
+        docs.append(rec)
+        used[split] += len(rec.text.encode("utf-8"))
+        if budget is not None and used[split] >= budget[split]:
+            full.add(split)  # a split takes whole documents in order until its share is reached
             if len(full) == 2:
                 break
-            continue
-        docs.append(rec)
-        used[split] += size
     if not corpus.train and not corpus.val:
         raise IsoflopError(f"data source {cfg.source!r} yielded no usable text ({len(corpus.skipped)} files "
                            "skipped); check the source path and the text_field setting")
@@ -254,25 +258,58 @@ def _parquet_records(path: Path, rel: str, text_field: str) -> Iterator[Document
         yield Skipped(rel, f"unreadable Parquet ({type(exc).__name__}: {exc})")
 
 
+@contextlib.contextmanager
+def _hf_offline(datasets_module: Any) -> Iterator[None]:
+    """Force offline mode for one call, even if ``datasets``/``huggingface_hub`` were imported before.
+
+    Both read their ``*_OFFLINE`` environment variables once at import, so the module constants are patched
+    too and restored afterwards.
+    """
+    saved_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    patched: list[tuple[Any, str, Any]] = []
+    targets = [(getattr(datasets_module, "config", None), "HF_DATASETS_OFFLINE"),
+               (getattr(datasets_module, "config", None), "HF_HUB_OFFLINE")]
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        targets.append((hub_constants, "HF_HUB_OFFLINE"))
+    except ImportError:
+        pass
+    try:
+        os.environ.update({k: "1" for k in saved_env})
+        for obj, attr in targets:
+            if obj is not None and hasattr(obj, attr):
+                patched.append((obj, attr, getattr(obj, attr)))
+                setattr(obj, attr, True)
+        yield
+    finally:
+        for obj, attr, value in reversed(patched):
+            setattr(obj, attr, value)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _hf_records(cfg: DataConfig) -> Iterator[Document | Skipped]:
     """Rows of a Hugging Face dataset that is local (a ``save_to_disk`` folder) or already cached; never downloads."""
     name = cfg.source[3:].strip()
     if not name:
         raise IsoflopError("data source 'hf:' names no dataset; write hf:<dataset name or local folder>")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import datasets
     except ImportError as exc:
         raise IsoflopError("hf: data sources need the 'datasets' package; pip install datasets") from exc
     local = Path(name).expanduser()
     try:
-        if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
-            ds = datasets.load_from_disk(str(local))
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[cfg.hf_split]
-        else:
-            ds = datasets.load_dataset(name, split=cfg.hf_split)
+        with _hf_offline(datasets):
+            if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
+                ds = datasets.load_from_disk(str(local))
+                if isinstance(ds, datasets.DatasetDict):
+                    ds = ds[cfg.hf_split]
+            else:
+                ds = datasets.load_dataset(name, split=cfg.hf_split)
     except Exception as exc:
         raise IsoflopError(f"Hugging Face dataset {name!r} (split {cfg.hf_split!r}) is not available offline "
                            f"({type(exc).__name__}: {exc}); download it once with datasets.load_dataset or "
@@ -283,7 +320,7 @@ def _hf_records(cfg: DataConfig) -> Iterator[Document | Skipped]:
     row = 0
     for batch in ds.iter(batch_size=1024):
         for text in batch[cfg.text_field]:
-            doc_id = f"{name}:{row}"
+            doc_id = f"{cfg.hf_split}:{row}"  # independent of where a local copy lives
             row += 1
             if not isinstance(text, str):
                 yield Skipped(doc_id, f"column {cfg.text_field!r} is not a string")

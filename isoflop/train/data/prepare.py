@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from isoflop.errors import IsoflopError
 from isoflop.train.data import shards
 from isoflop.train.data.config import FORMAT_VERSION, DataConfig
 from isoflop.train.data.corpus import Corpus, Document, fingerprint, load_corpus
+from isoflop.train.data.sampler import PackedSampler
 from isoflop.train.data.tokenizer import (
     EOT,
     encode_batch,
@@ -70,8 +72,15 @@ class TokenData:
         """Files or records that were skipped, each ``{"id", "reason"}``."""
         return list(self.manifest.get("skipped", []))
 
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
     def decode(self, ids: Any) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def sampler(self, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1) -> "PackedSampler":
+        """A ``PackedSampler`` over the training split (see ``isoflop.train.data.sampler``)."""
+        return PackedSampler(self.train, seq_len, batch_size, seed, rank=rank, world=world)
 
     def val_batches(self, seq_len: int, batch: int, n: int) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
         """``n`` validation batches ``(x, y)`` of shape (batch, seq_len), int64, the same on every call.
@@ -149,6 +158,10 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None)
     if not corpus.train:  # every document hashed into validation (e.g. a single file): train on them instead
         corpus.train, corpus.val = corpus.val, []
     t_read = time.perf_counter()
+    if corpus.skipped:
+        reasons = Counter(s.reason.split(" (")[0] for s in corpus.skipped)
+        log.warning("skipped %d input(s) (%s); the list is in %s", len(corpus.skipped),
+                    ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), folder / shards.MANIFEST)
     tok, trained = _tokenizer(cfg, corpus)
     tok_bytes = tok.to_str().encode("utf-8")
     atomic_write_bytes(folder / TOKENIZER_FILE, tok_bytes)
