@@ -12,7 +12,8 @@ Hyperparameters for tiny models follow one stated rule, identical across sizes b
 * a fixed batch in tokens for every run (the same optimizer noise scale on the whole ladder);
 * linear warmup over ``warmup_fraction`` of the steps, then cosine decay to 10% of the peak at the
   run's own last step (the schedule length matched to the tokens, Hoffmann et al. 2022, Sec. 3 / App. B);
-* AdamW (beta2 0.95, weight decay 0.1), fp32, the same data and validation set (same seed) for all runs.
+* AdamW (beta2 0.95, weight decay 0.1), fp32, the same data and validation set (same seed) for all runs;
+  the validation loss is measured on the same ``eval_batches`` x ``batch_seqs`` windows for every run.
 """
 
 from __future__ import annotations
@@ -87,26 +88,33 @@ def kaplan_lr(n_non_embedding: float) -> float:
     return max(1e-4, 0.003239 - 0.0001395 * math.log(max(n_non_embedding, 1.0)))
 
 
-def tiny_shape(n_non_embedding: int, vocab_size: int, seq_len: int, multiple: int = 16) -> ModelSpec:
-    """A Llama-style tiny model (RMSNorm, SwiGLU, RoPE, tied embeddings, head_dim = ``multiple``) with about
-    ``n_non_embedding`` parameters and aspect ratio ``d_model ~ 16 n_layers``: blocks have ``12 d^2``
-    parameters (attention ``4 d^2`` + SwiGLU ``3 d (8d/3)``), so ``d = (16 N / 12)^(1/3)`` rounded to ``multiple``.
-    Kaplan et al. 2020 (Sec. 3.1, Fig. 5) find loss nearly independent of the aspect ratio at fixed ``N``."""
-    best: ModelSpec | None = None
-    for layers in range(1, 64):
+def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = 16.0) -> tuple[int, int]:
+    """``(d_model, n_layers)`` of the fixed-aspect family nearest ``n_non_embedding`` parameters.
+
+    Ladder models grow width and depth together, ``d_model ~ aspect x n_layers`` (Kaplan et al. 2020,
+    Sec. 3.1, Fig. 5: loss depends weakly on the aspect ratio at fixed N, but a ladder that changes only depth
+    or jumps between one-layer and deep models bends its IsoFLOP curves). A Llama block has about ``12 d^2``
+    parameters (attention ``4 d^2`` + SwiGLU ``3 d (8d/3)``), so ``d = (aspect N / 12)^(1/3)``."""
+    best, best_err = (multiple, 1), math.inf
+    for layers in range(1, 129):
         d = max(multiple, round(math.sqrt(n_non_embedding / (12 * layers)) / multiple) * multiple)
-        d_ff = max(multiple, round(8 * d / 3 / multiple) * multiple)
-        spec = ModelSpec(name="ladder", d_model=d, n_layers=layers, n_heads=d // multiple, d_ff=d_ff,
-                         vocab_size=vocab_size, max_seq_len=seq_len, tie_embeddings=True)
-        err = abs(math.log(count_params(spec).non_embedding / n_non_embedding)) + 0.5 * abs(math.log(d / (16 * layers)))
-        if best is None or err < best_err:
-            best, best_err = spec, err
-    assert best is not None
+        err = abs(math.log(12 * layers * d * d / n_non_embedding)) + 0.5 * abs(math.log(d / (aspect * layers)))
+        if err < best_err:
+            best, best_err = (d, layers), err
     return best
 
 
 def _default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:
-    return tiny_shape(n_params, vocab_size, seq_len, multiple)
+    """The planner's shape (``isoflop.plan.arch.shape_for_params``, tied embeddings, head_dim = ``multiple``) for
+    the family member nearest ``n_params`` non-embedding parameters, asked for at that member's exact size and
+    aspect ratio so the planner returns it."""
+    from isoflop.plan.arch import shape_for_params
+
+    d, layers = family_size(n_params, multiple)
+    ffn = math.ceil(8 * d / 3 / multiple) * multiple
+    exact = layers * (4 * d * d + 3 * d * ffn + 2 * d) + d
+    return shape_for_params(exact, vocab_size=vocab_size, seq_len=seq_len, multiple=multiple, head_dim=multiple,
+                            count="non_embedding", tie_embeddings=True, aspect=d / layers, name="ladder")
 
 
 ShapeFn = Callable[[int, int, int, int], ModelSpec]
@@ -121,8 +129,8 @@ def train_config(design: LadderDesign, spec: ModelSpec, steps: int, budget: floa
         "train": {
             "seq_len": design.seq_len, "global_batch": design.batch_seqs, "max_steps": steps,
             "tokens": steps * design.batch_tokens, "seed": design.seed, "dtype": "fp32", "compile": False,
-            "eval_every": max(1, steps // 8), "eval_batches": design.eval_batches,
-            "log_every": max(1, steps // 50), "ckpt_every": 0,
+            "eval_every": max(1, steps // 2), "eval_batches": design.eval_batches,
+            "log_every": max(1, steps // 25), "ckpt_every": 0,
         },
         "optim": {
             "lr": round(kaplan_lr(n_ne), 6), "min_lr_ratio": design.min_lr_ratio, "schedule": "cosine",

@@ -13,8 +13,8 @@ from isoflop.errors import IsoflopError
 from isoflop.ladder.grid import LadderDesign
 
 PRESETS: dict[str, LadderDesign] = {
-    "quick": LadderDesign(name="quick", budgets=(2.5e10, 5e10, 1e11, 2e11), sizes=4, size_ratio=2.0),
-    "medium": LadderDesign(name="medium", budgets=(5e10, 1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8),
+    "quick": LadderDesign(name="quick", budgets=(6e10, 1.2e11, 2.4e11), sizes=4, size_ratio=2.0),
+    "medium": LadderDesign(name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8),
     "large": LadderDesign(name="large", budgets=(1e11, 2e11, 4e11, 8e11, 1.6e12, 3.2e12), sizes=5, size_ratio=1.8,
                           seq_len=128, batch_seqs=16),
 }

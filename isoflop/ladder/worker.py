@@ -28,41 +28,26 @@ def load_entry(spec: str) -> Callable[[dict[str, Any], str], dict[str, Any]]:
     return getattr(importlib.import_module(module), name or "train")
 
 
-def _first(summary: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        value = summary.get(key)
-        if value is not None:
-            return value
-    return None
-
-
 def _peak_memory_gib() -> float:
     """Peak memory of this process: CUDA's max allocated on a GPU, else the peak resident set (Linux KiB)."""
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            return torch.cuda.max_memory_allocated() / 2**30
-    except ImportError:
-        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def result_from_summary(summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    """The registry's measurements out of a trainer summary (``summary.json`` of ``train``)."""
-    steps = _first(summary, "steps", "max_steps", "step")
-    step_time = _first(summary, "step_time_s", "mean_step_time_s", "median_step_time_s")
-    if step_time is None and steps:
-        step_time = wall_s / float(steps)
+    """The registry's measurements out of the trainer's summary (``isoflop.train.loop.train``): losses, tokens,
+    median seconds per optimizer step, and the process's peak memory (GPU allocations, or CPU resident set)."""
+    if summary.get("status", "complete") != "complete":
+        raise RuntimeError(f"the trainer stopped early (status {summary.get('status')!r}); the run will be retried")
+    steps = summary.get("steps")
+    step_time = summary.get("step_time_s") or (wall_s / steps if steps else None)
     return {
-        "final_loss": _first(summary, "final_train_loss", "train_loss", "final_loss", "loss"),
-        "val_loss": _first(summary, "final_val_loss", "val_loss", "eval_loss"),
-        "tokens": _first(summary, "tokens", "tokens_seen", "train_tokens"),
-        "flops": _first(summary, "flops", "train_flops", "model_flops"),
-        "step_time_s": step_time,
-        "memory_gib": _first(summary, "peak_memory_gib", "memory_gib") or _peak_memory_gib(),
-        "wall_s": wall_s,
-        "summary": summary,
+        "final_loss": summary.get("final_train_loss"), "val_loss": summary.get("val_loss"),
+        "tokens": summary.get("tokens"), "step_time_s": step_time, "memory_gib": _peak_memory_gib(),
+        "wall_s": wall_s, "summary": summary,
     }
 
 
