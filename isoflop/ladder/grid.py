@@ -46,6 +46,7 @@ class LadderDesign:
     eval_batches: int = 16
     dim_multiple: int = 16
     primary: str = "envelope"
+    max_extensions: int = 2
     bootstrap: int = 200
     extra_data: dict[str, Any] = field(default_factory=dict)
 
@@ -155,41 +156,78 @@ def point_for(design: LadderDesign, spec: ModelSpec, budget: float, role: str = 
     )
 
 
-def centre_size(design: LadderDesign, budget: float, shape_fn: ShapeFn | None = None) -> int:
-    """Non-embedding size ``N`` whose run at ``budget`` sees ``tokens_per_param * N`` tokens (bisection in log N)."""
-    shape = shape_fn or _default_shape
+def family_spec(n_non_embedding: float, design: LadderDesign) -> ModelSpec:
+    """The family member nearest ``n_non_embedding``, built directly (cheap; for searching sizes)."""
+    d, layers = family_size(n_non_embedding, design.dim_multiple)
+    ffn = math.ceil(8 * d / 3 / design.dim_multiple) * design.dim_multiple
+    return ModelSpec(name="ladder", d_model=d, n_layers=layers, n_heads=d // design.dim_multiple, d_ff=ffn,
+                     vocab_size=design.vocab_size, max_seq_len=design.seq_len, tie_embeddings=True)
+
+
+def centre_size(design: LadderDesign, budget: float) -> float:
+    """Non-embedding size ``N`` whose run at ``budget`` sees ``tokens_per_param * N`` tokens (bisection in log N,
+    with FLOPs per token interpolated between family members)."""
+    def tokens_per_param(n: float) -> float:
+        spec = family_spec(n, design)
+        per_token = count_flops(spec, design.seq_len).training * n / count_params(spec).non_embedding
+        return budget / per_token / n
+
     lo, hi = 1e3, 1e10
-    for _ in range(40):
+    for _ in range(60):
         mid = math.sqrt(lo * hi)
-        spec = shape(int(mid), design.vocab_size, design.seq_len, design.dim_multiple)
-        n_ne = count_params(spec).non_embedding
-        tokens = budget / count_flops(spec, design.seq_len).training
-        if tokens / n_ne > design.tokens_per_param:
+        if tokens_per_param(mid) > design.tokens_per_param:
             lo = mid
         else:
             hi = mid
-        if hi / lo < 1.02:
-            break
-    return int(math.sqrt(lo * hi))
+    return math.sqrt(lo * hi)
 
 
 def design_grid(design: LadderDesign, shape_fn: ShapeFn | None = None) -> list[GridPoint]:
-    """Every (budget, size) point of the ladder, smallest budget first; duplicate shapes are dropped."""
+    """Every (budget, size) point of the ladder, smallest budget first.
+
+    Targets are ``centre x size_ratio^k`` for ``k`` centred on 0; tiny shapes are discrete, so a target that
+    lands on the same (or a smaller) family member as the previous one is pushed up until it gives a new one.
+    """
     design.validate()
     shape = shape_fn or _default_shape
     points: list[GridPoint] = []
     for budget in sorted(design.budgets):
-        centre = centre_size(design, budget, shape)
-        seen: set[tuple[int, int, int]] = set()
-        offsets = [i - (design.sizes - 1) / 2 for i in range(design.sizes)]
-        for off in offsets:
-            spec = shape(int(centre * design.size_ratio**off), design.vocab_size, design.seq_len, design.dim_multiple)
-            key = (spec.d_model, spec.n_layers, spec.d_ff)
-            if key in seen:
-                continue
-            seen.add(key)
+        centre = centre_size(design, budget)
+        previous = 0
+        for k in range(design.sizes):
+            target = centre * design.size_ratio ** (k - (design.sizes - 1) / 2)
+            while count_params(family_spec(target, design)).non_embedding <= previous:
+                target *= 1.05
+            n = count_params(family_spec(target, design)).non_embedding
+            spec = shape(n, design.vocab_size, design.seq_len, design.dim_multiple)
+            previous = count_params(spec).non_embedding
             points.append(point_for(design, spec, budget))
     return points
+
+
+def edge_extensions(design: LadderDesign, finished: list[tuple[float, int, float]], shape_fn: ShapeFn | None = None) -> list[GridPoint]:
+    """Extra sizes for budgets whose lowest loss sits at the smallest or largest size tried.
+
+    ``finished`` holds ``(budget, non-embedding N, validation loss)`` of finished runs. A budget whose best run is
+    at an edge gets one more size a ``size_ratio`` step beyond that edge, so its parabola has an interior
+    minimum (Hoffmann et al. 2022 chose their IsoFLOP ranges around the minima the same way). The rule uses
+    ladder losses only, never the held-out run.
+    """
+    shape = shape_fn or _default_shape
+    extra: list[GridPoint] = []
+    for budget in sorted({b for b, _, _ in finished}):
+        runs = sorted((n, loss) for b, n, loss in finished if b == budget)
+        if len(runs) < 3:
+            continue
+        best = min(range(len(runs)), key=lambda i: runs[i][1])
+        if 0 < best < len(runs) - 1:
+            continue
+        target = runs[0][0] / design.size_ratio if best == 0 else runs[-1][0] * design.size_ratio
+        spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
+        n_new = count_params(spec).non_embedding
+        if (best == 0 and n_new < runs[0][0]) or (best > 0 and n_new > runs[-1][0]):
+            extra.append(point_for(design, spec, budget))
+    return extra
 
 
 def heldout_budget(design: LadderDesign) -> float:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from isoflop.atomic import atomic_write_json
 from isoflop.ladder import verify as V
-from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid
+from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid, edge_extensions
 from isoflop.ladder.registry import Registry, RunRecord
 from isoflop.ladder.runner import ExecOptions, Job, execute
 
@@ -107,6 +107,17 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     jobs = _jobs(reg, design, points, out)
     prepare(design, say)
     outcome = execute(reg, jobs, opts, _progress(say, len(jobs)))
+    for _ in range(design.max_extensions):
+        done = [reg.get(j.run_id) for j in jobs]
+        finished = [(r.budget, r.n_params_non_embedding, r.val_loss) for r in done
+                    if r and r.status == "finished" and r.val_loss is not None and math.isfinite(r.val_loss)]
+        extra = edge_extensions(design, finished, shape_fn)
+        if not extra:
+            break
+        say(f"{len(extra)} budget(s) have their lowest loss at an edge size: adding {', '.join(p.label for p in extra)}")
+        new_jobs = _jobs(reg, design, extra, out)
+        jobs += new_jobs
+        outcome.update(execute(reg, new_jobs, opts, _progress(say, len(new_jobs))))
     runs = [reg.get(j.run_id) for j in jobs]
     arr = V.run_arrays(runs)
     say(f"fitting approach 2 (IsoFLOP parabolas, envelope) and approach 3 on {len(arr['n'])} runs")
