@@ -1,4 +1,5 @@
-"""Two 1-thread runs at once vs the same two runs one after the other with 2 threads each (tiny ladder models).
+"""Two 1-thread runs at once vs the same two runs one after the other with 2 threads each (tiny ladder models),
+and one run alone with 1 vs 2 threads (what the held-out run, which trains alone, should use).
 
 Each "run" trains a tiny Llama-style model (the ladder's shapes) for a fixed number of AdamW steps on random
 tokens in its own process. Prints one JSON object (last line): wall seconds of both schedules, the speedup of
@@ -78,11 +79,14 @@ def main() -> None:
     flops_per_run = count_flops(spec, args.seq_len).training * args.batch * args.seq_len * args.steps
     two_by_one = schedule(concurrent=2, threads=1, runs=2, args=args)
     one_by_two = schedule(concurrent=1, threads=2, runs=2, args=args)
+    single_1 = schedule(concurrent=1, threads=1, runs=1, args=args)
     print(json.dumps({
         "model": {"d_model": spec.d_model, "n_layers": spec.n_layers, "non_embedding": count_params(spec).non_embedding},
         "steps": args.steps, "batch_tokens": args.batch * args.seq_len, "cores": os.cpu_count(),
         "two_runs_1_thread_concurrent_s": two_by_one, "two_runs_2_threads_serial_s": one_by_two,
         "speedup_concurrent_1_thread": one_by_two / two_by_one,
+        "one_run_1_thread_s": single_1, "one_run_2_threads_s": one_by_two / 2,
+        "speedup_2_threads_single_run": single_1 / (one_by_two / 2),
         "flops_per_s_concurrent": 2 * flops_per_run / two_by_one, "flops_per_s_serial_2_threads": 2 * flops_per_run / one_by_two,
     }))
 

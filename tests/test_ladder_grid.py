@@ -43,7 +43,7 @@ def test_hyperparameter_rule() -> None:
     assert kaplan_lr(1e6) < kaplan_lr(1e5)
     for p in design_grid(PRESETS["quick"]):
         optim, train = p.config["optim"], p.config["train"]
-        assert optim["lr"] == pytest.approx(kaplan_lr(p.n_params_non_embedding), abs=1e-6)
+        assert optim["lr"] == pytest.approx(3 * kaplan_lr(p.n_params_non_embedding), abs=1e-6)
         assert optim["schedule"] == "cosine" and optim["warmup_steps"] == max(1, round(0.05 * train["max_steps"]))
         assert train["seed"] == 0 and p.config["data"]["vocab_size"] == PRESETS["quick"].vocab_size
 

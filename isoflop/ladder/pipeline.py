@@ -122,19 +122,22 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     arr = V.run_arrays(runs)
     say(f"fitting approach 2 (IsoFLOP parabolas, envelope) and approach 3 on {len(arr['n'])} runs")
     fits = V.fit_ladder(arr, bootstrap=design.bootstrap, seed=design.seed)
+    if fits["note"]:
+        say(f"note: {fits['note']}")
     held_point = V.plan_heldout(design, fits, shape_fn)
     preds = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
-    primary = next(p for p in preds if p["method"] == design.primary)
+    primary = next((p for p in preds if p["method"] == design.primary), preds[0])
     heldout: dict[str, Any] = {
         "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
-        "n_total": held_point.n_params, "tokens": held_point.tokens, "method": design.primary,
+        "n_total": held_point.n_params, "tokens": held_point.tokens, "method": primary["method"],
+        "sized_by": "approach2" if fits["n_opt_fit"] else "approach3", "note": fits["note"],
         "predicted_loss": primary["predicted_loss"], "ci95": primary["ci95"], "predictions": preds,
         "actual_loss": None, "error_pct": None, "inside_ci": None,
         "shape": {k: getattr(held_point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
     }
-    lo, hi = primary["ci95"]
+    lo, hi = primary["ci95"] or (float("nan"), float("nan"))
     say(f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
-        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] ({design.primary})")
+        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})")
     if verify:
         held_opts = ExecOptions(workers=1, threads=heldout_threads or opts.threads,
                                 launcher=opts.launcher, nproc_per_node=opts.nproc_per_node, slurm=opts.slurm, entry=opts.entry)
