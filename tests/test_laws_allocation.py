@@ -49,9 +49,14 @@ def test_target_loss_inverts_the_budget() -> None:
 def test_data_constrained_effective_data_formula() -> None:
     law = preset_law("muennighoff")
     assert isinstance(law, DataConstrainedLaw)
+    # The authors' own code prints these losses for the two models of their Figure 1 (right)
+    # (huggingface/datablations README, "Parametric Fit").
+    assert float(law.predict(6.34e9, 242e9, 25e9)) == pytest.approx(2.2256440889984477, rel=1e-9)
+    assert float(law.predict(8.67e9, 178e9, 25e9)) == pytest.approx(2.2269634075087867, rel=1e-9)
     u, d = 1e10, 5e10  # 5 epochs: R_D = 4
     _, d_eff = law.effective(1e9, d, u)
-    assert float(d_eff) == pytest.approx(u + u * 15.4 * (1 - np.exp(-4 / 15.4)), rel=1e-12)
+    r_star = law.params["R_D_star"]
+    assert float(d_eff) == pytest.approx(u + u * r_star * (1 - np.exp(-4 / r_star)), rel=1e-12)
     assert float(law.effective(1e9, 1e9, u)[1]) == pytest.approx(1e9)  # less than one epoch: no repetition
 
 

@@ -149,3 +149,32 @@ def test_fit_bad_files(cli, tmp_path) -> None:
 def test_help_for_fit_and_plan(cli) -> None:
     for cmd in ("fit", "plan"):
         assert cli(cmd, "--help").code == 0
+
+
+def test_runs_from_parquet_and_malformed_jsonl(cli, tmp_path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from isoflop.laws.io import read_runs
+
+    rng = np.random.default_rng(2)
+    n, d = 10 ** rng.uniform(7, 10, 30), 10 ** rng.uniform(9, 11.5, 30)
+    loss = preset_law("besiroglu").predict(n, d)
+    path = tmp_path / "runs.parquet"
+    pq.write_table(pa.table({"N": n, "D": d, "loss": loss}), path)
+    runs = read_runs(path)
+    assert np.array_equal(runs.n, n) and runs.columns == {"N": "N", "loss": "loss", "D": "D"}
+    result = cli("fit", str(path), "--json")
+    assert result.code == 0 and result.json()["params"]["alpha"] == pytest.approx(0.3478, rel=1e-3)
+    bad = tmp_path / "runs.jsonl"
+    bad.write_text('{"N": 1e8, "D": 1e9, "loss": 3}\n{oops\n')
+    result = cli("fit", str(bad))
+    assert result.code == 2 and "line 2" in result.err
+
+
+def test_plan_yaml_without_hardware(cli, tmp_path) -> None:
+    out = tmp_path / "plan.yaml"
+    assert cli("plan", "--budget-flops", "1e19", "--vocab-size", "4096", "--seq-len", "256", "--out", str(out)).code == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["parallel"]["strategy"] == "auto" and cfg["train"]["micro_batch"] is None
+    assert cfg["model"]["vocab_size"] == cfg["data"]["vocab_size"] == 4096 and cfg["train"]["seq_len"] == 256

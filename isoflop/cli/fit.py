@@ -43,10 +43,10 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
         if bootstrap:
             law.bootstrap(bootstrap, seed=seed)
     else:
-        if bootstrap:
-            raise IsoflopError("--bootstrap is available for --approach 3; Approaches 1 and 2 report point estimates")
         law = fit_approach1(n, d, loss, c) if approach == 1 else fit_approach2(n, d, loss, c)
         law.info["dropped_highest_loss"] = drop
+        if bootstrap:
+            law.bootstrap(bootstrap, seed=seed)
     alloc = compute_optimal(law, at_flops)
     ci = dict(law.ci95)
     report: dict[str, Any] = {
@@ -66,6 +66,7 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
             ci["a_opt"] = [float(x) for x in np.percentile(be / (al + be), [2.5, 97.5])]
     else:
         report["a_opt"], report["b_opt"] = law.params["a"], law.params["b"]
+        ci["a_opt"] = ci["a"]
         report["loss_law"] = None if law.loss_law is None else {"params": law.loss_law.params, "form": "L_min(C) = L_inf + (x0 / C)^alpha"}
         report["minima"] = law.minima
     ci["n_opt"], ci["d_opt"], ci["loss"] = alloc.n_params_ci95, alloc.tokens_ci95, alloc.loss_ci95
@@ -109,6 +110,7 @@ def _plot(law: Law, points: tuple, path: str) -> None:
             ns = np.geomspace(n.min(), n.max(), 100)
             axes[1].plot(ns, law.predict(ns, budget / (6 * ns)), lw=1, color=plt.cm.viridis((np.log10(budget) - np.log10(c.min())) / max(1e-9, np.log10(c.max() / c.min()))))
         axes[1].set_xscale("log")
+        axes[1].set_ylim(loss.min() - 0.1 * np.ptp(loss), loss.max() + 0.1 * np.ptp(loss))
         axes[1].set_xlabel("parameters N")
         axes[1].set_ylabel("loss")
         axes[1].set_title("IsoFLOP curves of the fitted law")
@@ -156,7 +158,7 @@ def fit(
     loss_col: Optional[str] = typer.Option(None, "--loss-col", help="Column of final losses."),
     where: list[str] = typer.Option([], "--where", help="Keep rows with COLUMN=VALUE (repeatable)."),
     drop: int = typer.Option(0, "--drop-highest-loss", help="Drop the K highest-loss runs (Besiroglu et al. drop 5)."),
-    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap resamples for 95% intervals (Approach 3)."),
+    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap resamples (runs drawn with replacement) for 95% intervals."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     at_flops: float = typer.Option(5.76e23, "--at-flops", help="Budget for the derived N_opt, D_opt and loss (default: Chinchilla's)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure of the fit (PNG/PDF/SVG)."),

@@ -52,9 +52,16 @@ def _render(plan: dict[str, Any]):
             t.add_row("energy", f"{plan['energy_kwh']:,.0f} kWh, {plan['co2_kg'] / 1000:,.2f} t CO2e "
                                 f"(PUE {plan['assumptions']['pue']}, {plan['assumptions']['carbon_kg_per_kwh']} kg/kWh)")
         console.print(t)
-        console.print("hyperparameter sources: " + "; ".join(f"{k}: {v}" for k, v in hp["laws"].items()))
+        sources: dict[str, list[str]] = {}
+        for key, text in hp["laws"].items():
+            sources.setdefault(text, []).append(key)
+        console.print("hyperparameters from: " + "; ".join(f"{' and '.join(keys)}: {text}" for text, keys in sources.items()))
+        for note in plan.get("notes", []):
+            console.print(f"note: {note}")
         if plan.get("out"):
-            console.print(f"wrote {plan['out']} (run it with the trainer as it is)")
+            console.print(f"wrote {plan['out']}; run it as it is with `isoflop train {plan['out']}`")
+        else:
+            console.print("write the run configuration with --out plan.yaml (the trainer's TrainConfig schema)")
 
     return render
 
@@ -75,7 +82,7 @@ def plan(
     vocab_size: int = typer.Option(32000, "--vocab-size", help="Vocabulary size of the planned model."),
     hp_law: str = typer.Option("step", "--hp-law", help="Hyperparameter law: step (Li et al. 2025) or deepseek (Bi et al. 2024)."),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or wsd."),
-    dtype: str = typer.Option("bf16", "--dtype", help="Training precision for the throughput model."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Training precision (default: bf16, or fp16 where the GPU lacks bf16)."),
     pue: float = typer.Option(DEFAULT_PUE, "--pue", help="Data-centre power usage effectiveness."),
     carbon: float = typer.Option(DEFAULT_CARBON_KG_PER_KWH, "--carbon-intensity", help="kg CO2e per kWh."),
     hardware: Optional[str] = typer.Option(None, "--hardware", help="Extra hardware YAML file (same layout as the catalog)."),

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from isoflop.errors import IsoflopError
-from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, DataConstrainedLaw, KaplanLaw, Law, PRESETS
+from isoflop.laws.forms import PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, Law
 
 LossFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 _MAX_CI_SAMPLES = 200  # numeric allocations per interval (closed forms use every sample)
@@ -61,7 +61,7 @@ def _positive(value: float | None, name: str) -> None:
         raise IsoflopError(f"{name} must be a positive finite number, got {value!r}")
 
 
-def _data_constrained(law: Law) -> DataConstrainedLaw:
+def data_constrained(law: Law) -> DataConstrainedLaw:
     """The data-constrained form of ``law``: itself, or a Chinchilla law with Muennighoff's R_D*, R_N*."""
     if isinstance(law, DataConstrainedLaw):
         return law
@@ -75,7 +75,7 @@ def _data_constrained(law: Law) -> DataConstrainedLaw:
 def _loss_fn(law: Law, unique_tokens: float | None) -> LossFn:
     if unique_tokens is None:
         return law.predict
-    dc = _data_constrained(law)
+    dc = data_constrained(law)
     return lambda n, d: dc.predict(n, d, unique_tokens)
 
 
@@ -122,8 +122,6 @@ def _on_budget(law: Law, f: LossFn, flops: float, inference_tokens: float, close
 
 def _solve(law: Law, flops: float | None, target_loss: float | None, unique: float | None, inference: float) -> tuple[float, float, float]:
     """``(C, N, D)`` for one law (no intervals)."""
-    f = _loss_fn(law, unique)
-    closed = unique is None and hasattr(law, "optimal")
     if isinstance(law, AllocationLaw):
         if unique is not None or inference:
             raise IsoflopError("--unique-tokens and --inference-tokens need a parametric law L(N, D); fit with --approach 3 or use a preset")
@@ -133,6 +131,8 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
             flops = law.loss_law.inverse(target_loss)
         n, d = law.optimal(flops)
         return flops, float(n), float(d)
+    f = _loss_fn(law, unique)
+    closed = unique is None and hasattr(law, "optimal")
     if flops is not None:
         n, d = _on_budget(law, f, flops, inference, closed)
         return flops, n, d

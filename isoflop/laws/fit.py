@@ -145,8 +145,13 @@ def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result
         if not ok or f >= best_f * (1 - 1e-12):
             break
         best, best_f = x, f
-    converged = theta_is_sane(best)
-    return Approach3Result(theta=best, objective=best_f, converged=converged, n_starts=len(starts), n_evals=evals)
+    if not theta_is_sane(best):
+        a, b, e, alpha, beta = best
+        raise IsoflopError(
+            f"Approach 3 did not converge (alpha {alpha:.3g}, beta {beta:.3g}, log A {a:.3g}, log B {b:.3g}); the runs do not "
+            "constrain the law: add runs over a wider range of N and D"
+        )
+    return Approach3Result(theta=best, objective=best_f, converged=True, n_starts=len(starts), n_evals=evals)
 
 
 def theta_is_sane(theta: np.ndarray) -> bool:
@@ -199,16 +204,16 @@ def fit_saturating(x: np.ndarray, loss: np.ndarray) -> "SaturatingPowerLaw":
     return law
 
 
-def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> dict[str, float]:
-    """Least squares on log loss for any two-variable law with positive parameters, from ``law``'s current
-    parameters (L-BFGS-B over log parameters). Used for ``KaplanLaw.fit``."""
+def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray, extra: tuple = ()) -> dict[str, float]:
+    """Least squares on log loss for a law with positive parameters, ``law.predict(n, d, *extra)``, from ``law``'s
+    current parameters (L-BFGS-B over log parameters). Used by ``KaplanLaw`` and ``DataConstrainedLaw``."""
     n, d, loss = check_runs(n, d, loss, len(law.param_names) + 1, f"a {law.form} fit")
     names, ll = law.param_names, np.log(loss)
     p0 = np.log([law.params[k] for k in names])
 
     def sse(lp: np.ndarray) -> float:
         with np.errstate(all="ignore"):
-            pred = law.with_params(dict(zip(names, np.exp(lp)))).predict(n, d)
+            pred = law.with_params(dict(zip(names, np.exp(lp)))).predict(n, d, *extra)
             val = float(np.sum((np.log(pred) - ll) ** 2))
         return val if np.isfinite(val) else 1e300
 
@@ -263,7 +268,9 @@ def fit_approach1(n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray 
             points.append({"C": float(c[i]), "N_opt": float(n[i]), "D_opt": float(d[i]), "loss": float(loss[i])})
     if len({p["N_opt"] for p in points}) < 2 or len(points) < 3:
         raise IsoflopError(f"the loss envelope has only {len(points)} points with {len({p['N_opt'] for p in points})} model sizes; Approach 1 needs runs of several sizes over a range of compute")
-    return _allocation(points, 1, _loss_vs_compute(points))
+    law = _allocation(points, 1, _loss_vs_compute(points))
+    law._data = (n, d, loss, c)
+    return law
 
 
 def group_budgets(c: np.ndarray, tolerance_dex: float = 0.05) -> np.ndarray:
@@ -312,4 +319,5 @@ def fit_approach2(
         raise IsoflopError(f"only {len(points)} IsoFLOP budget(s) have an interior parabola minimum ({skipped} skipped); Approach 2 needs at least 2 budgets with 3+ model sizes around the optimum")
     law = _allocation(points, 2, _loss_vs_compute(points))
     law.info["budgets_skipped"] = skipped
+    law._data = (n, d, loss, c, labels)  # a bootstrap resamples runs and keeps their budget labels
     return law

@@ -93,6 +93,38 @@ class Law:
     def derived(self) -> dict[str, float]:
         return {}
 
+    def _refit(self, *arrays: np.ndarray) -> dict[str, float]:
+        """Parameters fitted to ``arrays`` (the same arrays ``fit`` takes), starting from the current ones."""
+        raise IsoflopError(f"{self.form} laws cannot be refitted; fit a Chinchilla, Kaplan, data-constrained or saturating law")
+
+    def bootstrap(self, n_samples: int = 1000, seed: int = 0) -> "Law":
+        """Refit on ``n_samples`` resamples (with replacement) of the fitted points; failed refits are dropped
+        and counted in ``info['bootstrap']`` (never kept as samples). Returns self."""
+        data = getattr(self, "_data", None)
+        if data is None:
+            raise IsoflopError("bootstrap needs the fitted runs; call fit(...) first")
+        if n_samples < 2:
+            raise IsoflopError(f"bootstrap needs at least 2 resamples, got {n_samples}")
+        rng = np.random.default_rng(seed)
+        size, rows, dropped = len(data[0]), [], 0
+        for _ in range(n_samples):
+            idx = rng.integers(0, size, size)
+            try:
+                params = self._refit(*(x[idx] for x in data))
+            except IsoflopError:
+                dropped += 1
+                continue
+            row = [params[k] for k in self.param_names]
+            if all(math.isfinite(v) for v in row):
+                rows.append(row)
+            else:
+                dropped += 1
+        if len(rows) < max(2, n_samples // 2):
+            raise IsoflopError(f"only {len(rows)} of {n_samples} bootstrap refits converged; the points do not constrain the law")
+        self.samples = np.asarray(rows)
+        self.info["bootstrap"] = {"requested": n_samples, "converged": len(rows), "dropped": dropped, "seed": seed}
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         self._fitted()
         out: dict[str, Any] = {"form": self.form, "name": self.name, "citation": self.citation, "params": dict(self.params)}
@@ -205,17 +237,27 @@ class KaplanLaw(Law):
         return n, c / (6.0 * n)
 
     def fit(self, n: Any, d: Any, loss: Any) -> "KaplanLaw":
-        """Least squares on log loss from the current parameters (L-BFGS-B on log parameters). Returns self."""
+        """Least squares on log loss from the current parameters (the Kaplan preset when unfitted), by L-BFGS-B
+        on log parameters. Returns self; ``bootstrap`` refits resamples the same way."""
+        from isoflop.laws.fit import check_runs
+
+        if not self.params:
+            self.params = dict(PRESETS["kaplan"]["params"])
+        self._data = check_runs(n, d, loss, len(self.param_names) + 1, "a Kaplan fit")
+        self.params = self._refit(*self._data)
+        self.samples, self.info = None, {"n_points": int(len(self._data[0]))}
+        return self
+
+    def _refit(self, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> dict[str, float]:
         from isoflop.laws.fit import fit_generic
 
-        self.params = fit_generic(self, n, d, loss)
-        return self
+        return fit_generic(self, n, d, loss)
 
 
 class DataConstrainedLaw(Law):
     """Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models", Eq. 5 and App. A): the Chinchilla
     form evaluated on effective tokens ``D'`` and effective parameters ``N'``; fitted decay constants
-    ``R_D* = 15.4`` and ``R_N* = 5.3`` (their Sec. 3.1)."""
+    ``R_D* = 15.4`` and ``R_N* = 5.3`` (their Sec. 3.1). Unique tokens beyond the tokens seen count as ``D``."""
 
     form = "data_constrained"
     param_names = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
@@ -246,7 +288,27 @@ class DataConstrainedLaw(Law):
         return self.base().predict(n_eff, d_eff)
 
     def optimal(self, flops: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Compute-optimal ``(N, D)`` with unlimited unique data (the base Chinchilla law)."""
         return self.base().optimal(flops)
+
+    def fit(self, n: Any, d: Any, unique_tokens: Any, loss: Any) -> "DataConstrainedLaw":
+        """Fit all seven parameters by least squares on log loss (L-BFGS-B on log parameters), starting from the
+        current parameters or Muennighoff et al.'s. Runs need ``unique_tokens`` (U_D) each. Returns self."""
+        from isoflop.laws.fit import check_runs
+
+        if not self.params:
+            self.params = dict(PRESETS["muennighoff"]["params"])
+        n, d, loss = check_runs(n, d, loss, len(self.param_names) + 1, "a data-constrained fit")
+        u = check_runs(unique_tokens, d, loss, 1, "a data-constrained fit")[0]
+        self._data = (n, d, u, loss)
+        self.params = self._refit(*self._data)
+        self.samples, self.info = None, {"n_points": int(len(n))}
+        return self
+
+    def _refit(self, n: np.ndarray, d: np.ndarray, u: np.ndarray, loss: np.ndarray) -> dict[str, float]:
+        from isoflop.laws.fit import fit_generic
+
+        return fit_generic(self, n, d, loss, extra=(u,))
 
 
 class SaturatingPowerLaw(Law):
@@ -268,10 +330,18 @@ class SaturatingPowerLaw(Law):
 
     def fit(self, x: Any, loss: Any) -> "SaturatingPowerLaw":
         """Huber-free least squares on log loss (L-BFGS-B on ``(log L_inf, log x0, alpha)``). Returns self."""
+        from isoflop.laws.fit import check_runs
+
+        x, _, loss = check_runs(x, np.ones(np.size(x)), loss, 3, "a saturating power law")
+        self._data = (x, loss)
+        self.params = self._refit(x, loss)
+        self.samples, self.info = None, {"n_points": int(len(x))}
+        return self
+
+    def _refit(self, x: np.ndarray, loss: np.ndarray) -> dict[str, float]:
         from isoflop.laws.fit import fit_saturating
 
-        self.params = fit_saturating(x, loss).params
-        return self
+        return fit_saturating(x, loss).params
 
 
 class AllocationLaw(Law):
@@ -291,6 +361,14 @@ class AllocationLaw(Law):
         c = np.asarray(flops, dtype=float)
         return p["k_N"] * c ** p["a"], p["k_D"] * c ** p["b"]
 
+    def _refit(self, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+        """Refit with the same approach (used by ``bootstrap`` on resampled runs)."""
+        from isoflop.laws.fit import fit_approach1, fit_approach2
+
+        if self.info.get("approach") == 1:
+            return fit_approach1(n, d, loss, c).params
+        return fit_approach2(n, d, loss, c, groups=groups).params
+
     def optimal_loss(self, flops: Any) -> np.ndarray | None:
         return None if self.loss_law is None else self.loss_law.predict(flops)
 
@@ -306,7 +384,8 @@ FORMS: dict[str, type[Law]] = {cls.form: cls for cls in (ChinchillaLaw, KaplanLa
 HOFFMANN = "Hoffmann et al. 2022, 'Training Compute-Optimal Large Language Models', Eq. 10 (Approach 3 fit)"
 BESIROGLU = "Besiroglu et al. 2024, 'Chinchilla Scaling: A replication attempt', Eq. 4 (Approach 3 refit on Hoffmann's data)"
 KAPLAN = "Kaplan et al. 2020, 'Scaling Laws for Neural Language Models', Eq. 1.5 and Table 2 (L(N, D) fit)"
-MUENNIGHOFF = "Muennighoff et al. 2023, 'Scaling Data-Constrained Language Models', Eq. 5 and Sec. 3.1 (fitted constants)"
+MUENNIGHOFF = ("Muennighoff et al. 2023, 'Scaling Data-Constrained Language Models', Eq. 5 and Sec. 3.1; fitted constants "
+               "from the authors' repository (huggingface/datablations, 'Parametric Fit')")
 
 # Published constants (facts from the cited papers).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -316,9 +395,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "params": {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}},
     "kaplan": {"form": "kaplan", "citation": KAPLAN,
                "params": {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}},
+    # Published in log form (a, b, e) = (6.255414, 7.3049974, 0.6254804) with the authors' code.
     "muennighoff": {"form": "data_constrained", "citation": MUENNIGHOFF,
-                    "params": {"E": 1.87, "A": 521.0, "B": 1488.0, "alpha": 0.353, "beta": 0.353,
-                               "R_D_star": 15.4, "R_N_star": 5.3}},
+                    "params": {"E": math.exp(0.6254804), "A": math.exp(6.255414), "B": math.exp(7.3049974),
+                               "alpha": 0.3526596, "beta": 0.3526596, "R_D_star": 15.387756, "R_N_star": 5.309743}},
 }
 
 

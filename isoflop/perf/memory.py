@@ -12,7 +12,7 @@
   shard Q, K, V, the attention output, the output-projection input, the log-sum-exp and the MLP's
   hidden tensors (GELU 2 ``d_ff``; SwiGLU 4 ``d_ff``). Selective recomputation drops the attention core's
   outputs; full recomputation keeps only each layer's input, ``2 s b h`` (Korthikanti Eq. 6), plus one
-  layer's full set during its backward. Context parallelism divides the tokens by ``cp``.
+  layer's full set during its backward (alive after the loss buffers are freed, so the peak takes the larger). Context parallelism divides the tokens by ``cp``.
 * Pipeline parallelism (Narayanan et al. 2021, Sec. 2.2; Korthikanti et al. 2022, Sec. 4.2.3): with 1F1B
   the first stage keeps ``min(p, m)`` microbatches in flight; interleaving multiplies that by
   ``1 + (p - 1) / (p v)``. The last stage holds the logits; the model reports the larger stage.
@@ -142,12 +142,16 @@ def memory_bytes(
     layers = spec.n_layers / pp
     per_layer = layer_activation_bytes(spec, la, seq_len, prec.act)
     kept = np.select([la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"])
-    live = np.where(la.recompute == 2, per_layer["none"], 0.0)  # the layer being recomputed in the backward
+    # full recompute: the layer being recomputed in the backward, plus its MLP's hidden-gradient buffers
+    hidden_grad = la.micro_batch * seq_len / la.cp * (2 if spec.gated else 1) * spec.d_ff / la.tp * prec.act
+    live = np.where(la.recompute == 2, per_layer["none"] + hidden_grad, 0.0)
     inflight = np.minimum(pp, m) * np.where(la.interleave > 1, 1.0 + (pp - 1) / (pp * v), 1.0)
-    act_first = layers * kept * inflight + live
-    act_last = layers * kept + live
+    act_first = layers * kept * inflight
+    act_last = layers * kept
     tokens = la.micro_batch * seq_len / la.cp
-    logits = tokens * spec.vocab_size / la.tp * const.logits_mem_bytes_per_logit
+    rep_div = np.where(la.sequence_parallel, la.tp, 1)
+    head_in = (2 * spec.d_model * prec.act + (4.0 if spec.norm == "rmsnorm" else 8.0)) / rep_div  # final norm + head inputs
+    logits = tokens * (spec.vocab_size / la.tp * const.logits_mem_bytes_per_logit + head_in)
     logits_first = np.where(la.pp == 1, logits, 0.0)
 
     unsharded_layer = sp.layer_dense + sp.layer_expert
@@ -160,6 +164,7 @@ def memory_bytes(
     parts = []
     for dense, act, lg in ((sp.dense_first, act_first, logits_first), (sp.dense_last, act_last, logits)):
         w, g, o = states(dense)
+        act = act + np.maximum(0.0, live - lg)  # the recomputed layer lives after the loss buffers are freed
         tensors = w + g + o + act + lg + comm
         overhead = const.fixed_overhead_gib * GIB + const.allocator_fraction * tensors
         parts.append((w, g, o, act, lg, comm, overhead, tensors + overhead))

@@ -1,18 +1,18 @@
 """From a parameter count to a concrete Llama-style architecture (RMSNorm, SwiGLU, RoPE, GQA).
 
-Rules (each a published convention, not a fit):
+Rules (conventions of published models; the aspect-ratio curve is our interpolation between them):
 
-* Depth/width: loss is flat over a wide range of aspect ratios ``d_model / n_layers`` (Kaplan et al. 2020,
-  Sec. 3.1 and Fig. 5: within a few percent from about 20 to 200); we aim at a ratio that grows with size, from
+* Depth/width: loss changes by only a few percent over a wide range of aspect ratios ``d_model / n_layers``
+  (Kaplan et al. 2020, Sec. 3.1 and Fig. 5); we aim at a ratio that grows with size, from
   16 for tiny models to 128 for large ones (GPT-3 175B: 12288/96 = 128; Llama 3 8B: 4096/32 = 128; GPT-2 small:
   768/12 = 64), ``ratio = 16 * 2^(0.6 (log10 N - 5))`` clipped to [16, 128].
 * Widths are multiples of ``multiple`` (128 by default, tensor-core and TP friendly; 16 or 32 allowed for tiny
-  models); heads of 128 dimensions from ``d_model >= 2048``, 64 from 256, else ``d_model / 4``; from 16 heads
-  on, a multiple of 8 heads.
+  models); heads of 128 dimensions from ``d_model >= 2048``, 64 from 256, else ``d_model / 4``, and then, from 16
+  heads on, a multiple of 8 heads (a ``head_dim`` given by the caller fixes the heads at ``d_model / head_dim``).
 * SwiGLU hidden size ``8/3 d_model`` rounded up to a multiple of 256 (Shazeer 2020; Touvron et al. 2023, Llama:
-  11008 for d_model 4096), or of ``multiple`` when that is smaller than 64.
-* Grouped-query attention with 8 key/value heads once there are at least 32 query heads (Ainslie et al. 2023;
-  Dubey et al. 2024, Llama 3), else multi-head; query and key/value heads are divisible by ``tp``.
+  11008 for d_model 4096), or of ``multiple`` when that is smaller than 128.
+* Grouped-query attention with 8 key/value heads once there are at least 32 query heads and ``d_model >= 2048``
+  (Ainslie et al. 2023; Dubey et al. 2024, Llama 3), else multi-head; query and key/value heads divide by ``tp``.
 
 The candidate grid (layers x widths) is scored analytically and the winner is checked against
 ``isoflop.spec.count_params``; a size the grid cannot reach within ``tolerance`` is an error.
@@ -64,19 +64,20 @@ def shape_for_params(
         raise IsoflopError(f"count must be 'total' or 'non_embedding', got {count!r}")
     if head_dim is not None and (head_dim <= 0 or head_dim % 2):
         raise IsoflopError(f"head_dim must be a positive even integer (RoPE), got {head_dim}")
-    ffn_mult = ffn_multiple or (256 if multiple >= 64 else multiple)
+    ffn_mult = ffn_multiple or (256 if multiple >= 128 else multiple)
     ratio = aspect or target_aspect(n_params)
 
     widths = np.arange(multiple, 65536 + 1, multiple, dtype=np.int64)
     hd = _head_dim(widths, head_dim)
     heads = widths // hd
-    # From 16 heads on, head counts are multiples of 8 (8-way GQA, TP up to 8 divides them).
-    valid = (widths % hd == 0) & (heads >= 1) & (heads % tp == 0) & (hd % 2 == 0) & ((heads < 16) | (heads % 8 == 0))
+    valid = (widths % hd == 0) & (heads >= 1) & (heads % tp == 0) & (hd % 2 == 0)
+    if head_dim is None:  # our own head size: from 16 heads on, multiples of 8 (8-way GQA; TP up to 8 divides them)
+        valid &= (heads < 16) | (heads % 8 == 0)
     if kv_heads is not None:
         kv = np.full_like(heads, kv_heads)
         valid &= (heads % kv_heads == 0) & (kv_heads % tp == 0)
     else:
-        kv = np.where((heads >= 32) & (heads % 8 == 0), 8, heads)
+        kv = np.where((heads >= 32) & (heads % 8 == 0) & (widths >= 2048), 8, heads)
         kv = np.where(kv % tp == 0, kv, heads)
     ffn = _round_up(8.0 * widths / 3.0, ffn_mult)
     attn = 2 * widths * (heads * hd) + 2 * widths * (kv * hd)
@@ -84,11 +85,14 @@ def shape_for_params(
     embed = vocab_size * widths
     head = 0 if tie_embeddings else vocab_size * widths
     fixed = embed + widths + head if count == "total" else widths + head
+    small = fixed + per_layer <= 3 * n_params  # widths whose one-layer model is not already far too big
+    small[0] = True
+    widths, hd, heads, kv, ffn, per_layer, fixed, valid = (x[small] for x in (widths, hd, heads, kv, ffn, per_layer, fixed, valid))
     layers = np.arange(1, max_layers + 1, dtype=np.int64)
     total = fixed[None, :] + layers[:, None] * per_layer[None, :]  # (layers, widths)
     size_err = np.log(total / n_params)
     aspect_err = np.log(widths[None, :] / layers[:, None] / ratio)
-    score = (size_err / 0.01) ** 2 + (aspect_err / 0.5) ** 2
+    score = (size_err / 0.015) ** 2 + (aspect_err / 0.4) ** 2  # 1.5% in size weighs like a factor 1.5 in aspect
     score[:, ~valid] = np.inf
     if not np.isfinite(score).any():
         raise IsoflopError(f"no head layout divides tp={tp}; lower --tp or choose head_dim/kv_heads that divide it")

@@ -96,5 +96,8 @@ def _plain(obj: Any) -> Any:
 
 def write_plan(plan: dict[str, Any], path: str | Path) -> Path:
     """Write ``plan.yaml`` atomically."""
-    header = "# Written by `isoflop plan`; runs as it is with the trainer (TrainConfig schema).\n"
+    header = (
+        "# Written by `isoflop plan`; runs as it is with the trainer (TrainConfig schema).\n"
+        "# data.source 'stdlib' is the small built-in corpus: point it at your training data for a real run.\n"
+    )
     return atomic_write_text(path, header + yaml.safe_dump(_plain(train_config(plan)), sort_keys=False))

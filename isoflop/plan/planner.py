@@ -14,12 +14,14 @@ and Large Neural Network Training", Table 4) use for a hyperscale data centre an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from isoflop.errors import IsoflopError
 from isoflop.hardware import GPU, get_gpu
-from isoflop.laws.allocation import Allocation, compute_optimal
+from isoflop.laws.allocation import Allocation, compute_optimal, data_constrained
 from isoflop.laws.forms import AllocationLaw, Law, load_law
 from isoflop.laws.hyperparams import recommend
 from isoflop.plan.arch import shape_for_params
@@ -29,6 +31,7 @@ DEFAULT_PUE = 1.1
 DEFAULT_CARBON_KG_PER_KWH = 0.429
 DEFAULT_MFU_GUESS = 0.4
 MAX_ITERATIONS = 12
+SIX_N_SHARE_GUESS = 0.9  # first guess of 6N / training FLOPs per token (attention scores add ~10%); iterated away
 
 
 @dataclass
@@ -49,7 +52,7 @@ class PlanRequest:
     vocab_size: int = 32000
     hp_law: str = "step"
     schedule: str = "cosine"
-    dtype: str = "bf16"
+    dtype: str | None = None  # default: bf16 where the GPU has it, else fp16, else fp32
     pue: float = DEFAULT_PUE
     carbon_kg_per_kwh: float = DEFAULT_CARBON_KG_PER_KWH
     hardware_file: str | None = None
@@ -78,7 +81,7 @@ def _check(req: PlanRequest) -> None:
         raise IsoflopError(f"--pue must be >= 1, got {req.pue}")
 
 
-def _model(alloc: Allocation, req: PlanRequest, tp_hint: int = 8) -> ModelSpec:
+def _model(alloc: Allocation, req: PlanRequest) -> ModelSpec:
     try:
         return shape_for_params(alloc.n_params, req.vocab_size, req.seq_len, tp=1, name="planned")
     except IsoflopError:
@@ -107,9 +110,7 @@ def _loss(law: Law, req: PlanRequest, n: float, d: float) -> float | None:
         loss = law.optimal_loss(6.0 * n * d)
         return None if loss is None else float(loss)
     if req.unique_tokens is not None:
-        from isoflop.laws.allocation import _data_constrained
-
-        return float(_data_constrained(law).predict(n, d, req.unique_tokens))
+        return float(data_constrained(law).predict(n, d, req.unique_tokens))
     return float(law.predict(n, d))
 
 
@@ -117,8 +118,6 @@ def _loss_ci(law: Law, req: PlanRequest, n: float, d: float) -> list[float] | No
     """Interval of the predicted loss of the planned (N, D) over the law's bootstrap draws."""
     if law.samples is None or isinstance(law, AllocationLaw):
         return None
-    import numpy as np
-
     values = [v for v in (_loss(s, req, n, d) for s in law.sample_laws()) if v is not None and math.isfinite(v)]
     if len(values) < 2:
         return None
@@ -137,6 +136,8 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
     _check(req)
     law = load_law(req.law)
     gpu = get_gpu(req.gpu, req.hardware_file) if req.gpu else None
+    if gpu is not None and req.dtype is None:
+        req = replace(req, dtype=next(d for d in ("bf16", "fp16", "fp32", "tf32", "fp8") if gpu.peak_tflops.get(d)))
     if gpu is None:
         alloc = _allocate(law, req, req.budget_flops)
         spec = _model(alloc, req)
@@ -163,6 +164,7 @@ def _common(law: Law, req: PlanRequest, alloc: Allocation, spec: ModelSpec, toke
         "law_optimum": alloc.as_dict(),
         "hyperparameters": hp,
         "seq_len": req.seq_len,
+        "notes": list(alloc.notes),
     }
 
 
@@ -172,9 +174,9 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     seconds = req.days * 86400.0
     peak = gpu.peak_flops(req.dtype) * req.n_gpus
     mfu = req.mfu or DEFAULT_MFU_GUESS
-    flops = peak * mfu * seconds * _six_n_share_guess()
+    flops = peak * mfu * seconds * SIX_N_SHARE_GUESS
     history: list[dict[str, float]] = []
-    best = None
+    done = False
     for _ in range(MAX_ITERATIONS):
         alloc = _allocate(law, req, flops)
         spec = _model(alloc, req)
@@ -209,7 +211,7 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     step_time = best.step_time_s if req.mfu is None else best.step_time_s * best.mfu / req.mfu
     steps = max(1, math.ceil(tokens / (global_batch * req.seq_len)))
     hp = {**hp, "global_batch": global_batch, "steps": steps,
-          "warmup_steps": max(1, min(math.ceil(counts.total / (global_batch * req.seq_len)), steps // 10 or 1))}
+          "warmup_steps": max(1, min(math.ceil(counts.non_embedding / (global_batch * req.seq_len)), steps // 10 or 1))}
     hp["batch_tokens"] = global_batch * req.seq_len
     plan = _common(law, req, alloc, spec, tokens, hp)
     days = steps * step_time / 86400.0
@@ -218,7 +220,7 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     energy = gpu_hours * gpu.tdp_watts / 1000.0 * req.pue
     plan.update({
         "budget": {"kind": "hardware", "gpu": gpu.name, "n_gpus": req.n_gpus, "days": req.days, "flops": flops,
-                   "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history},
+                   "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history, "converged": done},
         "layout": best.layout.as_dict(),
         "layout_reason": best.extra.get("reason"),
         "alternatives": [e.layout.as_dict() | {"tokens_per_s": e.tokens_per_s, "mfu": e.mfu} for e in layouts[1:]],
@@ -237,7 +239,3 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     })
     return plan
 
-
-def _six_n_share_guess() -> float:
-    """First guess of 6N / (training FLOPs per token): attention and logits add roughly 10% (refined by iteration)."""
-    return 0.9
