@@ -74,10 +74,13 @@ def test_a_damaged_cache_is_detected_and_rebuilt(small, tmp_path, caplog, damage
         (folder / ".train.bin.123.tmp").write_bytes(b"partial")
     else:
         (folder / "tokenizer.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="isoflop.data"):
+    with caplog.at_level(logging.INFO, logger="isoflop.data"):
         rebuilt = prepare_data(SMALL, cache_dir=tmp_path)
     assert rebuilt.cache_dir == folder
     assert any("rebuilding" in r.message for r in caplog.records)
+    # A damaged shard keeps the intact trained tokenizer; without a manifest or tokenizer it is retrained.
+    reused = any("reusing the trained tokenizer" in r.message for r in caplog.records)
+    assert reused == (damage in ("flip_byte", "truncate"))
     np.testing.assert_array_equal(rebuilt.train, small.train)
     np.testing.assert_array_equal(rebuilt.val, small.val)
     assert not list(folder.glob("*.tmp"))
@@ -173,3 +176,35 @@ def test_concurrent_processes_build_the_cache_once(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0] == outs[1][0]
     assert sum(err.count("prepared ") for _, err in outs) == 1
+
+
+def test_vocabularies_over_65536_use_uint32_shards(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {f"w{i}": i for i in range(70_000)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(tmp_path / "big.json"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"d{i}.txt").write_text(" ".join(f"w{69_990 - j * i}" for j in range(300)))
+    data = prepare_data(DataConfig(source=str(src), tokenizer=str(tmp_path / "big.json")), cache_dir=tmp_path / "c")
+    assert data.vocab_size == 70_001 and data.eot_id == 70_000 and data.train.dtype == np.uint32
+    assert int(np.max(data.train)) == 70_000
+    expected = [words[w] for i in range(20) for w in (src / f"d{i}.txt").read_text().split()] + [70_000] * 20
+    np.testing.assert_array_equal(np.sort(np.concatenate([data.train, data.val])), np.sort(expected))
+
+
+def test_config_mappings_and_bad_cache_folders(small, tmp_path):
+    as_dict = prepare_data(SMALL.model_dump(), cache_dir=small.cache_dir.parent)
+    assert as_dict.cache_dir == small.cache_dir
+    with pytest.raises(IsoflopError, match="vocab_size"):
+        prepare_data({"vocab_size": 10})
+    with pytest.raises(IsoflopError, match="Extra inputs"):
+        prepare_data({"sorce": "stdlib"})
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(IsoflopError, match="cannot write the data cache"):
+        prepare_data(SMALL, cache_dir=blocker)

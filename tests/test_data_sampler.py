@@ -31,7 +31,7 @@ def test_batches_are_shifted_slices_of_the_stream():
 
 def test_an_epoch_visits_each_window_once_on_one_grid():
     s = PackedSampler(TOKENS, seq_len=16, batch_size=4, seed=0)
-    n = s.batches_per_epoch()
+    n = s.steps_per_epoch()
     starts = np.concatenate([s.next_window_starts() for _ in range(n)])
     assert len(set(starts.tolist())) == len(starts) == n * 4
     assert len(set((starts % 16).tolist())) == 1  # one offset per epoch
@@ -71,6 +71,22 @@ def test_ranks_split_the_single_process_global_batch():
         assert torch.equal(joined, single[step][0])
 
 
+@pytest.mark.parametrize("world,per_rank", [(1, 2), (2, 1), (2, 3), (3, 2)])
+def test_accumulation_and_ranks_use_the_same_windows_per_step(world, per_rank):
+    """Every optimizer step draws the same global_batch windows for any split into ranks x micro-batches,
+    also at epoch ends (a partial last step is dropped as a whole)."""
+    G, steps = 12, 40  # 5000 tokens / seq 16 = ~312 windows: 26 steps per epoch, so step 26 starts epoch 1
+    ref = PackedSampler(TOKENS, 16, G, seed=4)
+    samplers = [PackedSampler(TOKENS, 16, per_rank, seed=4, rank=r, world=world, global_batch=G)
+                for r in range(world)]
+    calls = G // (world * per_rank)
+    for step in range(steps):
+        expected = set(ref.next_window_starts().tolist())
+        got = [w for _ in range(calls) for s in samplers for w in s.next_window_starts().tolist()]
+        assert len(got) == G and set(got) == expected, step
+    assert ref.epoch == samplers[0].epoch == 1
+
+
 def test_resume_on_a_different_world_size_keeps_the_global_batch():
     single = draw(PackedSampler(TOKENS, 16, 4, seed=2), 12)
     two = [PackedSampler(TOKENS, 16, 2, seed=2, rank=r, world=2) for r in range(2)]
@@ -85,6 +101,8 @@ def test_resume_on_a_different_world_size_keeps_the_global_batch():
 def test_bad_arguments_and_foreign_state_are_clear_errors():
     with pytest.raises(IsoflopError, match="fewer than one global batch"):
         PackedSampler(TOKENS[:100], 16, 8, seed=0)
+    with pytest.raises(IsoflopError, match="multiple of world"):
+        PackedSampler(TOKENS, 16, 2, seed=0, world=2, global_batch=6)
     with pytest.raises(IsoflopError, match="rank"):
         PackedSampler(TOKENS, 16, 2, seed=0, rank=2, world=2)
     state = PackedSampler(TOKENS, 16, 2, seed=0).state_dict()

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
-from isoflop.errors import IsoflopError
+
+LAUNCHED_ENV = "ISOFLOP_TRAIN_LAUNCHED"
 
 
 def _overrides(max_steps: int | None, ckpt_every: int | None, seed: int | None, sets: list[str]) -> list[str]:
@@ -82,7 +83,11 @@ def train(
 
         args = ["train"] + ([config] if config else []) + (["--preset", preset] if preset else []) + ["--out", out]
         args += [arg for item in overrides for arg in ("--set", item)]
-        code = launch(nproc_per_node, args)
+        os.environ[LAUNCHED_ENV] = "1"
+        try:
+            code = launch(nproc_per_node, args)
+        finally:
+            os.environ.pop(LAUNCHED_ENV, None)
         if code:
             raise typer.Exit(code)
         summary_path = Path(out) / "summary.json"
@@ -93,5 +98,6 @@ def train(
     from isoflop.train.loop import train as run_training
 
     summary = run_training(cfg, out)
-    if int(os.environ.get("RANK", "0")) == 0:
+    # Under torchrun only rank 0 prints; under `--nproc-per-node` the launching process prints instead.
+    if int(os.environ.get("RANK", "0")) == 0 and not os.environ.get(LAUNCHED_ENV):
         emit(summary, as_json, _render(summary))

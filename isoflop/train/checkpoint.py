@@ -169,6 +169,8 @@ class Checkpointer:
             if self._async_group is None and dist.is_initialized():
                 self._async_group = dist.new_group(backend="gloo")
             future = dcp.async_save(state, storage_writer=writer, process_group=self._async_group)
+            if hasattr(future, "staging_completion"):  # the weights must be copied out before the next update
+                future.staging_completion.result()
             self._pending = (future, tmp, final, meta)
         else:
             with _quiet():
@@ -224,6 +226,8 @@ class Checkpointer:
     # -- load --
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Restore model and optimizer from ``path`` (resharding as needed); returns the trainer state."""
+        reader = SafeFileSystemReader(str(path))
+        reader.read_metadata()  # vet the metadata first: a clean one-line error instead of DCP's wrapped one
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         with _quiet():

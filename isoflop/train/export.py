@@ -70,6 +70,12 @@ def hf_config(spec: ModelSpec, dtype: str = "float32") -> dict[str, Any]:
     return config
 
 
+def _interleaved_to_half_split(weight: Tensor, n_heads: int) -> Tensor:
+    """Reorder each head's output rows from ``(0, 1, 2, 3, ...)`` pairs to ``(0, 2, ..., 1, 3, ...)``."""
+    rows, cols = weight.shape
+    return weight.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
 def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor]:
     """Rename (and split/transpose) an isoflop state dict into Hugging Face tensor names."""
     arch = hf_architecture(spec)
@@ -90,6 +96,7 @@ def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor
         else:
             h = f"model.layers.{i}."
             wq, wk, wv = state[p + "attn.qkv.weight"].split([q, kv, kv], dim=0)
+            wq, wk = _interleaved_to_half_split(wq, spec.n_heads), _interleaved_to_half_split(wk, spec.kv_heads)
             gate, up = state[p + "mlp.gate_up.weight"].split([ff, ff], dim=0)
             out.update({
                 h + "self_attn.q_proj.weight": wq, h + "self_attn.k_proj.weight": wk,

@@ -18,6 +18,7 @@ Robustness:
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import shutil
@@ -190,6 +191,10 @@ class _Run:
 
         cfg, env, out = self.cfg, self.env, self.out
         wall0 = time.perf_counter()
+        if env.device.type == "cpu":
+            from isoflop.train.cpu import tune_allocator
+
+            tune_allocator()  # keep freed activation buffers in the heap (no page faults every step)
         torch.manual_seed(cfg.train.seed)
         self._check_out_dir()
         data = prepare_data(cfg.data)
@@ -201,7 +206,8 @@ class _Run:
         model = self._build_model()
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2),
                                     cfg.optim.eps)
-        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world)
+        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world,
+                                global_batch=cfg.train.global_batch)
         ckpt = Checkpointer(out / "checkpoints", cfg.train.keep_checkpoints, env)
         state: dict[str, Any] = {"step": 0, "tokens": 0, "val_history": [], "skipped_steps": 0, "rollbacks": 0,
                                  "resumed_from": None, "last_loss": None, "last_grad_norm": None}
@@ -351,28 +357,29 @@ class _Run:
 
     # -- pieces -----------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
-        """Refuse to resume a different run; record the config of this one."""
+        """Refuse to resume a different run; record the config of this one. Rank 0 decides, all ranks raise."""
         out, cfg = self.out, self.cfg
         ident = _identity(cfg)
         marker = out / "run.json"
+        problem = None
         if self.env.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            old = None
             if marker.is_file():
-                import json
-
                 try:
                     old = json.loads(marker.read_text(encoding="utf-8")).get("identity")
-                except ValueError:
+                except (ValueError, AttributeError):
                     old = None
-                if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
-                    diff = sorted(k for k in ident if ident.get(k) != old.get(k))
-                    raise IsoflopError(
-                        f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
-                        "use another --out, or delete that folder to start over"
-                    )
-            atomic_write_json(marker, {"identity": ident})
-            atomic_write_text(out / "config.yaml", cfg.to_yaml())
-        barrier()
+            if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
+                diff = sorted(k for k in ident if ident.get(k) != old.get(k))
+                problem = (f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
+                           "use another --out, or delete that folder to start over")
+            else:
+                atomic_write_json(marker, {"identity": ident})
+                atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        problem = broadcast_object(problem, self.env)
+        if problem:
+            raise IsoflopError(str(problem))
 
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any) -> tuple[float, float]:
         """One optimizer step over the global batch; returns (mean loss, gradient norm before clipping)."""

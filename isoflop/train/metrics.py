@@ -148,6 +148,7 @@ class Progress:
 
     def __init__(self, total: int, start: int, enabled: bool) -> None:
         self.total = total
+        self.enabled = enabled
         self._bar = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
@@ -163,7 +164,7 @@ class Progress:
     def update(self, step: int, info: str, log_line: bool) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, info=info)
-        elif log_line:
+        elif log_line and self.enabled:
             note(f"step {step}/{self.total} {info}")
 
     def close(self) -> None:

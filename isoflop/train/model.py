@@ -4,8 +4,8 @@ One module covers both families the spec describes:
 
 * GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm, GELU MLP (tanh approximation,
   "gelu_new" as in the released GPT-2), biases, tied embeddings.
-* Llama (Touvron et al. 2023): RoPE (Su et al. 2021) in the half-split ("rotate_half") layout that
-  Hugging Face's ``LlamaForCausalLM`` uses, RMSNorm (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020),
+* Llama (Touvron et al. 2023): RoPE (Su et al. 2021) on interleaved dimension pairs, as in the paper
+  and Meta's code (the Hugging Face export permutes rows into its half-split layout), RMSNorm (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020),
   grouped-query attention (Ainslie et al. 2023; ``n_kv_heads = 1`` is MQA, Shazeer 2019).
 
 Layout choices made for speed, none of which changes the function computed:
@@ -14,9 +14,12 @@ Layout choices made for speed, none of which changes the function computed:
   (``mlp.gate_up``, gate rows first). The export splits them back into Hugging Face's names.
 * Attention is ``F.scaled_dot_product_attention(..., is_causal=True)``: no mask tensor is built, and
   the fused kernel (FlashAttention on GPU, the flash-style CPU kernel otherwise) is picked by PyTorch.
-* RoPE tables are computed once (in float64, stored as float32 buffers) and sliced per step; RoPE
-  is applied to the query and key heads together in one pass, ``x cos + roll(x, d/2) sin_signed``.
-* RMSNorm is ``F.rms_norm`` (one fused kernel where PyTorch has one).
+* RoPE tables are computed once (in float64, stored as float32 buffers) and sliced per step; the
+  rotation is one complex multiply per tensor, forward and backward.
+* On CPU, RMSNorm and SwiGLU have hand-written backward passes (fewer full-size memory passes than
+  autograd's decomposition; SwiGLU writes its gradient straight into the fused gate/up buffer). On
+  other devices they are ``F.rms_norm`` and ``silu(gate) * up``, which fused kernels and
+  ``torch.compile`` handle.
 * A tied output head has no module of its own: the logits use the token embedding matrix
   directly, so there is exactly one tensor (no re-tying needed after ``to_empty`` or sharding).
 
@@ -51,8 +54,36 @@ def _norm(spec: ModelSpec) -> nn.Module:
     return RMSNorm(spec.d_model, eps=spec.norm_eps)
 
 
+class _RMSNormCPU(torch.autograd.Function):
+    """RMSNorm with a hand-written backward: fewer full-size passes than the decomposition PyTorch
+    uses on CPU (``pow``, ``mean``, ``rsqrt``, two ``mul`` and their autograd graph).
+
+    With ``xhat = x * rstd``, ``rstd = (mean(x^2) + eps)^-1/2`` and ``y = xhat * w``:
+    ``dw = sum(dy * xhat)``, ``dx = rstd * (g - xhat * mean(g * xhat))`` with ``g = dy * w``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        d = x.shape[-1]
+        sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_()
+        rstd = sq.div_(d).add_(eps).rsqrt_().to(x.dtype)
+        xhat = x * rstd
+        ctx.save_for_backward(xhat, weight, rstd)
+        return xhat * weight
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, None]:
+        xhat, weight, rstd = ctx.saved_tensors
+        dw = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0)
+        g = dy * weight
+        c = (g * xhat).mean(-1, keepdim=True)
+        return g.addcmul_(xhat, c, value=-1).mul_(rstd), dw.to(weight.dtype), None
+
+
 class RMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019, Eq. 4): ``x / sqrt(mean(x^2) + eps) * g``, via ``F.rms_norm``."""
+    """RMSNorm (Zhang & Sennrich 2019, Eq. 4): ``x / sqrt(mean(x^2) + eps) * g``. ``F.rms_norm`` off
+    CPU (fused kernels, and what ``torch.compile`` expects); a hand-written backward on CPU."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -60,26 +91,51 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype and torch.is_grad_enabled():
+            return _RMSNormCPU.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """RoPE tables (Su et al. 2021, Eq. 34) in the half-split layout: ``cos`` and a signed ``sin``.
+    """RoPE angles (Su et al. 2021, Eq. 34) as ``cos`` and ``sin`` tables of shape ``(max_seq_len, head_dim / 2)``.
 
-    Frequencies ``theta^(-2i/d)`` for ``i < d/2``; each is used for dimensions ``i`` and ``i + d/2``,
-    so rotating ``x`` is ``x * cos + roll(x, d/2) * sin_signed`` with ``sin_signed = [-sin, sin]``.
-    Computed in float64 and stored as float32, shape ``(max_seq_len, head_dim)``.
+    Frequency ``i`` is ``theta^(-2i/d)``; it rotates the pair of dimensions ``(2i, 2i + 1)`` of each head
+    (the paper's and Meta's interleaved layout; the export permutes rows into Hugging Face's half-split
+    layout). Computed in float64, stored as float32.
     """
-    half = head_dim // 2
-    inv_freq = theta ** (-torch.arange(0, half, dtype=torch.float64, device=device) * 2 / head_dim)
+    inv_freq = theta ** (-torch.arange(0, head_dim // 2, dtype=torch.float64, device=device) * 2 / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64, device=device), inv_freq)
-    cos, sin = angles.cos(), angles.sin()
-    return torch.cat([cos, cos], -1).float(), torch.cat([-sin, sin], -1).float()
+    return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
-    """Rotate ``x`` of shape ``(B, T, heads, D)``; ``cos``/``sin_signed`` are ``(T, 1, D)``."""
-    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin_signed
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate ``x`` ``(B, T, heads, D)`` by complex ``freqs`` ``(T, 1, D/2)``: one complex multiply
+    forward and one backward (instead of mul/roll/mul/add and their gradients)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
+
+
+class SwiGLUFn(torch.autograd.Function):
+    """``silu(gate) * up`` on the fused ``[gate | up]`` projection output, whose gradient is written
+    into one buffer (no ``cat`` of the two halves in the backward pass)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor) -> Tensor:
+        gate, up = h.chunk(2, dim=-1)
+        act = F.silu(gate)
+        ctx.save_for_backward(h, act)
+        return act * up
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        h, act = ctx.saved_tensors
+        gate, up = h.chunk(2, dim=-1)
+        out = torch.empty_like(h)
+        d_gate, d_up = out.chunk(2, dim=-1)
+        torch.mul(grad, act, out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return out
 
 
 class Attention(nn.Module):
@@ -91,16 +147,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(spec.d_model, spec.q_dim + 2 * spec.kv_dim, bias=spec.bias)
         self.out = nn.Linear(spec.q_dim, spec.d_model, bias=spec.bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor | None) -> Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv, self.head_dim
-        heads = self.qkv(x).view(B, T, H + 2 * K, D)
+        q, k, v = self.qkv(x).view(B, T, H + 2 * K, D).split([H, K, K], dim=2)
         if rope is not None:
-            qk = apply_rope(heads[:, :, : H + K], *rope)
-            q, k = qk[:, :, :H], qk[:, :, H:]
-        else:
-            q, k = heads[:, :, :H], heads[:, :, H : H + K]
-        v = heads[:, :, H + K :]
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if K != H:  # GQA/MQA: every group of H / K query heads shares one key/value head
             k = k.repeat_interleave(H // K, dim=1)
@@ -124,7 +176,10 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
-            gate, up = self.gate_up(x).split(self.d_ff, dim=-1)
+            h = self.gate_up(x)
+            if h.device.type == "cpu" and torch.is_grad_enabled():
+                return self.down(SwiGLUFn.apply(h))
+            gate, up = h.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
@@ -139,7 +194,7 @@ class Block(nn.Module):
         self.mlp_norm = _norm(spec)
         self.mlp = MLP(spec)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor | None) -> Tensor:
         x = x + self.attn(self.attn_norm(x), rope)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -196,11 +251,11 @@ class Transformer(nn.Module):
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
-    def _rope(self, seq_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+    def _rope(self, seq_len: int) -> Tensor | None:
+        """Complex ``cos + i sin`` of shape ``(T, 1, D/2)``, built once per step from the tables."""
         if not self.spec.rope:
             return None
-        # (T, 1, D) to broadcast over (B, T, heads, D); cast once per step to the activation dtype.
-        return self.rope_cos[:seq_len, None].to(dtype), self.rope_sin[:seq_len, None].to(dtype)
+        return torch.complex(self.rope_cos[:seq_len, None].float(), self.rope_sin[:seq_len, None].float())
 
     def hidden_states(self, idx: Tensor) -> Tensor:
         """The final-norm output ``(B, T, d)``, before the output head."""
@@ -210,7 +265,7 @@ class Transformer(nn.Module):
         x = self.embed(idx)
         if self.pos_embed is not None:
             x = x + self.pos_embed.weight[:T]
-        rope = self._rope(T, _activation_dtype(x))
+        rope = self._rope(T)
         for block in self.layers:
             x = block(x, rope)
         return self.norm(x)
@@ -221,14 +276,6 @@ class Transformer(nn.Module):
             return logits
         # The loss is taken in float32 whatever the autocast dtype (a no-op cast in fp32 training).
         return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
-
-
-def _activation_dtype(x: Tensor) -> torch.dtype:
-    """The dtype matmul outputs will have: the autocast dtype when autocast is on, else ``x``'s."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:

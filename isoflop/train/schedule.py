@@ -37,13 +37,11 @@ def lr_at(
     """Learning rate for optimizer update number ``step`` (0-based) of ``total_steps``."""
     if total_steps <= 0:
         raise IsoflopError(f"total steps must be positive, got {total_steps}")
+    if schedule not in ("cosine", "wsd"):
+        raise IsoflopError(f"unknown schedule {schedule!r}; use cosine or wsd")
     lr_min = lr * min_lr_ratio
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    if schedule == "cosine":
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "wsd":
         decay_steps = max(1, round(decay_fraction * total_steps))
         decay_start = max(warmup_steps, total_steps - decay_steps)
@@ -51,4 +49,5 @@ def lr_at(
             return lr
         progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
         return lr + (lr_min - lr) * progress
-    raise IsoflopError(f"unknown schedule {schedule!r}; use cosine or wsd")
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))  # cosine
+    return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -36,7 +37,10 @@ log = logging.getLogger("isoflop.data")
 
 TOKENIZER_FILE = "tokenizer.json"
 ENCODE_CHUNK_BYTES = 4 << 20  # texts handed to one parallel encode_batch call
-MIN_VAL_TOKENS = 1024  # held-out tail when no document hashes into validation
+MIN_VAL_TOKENS = 1024
+# BPE merges are learned on at most about this many characters of training text (every k-th document): the
+# merge statistics of a few MB are stable, and training cost grows linearly with the sample.
+TOKENIZER_TRAIN_CHARS = 4_000_000  # held-out tail when no document hashes into validation
 
 
 def default_cache_root() -> Path:
@@ -78,9 +82,10 @@ class TokenData:
     def decode(self, ids: Any) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def sampler(self, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1) -> "PackedSampler":
+    def sampler(self, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
+                global_batch: int | None = None) -> "PackedSampler":
         """A ``PackedSampler`` over the training split (see ``isoflop.train.data.sampler``)."""
-        return PackedSampler(self.train, seq_len, batch_size, seed, rank=rank, world=world)
+        return PackedSampler(self.train, seq_len, batch_size, seed, rank=rank, world=world, global_batch=global_batch)
 
     def val_batches(self, seq_len: int, batch: int, n: int) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
         """``n`` validation batches ``(x, y)`` of shape (batch, seq_len), int64, the same on every call.
@@ -107,17 +112,41 @@ class TokenData:
         return [(rows[i * batch:(i + 1) * batch, :-1], rows[i * batch:(i + 1) * batch, 1:]) for i in range(n)]
 
 
-def prepare_data(cfg: DataConfig | None = None, cache_dir: str | os.PathLike[str] | None = None) -> TokenData:
+def prepare_data(cfg: DataConfig | dict[str, Any] | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> TokenData:
     """Tokenize ``cfg``'s corpus once into ``cache_dir_for(cfg, cache_dir)`` and return the cached ``TokenData``.
 
     A cache is reused only when its manifest, every shard checksum, the tokenizer and the input fingerprint
     (file names, sizes, mtimes) match; otherwise it is rebuilt. Concurrent callers (e.g. torchrun ranks)
     serialize on a file lock, so the corpus is tokenized once.
     """
-    cfg = cfg or DataConfig()
+    cfg = _as_config(cfg)
     folder = cache_dir_for(cfg, cache_dir)
     source_fp = fingerprint(cfg)
     given_sha = file_sha256(tokenizer_file(cfg.tokenizer)) if cfg.tokenizer else None
+    try:
+        return _prepare_locked(cfg, folder, source_fp, given_sha)
+    except OSError as exc:
+        raise IsoflopError(f"cannot write the data cache in {folder} ({exc.strerror or exc}); free disk space "
+                           "or point $ISOFLOP_CACHE (or cache_dir) at a writable folder") from exc
+
+
+def _as_config(cfg: DataConfig | dict[str, Any] | None) -> DataConfig:
+    if cfg is None:
+        return DataConfig()
+    if isinstance(cfg, DataConfig):
+        return cfg
+    from pydantic import ValidationError
+
+    from isoflop.errors import describe_validation_error
+
+    try:
+        return DataConfig.model_validate(cfg)
+    except ValidationError as exc:
+        raise IsoflopError(f"invalid data config: {describe_validation_error(exc)}; see DataConfig's fields") from exc
+
+
+def _prepare_locked(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None) -> TokenData:
     with shards.folder_lock(folder):
         manifest, why = shards.verify(folder)
         if manifest is not None:
@@ -128,7 +157,7 @@ def prepare_data(cfg: DataConfig | None = None, cache_dir: str | os.PathLike[str
         if manifest is None:
             if why != "no manifest" or any(folder.glob("*.bin")):
                 log.warning("rebuilding data cache %s: %s", folder, why)
-            _build(cfg, folder, source_fp, given_sha)
+            _build(cfg, folder, source_fp, given_sha, _reusable_tokenizer(folder, cfg, source_fp))
             manifest, why = shards.verify(folder)
             if manifest is None:
                 raise IsoflopError(f"the data cache {folder} failed verification right after writing ({why}); "
@@ -151,9 +180,20 @@ def _open(folder: Path, manifest: dict[str, Any]) -> TokenData:
     )
 
 
-def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None) -> None:
+def _reusable_tokenizer(folder: Path, cfg: DataConfig, source_fp: str) -> bool:
+    """True when a damaged cache still holds the BPE trained for this very config and input (checksum intact)."""
+    try:
+        old = json.loads((folder / shards.MANIFEST).read_text("utf-8"))
+        tok = old["tokenizer"]
+        return (old.get("config") == cfg.model_dump() and old.get("fingerprint") == source_fp and tok["trained"]
+                and shards.sha256_file(folder / TOKENIZER_FILE) == tok["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None, reuse_tokenizer: bool) -> None:
     t0 = time.perf_counter()
-    shards.clear(folder)
+    shards.clear(folder, keep=frozenset({TOKENIZER_FILE}) if reuse_tokenizer else frozenset())
     corpus = load_corpus(cfg)
     if not corpus.train:  # every document hashed into validation (e.g. a single file): train on them instead
         corpus.train, corpus.val = corpus.val, []
@@ -162,9 +202,12 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None)
         reasons = Counter(s.reason.split(" (")[0] for s in corpus.skipped)
         log.warning("skipped %d input(s) (%s); the list is in %s", len(corpus.skipped),
                     ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), folder / shards.MANIFEST)
-    tok, trained = _tokenizer(cfg, corpus)
-    tok_bytes = tok.to_str().encode("utf-8")
-    atomic_write_bytes(folder / TOKENIZER_FILE, tok_bytes)
+    if reuse_tokenizer:
+        tok, trained = load_tokenizer(str(folder / TOKENIZER_FILE)), True
+        log.info("reusing the trained tokenizer in %s", folder)
+    else:
+        tok, trained = _tokenizer(cfg, corpus)
+        atomic_write_bytes(folder / TOKENIZER_FILE, tok.to_str().encode("utf-8"))
     vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
     eot_id = find_eot(tok, Path(cfg.tokenizer).expanduser() if cfg.tokenizer and Path(cfg.tokenizer).is_dir() else None)
     if eot_id is None:
@@ -210,11 +253,14 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None)
 
 
 def _tokenizer(cfg: DataConfig, corpus: Corpus) -> tuple["Tokenizer", bool]:
-    """The given tokenizer, or a byte-level BPE trained on the training documents only (never on val)."""
+    """The given tokenizer, or a byte-level BPE trained on (a sample of) the training documents, never on val."""
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer), False
     texts = [d.text for d in corpus.train]
-    return train_bpe(texts, cfg.vocab_size, length=len(texts)), True
+    total = sum(len(t) for t in texts)
+    stride = max(1, -(-total // TOKENIZER_TRAIN_CHARS))  # every k-th document: a spread, deterministic sample
+    sample = texts[::stride]
+    return train_bpe(sample, cfg.vocab_size, length=len(sample)), True
 
 
 def _encode_into(tok: "Tokenizer", docs: list[Document], eot_id: int | None, writer: shards.ShardWriter) -> None:

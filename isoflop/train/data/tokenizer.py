@@ -1,7 +1,8 @@
 """Tokenizers: a byte-level BPE trained on the training split with Hugging Face ``tokenizers``, or a given one.
 
-Byte-level BPE (Radford et al. 2019, GPT-2 §2.2): the base alphabet is the 256 byte values, so any UTF-8
-text encodes without unknown tokens, and merges are learned on the corpus up to ``vocab_size`` entries.
+BPE merges the most frequent adjacent symbol pair repeatedly (Sennrich et al. 2016); the byte-level variant
+(Radford et al. 2019, GPT-2 §2.2) starts from the 256 byte values, so any UTF-8 text encodes without unknown
+tokens and decodes back exactly. Merges are learned on the corpus up to ``vocab_size`` entries.
 One special token, ``<|endoftext|>``, separates packed documents.
 """
 

@@ -1,0 +1,149 @@
+"""Training-step throughput on CPU: isoflop's Transformer + AdamW vs Hugging Face LlamaForCausalLM.
+
+Both sides run a full step (forward, loss, backward, AdamW step, zero_grad) on the same shape, batch
+and precision, in one process, interleaved (the order alternates every repeat), and the median step
+time of each side gives tokens/s. ``ratio = tokens/s(isoflop) / tokens/s(transformers)``.
+
+Each side uses its stock setup: isoflop's ``build_optimizer`` (fused AdamW, weight-decay groups) and
+``model(idx, targets)``; transformers' ``LlamaForCausalLM`` with its default SDPA attention,
+``model(input_ids, labels=...)`` and ``torch.optim.AdamW(model.parameters())`` with PyTorch's default
+implementation. The allocator setting (``isoflop.train.cpu.tune_allocator``) is process-wide, so both
+sides get it (``--no-tune-allocator`` turns it off for both).
+
+MFU = model FLOPs of the step (``isoflop.spec.accounting.flops_per_step``: 6N-style matmul FLOPs with
+the full s x s attention square) / step time / measured CPU matmul peak of the dtype
+(``isoflop.train.cpu_peak.measured_peak_flops``).
+
+Shapes (vocab 4096, seq 256, Llama family, untied, d_ff = 8/3 d rounded up to 32):
+  d512: d_model 512, 8 layers, 8 heads, d_ff 1376, batch 8;
+  ladder-largest: d_model 256, 6 layers, 4 heads, d_ff 704, batch 16 (the assumed largest model of the
+  default ladder).
+
+Run: ``python benchmarks/train_throughput.py`` (``--repeats``, ``--shapes``, ``--dtypes``). The last line
+of output is one JSON object with ``ratio`` (the minimum over shapes and dtypes) and the per-case results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from isoflop.spec import ModelSpec  # noqa: E402
+from isoflop.spec.accounting import flops_per_step  # noqa: E402
+from isoflop.train.cpu import tune_allocator  # noqa: E402
+from isoflop.train.cpu_peak import measured_peak_flops  # noqa: E402
+from isoflop.train.export import hf_config, hf_state_dict  # noqa: E402
+from isoflop.train.model import build_model  # noqa: E402
+from isoflop.train.optim import build_optimizer  # noqa: E402
+
+SHAPES = {
+    "d512": (ModelSpec(name="d512", d_model=512, n_layers=8, n_heads=8, d_ff=1376, vocab_size=4096, max_seq_len=256), 8),
+    "ladder-largest": (
+        ModelSpec(name="ladder-largest", d_model=256, n_layers=6, n_heads=4, d_ff=704, vocab_size=4096, max_seq_len=256), 16
+    ),
+}
+LR, BETAS, WD = 1e-4, (0.9, 0.95), 0.1
+
+
+def _sides(spec: ModelSpec):
+    """Our model + optimizer and the transformers model (same weights) + optimizer."""
+    import transformers
+
+    ours = build_model(spec, seed=0).train()
+    config = transformers.AutoConfig.for_model(**hf_config(spec))
+    hf = transformers.LlamaForCausalLM(config).train()
+    hf.load_state_dict(hf_state_dict(ours.state_dict(), spec), strict=True)
+    return (ours, build_optimizer(ours, lr=LR, weight_decay=WD, betas=BETAS)), (
+        hf, torch.optim.AdamW(hf.parameters(), lr=LR, weight_decay=WD, betas=BETAS)
+    )
+
+
+def _step_ours(model, opt, x, y, autocast: bool) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _step_hf(model, opt, x, y, autocast: bool) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=x, labels=y).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
+    spec, batch = SHAPES[name]
+    seq = spec.max_seq_len
+    (ours, opt_ours), (hf, opt_hf) = _sides(spec)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, spec.vocab_size, (batch, seq + 1), generator=gen)
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    autocast = dtype == "bf16"
+    sides = {"isoflop": lambda: _step_ours(ours, opt_ours, x, y, autocast),
+             "transformers": lambda: _step_hf(hf, opt_hf, x, x, autocast)}  # HF shifts labels itself
+    for _ in range(warmup):
+        for step in sides.values():
+            step()
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    order = list(sides)
+    for r in range(repeats):
+        for key in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            sides[key]()
+            times[key].append(time.perf_counter() - start)
+    step_flops = flops_per_step(spec, batch, seq).model
+    peak = measured_peak_flops(dtype)
+    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "d_model": spec.d_model,
+                    "n_layers": spec.n_layers, "d_ff": spec.d_ff, "vocab_size": spec.vocab_size,
+                    "peak_tflops": peak / 1e12}
+    for key, ts in times.items():
+        med = statistics.median(ts)
+        result[key] = {"step_s": med, "tokens_per_s": batch * seq / med, "mfu": step_flops / med / peak,
+                       "step_s_all": [round(t, 4) for t in ts]}
+    result["ratio"] = result["isoflop"]["tokens_per_s"] / result["transformers"]["tokens_per_s"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="d512,ladder-largest")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-tune-allocator", action="store_true")
+    args = parser.parse_args()
+    if not args.no_tune_allocator:
+        tune_allocator()
+    torch.manual_seed(0)
+    results = []
+    for name in args.shapes.split(","):
+        for dtype in args.dtypes.split(","):
+            res = run_case(name, dtype, args.repeats, args.warmup)
+            results.append(res)
+            print(f"{name:15s} {dtype:5s} isoflop {res['isoflop']['tokens_per_s']:8.0f} tok/s "
+                  f"(MFU {res['isoflop']['mfu']:.2f})  transformers {res['transformers']['tokens_per_s']:8.0f} tok/s "
+                  f"(MFU {res['transformers']['mfu']:.2f})  ratio {res['ratio']:.3f}", flush=True)
+    summary = {
+        "ratio": min(r["ratio"] for r in results),
+        "ratios": {f"{r['shape']}/{r['dtype']}": round(r["ratio"], 4) for r in results},
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "tune_allocator": not args.no_tune_allocator,
+        "repeats": args.repeats, "results": results,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
