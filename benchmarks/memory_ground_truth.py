@@ -8,6 +8,8 @@ peak bytes of one forward + backward with the optimizer states of a previous ste
 Precision recipes (what the model's ``dtype`` means):
 * ``bf16``: bf16 parameters and gradients, fp32 master weights, fp32 AdamW moments (Rajbhandari et al. 2020).
 * ``fp32``: fp32 parameters and gradients, AdamW moments.
+* ``amp``: fp32 parameters, gradients and AdamW moments, forward under ``torch.autocast(bfloat16)`` (the
+  recipe of isoflop's own trainer): bf16 matmuls, fp32 residual stream, bf16 weight casts saved.
 
 Gradients are kept allocated between steps (``zero_grad(set_to_none=False)``, as DDP buckets and Megatron's
 grad buffer do). Norms use a fused-kernel autograd function that saves the input and the fp32 inverse RMS
@@ -124,8 +126,9 @@ def build_reference(spec: ModelSpec, recompute: str):
             hd = spec.dim_per_head
             inv = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, device=idx.device, dtype=torch.float32) / hd))
             ang = torch.outer(torch.arange(T, device=idx.device, dtype=torch.float32), inv)
-            cos = torch.cat((ang.cos(), ang.cos()), -1).to(x.dtype)
-            sin = torch.cat((ang.sin(), ang.sin()), -1).to(x.dtype)
+            low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+            cos = torch.cat((ang.cos(), ang.cos()), -1).to(low)
+            sin = torch.cat((ang.sin(), ang.sin()), -1).to(low)
             for block in self.blocks:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False) if recompute == "full" else block(x, cos, sin)
             h = self.norm(x)
@@ -135,15 +138,19 @@ def build_reference(spec: ModelSpec, recompute: str):
     return Decoder()
 
 
-def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: str) -> dict[str, Any]:
-    """Exact model-state bytes and the MemTracker peak of one fwd+bwd (with optimizer state alive)."""
+def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: str, builder=None) -> dict[str, Any]:
+    """Exact model-state bytes and the MemTracker peak of one fwd+bwd (with optimizer state alive).
+    ``builder(spec)`` replaces the reference decoder (it must return ``module(idx, targets) -> loss``)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
+    import contextlib
+
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "amp" else contextlib.nullcontext
     with torch.device("meta"):
-        model = build_reference(spec, recompute).to(torch_dtype)
+        model = (builder(spec) if builder else build_reference(spec, recompute)).to(torch_dtype)
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to_empty(device="cpu")
         params = list(model.parameters())
@@ -153,7 +160,9 @@ def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: st
         tgt = torch.randint(0, spec.vocab_size, (batch, seq_len))
 
         def step() -> None:
-            model(idx, tgt).backward()
+            with autocast():
+                loss = model(idx, tgt)
+            loss.backward()
             if dtype == "bf16":
                 for m, p in zip(master, params):
                     m.grad = p.grad.float()
@@ -174,7 +183,9 @@ def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: st
         tracker = MemTracker()
         tracker.track_external(model, opt, *(master if dtype == "bf16" else []))
         with tracker:
-            model(idx, tgt).backward()
+            with autocast():
+                loss = model(idx, tgt)
+            loss.backward()
         peak = tracker.get_tracker_snapshot("peak")
     total = sum(d["Total"] for d in peak.values())
     return {"exact": exact, "peak_total": total}
@@ -204,6 +215,8 @@ CASES = [
     ("gpt", GPT, 2, 512, "none", "bf16"),
     ("gpt", GPT, 4, 256, "full", "fp32"),
     ("gpt", GPT, 2, 512, "selective", "fp32"),
+    ("llama", LLAMA, 2, 512, "none", "amp"),
+    ("gpt", GPT, 4, 256, "full", "amp"),
 ]
 
 
@@ -220,15 +233,35 @@ def run_case(name: str, fields: dict, batch: int, seq: int, recompute: str, dtyp
     }
 
 
+def trainer_rows() -> list[dict[str, Any]]:
+    """The same measurement on isoflop's own trainer model (``isoflop.train.model``), when it is installed."""
+    try:
+        from isoflop.train.model import Transformer
+    except ImportError:
+        return []
+    rows = []
+    for name, fields, batch, seq in (("llama", LLAMA, 2, 512), ("gpt", GPT, 2, 512)):
+        spec = ModelSpec(name=name, **fields)
+        meas = measure(spec, batch, seq, "none", "amp", builder=Transformer)
+        pred = predict(spec, batch, seq, "none", "amp")
+        rows.append({"case": f"trainer {name} b={batch} s={seq} none amp", "measured_peak_bytes": meas["peak_total"],
+                     "predicted_peak_bytes": pred["total"], "total_error": pred["total"] / meas["peak_total"] - 1.0})
+    return rows
+
+
 def main() -> None:
     rows = [run_case(*case) for case in CASES]
     for r in rows:
         print(f"{r['case']:<40} states exact: {r['model_states_exact']}  measured {r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
               f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%} "
               f"(activations + logits {r['activation_error']:+.2%})")
+    trainer = trainer_rows()
+    for r in trainer:
+        print(f"{r['case']:<40} measured {r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
+              f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%}")
     worst = max(abs(r["total_error"]) for r in rows)
     worst_act = max(abs(r["activation_error"]) for r in rows)
-    print(json.dumps({"cases": rows, "max_abs_total_error": worst, "max_abs_activation_error": worst_act, "all_states_exact": all(r["model_states_exact"] for r in rows)}))
+    print(json.dumps({"cases": rows, "max_abs_total_error": worst, "max_abs_activation_error": worst_act, "all_states_exact": all(r["model_states_exact"] for r in rows), "trainer": trainer}))
 
 
 if __name__ == "__main__":

@@ -52,10 +52,10 @@ def runs() -> list[dict[str, Any]]:
     mtnlg = preset("mt-nlg-530b")
     gpt3 = preset("gpt3-175b").replace(vocab_size=51200)
     out: list[dict[str, Any]] = []
-    for gpus, seconds in ((2240, 60.1), (2800, 50.2), (3360, 44.4)):
+    for gpus, seconds, tflops in ((2240, 60.1, 126), (2800, 50.2, 121), (3360, 44.4, 113)):
         out.append(dict(name=f"MT-NLG 530B, {gpus} A100", spec=mtnlg, gpu="a100-80gb", n_gpus=gpus, batch=1920, seq=2048,
                         layout=Layout(tp=8, pp=35, dp=gpus // 280, zero=1, recompute="full"),
-                        metric="step_time_s", published=seconds, fit=False))
+                        metric="step_time_s", published=seconds, fit=False, published_tflops=tflops))
     for spec, tp, pp, batch, table in ((gpt3, 8, 12, 1536, ((384, 153), (768, 149), (1536, 141))),
                                        (mtnlg, 8, 35, 2240, ((560, 171), (1120, 167), (2240, 159)))):
         for gpus, tflops in table:
@@ -92,6 +92,9 @@ def report(constants=None) -> dict[str, Any]:
             "error": pred["error"], "fit": run["fit"], "fits_memory": est.fits, "memory_gib": est.memory["total_gib"],
             "mfu": est.mfu, "bubble_frac": est.breakdown["bubble_s"] / est.step_time_s,
             "exposed_comm_frac": est.breakdown["exposed_comm_s"] / est.step_time_s,
+            # same step time in Narayanan's TFLOP/s convention (MT-NLG reports 126 / 121 / 113)
+            "narayanan_tflops": narayanan_flops(run["spec"], run["batch"], run["seq"]) / est.step_time_s / run["n_gpus"] / 1e12,
+            "published_tflops": run.get("published_tflops"),
         })
     errs = [abs(r["error"]) for r in rows]
     held = [abs(r["error"]) for r in rows if not r["fit"]]
@@ -107,7 +110,9 @@ def main() -> None:
     for r in out["runs"]:
         tag = "fit " if r["fit"] else "held"
         print(f"[{tag}] {r['name']:<36} {r['metric']:<22} published {r['published']:>9.4g}  "
-              f"predicted {r['predicted']:>9.4g}  error {r['error']:+6.1%}  mem {r['memory_gib']:.1f} GiB")
+              f"predicted {r['predicted']:>9.4g}  error {r['error']:+6.1%}  mem {r['memory_gib']:.1f} GiB"
+              + (f"  (TFLOP/s: published {r['published_tflops']}, predicted {r['narayanan_tflops']:.0f})"
+                 if r["published_tflops"] else ""))
     print(f"median |error| {out['median_abs_error']:.1%} over {out['n_runs']} runs "
           f"(fit runs {out['median_abs_error_fit']:.1%}, held-out {out['median_abs_error_held_out']:.1%})")
     print(json.dumps(out))

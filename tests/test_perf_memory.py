@@ -106,7 +106,7 @@ def _ground_truth():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [0, 2, 6])
+@pytest.mark.parametrize("case", [0, 2, 6, 8])
 def test_fake_tensor_ground_truth(case: int) -> None:
     """A real PyTorch step under FakeTensorMode + MemTracker: model states exact, peak within 5%."""
     pytest.importorskip("torch")
@@ -115,3 +115,37 @@ def test_fake_tensor_ground_truth(case: int) -> None:
     assert row["model_states_exact"], row
     assert abs(row["total_error"]) < 0.05, row
     assert np.isfinite(row["activation_error"])
+
+
+def test_amp_recipe_keeps_fp32_states_and_bf16_weight_casts() -> None:
+    """torch.autocast over fp32 weights: 4 + 4 + 8 bytes of states; bf16 casts of the matmul weights are saved."""
+    spec = preset("llama2-7b")
+    psi = count_params(spec).total
+    amp = estimate(spec, H100, 1, Layout(dtype="amp"), 1, 2048)
+    bf16 = estimate(spec, H100, 1, Layout(dtype="bf16"), 1, 2048)
+    assert amp.memory["weights_gib"] * GIB == 4 * psi and amp.memory["optimizer_gib"] * GIB == 8 * psi
+    casts = (psi - spec.vocab_size * spec.d_model - (2 * spec.n_layers + 1) * spec.d_model) * 2  # not the lookup table or norms
+    residual = spec.n_layers * 2048 * 2 * spec.d_model * 2  # two fp32 norm inputs instead of bf16 per layer
+    extra = (amp.memory["activations_gib"] - bf16.memory["activations_gib"]) * GIB
+    assert extra == pytest.approx(casts + residual, rel=1e-9)
+    assert amp.mfu == pytest.approx(bf16.mfu, rel=0.05)  # same bf16 peak
+
+
+def test_context_expert_hsdp_and_fp8() -> None:
+    llama = preset("llama3-8b")
+    one = estimate(llama, H100, 8, Layout(dp=8, zero=3), 8, 8192).memory
+    cp4 = estimate(llama, H100, 8, Layout(dp=2, cp=4, zero=3), 2, 8192).memory
+    assert cp4["activations_gib"] == pytest.approx(one["activations_gib"] / 4, rel=1e-12)
+    assert cp4["weights_gib"] == pytest.approx(one["weights_gib"], rel=1e-12)  # ZeRO shards over dp x cp
+    hsdp = estimate(llama, H100, 16, Layout(dp=16, zero=3, replicate=2), 16, 8192).memory
+    full = estimate(llama, H100, 16, Layout(dp=16, zero=3), 16, 8192).memory
+    assert hsdp["optimizer_gib"] == pytest.approx(2 * full["optimizer_gib"], rel=1e-12)
+    fp8 = estimate(llama, H100, 1, Layout(dtype="fp8"), 1, 8192).memory
+    bf16 = estimate(llama, H100, 1, Layout(), 1, 8192).memory
+    assert fp8["weights_gib"] == pytest.approx(bf16["weights_gib"] * 1.5, rel=1e-12)  # + 1 byte fp8 copy
+    moe = preset("mixtral-8x7b")
+    ep1 = estimate(moe, H100, 8, Layout(dp=8), 8, 4096).memory["weights_gib"]
+    ep8 = estimate(moe, H100, 8, Layout(dp=8, ep=8), 8, 4096).memory["weights_gib"]
+    p = count_params(moe)
+    experts = p.mlp * 2 / GIB
+    assert ep1 - ep8 == pytest.approx(experts * 7 / 8, rel=1e-9)

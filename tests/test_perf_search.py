@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 
@@ -49,10 +48,9 @@ def test_fixed_knobs_are_held() -> None:
     assert found and all(e.layout.tp == 2 and e.layout.recompute == "full" for e in found)
 
 
-def test_llama3_70b_on_64_h100_answers_quickly_and_sensibly() -> None:
-    start = time.perf_counter()
+def test_llama3_70b_on_64_h100_answers_sensibly() -> None:
+    """(Its speed is measured in benchmarks/layout_search_rate.py, not here.)"""
     found = search_layouts(preset("llama3-70b"), H100, 64, 512, 8192, top_k=5)
-    assert time.perf_counter() - start < 10
     best = found[0]
     assert best.fits and best.layout.tp <= 8 and 0.2 < best.mfu < 0.7
     assert "fastest" in best.extra["reason"]

@@ -67,7 +67,8 @@ def render_estimate(est_dict: dict[str, Any], title: str):
             mem.add_row(key.removesuffix("_gib"), _gib(value))
         mem.add_row("capacity", _gib(e["gpu_memory_gib"]))
         console.print(mem)
-        fit = "[green]fits[/]" if e["fits"] else f"[red]does not fit[/]: {e['overflow']}"
+        fit = "[green]fits[/]" if e["fits"] else (
+            f"[red]does not fit[/]: {e['overflow']}; `isoflop layout` searches for a layout that fits")
         console.print(f"{fit} (headroom {e['headroom_gib']:.1f} GiB)")
         st = Table(title="Step time (s per optimizer step; the top-level rows add up)")
         st.add_column("part")

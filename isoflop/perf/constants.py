@@ -49,6 +49,9 @@ class PerfConstants(BaseModel):
     pcie_gbps: float
     cpu_adam_params_per_s: float
     step_overhead_s: float
+    kernel_launch_s: float
+    kernels_per_layer: float
+    kernels_head: float
     act_bytes: float
     grad_bytes_mixed: float
     fp8_weight_copy_bytes: float

@@ -14,7 +14,7 @@ import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants, load_constants
-from isoflop.perf.layout import RECOMPUTE, Layout, LayoutArrays, validate
+from isoflop.perf.layout import RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
 from isoflop.perf.memory import GIB, MEMORY_KEYS, memory_bytes
 from isoflop.perf.steptime import STEP_KEYS, step_time
 from isoflop.spec.accounting import count_flops, recompute_flops_per_token
@@ -84,7 +84,7 @@ def evaluate(
     model_flops = tokens * flops.training
     extra = np.array([recompute_flops_per_token(flops, p) for p in RECOMPUTE])[la.recompute] * tokens
     step = times["step_time_s"]
-    peak = gpu.peak_flops(dtype) * n_gpus
+    peak = gpu.peak_flops(peak_dtype(dtype)) * n_gpus
     out = {k: v / GIB for k, v in mem.items()}
     out.update(times)
     out["fits"] = out["total_gib"] <= gpu.memory_gib
@@ -127,7 +127,7 @@ def estimate(
 ) -> Estimate:
     """Predict memory per GPU, step time and utilisation of ``layout``; bad layouts raise ``IsoflopError``."""
     validate(layout, spec, n_gpus, global_batch, seq_len)
-    gpu.peak_flops(layout.dtype)  # an unsupported dtype is an error, never a fallback
+    gpu.peak_flops(peak_dtype(layout.dtype))  # an unsupported dtype is an error, never a fallback
     const = constants or load_constants(gpu.name)
     la = LayoutArrays.from_layouts([layout])
     row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, layout.dtype, layout.optimizer, const)

@@ -16,7 +16,7 @@ from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
 
 RECOMPUTE = ("none", "selective", "full")
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
 KNOBS = ("tp", "pp", "dp", "cp", "ep", "zero", "recompute", "sequence_parallel", "micro_batch", "interleave",
          "offload", "replicate")
@@ -31,6 +31,9 @@ class Layout:
     HSDP: shards within groups of ``dp*cp/replicate`` GPUs, replicated across ``replicate`` groups.
     ``interleave`` is the number of virtual pipeline stages per GPU (Narayanan et al. 2021, Sec. 2.2.2).
     ``offload`` moves the optimizer states (fp32 master, moments) to the CPU (ZeRO-Offload, Ren et al. 2021).
+    ``dtype``: ``bf16``/``fp16`` = low-precision weights and gradients with fp32 master weights (ZeRO's
+    recipe); ``fp8`` = bf16 plus fp8 weight copies and fp8 GEMMs; ``amp`` = ``torch.autocast`` to bf16 over
+    fp32 weights (PyTorch's default recipe); ``fp32`` = no mixed precision.
     """
 
     tp: int = 1
@@ -44,7 +47,7 @@ class Layout:
     micro_batch: int = 1
     interleave: int = 1
     offload: bool = False
-    dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
+    dtype: Literal["fp32", "bf16", "fp16", "fp8", "amp"] = "bf16"
     optimizer: Literal["adamw", "sgd", "adafactor", "adam8bit"] = "adamw"
     replicate: int = 1
 
@@ -57,6 +60,11 @@ class Layout:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def peak_dtype(dtype: str) -> str:
+    """The dtype whose tensor-core peak the GEMMs run at (``amp`` computes in bf16)."""
+    return "bf16" if dtype == "amp" else dtype
 
 
 def microbatches(layout: Layout, global_batch: int) -> int:

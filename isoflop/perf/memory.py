@@ -44,11 +44,13 @@ class Precision:
     optimizer: float  # master copy + optimizer states
     act: float
     optimizer_rw: float  # bytes the optimizer step reads + writes per parameter (for its HBM time)
+    resid: float = 2.0  # bytes per element of the residual stream (norm inputs): fp32 under autocast
+    weight_copy: float = 0.0  # bytes per matmul weight of the low-precision casts autocast saves for backward
 
 
 def precision(spec: ModelSpec, dtype: str, optimizer: str, const: PerfConstants) -> Precision:
-    """The bytes of a mixed-precision (bf16/fp16/fp8) or fp32 recipe with ``optimizer``."""
-    mixed = dtype != "fp32"
+    """The bytes of a mixed-precision (bf16/fp16/fp8), autocast (amp) or fp32 recipe with ``optimizer``."""
+    mixed = dtype not in ("fp32", "amp")
     master = 4.0 if mixed else 0.0
     states = {
         "adamw": 8.0,
@@ -62,7 +64,10 @@ def precision(spec: ModelSpec, dtype: str, optimizer: str, const: PerfConstants)
     grad = const.grad_bytes_mixed if mixed else 4.0
     # the step reads grad, master/weights and states, writes them back, and (mixed) re-casts the weights
     rw = grad + 2.0 * (master + states) + (2.0 * 4.0 if not mixed else 2.0)
-    return Precision(weight, grad, master + states, const.act_bytes if mixed else 4.0, rw)
+    if dtype == "amp":  # torch.autocast: fp32 weights/grads/states, bf16 matmuls, fp32 residual stream
+        return Precision(4.0, 4.0, states, const.act_bytes, rw, resid=4.0, weight_copy=2.0)
+    act = const.act_bytes if mixed else 4.0
+    return Precision(weight, grad, master + states, act, rw, resid=act)
 
 
 @dataclass(frozen=True)
@@ -96,16 +101,20 @@ def stage_params(spec: ModelSpec, la: LayoutArrays) -> StageParams:
     return StageParams(dense_first, dense_last, layers * layer_expert, layer_dense, layer_expert)
 
 
-def layer_activation_bytes(spec: ModelSpec, la: LayoutArrays, seq_len: int, act: float) -> dict[str, np.ndarray]:
+def layer_activation_bytes(
+    spec: ModelSpec, la: LayoutArrays, seq_len: int, act: float, resid: float | None = None
+) -> dict[str, np.ndarray]:
     """Bytes autograd keeps for one layer and one microbatch, by recompute policy (``none``,
-    ``selective``, ``full`` = kept input only) on one GPU."""
+    ``selective``, ``full`` = kept input only) on one GPU. ``resid``: bytes per residual-stream element
+    (the two norm inputs; default ``act``)."""
+    resid = act if resid is None else resid
     tp = la.tp.astype(float)
     tokens = la.micro_batch * seq_len / la.cp
     h, q, hd = spec.d_model, spec.q_dim, spec.dim_per_head
     kv_local = np.maximum(spec.kv_heads / tp, 1.0) * hd
     rep_div = np.where(la.sequence_parallel, tp, 1.0)
     stat_bytes = (4.0 if spec.norm == "rmsnorm" else 8.0) * 2  # fp32 rstd (and mean) of the two norms
-    replicated = (4 * h * act + stat_bytes) / rep_div
+    replicated = (2 * h * resid + 2 * h * act + stat_bytes) / rep_div  # norm inputs + QKV/MLP inputs
     attn_in = (q / tp + 2 * kv_local) * act  # Q, K, V (saved by the attention kernel)
     core_out = (q / tp) * act + (spec.n_heads / tp) * 4.0  # attention output + fp32 log-sum-exp
     proj_in = (q / tp) * act  # output projection's input
@@ -116,7 +125,7 @@ def layer_activation_bytes(spec: ModelSpec, la: LayoutArrays, seq_len: int, act:
         mlp = hidden
     none = tokens * (replicated + attn_in + core_out + proj_in + mlp)
     selective = none - tokens * core_out
-    full = tokens * h * act / rep_div
+    full = tokens * h * resid / rep_div
     return {"none": none, "selective": selective, "full": full}
 
 
@@ -140,7 +149,7 @@ def memory_bytes(
     m = global_batch // (la.dp * la.micro_batch)
     pp, v = la.pp.astype(float), la.interleave.astype(float)
     layers = spec.n_layers / pp
-    per_layer = layer_activation_bytes(spec, la, seq_len, prec.act)
+    per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid)
     kept = np.select([la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"])
     # full recompute: the layer being recomputed in the backward, plus its MLP's hidden-gradient buffers
     hidden_grad = la.micro_batch * seq_len / la.cp * (2 if spec.gated else 1) * spec.d_ff / la.tp * prec.act
@@ -150,10 +159,17 @@ def memory_bytes(
     act_last = layers * kept
     tokens = la.micro_batch * seq_len / la.cp
     rep_div = np.where(la.sequence_parallel, la.tp, 1)
-    head_in = (2 * spec.d_model * prec.act + (4.0 if spec.norm == "rmsnorm" else 8.0)) / rep_div  # final norm + head inputs
+    head_in = (spec.d_model * (prec.resid + prec.act) + (4.0 if spec.norm == "rmsnorm" else 8.0)) / rep_div  # final norm + head inputs
     logits = tokens * (spec.vocab_size / la.tp * const.logits_mem_bytes_per_logit + head_in)
     logits_first = np.where(la.pp == 1, logits, 0.0)
 
+    # autocast keeps a bf16 cast of every matmul weight (and bias) for the backward; ZeRO-3 casts per layer
+    norms_layer = 2 * _norm_params(spec)
+    matmul_layers = layers * (sp.layer_dense - norms_layer + sp.layer_expert)
+    head_w = spec.vocab_size * spec.d_model / la.tp
+    keep = np.where(zero >= 3, 0.0, prec.weight_copy)
+    copies = keep * (matmul_layers + np.where(la.pp == 1, head_w, 0.0))
+    copies_last = keep * (matmul_layers + head_w)
     unsharded_layer = sp.layer_dense + sp.layer_expert
     fsdp = const.fsdp_prefetch_layers * unsharded_layer * prec.weight + unsharded_layer * prec.grad
     ddp = np.where(la.dp * la.cp > 1, 2 * const.ddp_bucket_mib * 2**20, 0.0)
@@ -162,9 +178,10 @@ def memory_bytes(
 
     out: dict[str, np.ndarray] = {}
     parts = []
-    for dense, act, lg in ((sp.dense_first, act_first, logits_first), (sp.dense_last, act_last, logits)):
+    for dense, act, lg, cast in ((sp.dense_first, act_first, logits_first, copies), (sp.dense_last, act_last, logits, copies_last)):
         w, g, o = states(dense)
         act = act + np.maximum(0.0, live - lg)  # the recomputed layer lives after the loss buffers are freed
+        act = act + cast
         tensors = w + g + o + act + lg + comm
         overhead = const.fixed_overhead_gib * GIB + const.allocator_fraction * tensors
         parts.append((w, g, o, act, lg, comm, overhead, tensors + overhead))

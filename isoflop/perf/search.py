@@ -16,7 +16,7 @@ from isoflop.errors import IsoflopError
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants, load_constants
 from isoflop.perf.estimate import Estimate, build_estimate, evaluate
-from isoflop.perf.layout import KNOBS, RECOMPUTE, Layout, LayoutArrays, validate
+from isoflop.perf.layout import KNOBS, OPTIMIZERS, PRECISIONS, RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
 from isoflop.spec.model import ModelSpec
 
 MAX_MICRO_BATCH = 64
@@ -65,22 +65,34 @@ def candidates(
     for key, value in fix.items():
         if key in choices:
             choices[key] = [value]
-    # the shape-only knobs first (few), then expand by the cheap flags with numpy
-    grids = np.meshgrid(*(np.asarray(choices[k]) for k in KNOBS if k != "dp"), indexing="ij")
-    cols = {k: g.ravel() for k, g in zip([k for k in KNOBS if k != "dp"], grids)}
-    denom = cols["tp"] * cols["pp"] * cols["cp"]
+    # stage 1: the degrees and the micro-batch (few combinations survive the divisibility rules)
+    shape_keys = ("tp", "pp", "cp", "ep", "micro_batch", "replicate")
+    grids = np.meshgrid(*(np.asarray(choices[k]) for k in shape_keys), indexing="ij")
+    base = {k: g.ravel() for k, g in zip(shape_keys, grids)}
+    denom = base["tp"] * base["pp"] * base["cp"]
     ok = n_gpus % denom == 0
     dp = np.where(ok, n_gpus // np.maximum(denom, 1), 0)
-    cols["dp"] = dp
     if "dp" in fix:
         ok &= dp == fix["dp"]
     ok &= dp >= 1
-    dpc = dp * cols["cp"]
-    ok &= global_batch % np.maximum(dp * cols["micro_batch"], 1) == 0
-    ok &= (dpc % cols["ep"] == 0)
-    ok &= ~(cols["sequence_parallel"] & (cols["tp"] == 1))
+    dpc = dp * base["cp"]
+    ok &= global_batch % np.maximum(dp * base["micro_batch"], 1) == 0
+    ok &= (dpc % base["ep"] == 0) & ((spec.n_experts % base["ep"] == 0) if spec.is_moe else (base["ep"] == 1))
+    ok &= (base["replicate"] == 1) | ((dpc % base["replicate"] == 0) & (dpc > base["replicate"]))
+    keep = np.nonzero(ok)[0]
+    base = {k: v[keep] for k, v in base.items()}
+    base["dp"] = dp[keep]
+    # stage 2: cross with the flags (ZeRO, recompute, SP, interleave, offload) and apply their rules
+    flag_keys = ("zero", "recompute", "sequence_parallel", "interleave", "offload")
+    fgrids = np.meshgrid(*(np.asarray(choices[k]) for k in flag_keys), indexing="ij")
+    flags = {k: g.ravel() for k, g in zip(flag_keys, fgrids)}
+    n_base, n_flags = keep.size, flags["zero"].size
+    cols = {k: np.repeat(v, n_flags) for k, v in base.items()}
+    cols.update({k: np.tile(v, n_base) for k, v in flags.items()})
+    dpc = cols["dp"] * cols["cp"]
+    ok = ~(cols["sequence_parallel"] & (cols["tp"] == 1))
     ok &= (cols["interleave"] == 1) | ((cols["pp"] > 1) & (spec.n_layers % (cols["pp"] * cols["interleave"]) == 0))
-    ok &= (cols["replicate"] == 1) | ((cols["zero"] == 3) & (dpc % cols["replicate"] == 0) & (dpc > cols["replicate"]))
+    ok &= (cols["replicate"] == 1) | (cols["zero"] == 3)
     ok &= ~((cols["zero"] >= 1) & (dpc == 1) & ("zero" not in fix))  # sharding over one replica is a no-op
     ok &= ~(cols["offload"] & (cols["zero"] == 0) & ("offload" not in fix))
     idx = np.nonzero(ok)[0]
@@ -129,7 +141,11 @@ def search_layouts(
     fixed = dict(fixed or {})
     dtype = fixed.pop("dtype", None) or "bf16"
     optimizer = fixed.pop("optimizer", None) or "adamw"
-    gpu.peak_flops(dtype)
+    if dtype not in PRECISIONS:
+        raise IsoflopError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+    if optimizer not in OPTIMIZERS:
+        raise IsoflopError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    gpu.peak_flops(peak_dtype(dtype))
     const = constants or load_constants(gpu.name)
     la = candidates(spec, gpu, n_gpus, global_batch, seq_len, fixed)
     if len(la) == 0:
@@ -150,7 +166,12 @@ def _explain_no_candidate(spec: ModelSpec, n_gpus: int, global_batch: int, seq_l
     lay = Layout(**{k: v for k, v in fixed.items() if k in Layout.field_names()})
     if "dp" not in fixed:
         denom = lay.tp * lay.pp * lay.cp
-        lay = lay.replace(dp=max(1, n_gpus // denom))
+        if n_gpus % denom:
+            raise IsoflopError(
+                f"tp*pp*cp = {lay.tp}*{lay.pp}*{lay.cp} = {denom} does not divide the GPU count {n_gpus}; "
+                "choose degrees whose product divides it"
+            )
+        lay = lay.replace(dp=n_gpus // denom)
     validate(lay, spec, n_gpus, global_batch, seq_len)
     raise IsoflopError(
         f"no valid layout for {n_gpus} GPUs, global batch {global_batch}, seq_len {seq_len} with {fixed or 'no knobs'} fixed; "
@@ -193,7 +214,10 @@ def fit_hints(
     return hints
 
 
-def _fits_any(spec, gpu, n_gpus, global_batch, seq_len, fixed, const) -> bool:
+def _fits_any(
+    spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int, fixed: dict[str, Any], const: PerfConstants
+) -> bool:
+    """Whether any layout with ``fixed`` held fits in memory."""
     fixed = dict(fixed)
     dtype = fixed.pop("dtype", None) or "bf16"
     optimizer = fixed.pop("optimizer", None) or "adamw"

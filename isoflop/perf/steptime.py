@@ -20,6 +20,8 @@ Model (all times per GPU; the slowest pipeline stage, i.e. the one holding the l
   (``fsdp_overlap``); ring attention (context parallel) hides behind the attention kernel; expert-parallel
   all-to-all (4 per MoE layer) and pipeline point-to-point sends are exposed.
 * Pipeline bubble (Narayanan et al. 2021, Sec. 2.2): ``(p - 1) / (v m)`` of the ideal ``m`` microbatch times.
+* Small models are launch-bound: a microbatch never takes less than its kernel count x ``kernel_launch_s``
+  (eager PyTorch); the excess is reported as overhead, with the fixed ``step_overhead_s``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
-from isoflop.perf.layout import LayoutArrays
+from isoflop.perf.layout import LayoutArrays, peak_dtype
 from isoflop.perf.memory import precision, stage_params
 from isoflop.spec.model import ModelSpec
 
@@ -64,7 +66,7 @@ def step_time(
     """Seconds per optimizer step, as an additive breakdown (``STEP_KEYS``) plus ``step_time_s``."""
     prec = precision(spec, dtype, optimizer, c)
     act = prec.act
-    peak = gpu.peak_flops(dtype)
+    peak = gpu.peak_flops(peak_dtype(dtype))
     attn_peak = gpu.peak_flops("bf16") if dtype == "fp8" else peak
     G = gpu.gpus_per_node
     tp, pp, cp, dp, ep = (x.astype(float) for x in (la.tp, la.pp, la.cp, la.dp, la.ep))
@@ -127,6 +129,9 @@ def step_time(
     pp_link = np.where(tp * cp * dp >= G, gpu.inter_node_gbps * c.inter_node_eff, gpu.intra_node_gbps * c.intra_node_eff) * 1e9
     p2p = np.where(la.pp > 1, 2.0 * v * T * h * act / rep_div / pp_link, 0.0) * (1.0 - c.pp_overlap)
     t_mb = stage_gemm + stage_attn + stage_mb + stage_rc + stage_comm + p2p
+    # small models are launch-bound: the host cannot issue kernels faster than kernel_launch_s each
+    launch = (layers * c.kernels_per_layer + c.kernels_head) * c.kernel_launch_s
+    launch_excess = np.maximum(0.0, launch - t_mb)
     bubble = (pp - 1.0) / v * t_mb
 
     # --- data parallel ---------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def step_time(
         "comm_dp_s": dp_exposed,
         "bubble_s": bubble,
         "optimizer_s": optimizer_s,
-        "overhead_s": np.full(len(la), c.step_overhead_s),
+        "overhead_s": c.step_overhead_s + m * launch_excess,
     }
     out["compute_s"] = out["gemm_s"] + out["attention_s"] + out["memory_bound_s"] + out["recompute_s"]
     out["exposed_comm_s"] = out["comm_tp_s"] + out["comm_cp_s"] + out["comm_ep_s"] + out["comm_pp_s"] + out["comm_dp_s"]
