@@ -75,10 +75,10 @@ class _RMSNormCPU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, None]:
         xhat, weight, rstd = ctx.saved_tensors
-        dw = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0)
-        g = dy * weight
-        c = (g * xhat).mean(-1, keepdim=True)
-        return g.addcmul_(xhat, c, value=-1).mul_(rstd), dw.to(weight.dtype), None
+        t = dy * xhat
+        dw = t.reshape(-1, t.shape[-1]).sum(0)
+        c = (t @ weight).unsqueeze(-1).div_(xhat.shape[-1])  # mean(g * xhat) with g = dy * w, as a matvec
+        return (dy * weight).addcmul_(xhat, c, value=-1).mul_(rstd), dw.to(weight.dtype), None
 
 
 class RMSNorm(nn.Module):
