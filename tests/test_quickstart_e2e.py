@@ -28,6 +28,14 @@ def test_quickstart_smoke_end_to_end_and_resume(cli, tmp_path, monkeypatch) -> N
     assert summary["runs"]["finished"] == summary["runs"]["total"] and summary["runs"]["failed"] == 0
     assert (out / "report.html").is_file() and len(list((out / "plots").glob("*.png"))) == 5
 
+    # Calibrate the perf model on the measured runs (the local CPU as "GPU"): the step-time error drops.
+    cal = cli("calibrate", str(out), "--hardware", str(tmp_path / "hw.yaml"), "--output", str(tmp_path / "cal.yaml"), "--json")
+    assert cal.code == 0, cal.err
+    (res,) = cal.json()["gpus"]
+    assert res["gpu"] == "cpu-local" and res["runs"] == summary["runs"]["total"]
+    assert res["after"]["median_abs_step_time_error_pct"] <= res["before"]["median_abs_step_time_error_pct"]
+    assert "cpu-local" in (tmp_path / "cal.yaml").read_text() and "cpu-local" in (tmp_path / "hw.yaml").read_text()
+
     again = cli("quickstart", "--out", str(out), "--preset", "smoke", "--json")
     assert again.code == 0, again.err
     resumed = again.json()

@@ -75,3 +75,14 @@ def test_headless_chromium_shows_every_plot(tmp_path) -> None:
     # Five separate figures: five bands of coloured rows separated by gaps of white/text.
     bands = 1 + int(np.sum(np.diff(rows) > 60))
     assert bands >= 5, f"only {bands} coloured bands in the screenshot"
+
+
+def test_report_command_rebuilds_and_refuses_missing_input(cli, tmp_path) -> None:
+    import json
+
+    (tmp_path / "analysis.json").write_text(json.dumps(synthetic_analysis()))
+    ok = cli("report", str(tmp_path), "--json")
+    assert ok.code == 0, ok.err
+    assert ok.json()["report"].endswith("report.html") and len(ok.json()["plots"]) == 5
+    missing = cli("report", str(tmp_path / "nope"))
+    assert missing.code == 2 and "analysis.json does not exist" in missing.err

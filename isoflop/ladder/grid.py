@@ -107,7 +107,7 @@ def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = 16.0
     best, best_err = (multiple, 1), math.inf
     for layers in range(1, 129):
         d = max(multiple, round(math.sqrt(n_non_embedding / (12 * layers)) / multiple) * multiple)
-        err = abs(math.log(12 * layers * d * d / n_non_embedding)) + 0.5 * abs(math.log(d / (aspect * layers)))
+        err = abs(math.log(12 * layers * d * d / n_non_embedding)) + 0.2 * abs(math.log(d / (aspect * layers)))
         if err < best_err:
             best, best_err = (d, layers), err
     return best

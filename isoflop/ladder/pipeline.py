@@ -126,7 +126,9 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
         say(f"note: {fits['note']}")
     held_point = V.plan_heldout(design, fits, shape_fn)
     preds = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
-    primary = next((p for p in preds if p["method"] == design.primary), preds[0])
+    # The design's primary method; if it has no interval (fragile minima), the first method that has one.
+    primary = next((p for p in preds if p["method"] == design.primary and p["ci95"]),
+                   next((p for p in preds if p["ci95"]), preds[0]))
     heldout: dict[str, Any] = {
         "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
         "n_total": held_point.n_params, "tokens": held_point.tokens, "method": primary["method"],

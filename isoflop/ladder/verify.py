@@ -106,7 +106,7 @@ def _envelope_bootstrap(arr: dict[str, np.ndarray], c_eval: np.ndarray, samples:
         pred = envelope_predict(fit, c_eval)
         if np.all(np.isfinite(pred)):
             rows.append(pred)
-    if len(rows) < samples // 4:
+    if len(rows) < max(10, samples // 4):
         raise IsoflopError(f"only {len(rows)} of {samples} envelope resamples had interior minima; widen the ladder's sizes")
     return np.array(rows)
 
@@ -168,8 +168,11 @@ def predict(fits: dict[str, Any], n: float, d: float, c: float) -> list[dict[str
     preds = []
     if fits["envelope"] is not None:
         env_pred = float(envelope_predict(fits["envelope"], c))
-        env_boot = _envelope_bootstrap(fits["arrays"], np.array([c]), fits["bootstrap"], fits["seed"])[:, 0]
-        preds.append({"method": "envelope", "predicted_loss": env_pred, "ci95": _ci(env_boot),
+        try:
+            env_ci = _ci(_envelope_bootstrap(fits["arrays"], np.array([c]), fits["bootstrap"], fits["seed"])[:, 0])
+        except IsoflopError as exc:  # the minima are too fragile to resample: no interval, and it says why
+            env_ci, fits["note"] = None, f"envelope interval unavailable: {exc}"
+        preds.append({"method": "envelope", "predicted_loss": env_pred, "ci95": env_ci,
                       "law": f"L*(C) {fits['envelope']['form']} through the IsoFLOP minima"})
     a3 = float(law.predict(n, d))
     samples = law.sample_laws()
@@ -184,9 +187,13 @@ def curves(fits: dict[str, Any], c_max: float, points: int = 40) -> list[dict[st
     c = np.logspace(np.log10(arr["c"].min()) - 0.05, np.log10(c_max) + 0.1, points)
     out = []
     if fits["envelope"] is not None:
-        env_boot = _envelope_bootstrap(arr, c, fits["bootstrap"], fits["seed"])
-        out.append({"label": "envelope L*(C)", "compute": c.tolist(), "loss": envelope_predict(fits["envelope"], c).tolist(),
-                    "lo": np.percentile(env_boot, 2.5, axis=0).tolist(), "hi": np.percentile(env_boot, 97.5, axis=0).tolist()})
+        entry = {"label": "envelope L*(C)", "compute": c.tolist(), "loss": envelope_predict(fits["envelope"], c).tolist()}
+        try:
+            env_boot = _envelope_bootstrap(arr, c, fits["bootstrap"], fits["seed"])
+            entry.update(lo=np.percentile(env_boot, 2.5, axis=0).tolist(), hi=np.percentile(env_boot, 97.5, axis=0).tolist())
+        except IsoflopError:
+            pass
+        out.append(entry)
     law = fits["approach3"]
     n_fit, d_fit = fits["n_opt_fit"], fits["d_opt_fit"]
     if n_fit is not None:
