@@ -70,3 +70,12 @@ def test_edge_minima_get_one_more_size() -> None:
     assert extra.budget == b0 and extra.n_params_non_embedding > largest
     # At the smallest model of the shape family there is nothing smaller to add.
     assert edge_extensions(design, [(b, n, float(n)) for b, n, _ in finished if b == b0]) == []
+
+
+def test_ladder_cli_rejects_bad_input(cli, tmp_path) -> None:
+    bad = cli("ladder", "--preset", "quik", "--out", str(tmp_path))
+    assert bad.code == 2 and "unknown ladder preset 'quik'; did you mean quick" in bad.err
+    threads = cli("ladder", "--threads", "0", "--out", str(tmp_path))
+    assert threads.code == 2 and "--threads must be >= 1" in threads.err
+    launcher = cli("ladder", "--launcher", "mpi", "--out", str(tmp_path))
+    assert launcher.code == 2 and "unknown --launcher 'mpi'" in launcher.err
