@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from isoflop.ladder.registry import Registry
 from isoflop.ladder.runner import ExecOptions, Job, command, execute
 
@@ -26,9 +28,9 @@ def test_failures_are_recorded_and_do_not_stop_the_ladder(tmp_path) -> None:
     assert "deliberate failure" in reg.get(jobs[1].run_id).error
     done = reg.get(jobs[0].run_id)
     assert done.val_loss == 3.1 and done.final_loss == 3.0 and done.step_time_s > 0 and done.memory_gib > 0
-    # Each run was its own process with one torch thread and OMP_NUM_THREADS=1.
+    # Runs went to worker processes (not this one) with one torch thread and OMP_NUM_THREADS=1.
     lines = (tmp_path / "log.txt").read_text().split()
-    assert lines[2::4] == ["1", "1"] and lines[3::4] == ["1", "1"] and len(set(lines[1::4])) == 2
+    assert lines[2::4] == ["1", "1"] and lines[3::4] == ["1", "1"] and str(os.getpid()) not in lines[1::4]
 
     # Resume: finished runs are skipped, the crashed ones are retried (d now succeeds, b fails again).
     again = execute(reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY))
@@ -36,6 +38,14 @@ def test_failures_are_recorded_and_do_not_stop_the_ladder(tmp_path) -> None:
     assert again[jobs[3].run_id] == "finished" and again[jobs[1].run_id] == "failed"
     assert reg.get(jobs[3].run_id).attempts == 2
     assert len((tmp_path / "log.txt").read_text().splitlines()) == 3
+
+
+def test_one_subprocess_per_run_mode(tmp_path) -> None:
+    reg = Registry(tmp_path / "reg.sqlite")
+    jobs = _jobs(reg, tmp_path, {"a": "ok", "b": "crash"})
+    out = execute(reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY, reuse_processes=False))
+    assert list(out.values()) == ["finished", "failed"]
+    assert "deliberate failure" in reg.get(jobs[1].run_id).error
 
 
 def test_torchrun_command_line(tmp_path) -> None:

@@ -20,6 +20,7 @@ from isoflop.cli import train as _train  # noqa: F401,E402
 from isoflop.cli import ladder as _ladder  # noqa: F401,E402
 from isoflop.cli import report as _report  # noqa: F401,E402
 from isoflop.cli import quickstart as _quickstart  # noqa: F401,E402
+from isoflop.cli import calibrate as _calibrate  # noqa: F401,E402
 
 
 def main() -> None:

@@ -77,6 +77,7 @@ def ladder(
     threads: int = typer.Option(1, "--threads", help="Torch threads per run."),
     launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Processes per run under torchrun."),
+    heldout_threads: Optional[int] = typer.Option(None, "--heldout-threads", help="Torch threads for the held-out run (default: --threads)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Train the held-out run after predicting it."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Primary prediction: envelope or approach3 (default: the preset's)."),
     as_json: bool = JSON_OPTION,
@@ -96,5 +97,5 @@ def ladder(
         design.validate()
     opts = exec_options(workers, threads, launcher, nproc_per_node)
     say = (lambda msg: None) if as_json else (lambda msg: print(msg, flush=True))
-    summary = run_pipeline(design, out, opts, say=say, verify=verify)
+    summary = run_pipeline(design, out, opts, say=say, verify=verify, heldout_threads=heldout_threads)
     emit(summary, as_json, render_summary(summary))

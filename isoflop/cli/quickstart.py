@@ -44,7 +44,7 @@ def quickstart(
     def render(console) -> None:
         render_summary(summary)(console)
         if held.get("actual_loss") is not None:
-            lo, hi = held["ci95"]
+            lo, hi = held["ci95"] or (float("nan"), float("nan"))
             console.print(f"[bold]held-out: predicted {held['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}], actual "
                           f"{held['actual_loss']:.4f}, error {held['error_pct']:+.2f}% "
                           f"({'inside' if held['inside_ci'] else 'outside'} the interval)[/]")

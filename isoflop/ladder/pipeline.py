@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from isoflop.atomic import atomic_write_json
 from isoflop.ladder import verify as V
-from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid
+from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid, edge_extensions
 from isoflop.ladder.registry import Registry, RunRecord
-from isoflop.ladder.runner import ExecOptions, Job, available_cores, execute
+from isoflop.ladder.runner import ExecOptions, Job, execute
 
 Say = Callable[[str], None]
 
@@ -51,23 +51,30 @@ def _progress(say: Say, total: int) -> Callable[[str, Job, dict[str, Any]], None
     return on_event
 
 
-def read_curve(out_dir: str | Path | None) -> dict[str, list[float]]:
-    """Validation loss against tokens from a run's ``metrics.jsonl`` (records with ``val_loss``)."""
-    if not out_dir:
-        return {}
-    path = Path(out_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return {}
+def read_curve(out_dir: str | None) -> dict[str, list[float]]:
+    """Training loss against tokens from a run's ``metrics.jsonl`` (the trainer logs ``tokens`` and ``loss``)."""
+    path = Path(out_dir) / "metrics.jsonl" if out_dir else None
     tokens, loss = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("val_loss") is not None and rec.get("tokens"):
-            tokens.append(float(rec["tokens"]))
-            loss.append(float(rec["val_loss"]))
+    if path is not None and path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("tokens") and rec.get("loss") is not None and math.isfinite(rec["loss"]):
+                tokens.append(float(rec["tokens"]))
+                loss.append(float(rec["loss"]))
     return {"tokens": tokens, "loss": loss}
+
+
+def prepare(design: LadderDesign, say: Say) -> None:
+    """Tokenize the corpus once before the runs start (they then share the cache instead of racing to build it)."""
+    from isoflop.train.data import DataConfig, prepare_data
+
+    t0 = time.perf_counter()
+    data = prepare_data(DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data))
+    say(f"data: {design.data_source} corpus, vocab {design.vocab_size}: {len(data.train):,} training tokens, "
+        f"{len(data.val):,} validation tokens ({time.perf_counter() - t0:.0f} s)")
 
 
 def _point_dict(r: RunRecord) -> dict[str, Any]:
@@ -84,8 +91,11 @@ def _law_dict(law) -> dict[str, Any]:
 
 
 def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | None = None, say: Say = print,
-                 verify: bool = True, shape_fn=None) -> dict[str, Any]:
-    """Run the whole loop and return ``summary.json``'s content (also written to ``out_dir``)."""
+                 verify: bool = True, shape_fn=None, heldout_threads: int | None = None) -> dict[str, Any]:
+    """Run the whole loop and return ``summary.json``'s content (also written to ``out_dir``).
+
+    The held-out run trains alone with ``heldout_threads`` torch threads (default: the ladder's thread count;
+    ``benchmarks/ladder_concurrency.py`` measures whether more threads help on this machine)."""
     start = time.perf_counter()
     out = Path(out_dir)
     opts = opts or ExecOptions()
@@ -95,26 +105,43 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     say(f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
         f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
     jobs = _jobs(reg, design, points, out)
+    prepare(design, say)
     outcome = execute(reg, jobs, opts, _progress(say, len(jobs)))
+    for _ in range(design.max_extensions):
+        done = [reg.get(j.run_id) for j in jobs]
+        finished = [(r.budget, r.n_params_non_embedding, r.val_loss) for r in done
+                    if r and r.status == "finished" and r.val_loss is not None and math.isfinite(r.val_loss)]
+        extra = edge_extensions(design, finished, shape_fn)
+        if not extra:
+            break
+        say(f"{len(extra)} budget(s) have their lowest loss at an edge size: adding {', '.join(p.label for p in extra)}")
+        new_jobs = _jobs(reg, design, extra, out)
+        jobs += new_jobs
+        outcome.update(execute(reg, new_jobs, opts, _progress(say, len(new_jobs))))
     runs = [reg.get(j.run_id) for j in jobs]
     arr = V.run_arrays(runs)
     say(f"fitting approach 2 (IsoFLOP parabolas, envelope) and approach 3 on {len(arr['n'])} runs")
     fits = V.fit_ladder(arr, bootstrap=design.bootstrap, seed=design.seed)
+    if fits["note"]:
+        say(f"note: {fits['note']}")
     held_point = V.plan_heldout(design, fits, shape_fn)
     preds = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
-    primary = next(p for p in preds if p["method"] == design.primary)
+    # The design's primary method; if it has no interval (fragile minima), the first method that has one.
+    primary = next((p for p in preds if p["method"] == design.primary and p["ci95"]),
+                   next((p for p in preds if p["ci95"]), preds[0]))
     heldout: dict[str, Any] = {
         "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
-        "n_total": held_point.n_params, "tokens": held_point.tokens, "method": design.primary,
+        "n_total": held_point.n_params, "tokens": held_point.tokens, "method": primary["method"],
+        "sized_by": "approach2" if fits["n_opt_fit"] else "approach3", "note": fits["note"],
         "predicted_loss": primary["predicted_loss"], "ci95": primary["ci95"], "predictions": preds,
         "actual_loss": None, "error_pct": None, "inside_ci": None,
         "shape": {k: getattr(held_point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
     }
-    lo, hi = primary["ci95"]
+    lo, hi = primary["ci95"] or (float("nan"), float("nan"))
     say(f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
-        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] ({design.primary})")
+        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})")
     if verify:
-        held_opts = ExecOptions(workers=1, threads=max(1, min(available_cores(), opts.threads * opts.n_workers())),
+        held_opts = ExecOptions(workers=1, threads=heldout_threads or opts.threads,
                                 launcher=opts.launcher, nproc_per_node=opts.nproc_per_node, slurm=opts.slurm, entry=opts.entry)
         say(f"training the held-out run to verify ({held_opts.threads} thread(s))")
         (held_job,) = _jobs(reg, design, [held_point], out)

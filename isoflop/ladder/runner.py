@@ -56,6 +56,7 @@ class ExecOptions:
     nproc_per_node: int = 1
     slurm: dict[str, Any] = field(default_factory=dict)
     entry: str | None = None  # module:function replacing the trainer (ISOFLOP_TRAIN_ENTRY)
+    reuse_processes: bool = True  # local: a pool of worker processes, each running several jobs in turn
 
     def n_workers(self) -> int:
         if self.workers is not None:
@@ -113,9 +114,46 @@ def _run_slurm(job: Job, opts: ExecOptions) -> tuple[int, str]:
     return 0, ""
 
 
-def _run_one(job: Job, opts: ExecOptions) -> tuple[int, str]:
+class _Pool:
+    """Local worker processes (spawned, ``threads`` torch threads each) that run jobs in turn, so torch and the
+    trainer are imported once per worker instead of once per run. If a worker dies (a crash in C code), the
+    pool is dropped and the remaining jobs run as one fresh subprocess each."""
+
+    def __init__(self, opts: ExecOptions) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from isoflop.ladder import worker
+
+        self.broken = False
+        self.executor = ProcessPoolExecutor(max_workers=opts.n_workers(), mp_context=mp.get_context("spawn"),
+                                            initializer=worker.pool_init, initargs=(opts.threads, opts.entry))
+
+    def run(self, job: Job) -> tuple[int, str] | None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from isoflop.ladder import worker
+
+        if self.broken:
+            return None
+        try:
+            return self.executor.submit(worker.pool_job, str(job.out_dir / "config.json"), str(job.out_dir),
+                                        str(job.out_dir / "log.txt")).result()
+        except BrokenProcessPool:
+            self.broken = True
+            return 1, "the worker process died (see log.txt); the run will be retried"
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_one(job: Job, opts: ExecOptions, pool: _Pool | None = None) -> tuple[int, str]:
     if opts.launcher == "slurm":
         return _run_slurm(job, opts)
+    if pool is not None:
+        done = pool.run(job)
+        if done is not None:
+            return done
     log_path = job.out_dir / "log.txt"
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.run(command(job, opts), env=_env(opts), stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -148,7 +186,7 @@ def execute(registry: Registry, jobs: list[Job], opts: ExecOptions | None = None
         report("started", job, {})
         start = time.perf_counter()
         try:
-            code, tail = _run_one(job, opts)
+            code, tail = _run_one(job, opts, pool)
         except Exception as exc:  # noqa: BLE001 - a launcher error fails this run only
             code, tail = 1, f"{type(exc).__name__}: {exc}"
         wall = time.perf_counter() - start
@@ -164,6 +202,11 @@ def execute(registry: Registry, jobs: list[Job], opts: ExecOptions | None = None
             outcome[job.run_id] = "failed"
             report("failed", job, {"error": error.splitlines()[-1] if error else ""})
 
-    with ThreadPoolExecutor(max_workers=opts.n_workers()) as pool:
-        list(pool.map(work, jobs))
+    pool = _Pool(opts) if opts.launcher == "local" and opts.reuse_processes and jobs else None
+    try:
+        with ThreadPoolExecutor(max_workers=opts.n_workers()) as threads:
+            list(threads.map(work, jobs))
+    finally:
+        if pool is not None:
+            pool.close()
     return outcome

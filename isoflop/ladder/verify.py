@@ -106,7 +106,7 @@ def _envelope_bootstrap(arr: dict[str, np.ndarray], c_eval: np.ndarray, samples:
         pred = envelope_predict(fit, c_eval)
         if np.all(np.isfinite(pred)):
             rows.append(pred)
-    if len(rows) < samples // 4:
+    if len(rows) < max(10, samples // 4):
         raise IsoflopError(f"only {len(rows)} of {samples} envelope resamples had interior minima; widen the ladder's sizes")
     return np.array(rows)
 
@@ -118,30 +118,41 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
 
     if len(arr["n"]) < 5:
         raise IsoflopError(f"only {len(arr['n'])} finished ladder runs; the fits need at least 5 (see the registry's errors)")
-    a2 = fit_approach2(arr["n"], arr["d"], arr["loss"], arr["c"], groups=_budget_groups(arr["budget"]))
     pars = [p for p in parabolas(arr) if p["interior"]]
-    if len(pars) < 3:
-        raise IsoflopError(f"only {len(pars)} budgets have an interior IsoFLOP minimum; the ladder's sizes miss the optimum, widen size_ratio")
-    b = np.array([p["budget"] for p in pars])
-    n_opt_fit = _power_fit(b, np.array([p["n_opt"] for p in pars]))
-    d_opt_fit = _power_fit(b, np.array([p["d_opt"] for p in pars]))
-    env = envelope_fit(b, np.array([p["loss_opt"] for p in pars]))
+    a2 = n_opt_fit = d_opt_fit = env = None
+    note = None
+    if len(pars) >= 3:
+        a2 = fit_approach2(arr["n"], arr["d"], arr["loss"], arr["c"], groups=_budget_groups(arr["budget"])).to_dict()
+        b = np.array([p["budget"] for p in pars])
+        n_opt_fit = _power_fit(b, np.array([p["n_opt"] for p in pars]))
+        d_opt_fit = _power_fit(b, np.array([p["d_opt"] for p in pars]))
+        env = envelope_fit(b, np.array([p["loss_opt"] for p in pars]))
+    else:
+        note = (f"only {len(pars)} budget(s) have an interior IsoFLOP minimum (3 needed): approach 2 and the envelope are "
+                "skipped, approach 3 sizes and predicts the held-out run; widen the sizes or raise the budgets")
     law = ChinchillaLaw(name="ladder").fit(arr["n"], arr["d"], arr["loss"])
     try:
         law.bootstrap(bootstrap, seed=seed)
     except IsoflopError:
         law.samples = None
-    return {"approach2": a2.to_dict(), "parabolas": parabolas(arr), "n_opt_fit": n_opt_fit, "d_opt_fit": d_opt_fit,
-            "envelope": env, "approach3": law, "arrays": arr, "bootstrap": bootstrap, "seed": seed}
+    return {"approach2": a2, "parabolas": parabolas(arr), "n_opt_fit": n_opt_fit, "d_opt_fit": d_opt_fit,
+            "envelope": env, "approach3": law, "arrays": arr, "bootstrap": bootstrap, "seed": seed, "note": note}
 
 
 def plan_heldout(design: LadderDesign, fits: dict[str, Any], shape_fn=None) -> GridPoint:
-    """The held-out run: ``heldout_factor`` x the largest budget, at approach 2's N_opt for that compute."""
-    from isoflop.ladder.grid import _default_shape
+    """The held-out run: ``heldout_factor`` x the largest budget, at approach 2's N_opt for that compute (or,
+    without approach 2, the family member with the lowest approach-3 loss at that compute)."""
+    from isoflop.ladder.grid import _default_shape, family_spec
 
     shape = shape_fn or _default_shape
     c_h = heldout_budget(design)
-    n_target = fits["n_opt_fit"]["coef"] * c_h ** fits["n_opt_fit"]["exponent"]
+    if fits["n_opt_fit"] is not None:
+        n_target = fits["n_opt_fit"]["coef"] * c_h ** fits["n_opt_fit"]["exponent"]
+    else:
+        n = fits["arrays"]["n"]
+        cands = [point_for(design, family_spec(x, design), c_h) for x in np.logspace(np.log10(n.min() / 4), np.log10(n.max() * 8), 40)]
+        best = min(cands, key=lambda p: float(fits["approach3"].predict(p.n_params_non_embedding, p.tokens)))
+        n_target = best.n_params_non_embedding
     spec = shape(int(n_target), design.vocab_size, design.seq_len, design.dim_multiple)
     return point_for(design, spec, c_h, role="heldout")
 
@@ -155,10 +166,14 @@ def predict(fits: dict[str, Any], n: float, d: float, c: float) -> list[dict[str
     """Every method's prediction for a run of ``n`` parameters, ``d`` tokens and ``c`` FLOPs, with 95% CIs."""
     law = fits["approach3"]
     preds = []
-    env_pred = float(envelope_predict(fits["envelope"], c))
-    env_boot = _envelope_bootstrap(fits["arrays"], np.array([c]), fits["bootstrap"], fits["seed"])[:, 0]
-    preds.append({"method": "envelope", "predicted_loss": env_pred, "ci95": _ci(env_boot),
-                  "law": f"L*(C) {fits['envelope']['form']} through the IsoFLOP minima"})
+    if fits["envelope"] is not None:
+        env_pred = float(envelope_predict(fits["envelope"], c))
+        try:
+            env_ci = _ci(_envelope_bootstrap(fits["arrays"], np.array([c]), fits["bootstrap"], fits["seed"])[:, 0])
+        except IsoflopError as exc:  # the minima are too fragile to resample: no interval, and it says why
+            env_ci, fits["note"] = None, f"envelope interval unavailable: {exc}"
+        preds.append({"method": "envelope", "predicted_loss": env_pred, "ci95": env_ci,
+                      "law": f"L*(C) {fits['envelope']['form']} through the IsoFLOP minima"})
     a3 = float(law.predict(n, d))
     samples = law.sample_laws()
     ci = _ci(np.array([float(s.predict(n, d)) for s in samples])) if samples else None
@@ -170,13 +185,24 @@ def curves(fits: dict[str, Any], c_max: float, points: int = 40) -> list[dict[st
     """Both laws along the compute axis up to ``c_max`` with 95% bands (for the loss-vs-compute figure)."""
     arr = fits["arrays"]
     c = np.logspace(np.log10(arr["c"].min()) - 0.05, np.log10(c_max) + 0.1, points)
-    env_boot = _envelope_bootstrap(arr, c, fits["bootstrap"], fits["seed"])
-    out = [{"label": "envelope L*(C)", "compute": c.tolist(), "loss": envelope_predict(fits["envelope"], c).tolist(),
-            "lo": np.percentile(env_boot, 2.5, axis=0).tolist(), "hi": np.percentile(env_boot, 97.5, axis=0).tolist()}]
+    out = []
+    if fits["envelope"] is not None:
+        entry = {"label": "envelope L*(C)", "compute": c.tolist(), "loss": envelope_predict(fits["envelope"], c).tolist()}
+        try:
+            env_boot = _envelope_bootstrap(arr, c, fits["bootstrap"], fits["seed"])
+            entry.update(lo=np.percentile(env_boot, 2.5, axis=0).tolist(), hi=np.percentile(env_boot, 97.5, axis=0).tolist())
+        except IsoflopError:
+            pass
+        out.append(entry)
     law = fits["approach3"]
     n_fit, d_fit = fits["n_opt_fit"], fits["d_opt_fit"]
-    n_c, d_c = n_fit["coef"] * c ** n_fit["exponent"], d_fit["coef"] * c ** d_fit["exponent"]
-    entry = {"label": "approach 3 at approach 2's N_opt(C)", "compute": c.tolist(), "loss": law.predict(n_c, d_c).tolist()}
+    if n_fit is not None:
+        n_c, d_c = n_fit["coef"] * c ** n_fit["exponent"], d_fit["coef"] * c ** d_fit["exponent"]
+        label = "approach 3 at approach 2's N_opt(C)"
+    else:
+        n_c, d_c = law.optimal(c)
+        label = "approach 3 at its own optimum (C = 6ND)"
+    entry = {"label": label, "compute": c.tolist(), "loss": law.predict(n_c, d_c).tolist()}
     samples = law.sample_laws()
     if samples:
         draws = np.array([s.predict(n_c, d_c) for s in samples])

@@ -28,64 +28,109 @@ def load_entry(spec: str) -> Callable[[dict[str, Any], str], dict[str, Any]]:
     return getattr(importlib.import_module(module), name or "train")
 
 
-def _first(summary: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        value = summary.get(key)
-        if value is not None:
-            return value
-    return None
+def _reset_peak_memory() -> None:
+    """Start a new peak: Linux resets VmHWM when "5" is written to /proc/self/clear_refs (a reused process)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _peak_memory_gib() -> float:
-    """Peak memory of this process: CUDA's max allocated on a GPU, else the peak resident set (Linux KiB)."""
-    try:
-        import torch
+    """Peak memory of this run: CUDA's max allocated on a GPU, else the peak resident set since the reset."""
+    import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            return torch.cuda.max_memory_allocated() / 2**30
-    except ImportError:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**30
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def result_from_summary(summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    """The registry's measurements out of a trainer summary (``summary.json`` of ``train``)."""
-    steps = _first(summary, "steps", "max_steps", "step")
-    step_time = _first(summary, "step_time_s", "mean_step_time_s", "median_step_time_s")
-    if step_time is None and steps:
-        step_time = wall_s / float(steps)
+    """The registry's measurements out of the trainer's summary (``isoflop.train.loop.train``): losses, tokens,
+    median seconds per optimizer step, and the process's peak memory (GPU allocations, or CPU resident set)."""
+    if summary.get("status", "complete") != "complete":
+        raise RuntimeError(f"the trainer stopped early (status {summary.get('status')!r}); the run will be retried")
+    steps = summary.get("steps")
+    step_time = summary.get("step_time_s") or (wall_s / steps if steps else None)
     return {
-        "final_loss": _first(summary, "final_train_loss", "train_loss", "final_loss", "loss"),
-        "val_loss": _first(summary, "final_val_loss", "val_loss", "eval_loss"),
-        "tokens": _first(summary, "tokens", "tokens_seen", "train_tokens"),
-        "flops": _first(summary, "flops", "train_flops", "model_flops"),
-        "step_time_s": step_time,
-        "memory_gib": _first(summary, "peak_memory_gib", "memory_gib") or _peak_memory_gib(),
-        "wall_s": wall_s,
-        "summary": summary,
+        "final_loss": summary.get("final_train_loss"), "val_loss": summary.get("val_loss"),
+        "tokens": summary.get("tokens"), "step_time_s": step_time, "memory_gib": _peak_memory_gib(),
+        "wall_s": wall_s, "summary": summary,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    config_path, out_dir = Path(args[0]), Path(args[1])
-    threads = int(os.environ.get("ISOFLOP_THREADS", "0") or 0)
-    import torch
-
+def set_threads(threads: int) -> None:
+    """Pin this process to ``threads`` torch threads (OMP_NUM_THREADS too, for anything started later)."""
     if threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:
             pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    config_path, out_dir = Path(args[0]), Path(args[1])
+    set_threads(int(os.environ.get("ISOFLOP_THREADS", "0") or 0))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     entry = load_entry(os.environ.get("ISOFLOP_TRAIN_ENTRY", DEFAULT_ENTRY))
+    _reset_peak_memory()
     start = time.perf_counter()
     summary = entry(config, str(out_dir)) or {}
     wall = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_json(out_dir / "result.json", result_from_summary(summary, wall))
     return 0
+
+
+# A reusable worker process (the runner's local pool): torch is imported once per process, not once per run.
+def pool_init(threads: int, entry: str | None) -> None:
+    os.environ["ISOFLOP_THREADS"] = str(threads)
+    if entry:
+        os.environ["ISOFLOP_TRAIN_ENTRY"] = entry
+    set_threads(threads)
+
+
+def pool_job(config_path: str, out_dir: str, log_path: str) -> tuple[int, str]:
+    """Run one job in this pool process with stdout/stderr (file descriptors 1 and 2) sent to ``log_path``.
+    Returns ``(exit code, last lines of the log)``; an exception is a failed run, not a dead worker."""
+    import traceback
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    code = 0
+    with open(log_path, "w", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            main([config_path, out_dir])
+        except BaseException:  # noqa: BLE001 - recorded as this run's failure
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    tail = "\n".join(Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
+    return code, tail
 
 
 if __name__ == "__main__":

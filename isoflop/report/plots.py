@@ -135,7 +135,7 @@ def predicted_vs_actual(analysis: dict[str, Any]) -> Figure:
 
 
 def training_curves(analysis: dict[str, Any]) -> Figure:
-    """Validation loss against tokens for every run, coloured by budget; the held-out run in red."""
+    """Training loss against tokens for every run, coloured by budget; the held-out run in red."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     budgets = _budgets(analysis)
     colors = dict(zip(budgets, _colors(len(budgets))))
@@ -151,7 +151,7 @@ def training_curves(analysis: dict[str, Any]) -> Figure:
         ax.plot([], [], color=color, label=f"C = {budget:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("tokens seen")
-    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_ylabel("training loss (nats/token)")
     ax.set_title("Training curves")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
