@@ -1,0 +1,103 @@
+"""``isoflop train``: train a model from a config, a preset or a planner's ``plan.yaml``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from isoflop.cli.app import app
+from isoflop.cli.output import JSON_OPTION, emit
+
+LAUNCHED_ENV = "ISOFLOP_TRAIN_LAUNCHED"
+
+
+def _overrides(max_steps: int | None, ckpt_every: int | None, seed: int | None, sets: list[str]) -> list[str]:
+    items = list(sets)
+    if max_steps is not None:
+        items += [f"train.max_steps={max_steps}", "train.tokens=null"]
+    if ckpt_every is not None:
+        items.append(f"train.ckpt_every={ckpt_every}")
+    if seed is not None:
+        items.append(f"train.seed={seed}")
+    return items
+
+
+def _render(summary: dict):
+    def render(console) -> None:
+        if summary.get("status") == "preempted":
+            console.print(f"preempted at step {summary['step']} of {summary['steps']}; checkpoint {summary['checkpoint']}")
+            return
+        table = Table(title=f"isoflop train: {summary['model']} ({summary['world']} x {summary['device']}, {summary['dtype']})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+
+        def fmt(value, spec=".4g"):
+            return "n/a" if value is None else format(value, spec)
+
+        rows = [
+            ("steps", fmt(summary["steps"], ",d")), ("tokens", fmt(summary["tokens"], ",d")),
+            ("final train loss", fmt(summary["final_train_loss"], ".4f")),
+            ("val loss (start -> end)", f"{fmt(summary['val_loss_initial'], '.4f')} -> {fmt(summary['val_loss'], '.4f')}"),
+            ("tokens/s", fmt(summary["tokens_per_s"], ",.0f")), ("step time s", fmt(summary["step_time_s"])),
+            ("MFU", fmt(summary["mfu"], ".1%")), ("memory GiB", fmt(summary["memory_gib"], ".3f")),
+            ("wall s", fmt(summary["wall_s"], ".1f")), ("export", summary.get("hf_dir") or "n/a"),
+        ]
+        for key, pred in (summary.get("predicted") or {}).items():
+            meas = (summary.get("measured") or {}).get(key)
+            if isinstance(pred, (int, float)):
+                rows.append((f"{key}: predicted / measured", f"{fmt(pred)} / {fmt(meas)}"))
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)
+
+    return render
+
+
+@app.command()
+def train(
+    config: Optional[str] = typer.Argument(None, help="Training config YAML (e.g. a plan.yaml from `isoflop plan --out`).",
+                                           show_default=False),
+    out: str = typer.Option(..., "--out", "-o", help="Run folder; running again with the same folder resumes."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Built-in config instead of a file (e.g. tiny)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override train.max_steps."),
+    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", min=0, help="Checkpoint every K steps (0 = at the end)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes on this machine (launched by torchrun)."),
+    sets: list[str] = typer.Option([], "--set", help="Override any field: --set optim.lr=1e-3 (repeatable)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a decoder-only transformer: one process, or several through torchrun (DDP / FSDP2)."""
+    from isoflop.train.config import load_train_config
+
+    overrides = _overrides(max_steps, ckpt_every, seed, sets)
+    cfg = load_train_config(config, preset or (None if config else "tiny"), overrides)
+    cfg.spec()  # resolve the model now: a bad model is a one-line error before any process starts
+    if nproc_per_node > 1:
+        cfg.micro_batch_for(nproc_per_node)
+        from isoflop.train.distributed import launch
+
+        args = ["train"] + ([config] if config else []) + (["--preset", preset] if preset else []) + ["--out", out]
+        args += [arg for item in overrides for arg in ("--set", item)]
+        os.environ[LAUNCHED_ENV] = "1"
+        try:
+            code = launch(nproc_per_node, args)
+        finally:
+            os.environ.pop(LAUNCHED_ENV, None)
+        if code:
+            raise typer.Exit(code)
+        summary_path = Path(out) / "summary.json"
+        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else \
+            {"status": "preempted", "step": None, "steps": cfg.total_steps(), "checkpoint": None}
+        emit(summary, as_json, _render(summary))
+        return
+    from isoflop.train.loop import train as run_training
+
+    summary = run_training(cfg, out)
+    # Under torchrun only rank 0 prints; under `--nproc-per-node` the launching process prints instead.
+    if int(os.environ.get("RANK", "0")) == 0 and not os.environ.get(LAUNCHED_ENV):
+        emit(summary, as_json, _render(summary))

@@ -1,0 +1,307 @@
+"""``TrainConfig``: the training run as one YAML file (the planner's ``plan.yaml`` runs as it is).
+
+Sections (the shared schema): ``model``, ``data``, ``train``, ``optim``, ``parallel``, ``predicted``, ``plan``.
+Unknown keys are errors naming the closest valid key; values are validated by pydantic and reported on one
+line. Overrides use dotted keys (``train.max_steps=40``) and YAML values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from isoflop.errors import IsoflopError
+from isoflop.spec.loader import load_spec, spec_from_dict
+from isoflop.spec.model import ModelSpec
+from isoflop.train.data import DataConfig
+
+
+def _integral(value: Any) -> Any:
+    """Accept ``3.2e11`` (float, or the string PyYAML makes of it) for integer fields when it is whole."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainSection(_Section):
+    """How long and how to train (sequences, batches, precision, evaluation, checkpoints)."""
+
+    seq_len: int = Field(256, gt=0)
+    global_batch: int = Field(32, gt=0, description="Sequences per optimizer step, over all processes.")
+    micro_batch: int | None = Field(None, gt=0, description="Sequences per process per forward; null = global_batch / world.")
+    max_steps: int | None = Field(None, gt=0)
+    tokens: int | None = Field(None, gt=0, description="Total training tokens; max_steps = ceil(tokens / (global_batch * seq_len)).")
+    seed: int = 0
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    eval_every: int = Field(50, ge=0, description="Validation every N steps (0 = only at the end).")
+    eval_batches: int = Field(8, gt=0)
+    log_every: int = Field(10, gt=0)
+    ckpt_every: int = Field(0, ge=0, description="0 = checkpoint only at the end and on preemption.")
+    keep_checkpoints: int = Field(2, gt=0)
+    max_bad_steps: int = Field(5, gt=0, description="Consecutive non-finite steps before rolling back to the last checkpoint.")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Used only if installed.")
+
+    @field_validator("seq_len", "global_batch", "micro_batch", "max_steps", "tokens", "seed", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        return _integral(value)
+
+
+class OptimSection(_Section):
+    """AdamW (Loshchilov & Hutter 2019) and its learning-rate schedule."""
+
+    lr: float = Field(3.0e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0, description="null = 10% of the steps, at most 1000.")
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1.0e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm; 0 = no clipping.")
+
+    @field_validator("warmup_steps", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        return _integral(value)
+
+
+class ParallelSection(_Section):
+    """How processes share the model. ``tp``, ``pp``, ``cp``, ``ep``, ``dp`` and the other layout fields come from
+    the planner for information; this trainer runs data parallelism (DDP, FSDP2, HSDP) only."""
+
+    strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
+    replicate: int = Field(1, gt=0, description="HSDP replica groups (the outer mesh dimension).")
+    reshard_after_forward: bool | None = Field(
+        None, description="FSDP: true = ZeRO-3, false = SHARD_GRAD_OP (ZeRO-2). null: false when zero <= 2 is given, else true."
+    )
+    zero: int | None = Field(None, ge=0, le=3)
+    tp: int = Field(1, gt=0)
+    pp: int = Field(1, gt=0)
+    dp: int | None = Field(None, gt=0)
+    cp: int = Field(1, gt=0)
+    ep: int = Field(1, gt=0)
+    recompute: Literal["none", "selective", "full"] | None = None
+    sequence_parallel: bool | None = None
+    micro_batch: int | None = Field(None, gt=0)
+    interleave: int | None = Field(None, gt=0)
+    offload: bool | None = None
+    dtype: str | None = None
+
+    def fsdp_reshard(self) -> bool:
+        if self.reshard_after_forward is not None:
+            return self.reshard_after_forward
+        return not (self.zero is not None and self.zero <= 2)
+
+
+class PredictedSection(BaseModel):
+    """What the planner predicted; copied into ``summary.json`` beside the measured values."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: float | None = None
+    loss_ci95: list[float] | None = None
+    step_time_s: float | None = None
+    memory_gib: float | None = None
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+
+
+class TrainConfig(_Section):
+    """A whole training run. ``model`` is a preset name, a spec file path, or a mapping of ModelSpec fields."""
+
+    model: str | dict[str, Any] = "tiny-llama"
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    parallel: ParallelSection = Field(default_factory=ParallelSection)
+    predicted: PredictedSection | None = None
+    plan: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.train.max_steps is None and self.train.tokens is None:
+            raise IsoflopError("train.max_steps and train.tokens are both null; set one of them (e.g. --max-steps 100)")
+        mb = self.train.micro_batch
+        if mb is not None and self.train.global_batch % mb:
+            raise IsoflopError(
+                f"train.global_batch={self.train.global_batch} is not a multiple of train.micro_batch={mb}; pick a divisor"
+            )
+        return self
+
+    # Derived values -------------------------------------------------------------------------------
+    def spec(self) -> ModelSpec:
+        """The model, resolved from a preset name, a file, or a mapping."""
+        spec = spec_from_dict(dict(self.model)) if isinstance(self.model, dict) else load_spec(self.model)
+        if self.train.seq_len > spec.max_seq_len:
+            raise IsoflopError(
+                f"train.seq_len={self.train.seq_len} exceeds the model's max_seq_len={spec.max_seq_len}; "
+                "lower train.seq_len or raise model max_seq_len"
+            )
+        return spec
+
+    def total_steps(self) -> int:
+        if self.train.max_steps is not None:
+            return self.train.max_steps
+        per_step = self.train.global_batch * self.train.seq_len
+        return max(1, math.ceil(self.train.tokens / per_step))
+
+    def warmup_steps(self) -> int:
+        from isoflop.train.schedule import default_warmup
+
+        warm = self.optim.warmup_steps
+        return default_warmup(self.total_steps()) if warm is None else warm
+
+    def micro_batch_for(self, world: int) -> tuple[int, int]:
+        """(per-process micro batch, accumulation steps) for ``world`` processes."""
+        gb = self.train.global_batch
+        if gb % world:
+            raise IsoflopError(f"train.global_batch={gb} does not divide over {world} processes; use a multiple of {world}")
+        per_rank = gb // world
+        mb = self.train.micro_batch or per_rank
+        if per_rank % mb:
+            raise IsoflopError(
+                f"train.micro_batch={mb} does not divide the {per_rank} sequences each of {world} processes gets; "
+                "pick a divisor or leave micro_batch null"
+            )
+        return mb, per_rank // mb
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+
+# Loading ----------------------------------------------------------------------------------------
+
+PRESETS_PACKAGE = "isoflop.train.presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    path = resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml")
+    if not path.is_file():
+        close = difflib.get_close_matches(name, preset_names(), n=3, cutoff=0.3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known presets: {', '.join(preset_names())}"
+        raise IsoflopError(f"unknown training preset {name!r}; {hint}")
+    return _safe_yaml(path.read_text(encoding="utf-8"), f"preset {name}")
+
+
+def _safe_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise IsoflopError(f"malformed YAML in {origin}: {str(exc).splitlines()[0]}; fix the file's syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IsoflopError(f"{origin} must be a mapping with sections model, data, train, optim, parallel")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.max_steps=40`` -> (['train', 'max_steps'], 40); the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise IsoflopError(f"override {item!r} is not KEY=VALUE; write e.g. train.max_steps=40")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return [part for part in key.strip().split(".") if part], value
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError, origin: str) -> IsoflopError:
+    """One line per config problem; unknown keys get a 'did you mean' from the section's fields."""
+    sections = {"train": TrainSection, "optim": OptimSection, "parallel": ParallelSection, "data": DataConfig}
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        where = ".".join(loc) or "config"
+        if err.get("type") == "extra_forbidden":
+            owner = sections.get(loc[0]) if len(loc) > 1 else TrainConfig
+            known = _known_keys(owner) if owner is not None else []
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+            hint = f"did you mean {'.'.join(loc[:-1] + close)}?" if close else f"valid keys: {', '.join(known)}"
+            parts.append(f"unknown key {where} ({hint})")
+        else:
+            parts.append(f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+    return IsoflopError(f"invalid training config {origin}: {'; '.join(parts)}")
+
+
+def build_config(data: dict[str, Any], origin: str = "") -> TrainConfig:
+    """Validate a mapping into a ``TrainConfig`` with one-line errors."""
+    try:
+        return TrainConfig(**data)
+    except ValidationError as exc:
+        raise _explain(exc, origin or "(mapping)") from None
+    except TypeError as exc:
+        raise IsoflopError(f"invalid training config {origin}: {exc}") from None
+
+
+def load_train_config(
+    path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Read a YAML config (or a built-in preset; with neither, the ``tiny`` preset) and apply overrides.
+
+    ``overrides`` is a list of ``dotted.key=value`` strings or a mapping of dotted keys to values.
+    """
+    if path is not None and preset is not None:
+        raise IsoflopError("give a CONFIG file or --preset, not both")
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise IsoflopError(f"config file {file} does not exist; give a YAML file or use --preset tiny")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise IsoflopError(f"config file {file} is not UTF-8 text; give a YAML file") from None
+        data, origin = _safe_yaml(text, str(file)), str(file)
+        if isinstance(data.get("model"), str) and not Path(data["model"]).is_absolute():
+            candidate = file.parent / data["model"]
+            if candidate.suffix and candidate.is_file():
+                data["model"] = str(candidate)
+    else:
+        name = preset or "tiny"
+        data, origin = _preset_dict(name), f"preset {name}"
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for key, value in items:
+        _set_path(data, key.split(".") if isinstance(key, str) else list(key), value)
+    return build_config(data, origin)

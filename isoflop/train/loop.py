@@ -1,0 +1,496 @@
+"""The training loop: ``train(config, out_dir) -> summary``.
+
+One optimizer step = ``global_batch`` sequences, split over processes and accumulation micro-steps; the
+loss is the mean token cross-entropy over the whole global batch, whatever the split (so 1 and N processes
+give the same numbers). Each step: forward/backward per micro-batch (gradient sync only on the last),
+global-norm clipping (Pascanu et al. 2013), AdamW with the scheduled learning rate.
+
+Robustness:
+* Re-running with the same ``out_dir`` resumes from the latest complete checkpoint (``checkpoint.py``).
+* SIGTERM/SIGINT: finish the current step, save a checkpoint and return ``status: preempted``.
+* A non-finite loss or gradient norm skips the step (no update); after ``max_bad_steps`` in a row the run
+  rolls back weights, optimizer and step to the last checkpoint and continues with the data that follows,
+  skipping the batches that diverged (as PaLM did, Chowdhery et al. 2022, Sec. 5.1).
+* Deterministic: the seed fixes the initial weights and the data order; on CPU a resumed run is bitwise
+  identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from isoflop.atomic import atomic_write_json, atomic_write_text
+from isoflop.errors import IsoflopError
+from isoflop.spec.accounting import count_params, flops_per_step
+from isoflop.train.checkpoint import Checkpointer, latest_checkpoint
+from isoflop.train.config import TrainConfig, build_config, load_train_config
+from isoflop.train.distributed import (
+    DistEnv, all_reduce, apply_activation_checkpointing, barrier, broadcast_object, init_distributed,
+    no_grad_sync, resolve_strategy, shutdown, wrap_model,
+)
+from isoflop.train.metrics import (
+    MetricsLog, Progress, StepTimer, memory_gib, note, peak_flops_per_process, relative_errors,
+)
+from isoflop.train.schedule import lr_at
+
+SUMMARY_FILE = "summary.json"
+
+
+def train(config: TrainConfig | dict[str, Any] | str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Train ``config`` (a TrainConfig, a mapping, or a YAML path) into ``out_dir``; returns the summary.
+
+    Run under torchrun for several processes. The summary is also written to ``out_dir/summary.json``
+    (on completion; a preempted run returns ``{"status": "preempted", ...}`` and writes no summary)."""
+    if isinstance(config, (str, Path)):
+        cfg = load_train_config(config)
+    elif isinstance(config, dict):
+        cfg = build_config(config)
+    else:
+        cfg = config
+    env = init_distributed(cfg.train.device)
+    try:
+        return _Run(cfg, Path(out_dir), env).run()
+    finally:
+        shutdown(env)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; a second signal falls through to the default handler."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What a resumed run must share with the checkpointed one."""
+    return {
+        "model": cfg.spec().model_dump(), "data": cfg.data.model_dump(), "seq_len": cfg.train.seq_len,
+        "global_batch": cfg.train.global_batch, "seed": cfg.train.seed,
+    }
+
+
+def _rng_state() -> dict[str, str]:
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode("ascii")
+    return state
+
+
+def _set_rng_state(state: dict[str, str]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["cuda"])), dtype=torch.uint8))
+
+
+def _can_compile(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run here, or None when it can.
+
+    On CPU the model uses hand-written autograd functions (``isoflop.train.model``: RMSNorm, SwiGLU) that
+    dynamo cannot trace with ``fullgraph=True``, so CPU runs stay eager."""
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return "torch.compile does not support this Python"
+    except ImportError:
+        return "torch._dynamo is unavailable"
+    if device.type == "cpu":
+        return "the CPU model's hand-written autograd kernels cannot be compiled (compile is for GPUs)"
+    return None
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, out: Path, env: DistEnv) -> None:
+        self.cfg, self.out, self.env = cfg, out, env
+        self.spec = cfg.spec()
+        self.total_steps = cfg.total_steps()
+        self.warmup = cfg.warmup_steps()
+        self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
+        self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
+        self.strategy = resolve_strategy(cfg.parallel.strategy, env)
+        self.stop = _StopFlag()
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype == "bf16":
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _build_model(self) -> nn.Module:
+        from isoflop.train.model import Transformer, build_model, compile_blocks
+
+        cfg, env = self.cfg, self.env
+        if cfg.parallel.tp > 1 or cfg.parallel.pp > 1 or cfg.parallel.cp > 1 or cfg.parallel.ep > 1:
+            self._say(f"note: the plan's layout (tp={cfg.parallel.tp}, pp={cfg.parallel.pp}, cp={cfg.parallel.cp}, "
+                      f"ep={cfg.parallel.ep}) is recorded only; this trainer runs {self.strategy} data parallelism")
+        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp")
+        if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
+            with torch.device("meta"):
+                model = Transformer(self.spec)
+        else:
+            model = build_model(self.spec, "cpu", seed=cfg.train.seed).to(env.device)
+        if cfg.train.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if cfg.train.compile:
+            why = _can_compile(env.device)
+            if why:
+                self._say(f"note: train.compile requested but {why}; running eagerly")
+            else:
+                compile_blocks(model)
+        if env.device.type == "cuda" and self.dtype == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        model = wrap_model(
+            model, self.strategy, env, cfg.parallel.replicate, cfg.parallel.fsdp_reshard(),
+            bf16_params=env.device.type == "cuda" and self.dtype == "bf16",
+        )
+        if meta_init:
+            model.to_empty(device=env.device)
+            torch.manual_seed(cfg.train.seed)
+            model.init_weights()
+        return model
+
+    def _say(self, message: str) -> None:
+        if self.env.is_main:
+            note(message)
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from isoflop.train.data import PackedSampler, prepare_data
+        from isoflop.train.optim import build_optimizer
+
+        cfg, env, out = self.cfg, self.env, self.out
+        wall0 = time.perf_counter()
+        if env.device.type == "cpu":
+            from isoflop.train.cpu import tune_allocator
+
+            tune_allocator()  # keep freed activation buffers in the heap (no page faults every step)
+        torch.manual_seed(cfg.train.seed)
+        self._check_out_dir()
+        data = prepare_data(cfg.data)
+        if data.vocab_size > self.spec.vocab_size:
+            raise IsoflopError(
+                f"the tokenizer has {data.vocab_size} tokens but the model's vocab_size is {self.spec.vocab_size}; "
+                f"set data.vocab_size <= {self.spec.vocab_size} or enlarge the model's vocab_size"
+            )
+        model = self._build_model()
+        optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2),
+                                    cfg.optim.eps)
+        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world,
+                                global_batch=cfg.train.global_batch)
+        ckpt = Checkpointer(out / "checkpoints", cfg.train.keep_checkpoints, env)
+        state: dict[str, Any] = {"step": 0, "tokens": 0, "val_history": [], "skipped_steps": 0, "rollbacks": 0,
+                                 "resumed_from": None, "last_loss": None, "last_grad_norm": None}
+        latest = broadcast_object(latest_checkpoint(ckpt.root), env)
+        if latest is not None:
+            loaded = ckpt.load(Path(latest), model, optimizer)
+            sampler.load_state_dict(loaded["sampler"])
+            _set_rng_state(loaded.get("rng", {}))
+            for key in ("step", "tokens", "val_history", "skipped_steps", "rollbacks", "last_loss", "last_grad_norm"):
+                state[key] = loaded.get(key, state[key])
+            state["resumed_from"] = state["step"]
+            self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+        params = count_params(self.spec)
+        self._say(
+            f"{self.spec.name}: {params.total:,} parameters, {self.total_steps} steps of {cfg.train.global_batch} x "
+            f"{cfg.train.seq_len} tokens, {env.world} process(es), {self.strategy}, {self.dtype} on {env.device.type}"
+        )
+        peak, peak_source = peak_flops_per_process(env.device, self.dtype)
+        step_flops = flops_per_step(self.spec, cfg.train.global_batch, cfg.train.seq_len).model
+        val_sets = data.val_batches(cfg.train.seq_len, cfg.train.global_batch, cfg.train.eval_batches)
+        metrics = MetricsLog(out, cfg.train.loggers, cfg.model_dump(mode="json"), state["step"]) if env.is_main else None
+        progress = Progress(self.total_steps, state["step"], env.is_main)
+        timer = StepTimer(env.device)
+        if state["step"] == 0 and not state["val_history"]:
+            state["val_history"].append([0, self._evaluate(model, val_sets)])
+        self.stop.install()
+        bad = 0
+        window_tokens, window_time = 0, 0.0
+        preempted = False
+        try:
+            while state["step"] < self.total_steps:
+                if self._should_stop():
+                    preempted = True
+                    break
+                step = state["step"]
+                lr = lr_at(step, self.total_steps, cfg.optim.lr, self.warmup, cfg.optim.schedule,
+                           cfg.optim.min_lr_ratio, cfg.optim.decay_fraction)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                timer.start()
+                loss, grad_norm = self._step(model, optimizer, sampler)
+                elapsed = timer.stop()
+                ckpt.poll()
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    bad += 1
+                    state["skipped_steps"] += 1
+                    self._say(f"step {step + 1}: non-finite loss {loss} / grad norm {grad_norm}; update skipped "
+                              f"({bad} in a row, rollback after {cfg.train.max_bad_steps})")
+                    if bad >= cfg.train.max_bad_steps:
+                        self._rollback(ckpt, model, optimizer, state)
+                        bad = 0
+                    continue
+                bad = 0
+                state["step"] = step = step + 1
+                tokens = cfg.train.global_batch * cfg.train.seq_len
+                state["tokens"] += tokens
+                window_tokens += tokens
+                window_time += elapsed
+                state["last_loss"], state["last_grad_norm"] = loss, grad_norm
+                log_now = step % cfg.train.log_every == 0 or step == self.total_steps
+                if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != self.total_steps:
+                    state["val_history"].append([step, self._evaluate(model, val_sets)])
+                if log_now:
+                    tps = window_tokens / window_time if window_time else float("nan")
+                    row = {
+                        "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
+                        "tokens_per_s": tps, "step_time_s": window_time / max(1, round(window_tokens / tokens)),
+                        "mfu": (step_flops * tps / tokens) / (peak * env.world) if peak else None,
+                        "memory_gib": memory_gib(env.device),
+                    }
+                    if state["val_history"] and state["val_history"][-1][0] == step:
+                        row["val_loss"] = state["val_history"][-1][1]
+                    if metrics is not None:
+                        metrics.log(row)
+                    window_tokens, window_time = 0, 0.0
+                progress.update(step, f"loss {loss:.4f} lr {lr:.2e}", log_now)
+                if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step != self.total_steps:
+                    ckpt.save(step, model, optimizer, self._trainer_state(state, sampler))
+            if preempted:
+                ckpt.save(state["step"], model, optimizer, self._trainer_state(state, sampler))
+                ckpt.close()
+                self._say(f"stopped by signal {self.stop.signal} at step {state['step']}; checkpoint saved, "
+                          "run the same command again to resume")
+                return {"status": "preempted", "step": state["step"], "steps": self.total_steps,
+                        "checkpoint": str(latest_checkpoint(ckpt.root))}
+            final_val = self._evaluate(model, val_sets)
+            if not state["val_history"] or state["val_history"][-1][0] != state["step"]:
+                state["val_history"].append([state["step"], final_val])
+            done = latest_checkpoint(ckpt.root)
+            if done is None or int(done.name.split("-")[1]) != state["step"] or state["resumed_from"] != state["step"]:
+                ckpt.save(state["step"], model, optimizer, self._trainer_state(state, sampler))
+            ckpt.close()
+            hf_dir = self._export(model)
+        finally:
+            self.stop.restore()
+            progress.close()
+            if metrics is not None:
+                metrics.close()
+        steady = timer.steady()
+        step_time = sorted(steady)[len(steady) // 2] if steady else None
+        session_tokens = cfg.train.global_batch * cfg.train.seq_len * len(steady)
+        tokens_per_s = session_tokens / sum(steady) if steady and sum(steady) > 0 else None
+        mfu = (step_flops / step_time) / (peak * env.world) if (peak and step_time) else None
+        mem = memory_gib(env.device)
+        measured = {
+            "loss": final_val, "step_time_s": step_time, "memory_gib": mem, "tokens_per_s": tokens_per_s, "mfu": mfu,
+        }
+        summary: dict[str, Any] = {
+            "status": "complete",
+            "final_train_loss": state["last_loss"],
+            "val_loss": final_val,
+            "val_loss_initial": state["val_history"][0][1] if state["val_history"] else None,
+            "val_history": state["val_history"],
+            "steps": state["step"],
+            "tokens": state["tokens"],
+            "tokens_per_s": tokens_per_s,
+            "step_time_s": step_time,
+            "mfu": mfu,
+            "mfu_peak": peak_source,
+            "memory_gib": mem,
+            "wall_s": time.perf_counter() - wall0,
+            "grad_norm": state["last_grad_norm"],
+            "params": params.total,
+            "model_flops_per_step": step_flops,
+            "model": self.spec.name,
+            "world": env.world,
+            "strategy": self.strategy,
+            "dtype": self.dtype,
+            "device": env.device.type,
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.accum,
+            "resumed_from": state["resumed_from"],
+            "skipped_steps": state["skipped_steps"],
+            "rollbacks": state["rollbacks"],
+            "hf_dir": str(hf_dir) if hf_dir else None,
+        }
+        if cfg.predicted is not None:
+            predicted = cfg.predicted.model_dump(exclude_none=True)
+            summary["predicted"] = predicted
+            summary["measured"] = measured
+            summary["prediction_error"] = relative_errors(predicted, measured)
+        if env.is_main:
+            atomic_write_json(out / SUMMARY_FILE, _json_safe(summary))
+            train_loss = summary["final_train_loss"]
+            self._say(f"done: {state['step']} steps, train loss {train_loss if train_loss is None else round(train_loss, 4)}, "
+                      f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
+        return summary
+
+    # -- pieces -----------------------------------------------------------------------------------
+    def _check_out_dir(self) -> None:
+        """Refuse to resume a different run; record the config of this one. Rank 0 decides, all ranks raise."""
+        out, cfg = self.out, self.cfg
+        ident = _identity(cfg)
+        marker = out / "run.json"
+        problem = None
+        if self.env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            old = None
+            if marker.is_file():
+                try:
+                    old = json.loads(marker.read_text(encoding="utf-8")).get("identity")
+                except (ValueError, AttributeError):
+                    old = None
+            if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
+                diff = sorted(k for k in ident if ident.get(k) != old.get(k))
+                problem = (f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
+                           "use another --out, or delete that folder to start over")
+            else:
+                atomic_write_json(marker, {"identity": ident})
+                atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        problem = broadcast_object(problem, self.env)
+        if problem:
+            raise IsoflopError(str(problem))
+
+    def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any) -> tuple[float, float]:
+        """One optimizer step over the global batch; returns (mean loss, gradient norm before clipping)."""
+        device = self.env.device
+        total = torch.zeros((), device=device, dtype=torch.float32)
+        for micro in range(self.accum):
+            x, y = sampler.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with no_grad_sync(model, micro == self.accum - 1):
+                with self._autocast():
+                    loss = model(x, y)
+                (loss / self.accum).backward()
+            total += loss.detach().float()
+        total /= self.accum
+        all_reduce(total, "avg")
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        loss_value, norm_value = float(total), float(norm)
+        if math.isfinite(loss_value) and math.isfinite(norm_value):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value
+
+    @torch.no_grad()
+    def _evaluate(self, model: nn.Module, val_sets: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Mean token loss over the fixed validation batches; each process takes its rows of every batch."""
+        env = self.env
+        was_training = model.training
+        model.eval()
+        total = torch.zeros(2, device=env.device, dtype=torch.float64)
+        rows = self.cfg.train.global_batch // env.world
+        for x, y in val_sets:
+            xs = x[env.rank * rows:(env.rank + 1) * rows]
+            ys = y[env.rank * rows:(env.rank + 1) * rows]
+            for lo in range(0, rows, self.micro_batch):
+                xb = xs[lo:lo + self.micro_batch].to(env.device)
+                yb = ys[lo:lo + self.micro_batch].to(env.device)
+                with self._autocast():
+                    loss = model(xb, yb)
+                total[0] += loss.double() * yb.numel()
+                total[1] += yb.numel()
+        all_reduce(total, "sum")
+        model.train(was_training)
+        return float(total[0] / total[1])
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self.stop.signal is not None else 0.0])
+        if self.env.distributed:
+            flag = flag.to(self.env.device)
+            all_reduce(flag, "max")
+        return bool(flag.item() > 0)
+
+    def _trainer_state(self, state: dict[str, Any], sampler: Any) -> dict[str, Any]:
+        return {
+            "tokens": state["tokens"], "val_history": state["val_history"], "skipped_steps": state["skipped_steps"],
+            "rollbacks": state["rollbacks"], "sampler": sampler.state_dict(), "rng": _rng_state(),
+            "last_loss": state["last_loss"], "last_grad_norm": state["last_grad_norm"],
+            "world": self.env.world, "total_steps": self.total_steps,
+        }
+
+    def _rollback(self, ckpt: Checkpointer, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  state: dict[str, Any]) -> None:
+        """Restore weights, optimizer and step from the last checkpoint; the data position moves on."""
+        ckpt.wait()
+        latest = broadcast_object(latest_checkpoint(ckpt.root), self.env)
+        k = self.cfg.train.max_bad_steps
+        if latest is None:
+            raise IsoflopError(
+                f"{k} consecutive steps had a non-finite loss and there is no checkpoint to roll back to; "
+                "lower optim.lr, raise optim.warmup_steps, or set train.ckpt_every"
+            )
+        loaded = ckpt.load(Path(latest), model, optimizer)
+        before = state["step"]
+        state["step"] = int(loaded["step"])
+        state["tokens"] = int(loaded.get("tokens", state["tokens"]))
+        state["val_history"] = [v for v in state["val_history"] if v[0] <= state["step"]]
+        state["rollbacks"] += 1
+        self._say(f"ROLLBACK: {k} consecutive non-finite steps at step {before}; restored {latest} "
+                  f"(step {state['step']}) and continuing with the next data")
+
+    def _export(self, model: nn.Module) -> Path | None:
+        """Gather the full weights and write ``out/hf`` (safetensors + config.json) on rank 0."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from isoflop.train.export import export_hf
+        from isoflop.train.model import build_model
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.env.is_main:
+            return None
+        clean = build_model(self.spec, "cpu")
+        clean.load_state_dict({k: v.to(torch.float32) for k, v in full.items()}, strict=True)
+        target = self.out / "hf"
+        tmp = self.out / "hf.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        export_hf(clean, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return target
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
