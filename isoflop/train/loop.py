@@ -332,6 +332,7 @@ class _Run:
             "grad_norm": state["last_grad_norm"],
             "params": params.total,
             "model_flops_per_step": step_flops,
+            "model_flops": step_flops * state["step"],
             "model": self.spec.name,
             "world": env.world,
             "strategy": self.strategy,
