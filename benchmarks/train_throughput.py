@@ -114,6 +114,8 @@ def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
         result[key] = {"step_s": med, "tokens_per_s": batch * seq / med, "mfu": step_flops / med / peak,
                        "step_s_all": [round(t, 4) for t in ts]}
     result["ratio"] = result["isoflop"]["tokens_per_s"] / result["transformers"]["tokens_per_s"]
+    # Robustness check on a shared machine: the median of per-repeat ratios (each pair ran back to back).
+    result["paired_ratio_median"] = statistics.median(h / o for o, h in zip(times["isoflop"], times["transformers"]))
     return result
 
 
