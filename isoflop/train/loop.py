@@ -113,10 +113,9 @@ def _set_rng_state(state: dict[str, str]) -> None:
 
 
 def _can_compile(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot run here, or None when it can.
+    """Why ``torch.compile`` cannot run here, or None when it can (inductor needs a C++ compiler on CPU)."""
+    import shutil as _shutil
 
-    On CPU the model uses hand-written autograd functions (``isoflop.train.model``: RMSNorm, SwiGLU) that
-    dynamo cannot trace with ``fullgraph=True``, so CPU runs stay eager."""
     try:
         import torch._dynamo
 
@@ -124,8 +123,8 @@ def _can_compile(device: torch.device) -> str | None:
             return "torch.compile does not support this Python"
     except ImportError:
         return "torch._dynamo is unavailable"
-    if device.type == "cpu":
-        return "the CPU model's hand-written autograd kernels cannot be compiled (compile is for GPUs)"
+    if device.type == "cpu" and not any(_shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        return "no C++ compiler was found for inductor's CPU backend"
     return None
 
 
