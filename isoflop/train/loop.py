@@ -310,6 +310,9 @@ class _Run:
         session_tokens = cfg.train.global_batch * cfg.train.seq_len * len(steady)
         tokens_per_s = session_tokens / sum(steady) if steady and sum(steady) > 0 else None
         mfu = (step_flops / step_time) / (peak * env.world) if (peak and step_time) else None
+        if mfu is not None and mfu > 1 and env.device.type == "cpu":  # the cached CPU peak was measured under load
+            peak, peak_source = peak_flops_per_process(env.device, self.dtype, refresh=True)
+            mfu = (step_flops / step_time) / (peak * env.world)
         mem = memory_gib(env.device)
         measured = {
             "loss": final_val, "step_time_s": step_time, "memory_gib": mem, "tokens_per_s": tokens_per_s, "mfu": mfu,
