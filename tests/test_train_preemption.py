@@ -65,16 +65,17 @@ def test_sigkill_then_resume_is_bitwise_identical(cache_dir, tmp_path):
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
 
-def test_sigterm_saves_and_exits_cleanly(cache_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_saves_and_exits_cleanly(cache_dir, tmp_path, sig):
     cfg = write_config(tmp_path / "forever.yaml", micro_config(train={"max_steps": 1_000_000, "ckpt_every": 0,
                                                                       "eval_every": 0, "log_every": 2}))
     out = tmp_path / "term"
     proc = _start(cfg, out, cache_dir, "--json")
     assert _wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert "stopped by signal 15" in stderr
+    assert f"stopped by signal {int(sig)}" in stderr
     result = json.loads(stdout)
     assert result["status"] == "preempted" and result["step"] >= 2
     ckpts = complete_checkpoints(out / "checkpoints")
