@@ -1,0 +1,179 @@
+"""``isoflop fit``: fit a scaling law to runs (Approach 1, 2 or 3 of Hoffmann et al. 2022), with bootstrap intervals."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from isoflop.atomic import atomic_write_bytes
+from isoflop.cli.app import app
+from isoflop.cli.output import JSON_OPTION, emit
+from isoflop.errors import IsoflopError
+from isoflop.laws.allocation import compute_optimal
+from isoflop.laws.fit import drop_highest_loss, fit_approach1, fit_approach2
+from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, Law
+from isoflop.laws.io import Runs, read_runs
+
+
+def _where(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise IsoflopError(f"--where takes COLUMN=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, at_flops: float) -> tuple[dict[str, Any], Law, tuple]:
+    """Fit ``runs`` and return (the documented JSON dict, the law, the points used)."""
+    if approach not in (1, 2, 3):
+        raise IsoflopError(f"--approach must be 1, 2 or 3, got {approach}")
+    if not (np.isfinite(at_flops) and at_flops > 0):
+        raise IsoflopError(f"--at-flops must be a positive number, got {at_flops}")
+    n, d, loss = drop_highest_loss(runs.n, runs.d, runs.loss, drop)
+    c = 6.0 * n * d
+    if approach == 3:
+        law: Law = ChinchillaLaw("fitted", f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022)").fit(n, d, loss)
+        law.info["dropped_highest_loss"] = drop
+        if bootstrap:
+            law.bootstrap(bootstrap, seed=seed)
+    else:
+        law = fit_approach1(n, d, loss, c) if approach == 1 else fit_approach2(n, d, loss, c)
+        law.info["dropped_highest_loss"] = drop
+        if bootstrap:
+            law.bootstrap(bootstrap, seed=seed)
+    alloc = compute_optimal(law, at_flops)
+    ci = dict(law.ci95)
+    report: dict[str, Any] = {
+        "approach": approach,
+        "source": runs.source,
+        "columns": runs.columns,
+        "n_points": int(len(n)),
+        "dropped_highest_loss": drop,
+        "params": dict(law.params),
+        "ci95": ci,
+        "fit": law.info,
+    }
+    if isinstance(law, ChinchillaLaw):
+        report["a_opt"], report["b_opt"] = law.a_opt, law.b_opt
+        if law.samples is not None:
+            al, be = law.samples[:, 3], law.samples[:, 4]
+            ci["a_opt"] = [float(x) for x in np.percentile(be / (al + be), [2.5, 97.5])]
+    else:
+        report["a_opt"], report["b_opt"] = law.params["a"], law.params["b"]
+        ci["a_opt"] = ci["a"]
+        report["loss_law"] = None if law.loss_law is None else {"params": law.loss_law.params, "form": "L_min(C) = L_inf + (x0 / C)^alpha"}
+        report["minima"] = law.minima
+    ci["n_opt"], ci["d_opt"], ci["loss"] = alloc.n_params_ci95, alloc.tokens_ci95, alloc.loss_ci95
+    report["at_flops"] = {"flops": at_flops, "n_opt": alloc.n_params, "d_opt": alloc.tokens,
+                          "tokens_per_param": alloc.tokens_per_param, "loss": alloc.loss}
+    return report, law, (n, d, loss)
+
+
+def _plot(law: Law, points: tuple, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, d, loss = points
+    c = 6 * n * d
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    if isinstance(law, AllocationLaw):
+        mins = law.minima
+        cs = np.array([m["C"] for m in mins])
+        grid = np.geomspace(cs.min() / 3, cs.max() * 3, 50)
+        axes[0].loglog(cs, [m["N_opt"] for m in mins], "o", label="N_opt per budget")
+        axes[0].loglog(grid, law.optimal(grid)[0], "-", label=f"N_opt ~ C^{law.params['a']:.3f}")
+        axes[0].set_xlabel("training FLOPs C")
+        axes[0].set_ylabel("N_opt")
+        axes[0].legend()
+        axes[1].scatter(n, loss, c=np.log10(c), s=10, cmap="viridis")
+        axes[1].set_xscale("log")
+        axes[1].set_xlabel("parameters N")
+        axes[1].set_ylabel("loss")
+    else:
+        pred = law.predict(n, d)
+        axes[0].scatter(loss, pred, s=10, c=np.log10(c), cmap="viridis")
+        lim = [min(loss.min(), pred.min()), max(loss.max(), pred.max())]
+        axes[0].plot(lim, lim, "k--", lw=1)
+        axes[0].set_xlabel("observed loss")
+        axes[0].set_ylabel("predicted loss")
+        axes[0].set_title("Approach 3 fit")
+        sc = axes[1].scatter(n, loss, s=10, c=np.log10(c), cmap="viridis")
+        for budget in np.geomspace(c.min(), c.max(), 5):
+            ns = np.geomspace(n.min(), n.max(), 100)
+            axes[1].plot(ns, law.predict(ns, budget / (6 * ns)), lw=1, color=plt.cm.viridis((np.log10(budget) - np.log10(c.min())) / max(1e-9, np.log10(c.max() / c.min()))))
+        axes[1].set_xscale("log")
+        axes[1].set_ylim(loss.min() - 0.1 * np.ptp(loss), loss.max() + 0.1 * np.ptp(loss))
+        axes[1].set_xlabel("parameters N")
+        axes[1].set_ylabel("loss")
+        axes[1].set_title("IsoFLOP curves of the fitted law")
+        fig.colorbar(sc, ax=axes[1], label="log10 FLOPs")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.rsplit(".", 1)[-1] if "." in path else "png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _render(report: dict[str, Any]):
+    def render(console) -> None:
+        table = Table(title=f"Approach {report['approach']} fit of {report['n_points']} runs ({report['source']})")
+        table.add_column("parameter")
+        table.add_column("value", justify="right")
+        table.add_column("95% CI", justify="right")
+        for key, value in report["params"].items():
+            ci = report["ci95"].get(key)
+            table.add_row(key, f"{value:.6g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+        ci = report["ci95"].get("a_opt")
+        table.add_row("a = N_opt exponent", f"{report['a_opt']:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-")
+        console.print(table)
+        at = report["at_flops"]
+        loss = f", loss {at['loss']:.4f}" if at["loss"] is not None else ""
+        console.print(f"at {at['flops']:.3g} FLOPs: N_opt {at['n_opt']:.4g}, D_opt {at['d_opt']:.4g} "
+                      f"({at['tokens_per_param']:.1f} tokens/param){loss}")
+        for warning in report["fit"].get("warnings", []):
+            console.print(f"[yellow]warning:[/] {warning}")
+        boot = report["fit"].get("bootstrap")
+        if boot:
+            console.print(f"bootstrap: {boot['converged']} of {boot['requested']} resamples converged ({boot['dropped']} dropped)")
+        for key in ("out", "plot"):
+            if report.get(key):
+                console.print(f"wrote {report[key]}")
+
+    return render
+
+
+@app.command()
+def fit(
+    file: str = typer.Argument(..., help="Runs as CSV, Parquet or JSONL, one run per row."),
+    approach: int = typer.Option(3, "--approach", help="1 = loss envelope, 2 = IsoFLOP parabolas, 3 = parametric law (Hoffmann et al. 2022)."),
+    n_col: Optional[str] = typer.Option(None, "--n-col", help="Column of parameter counts (default: N, params, 'Model Size', ...)."),
+    d_col: Optional[str] = typer.Option(None, "--d-col", help="Column of training tokens."),
+    c_col: Optional[str] = typer.Option(None, "--c-col", help="Column of training FLOPs (then D = C / 6N)."),
+    loss_col: Optional[str] = typer.Option(None, "--loss-col", help="Column of final losses."),
+    where: list[str] = typer.Option([], "--where", help="Keep rows with COLUMN=VALUE (repeatable)."),
+    drop: int = typer.Option(0, "--drop-highest-loss", help="Drop the K highest-loss runs (Besiroglu et al. drop 5)."),
+    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap resamples (runs drawn with replacement) for 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    at_flops: float = typer.Option(5.76e23, "--at-flops", help="Budget for the derived N_opt, D_opt and loss (default: Chinchilla's)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure of the fit (PNG/PDF/SVG)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the law as JSON/YAML; `isoflop plan --law FILE` reads it."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Fit a scaling law to training runs, with bootstrap confidence intervals."""
+    runs = read_runs(file, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, where=_where(where))
+    report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops)
+    if out:
+        law.save(out)
+        report["out"] = out
+    if plot:
+        _plot(law, points, plot)
+        report["plot"] = plot
+    emit(report, as_json, _render(report))

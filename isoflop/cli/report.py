@@ -1,0 +1,32 @@
+"""``isoflop report DIR``: (re)write DIR/report.html and DIR/plots/*.png from a ladder's analysis.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from isoflop.cli.app import app
+from isoflop.cli.output import JSON_OPTION, emit
+from isoflop.errors import IsoflopError
+
+
+@app.command()
+def report(
+    directory: Path = typer.Argument(..., help="A ladder or quickstart folder (with analysis.json)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write report.html with PNG plots: IsoFLOP curves, loss vs compute, N_opt/D_opt(C), held-out, training curves."""
+    from isoflop.report import write_report
+
+    path = directory / "analysis.json"
+    if not path.is_file():
+        raise IsoflopError(f"{path} does not exist; run `isoflop ladder --out {directory}` or `isoflop quickstart --out {directory}` first")
+    try:
+        analysis = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IsoflopError(f"{path} is not valid JSON ({exc.msg}); re-run the ladder to rewrite it") from None
+    page = write_report(analysis, directory)
+    plots = sorted(str(p) for p in (directory / "plots").glob("*.png"))
+    emit({"report": str(page), "plots": plots}, as_json, lambda c: c.print(f"report: {page} ({len(plots)} plots)"))

@@ -1,0 +1,245 @@
+"""Design an IsoFLOP grid: compute budgets x model sizes around the expected optimum (Hoffmann et al. 2022, Sec. 3.2).
+
+Each budget ``C`` gets ``sizes`` models spaced by ``size_ratio`` in parameters, centred on the expected
+compute-optimal size ``N_c(C)``: the size whose run at ``C`` sees ``tokens_per_param`` tokens per
+parameter, counted as Hoffmann et al. do, embeddings included (default 20, their Table 3 ratio). Shapes come
+from the planner's rule (``isoflop.plan.arch.shape_for_params``); a run's FLOPs are exact
+(``isoflop.spec.accounting``: training FLOPs per token x tokens), so every point sits on its budget.
+
+Hyperparameters for tiny models follow one stated rule, identical across sizes but for the learning rate:
+* learning rate ``lr_factor`` (3) x Kaplan et al. 2020, App. D.6, Eq. D.1: ``lr(N) = 0.003239 - 0.0001395 ln N``
+  with ``N`` the non-embedding parameters. Eq. D.1 was fit to 250k-step runs; ladder runs take 10^2-10^3 steps.
+  The factor was measured on ladder points only (13k and 40k parameters at 1.2e11 FLOPs, factors 1, 3, 6, 12:
+  3 was best or within 0.1 nats of best for both), never on the held-out run;
+* a fixed batch in tokens for every run (the same optimizer noise scale on the whole ladder);
+* linear warmup over ``warmup_fraction`` of the steps, then cosine decay to 10% of the peak at the
+  run's own last step (the schedule length matched to the tokens, Hoffmann et al. 2022, Sec. 3 / App. B);
+* AdamW (beta2 0.95, weight decay 0.1), fp32, the same data and validation set (same seed) for all runs;
+  the validation loss is measured on the same ``eval_batches`` x ``batch_seqs`` windows for every run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from isoflop.errors import IsoflopError
+from isoflop.spec import ModelSpec, count_flops, count_params
+
+
+@dataclass(frozen=True)
+class LadderDesign:
+    """The knobs of a ladder; ``budgets`` in training FLOPs (exact accounting)."""
+
+    name: str
+    budgets: tuple[float, ...]
+    sizes: int = 4
+    size_ratio: float = 2.0
+    tokens_per_param: float = 20.0
+    vocab_size: int = 512
+    seq_len: int = 64
+    batch_seqs: int = 16
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1
+    heldout_factor: float = 3.5
+    lr_factor: float = 3.0
+    seed: int = 0
+    data_source: str = "stdlib"
+    eval_batches: int = 16
+    dim_multiple: int = 16
+    primary: str = "envelope"
+    max_extensions: int = 2
+    bootstrap: int = 200
+    extra_data: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if len(self.budgets) < 3 or self.sizes < 4:
+            raise IsoflopError(f"an IsoFLOP ladder needs >= 3 budgets x >= 4 sizes, got {len(self.budgets)} x {self.sizes}")
+        if any(b <= 0 for b in self.budgets):
+            raise IsoflopError("ladder budgets must be positive FLOP counts")
+        if self.primary not in ("envelope", "approach3"):
+            raise IsoflopError(f"primary must be envelope or approach3, got {self.primary!r}")
+        if self.size_ratio <= 1:
+            raise IsoflopError(f"size_ratio must be > 1, got {self.size_ratio}")
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.batch_seqs * self.seq_len
+
+
+@dataclass
+class GridPoint:
+    """One planned run: its budget, shape, token count and exact FLOPs, and the training config."""
+
+    budget: float
+    spec: ModelSpec
+    steps: int
+    tokens: int
+    flops: float
+    n_params: int
+    n_params_non_embedding: int
+    config: dict[str, Any]
+    role: str = "ladder"
+
+    @property
+    def label(self) -> str:
+        return f"C={self.budget:.2e} N={self.n_params_non_embedding:,} D={self.tokens:,}"
+
+
+def kaplan_lr(n_non_embedding: float) -> float:
+    """Kaplan et al. 2020, Eq. D.1: the learning rate that trains well at ``N`` non-embedding parameters."""
+    return max(1e-4, 0.003239 - 0.0001395 * math.log(max(n_non_embedding, 1.0)))
+
+
+def ladder_lr(n_non_embedding: float, factor: float) -> float:
+    """The ladder's rate: ``factor`` x Kaplan's Eq. D.1 (fit to 250k-step runs; runs of 10^2-10^3 steps need more)."""
+    return factor * kaplan_lr(n_non_embedding)
+
+
+def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = 16.0) -> tuple[int, int]:
+    """``(d_model, n_layers)`` of the fixed-aspect family nearest ``n_non_embedding`` parameters.
+
+    Ladder models grow width and depth together, ``d_model ~ aspect x n_layers`` (Kaplan et al. 2020,
+    Sec. 3.1, Fig. 5: loss depends weakly on the aspect ratio at fixed N, but a ladder that changes only depth
+    or jumps between one-layer and deep models bends its IsoFLOP curves). A Llama block has about ``12 d^2``
+    parameters (attention ``4 d^2`` + SwiGLU ``3 d (8d/3)``), so ``d = (aspect N / 12)^(1/3)``."""
+    best, best_err = (multiple, 1), math.inf
+    for layers in range(1, 129):
+        d = max(multiple, round(math.sqrt(n_non_embedding / (12 * layers)) / multiple) * multiple)
+        err = abs(math.log(12 * layers * d * d / n_non_embedding)) + 0.2 * abs(math.log(d / (aspect * layers)))
+        if err < best_err:
+            best, best_err = (d, layers), err
+    return best
+
+
+def _default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:
+    """The planner's shape (``isoflop.plan.arch.shape_for_params``, tied embeddings, head_dim = ``multiple``) for
+    the family member nearest ``n_params`` non-embedding parameters, asked for at that member's exact size and
+    aspect ratio so the planner returns it."""
+    from isoflop.plan.arch import shape_for_params
+
+    d, layers = family_size(n_params, multiple)
+    ffn = math.ceil(8 * d / 3 / multiple) * multiple
+    exact = layers * (4 * d * d + 3 * d * ffn + 2 * d) + d
+    return shape_for_params(exact, vocab_size=vocab_size, seq_len=seq_len, multiple=multiple, head_dim=multiple,
+                            count="non_embedding", tie_embeddings=True, aspect=d / layers, name="ladder")
+
+
+ShapeFn = Callable[[int, int, int, int], ModelSpec]
+
+
+def train_config(design: LadderDesign, spec: ModelSpec, steps: int, budget: float, role: str) -> dict[str, Any]:
+    """The TrainConfig (plan.yaml schema) of one ladder run."""
+    n_ne = count_params(spec).non_embedding
+    return {
+        "model": spec.model_dump(),
+        "data": {"source": design.data_source, "vocab_size": design.vocab_size, **design.extra_data},
+        "train": {
+            "seq_len": design.seq_len, "global_batch": design.batch_seqs, "max_steps": steps,
+            "tokens": steps * design.batch_tokens, "seed": design.seed, "dtype": "fp32", "compile": False,
+            "eval_every": max(1, steps // 2), "eval_batches": design.eval_batches,
+            "log_every": max(1, steps // 25), "ckpt_every": 0,
+        },
+        "optim": {
+            "lr": round(ladder_lr(n_ne, design.lr_factor), 6), "min_lr_ratio": design.min_lr_ratio, "schedule": "cosine",
+            "warmup_steps": max(1, round(design.warmup_fraction * steps)), "weight_decay": 0.1,
+            "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "grad_clip": 1.0,
+        },
+        "parallel": {"strategy": "none"},
+        "plan": {"ladder": design.name, "budget": budget, "role": role},
+    }
+
+
+def point_for(design: LadderDesign, spec: ModelSpec, budget: float, role: str = "ladder") -> GridPoint:
+    """The run of ``spec`` that spends ``budget`` training FLOPs (rounded to whole optimizer steps)."""
+    per_token = count_flops(spec, design.seq_len).training
+    steps = max(1, round(budget / (per_token * design.batch_tokens)))
+    tokens = steps * design.batch_tokens
+    params = count_params(spec)
+    return GridPoint(
+        budget=budget, spec=spec, steps=steps, tokens=tokens, flops=tokens * per_token,
+        n_params=params.total, n_params_non_embedding=params.non_embedding,
+        config=train_config(design, spec, steps, budget, role), role=role,
+    )
+
+
+def family_spec(n_non_embedding: float, design: LadderDesign) -> ModelSpec:
+    """The family member nearest ``n_non_embedding``, built directly (cheap; for searching sizes)."""
+    d, layers = family_size(n_non_embedding, design.dim_multiple)
+    ffn = math.ceil(8 * d / 3 / design.dim_multiple) * design.dim_multiple
+    return ModelSpec(name="ladder", d_model=d, n_layers=layers, n_heads=d // design.dim_multiple, d_ff=ffn,
+                     vocab_size=design.vocab_size, max_seq_len=design.seq_len, tie_embeddings=True)
+
+
+def centre_size(design: LadderDesign, budget: float) -> float:
+    """Non-embedding size ``N`` whose run at ``budget`` sees ``tokens_per_param`` tokens per parameter (total,
+    embeddings included); bisection in log N, FLOPs and embeddings scaled between discrete family members."""
+    def tokens_per_param(n: float) -> float:
+        spec = family_spec(n, design)
+        params = count_params(spec)
+        scale = n / params.non_embedding
+        per_token = count_flops(spec, design.seq_len).training * scale
+        return budget / per_token / (params.total * scale)
+
+    lo, hi = 1e3, 1e10
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        if tokens_per_param(mid) > design.tokens_per_param:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def design_grid(design: LadderDesign, shape_fn: ShapeFn | None = None) -> list[GridPoint]:
+    """Every (budget, size) point of the ladder, smallest budget first.
+
+    Targets are ``centre x size_ratio^k`` for ``k`` centred on 0; tiny shapes are discrete, so a target that
+    lands on the same (or a smaller) family member as the previous one is pushed up until it gives a new one.
+    """
+    design.validate()
+    shape = shape_fn or _default_shape
+    points: list[GridPoint] = []
+    for budget in sorted(design.budgets):
+        centre = centre_size(design, budget)
+        previous = 0
+        for k in range(design.sizes):
+            target = centre * design.size_ratio ** (k - (design.sizes - 1) / 2)
+            while count_params(family_spec(target, design)).non_embedding <= previous:
+                target *= 1.05
+            n = count_params(family_spec(target, design)).non_embedding
+            spec = shape(n, design.vocab_size, design.seq_len, design.dim_multiple)
+            previous = count_params(spec).non_embedding
+            points.append(point_for(design, spec, budget))
+    return points
+
+
+def edge_extensions(design: LadderDesign, finished: list[tuple[float, int, float]], shape_fn: ShapeFn | None = None) -> list[GridPoint]:
+    """Extra sizes for budgets whose lowest loss sits at the smallest or largest size tried.
+
+    ``finished`` holds ``(budget, non-embedding N, validation loss)`` of finished runs. A budget whose best run is
+    at an edge gets one more size a ``size_ratio`` step beyond that edge, so its parabola has an interior
+    minimum (Hoffmann et al. 2022 chose their IsoFLOP ranges around the minima the same way). The rule uses
+    ladder losses only, never the held-out run.
+    """
+    shape = shape_fn or _default_shape
+    extra: list[GridPoint] = []
+    for budget in sorted({b for b, _, _ in finished}):
+        runs = sorted((n, loss) for b, n, loss in finished if b == budget)
+        if len(runs) < 3:
+            continue
+        best = min(range(len(runs)), key=lambda i: runs[i][1])
+        if 0 < best < len(runs) - 1:
+            continue
+        target = runs[0][0] / design.size_ratio if best == 0 else runs[-1][0] * design.size_ratio
+        spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
+        n_new = count_params(spec).non_embedding
+        if (best == 0 and n_new < runs[0][0]) or (best > 0 and n_new > runs[-1][0]):
+            extra.append(point_for(design, spec, budget))
+    return extra
+
+
+def heldout_budget(design: LadderDesign) -> float:
+    """The verification run's compute: ``heldout_factor`` x the largest ladder budget."""
+    return design.heldout_factor * max(design.budgets)

@@ -1,0 +1,185 @@
+"""The predict-then-verify loop in one call: design -> run the ladder -> fit -> predict -> train held-out -> report.
+
+Everything lives under one folder: ``registry.sqlite`` (the runs), ``runs/<run_id>/`` (each run's config, log
+and trainer output), ``analysis.json`` (fits, predictions, curves), ``report.html`` + ``plots/`` and
+``summary.json``. Running it again over the same folder reuses every finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from isoflop.atomic import atomic_write_json
+from isoflop.ladder import verify as V
+from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid, edge_extensions
+from isoflop.ladder.registry import Registry, RunRecord
+from isoflop.ladder.runner import ExecOptions, Job, execute
+
+Say = Callable[[str], None]
+
+
+def registry_for(out_dir: Path) -> Registry:
+    return Registry(out_dir / "registry.sqlite")
+
+
+def _jobs(reg: Registry, design: LadderDesign, points: list[GridPoint], out_dir: Path) -> list[Job]:
+    jobs = []
+    for p in points:
+        run_id = reg.add(design.name, p.config, role=p.role, budget=p.budget, n_params=p.n_params,
+                         n_params_non_embedding=p.n_params_non_embedding, tokens=p.tokens, flops=p.flops)
+        jobs.append(Job(run_id, p.config, out_dir / "runs" / run_id, p.label))
+    return jobs
+
+
+def _progress(say: Say, total: int) -> Callable[[str, Job, dict[str, Any]], None]:
+    done = {"n": 0}
+
+    def on_event(event: str, job: Job, info: dict[str, Any]) -> None:
+        if event == "started":
+            say(f"  start    {job.label}")
+            return
+        done["n"] += 1
+        detail = {"finished": lambda: f"val loss {info.get('val_loss') or float('nan'):.4f} in {info.get('wall_s', 0):.0f} s",
+                  "failed": lambda: f"FAILED: {info.get('error', '')}",
+                  "skipped": lambda: "already finished (reused)"}[event]()
+        say(f"  [{done['n']}/{total}] {job.label}: {detail}")
+
+    return on_event
+
+
+def read_curve(out_dir: str | None) -> dict[str, list[float]]:
+    """Training loss against tokens from a run's ``metrics.jsonl`` (the trainer logs ``tokens`` and ``loss``)."""
+    path = Path(out_dir) / "metrics.jsonl" if out_dir else None
+    tokens, loss = [], []
+    if path is not None and path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("tokens") and rec.get("loss") is not None and math.isfinite(rec["loss"]):
+                tokens.append(float(rec["tokens"]))
+                loss.append(float(rec["loss"]))
+    return {"tokens": tokens, "loss": loss}
+
+
+def prepare(design: LadderDesign, say: Say) -> None:
+    """Tokenize the corpus once before the runs start (they then share the cache instead of racing to build it)."""
+    from isoflop.train.data import DataConfig, prepare_data
+
+    t0 = time.perf_counter()
+    data = prepare_data(DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data))
+    say(f"data: {design.data_source} corpus, vocab {design.vocab_size}: {len(data.train):,} training tokens, "
+        f"{len(data.val):,} validation tokens ({time.perf_counter() - t0:.0f} s)")
+
+
+def _point_dict(r: RunRecord) -> dict[str, Any]:
+    return {"run_id": r.run_id, "budget": r.budget, "n": r.n_params_non_embedding, "n_total": r.n_params,
+            "tokens": r.tokens, "flops": r.flops, "loss": r.val_loss, "train_loss": r.final_loss,
+            "step_time_s": r.step_time_s, "memory_gib": r.memory_gib, "status": r.status, "error": r.error,
+            "curve": read_curve(r.out_dir)}
+
+
+def _law_dict(law) -> dict[str, Any]:
+    data = law.to_dict()
+    data.pop("bootstrap_samples", None)
+    return data
+
+
+def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | None = None, say: Say = print,
+                 verify: bool = True, shape_fn=None, heldout_threads: int | None = None) -> dict[str, Any]:
+    """Run the whole loop and return ``summary.json``'s content (also written to ``out_dir``).
+
+    The held-out run trains alone with ``heldout_threads`` torch threads (default: the ladder's thread count;
+    ``benchmarks/ladder_concurrency.py`` measures whether more threads help on this machine)."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    opts = opts or ExecOptions()
+    reg = registry_for(out)
+    points = design_grid(design, shape_fn)
+    budgets = sorted({p.budget for p in points})
+    say(f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
+        f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
+    jobs = _jobs(reg, design, points, out)
+    prepare(design, say)
+    outcome = execute(reg, jobs, opts, _progress(say, len(jobs)))
+    for _ in range(design.max_extensions):
+        done = [reg.get(j.run_id) for j in jobs]
+        finished = [(r.budget, r.n_params_non_embedding, r.val_loss) for r in done
+                    if r and r.status == "finished" and r.val_loss is not None and math.isfinite(r.val_loss)]
+        extra = edge_extensions(design, finished, shape_fn)
+        if not extra:
+            break
+        say(f"{len(extra)} budget(s) have their lowest loss at an edge size: adding {', '.join(p.label for p in extra)}")
+        new_jobs = _jobs(reg, design, extra, out)
+        jobs += new_jobs
+        outcome.update(execute(reg, new_jobs, opts, _progress(say, len(new_jobs))))
+    runs = [reg.get(j.run_id) for j in jobs]
+    arr = V.run_arrays(runs)
+    say(f"fitting approach 2 (IsoFLOP parabolas, envelope) and approach 3 on {len(arr['n'])} runs")
+    fits = V.fit_ladder(arr, bootstrap=design.bootstrap, seed=design.seed)
+    if fits["note"]:
+        say(f"note: {fits['note']}")
+    held_point = V.plan_heldout(design, fits, shape_fn)
+    preds = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
+    # The design's primary method; if it has no interval (fragile minima), the first method that has one.
+    primary = next((p for p in preds if p["method"] == design.primary and p["ci95"]),
+                   next((p for p in preds if p["ci95"]), preds[0]))
+    heldout: dict[str, Any] = {
+        "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
+        "n_total": held_point.n_params, "tokens": held_point.tokens, "method": primary["method"],
+        "sized_by": "approach2" if fits["n_opt_fit"] else "approach3", "note": fits["note"],
+        "predicted_loss": primary["predicted_loss"], "ci95": primary["ci95"], "predictions": preds,
+        "actual_loss": None, "error_pct": None, "inside_ci": None,
+        "shape": {k: getattr(held_point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
+    }
+    lo, hi = primary["ci95"] or (float("nan"), float("nan"))
+    say(f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
+        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})")
+    if verify:
+        held_opts = ExecOptions(workers=1, threads=heldout_threads or opts.threads,
+                                launcher=opts.launcher, nproc_per_node=opts.nproc_per_node, slurm=opts.slurm, entry=opts.entry)
+        say(f"training the held-out run to verify ({held_opts.threads} thread(s))")
+        (held_job,) = _jobs(reg, design, [held_point], out)
+        outcome.update(execute(reg, [held_job], held_opts, _progress(say, 1)))
+        rec = reg.get(held_job.run_id)
+        if rec and rec.status == "finished" and rec.val_loss is not None:
+            actual = rec.val_loss
+            for p in preds:
+                p["error_pct"] = 100 * (p["predicted_loss"] - actual) / actual
+                p["inside_ci"] = bool(p["ci95"] and p["ci95"][0] <= actual <= p["ci95"][1])
+            heldout.update(actual_loss=actual, error_pct=primary["error_pct"], inside_ci=primary["inside_ci"],
+                           curve=read_curve(rec.out_dir), run_id=rec.run_id, wall_s=rec.wall_s, step_time_s=rec.step_time_s)
+    fit_summary = {"param_kind": "non_embedding", "approach3": _law_dict(fits["approach3"]), "approach2": fits["approach2"],
+                   "envelope": fits["envelope"], "n_opt_fit": fits["n_opt_fit"], "d_opt_fit": fits["d_opt_fit"]}
+    analysis = {
+        "ladder": design.name, "design": {k: v for k, v in design.__dict__.items()},
+        "points": [_point_dict(r) for r in runs if r is not None], "parabolas": [p for p in fits["parabolas"] if p["interior"]],
+        "n_opt_fit": fits["n_opt_fit"], "d_opt_fit": fits["d_opt_fit"],
+        "curves": V.curves(fits, held_point.flops), "heldout": heldout, "fits": fit_summary,
+    }
+    atomic_write_json(out / "analysis.json", _finite(analysis))
+    from isoflop.report import write_report
+
+    report = write_report(analysis, out)
+    counts = {s: sum(1 for v in outcome.values() if v == s) for s in ("finished", "failed", "skipped")}
+    summary = {"ladder": design.name, "out_dir": str(out), "runs": {"total": len(outcome), **counts},
+               "heldout": {k: v for k, v in heldout.items() if k != "curve"}, "fit": fit_summary,
+               "report": str(report), "wall_s": time.perf_counter() - start}
+    atomic_write_json(out / "summary.json", _finite(summary))
+    return summary
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: tuples to lists, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

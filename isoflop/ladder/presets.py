@@ -1,0 +1,30 @@
+"""Named ladders for ``isoflop ladder`` and ``isoflop quickstart``: larger presets spend more compute on more
+budgets, which gives a longer, more accurate extrapolation base. Budgets are training FLOPs (exact accounting).
+
+``smoke`` only checks the machinery in about a minute; ``quick`` fits the quickstart's 5 minutes on 2 CPU cores (``python -m isoflop quickstart``, measured in the
+README); ``medium`` and ``large`` take roughly 4x and 16x longer.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from isoflop.errors import IsoflopError
+from isoflop.ladder.grid import LadderDesign
+
+PRESETS: dict[str, LadderDesign] = {
+    # A smoke test of the machinery (about a minute; too small to predict well): 3 MB of the corpus.
+    "smoke": LadderDesign(name="smoke", budgets=(4e9, 8e9, 1.6e10), sizes=4, size_ratio=2.0, eval_batches=4,
+                          bootstrap=50, max_extensions=0, extra_data={"max_bytes": 3_000_000}),
+    "quick": LadderDesign(name="quick", budgets=(8e10, 1.6e11, 3.2e11), sizes=4, size_ratio=2.0, tokens_per_param=40.0),
+    "medium": LadderDesign(name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8),
+    "large": LadderDesign(name="large", budgets=(1e11, 2e11, 4e11, 8e11, 1.6e12, 3.2e12), sizes=5, size_ratio=1.8,
+                          seq_len=128, batch_seqs=16),
+}
+
+
+def get_preset(name: str) -> LadderDesign:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=2, cutoff=0.3)
+        raise IsoflopError(f"unknown ladder preset {name!r}; {'did you mean ' + ', '.join(close) + '?' if close else 'use ' + ', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,341 @@
+"""Fitting scaling laws: the three approaches of Hoffmann et al. 2022 (Sec. 3.1-3.3).
+
+* Approach 1 (Sec. 3.1): the lower envelope of loss against FLOPs; at each compute level the run with the
+  lowest loss gives ``(C, N_opt, D_opt)``; power laws ``N_opt = k_N C^a`` and ``D_opt = k_D C^b`` are fitted
+  through them by least squares in log-log space.
+* Approach 2 (Sec. 3.2): IsoFLOP profiles; per budget a parabola in ``log N`` through the losses, its minimum
+  is ``N_opt(C)``; then the same power laws. The minimum loss per budget is also fitted by a saturating power
+  law ``L_min(C) = L_inf + (C_0 / C)^gamma``.
+* Approach 3 (Sec. 3.3, Eq. 2-3): the parametric law ``E + A / N^alpha + B / D^beta`` by a Huber loss
+  (delta 1e-3) on log loss in the log-sum-exp parameterisation, minimised with L-BFGS from several starts.
+
+Approach 3 is fast because for fixed exponents ``(alpha, beta)`` the law is linear in ``(E, A, B)``: a batch
+of weighted linear least-squares solves over an exponent grid gives starting points close to the optimum, and
+only the best few are refined by L-BFGS-B with the analytic gradient of ``isoflop.laws.huber``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.optimize import minimize
+
+from isoflop.errors import IsoflopError
+from isoflop.laws import huber as H
+
+if TYPE_CHECKING:
+    from isoflop.laws.forms import AllocationLaw, Law, SaturatingPowerLaw
+
+# Exponent grid for the linear least-squares starting points (Approach 3).
+_ALPHA_GRID = np.linspace(0.02, 1.5, 38)
+_LBFGS_OPTIONS = {"maxiter": 5000, "maxfun": 20000, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20}
+
+
+def check_runs(n: np.ndarray, d: np.ndarray, loss: np.ndarray, minimum: int, what: str) -> tuple[np.ndarray, ...]:
+    """Validate run arrays: same length, finite, positive, and at least ``minimum`` points."""
+    arrays = [np.asarray(x, dtype=float).ravel() for x in (n, d, loss)]
+    if len({len(x) for x in arrays}) != 1:
+        raise IsoflopError(f"N, D and loss have different lengths {[len(x) for x in arrays]}; give one value per run")
+    for name, x in zip(("N", "D", "loss"), arrays):
+        bad = ~np.isfinite(x) | (x <= 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise IsoflopError(f"{name} of run {i} is {x[i]!r}: values must be finite and positive; fix or drop that run")
+    if len(arrays[0]) < minimum:
+        raise IsoflopError(f"{what} needs at least {minimum} runs, got {len(arrays[0])}; add runs or choose another approach")
+    return tuple(arrays)
+
+
+def drop_highest_loss(n: np.ndarray, d: np.ndarray, loss: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Drop the ``k`` runs with the highest loss (Besiroglu et al. 2024 drop the 5 highest-loss points)."""
+    if k < 0:
+        raise IsoflopError(f"--drop-highest-loss must be >= 0, got {k}")
+    if k == 0:
+        return n, d, loss
+    if k >= len(loss):
+        raise IsoflopError(f"cannot drop {k} of {len(loss)} runs; drop fewer")
+    keep = np.sort(np.argsort(loss, kind="stable")[: len(loss) - k])
+    return n[keep], d[keep], loss[keep]
+
+
+# Approach 3 -------------------------------------------------------------------------------------
+@dataclass
+class Approach3Result:
+    theta: np.ndarray  # (a, b, e, alpha, beta)
+    objective: float
+    converged: bool
+    n_starts: int
+    n_evals: int
+
+    @property
+    def params(self) -> dict[str, float]:
+        a, b, e, alpha, beta = (float(x) for x in self.theta)
+        return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha, "beta": beta}
+
+
+def linear_starts(
+    log_n: np.ndarray, log_d: np.ndarray, loss: np.ndarray, weights: np.ndarray | None = None,
+    grid: np.ndarray = _ALPHA_GRID,
+) -> np.ndarray:
+    """Starting points ``(a, b, e, alpha, beta)``: for each ``(alpha, beta)`` on ``grid x grid`` solve the
+    linear least squares ``L_i ~ E + A N_i^-alpha + B D_i^-beta`` with relative weights ``1 / L_i`` (so the
+    residuals approximate the log residuals of the Huber objective). Returns shape ``(len(grid)^2, 5)``."""
+    al, be = (x.ravel() for x in np.meshgrid(grid, grid, indexing="ij"))
+    w = 1.0 / loss if weights is None else np.sqrt(weights) / loss
+    xn = np.exp(-al[:, None] * log_n[None, :])
+    xd = np.exp(-be[:, None] * log_d[None, :])
+    X = np.stack([np.ones_like(xn), xn, xd], axis=2) * w[None, :, None]  # (P, n, 3)
+    y = loss * w
+    gram = np.einsum("pni,pnj->pij", X, X)
+    rhs = np.einsum("pni,n->pi", X, y)
+    scale = np.sqrt(np.einsum("pii->pi", gram)) + 1e-300  # Jacobi scaling for conditioning
+    gram_s = gram / scale[:, :, None] / scale[:, None, :]
+    coef = np.linalg.solve(gram_s + 1e-12 * np.eye(3), (rhs / scale)[..., None])[..., 0] / scale
+    floor = 1e-6 * np.min(loss)
+    e_, a_, b_ = (np.log(np.maximum(coef[:, i], floor)) for i in range(3))
+    return np.stack([a_, b_, e_, al, be], axis=1)
+
+
+def _refine(theta0: np.ndarray, log_n, log_d, log_l, weights) -> tuple[np.ndarray, float, bool, int]:
+    res = minimize(
+        H.objective_and_grad, theta0, args=(log_n, log_d, log_l, weights), jac=True, method="L-BFGS-B",
+        options=_LBFGS_OPTIONS,
+    )
+    ok = bool(np.all(np.isfinite(res.x)) and np.isfinite(res.fun))
+    return res.x, float(res.fun), ok, int(res.nfev)
+
+
+def fit_approach3(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, weights: np.ndarray | None = None, n_refine: int = 6,
+    start: np.ndarray | None = None,
+) -> Approach3Result:
+    """Approach 3 (Hoffmann et al. 2022, Eq. 3): Huber (delta 1e-3) on log loss, log-sum-exp form, L-BFGS-B.
+
+    ``n_refine`` distinct best linear-least-squares starts are refined (plus ``start`` if given, e.g. the
+    full-data optimum during a bootstrap). The result is polished by restarting L-BFGS-B from the best point
+    until the objective stops improving. Raises ``IsoflopError`` when no start reaches a finite optimum.
+    """
+    with H.single_threaded_blas():
+        return _fit_approach3(n, d, loss, weights, n_refine, start)
+
+
+def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result:
+    n, d, loss = check_runs(n, d, loss, 5, "Approach 3 (five parameters)")
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
+    w = None if weights is None else np.asarray(weights, dtype=float)
+    starts = [] if start is None else [np.asarray(start, dtype=float)]
+    if n_refine > 0:
+        cand = linear_starts(log_n, log_d, loss, w)
+        obj = H.batch_objective(cand, log_n, log_d, log_l, w)
+        order = np.argsort(np.where(np.isfinite(obj), obj, np.inf))
+        starts.extend(cand[order[:n_refine]])
+    best, best_f, evals, any_ok = None, np.inf, 0, False
+    for theta0 in starts:
+        x, f, ok, nfev = _refine(theta0, log_n, log_d, log_l, w)
+        evals += nfev
+        if ok and f < best_f:
+            best, best_f, any_ok = x, f, True
+    if not any_ok:
+        raise IsoflopError("Approach 3 did not converge to a finite optimum; check the runs (too few, or loss not decreasing with N and D)")
+    for _ in range(20):  # polish: L-BFGS-B restarts from its own optimum while that still helps
+        x, f, ok, nfev = _refine(best, log_n, log_d, log_l, w)
+        evals += nfev
+        if not ok or f >= best_f * (1 - 1e-12):
+            break
+        best, best_f = x, f
+    if not theta_is_sane(best):
+        a, b, e, alpha, beta = best
+        raise IsoflopError(
+            f"Approach 3 did not converge (alpha {alpha:.3g}, beta {beta:.3g}, log A {a:.3g}, log B {b:.3g}); the runs do not "
+            "constrain the law: add runs over a wider range of N and D"
+        )
+    return Approach3Result(theta=best, objective=best_f, converged=True, n_starts=len(starts), n_evals=evals)
+
+
+MAX_EXPONENT = 3.0  # published LLM exponents are 0.05-0.8 (Kaplan 2020; Hoffmann 2022; Besiroglu 2024)
+MAX_LOG_COEF = 100.0  # A, B up to e^100: beyond that the term is numerically meaningless
+
+
+def theta_is_sane(theta: np.ndarray) -> bool:
+    """A usable Approach 3 optimum: finite parameters, ``log A, log B, log E <= 100`` and exponents in ``(0, 3]``.
+    Optima outside are what poorly conditioned data produce (A ~ 1e50 with alpha ~ 9): not reported as a law."""
+    theta = np.asarray(theta, dtype=float)
+    return bool(
+        np.all(np.isfinite(theta)) and np.all(theta[:3] <= MAX_LOG_COEF)
+        and 0 < theta[3] <= MAX_EXPONENT and 0 < theta[4] <= MAX_EXPONENT
+    )
+
+
+def fit_warnings(params: dict[str, float], loss: np.ndarray) -> list[str]:
+    """Signs that the runs constrain the law poorly (reported with the fit, never silently)."""
+    out = []
+    if params["E"] < 0.05 * float(np.min(loss)):
+        out.append(f"E = {params['E']:.3g} is near zero: the runs do not pin down the irreducible loss")
+    for key in ("alpha", "beta"):
+        if params[key] > 1.0:
+            out.append(f"{key} = {params[key]:.3g} is far above published values (0.1-0.8): too narrow a range of N or D")
+    return out
+
+
+# One-variable saturating power law --------------------------------------------------------------
+def fit_saturating(x: np.ndarray, loss: np.ndarray) -> "SaturatingPowerLaw":
+    """Fit ``L = L_inf + (x0 / x)^alpha`` by least squares on log loss.
+
+    Starts: for ``L_inf`` at fractions of ``min(L)`` the law is a straight line ``log(L - L_inf) = alpha log x0 -
+    alpha log x``, solved by linear regression; the best start is refined with L-BFGS-B over
+    ``(log L_inf, log x0, alpha)``. Raises ``IsoflopError`` when the data do not decrease or the fit diverges.
+    """
+    from isoflop.laws.forms import SaturatingPowerLaw
+
+    x, _, loss = check_runs(x, np.ones_like(np.asarray(x, dtype=float)), loss, 3, "a saturating power law (3 parameters)")
+    lx, ll = np.log(x), np.log(loss)
+
+    def sse(p: np.ndarray) -> float:
+        linf, lx0, alpha = p
+        with np.errstate(over="ignore", invalid="ignore"):
+            pred = np.logaddexp(linf, alpha * (lx0 - lx))
+        val = float(np.sum((pred - ll) ** 2))
+        return val if np.isfinite(val) else 1e300
+
+    best = None
+    for frac in (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995):
+        linf = frac * loss.min()
+        slope, icpt = np.polyfit(lx, np.log(loss - linf), 1)
+        alpha = -slope
+        if alpha <= 0:
+            continue
+        p0 = np.array([np.log(max(linf, 1e-6 * loss.min())), icpt / alpha, alpha])
+        f0 = sse(p0)
+        if best is None or f0 < best[1]:
+            best = (p0, f0)
+    if best is None:
+        raise IsoflopError("loss does not decrease with x; a saturating power law does not fit these points")
+    with H.single_threaded_blas():
+        res = minimize(sse, best[0], method="L-BFGS-B", options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+    linf, lx0, alpha = res.x
+    if not (np.all(np.isfinite(res.x)) and alpha > 0 and np.isfinite(np.exp(lx0))):
+        raise IsoflopError("the saturating power-law fit did not converge; add points over a wider range")
+    law = SaturatingPowerLaw("fitted", "fitted by isoflop (least squares on log loss)", L_inf=float(np.exp(linf)), x0=float(np.exp(lx0)), alpha=float(alpha))
+    law.info = {"sse_log": float(res.fun), "n_points": int(len(x))}
+    return law
+
+
+def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray, extra: tuple = ()) -> dict[str, float]:
+    """Least squares on log loss for a law with positive parameters, ``law.predict(n, d, *extra)``, from ``law``'s
+    current parameters (L-BFGS-B over log parameters). Used by ``KaplanLaw`` and ``DataConstrainedLaw``."""
+    n, d, loss = check_runs(n, d, loss, len(law.param_names) + 1, f"a {law.form} fit")
+    names, ll = law.param_names, np.log(loss)
+    p0 = np.log([law.params[k] for k in names])
+
+    def sse(lp: np.ndarray) -> float:
+        with np.errstate(all="ignore"):
+            pred = law.with_params(dict(zip(names, np.exp(lp)))).predict(n, d, *extra)
+            val = float(np.sum((np.log(pred) - ll) ** 2))
+        return val if np.isfinite(val) else 1e300
+
+    with H.single_threaded_blas():
+        res = minimize(sse, p0, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
+    if not np.all(np.isfinite(np.exp(res.x))) or res.fun >= 1e300:
+        raise IsoflopError(f"the {law.form} fit did not converge; start from other parameters or add runs")
+    return dict(zip(names, (float(v) for v in np.exp(res.x))))
+
+
+# Approaches 1 and 2 ------------------------------------------------------------------------------
+def _power_law(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least squares ``log y = exponent log C + log k``; returns ``(k, exponent)``."""
+    slope, icpt = np.polyfit(np.log(c), np.log(y), 1)
+    return float(np.exp(icpt)), float(slope)
+
+
+def _allocation(points: list[dict[str, float]], approach: int, loss_law: "SaturatingPowerLaw | None") -> "AllocationLaw":
+    from isoflop.laws.forms import AllocationLaw
+
+    c = np.array([p["C"] for p in points])
+    k_n, a = _power_law(c, np.array([p["N_opt"] for p in points]))
+    k_d, b = _power_law(c, np.array([p["D_opt"] for p in points]))
+    law = AllocationLaw(f"approach{approach}", f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}", loss=loss_law, k_N=k_n, a=a, k_D=k_d, b=b)
+    law.minima = points
+    law.info = {"approach": approach, "n_budgets": len(points)}
+    return law
+
+
+def _loss_vs_compute(points: list[dict[str, float]]) -> "SaturatingPowerLaw | None":
+    if len(points) < 4:
+        return None
+    try:
+        return fit_saturating(np.array([p["C"] for p in points]), np.array([p["loss"] for p in points]))
+    except IsoflopError:
+        return None
+
+
+def fit_approach1(n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None) -> "AllocationLaw":
+    """Approach 1 (Hoffmann et al. 2022, Sec. 3.1): the lower envelope of loss against FLOPs.
+
+    A run (or a point on a training curve) is on the envelope when every run with less compute has a higher
+    loss; envelope points give ``(C, N, D)`` and power laws are fitted through them. ``c`` defaults to ``6 N D``.
+    """
+    n, d, loss = check_runs(n, d, loss, 3, "Approach 1")
+    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 1")[0]
+    order = np.lexsort((loss, c))
+    points, best = [], np.inf
+    for i in order:
+        if loss[i] < best:
+            best = loss[i]
+            points.append({"C": float(c[i]), "N_opt": float(n[i]), "D_opt": float(d[i]), "loss": float(loss[i])})
+    if len({p["N_opt"] for p in points}) < 2 or len(points) < 3:
+        raise IsoflopError(f"the loss envelope has only {len(points)} points with {len({p['N_opt'] for p in points})} model sizes; Approach 1 needs runs of several sizes over a range of compute")
+    law = _allocation(points, 1, _loss_vs_compute(points))
+    law._data = (n, d, loss, c)
+    return law
+
+
+def group_budgets(c: np.ndarray, tolerance_dex: float = 0.05) -> np.ndarray:
+    """Group runs into IsoFLOP budgets: sorted ``log10 C`` values split wherever a gap exceeds ``tolerance_dex``."""
+    lc = np.log10(c)
+    order = np.argsort(lc)
+    labels = np.empty(len(c), dtype=int)
+    group = 0
+    for k, i in enumerate(order):
+        if k and lc[i] - lc[order[k - 1]] > tolerance_dex:
+            group += 1
+        labels[i] = group
+    return labels
+
+
+def fit_approach2(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None, *, groups: np.ndarray | None = None,
+    tolerance_dex: float = 0.05,
+) -> "AllocationLaw":
+    """Approach 2 (Hoffmann et al. 2022, Sec. 3.2): IsoFLOP profiles.
+
+    Runs are grouped by budget (``groups``, else by ``group_budgets``); in each group with at least three model
+    sizes a parabola ``L = p0 + p1 x + p2 x^2`` in ``x = log N`` is fitted and its vertex, when the parabola
+    opens upwards and the vertex lies inside the sizes tried, is ``(N_opt, L_min)`` with ``D_opt = C / (6 N_opt)``.
+    Power laws through the vertices give ``N_opt(C)`` and ``D_opt(C)``.
+    """
+    n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
+    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
+    labels = group_budgets(c, tolerance_dex) if groups is None else np.asarray(groups)
+    points, skipped = [], 0
+    for g in np.unique(labels):
+        idx = labels == g
+        x = np.log(n[idx])
+        if len(np.unique(np.round(x, 6))) < 3:
+            skipped += 1
+            continue
+        p2, p1, p0 = np.polyfit(x, loss[idx], 2)
+        vertex = -p1 / (2 * p2) if p2 > 0 else np.nan
+        if not (np.isfinite(vertex) and x.min() <= vertex <= x.max()):
+            skipped += 1
+            continue
+        budget = float(np.exp(np.mean(np.log(c[idx]))))
+        n_opt = float(np.exp(vertex))
+        points.append({"C": budget, "N_opt": n_opt, "D_opt": budget / (6 * n_opt), "loss": float(p0 + p1 * vertex + p2 * vertex**2), "runs": int(idx.sum())})
+    if len(points) < 2:
+        raise IsoflopError(f"only {len(points)} IsoFLOP budget(s) have an interior parabola minimum ({skipped} skipped); Approach 2 needs at least 2 budgets with 3+ model sizes around the optimum")
+    law = _allocation(points, 2, _loss_vs_compute(points))
+    law.info["budgets_skipped"] = skipped
+    law._data = (n, d, loss, c, labels)  # a bootstrap resamples runs and keeps their budget labels
+    return law

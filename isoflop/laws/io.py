@@ -1,0 +1,131 @@
+"""Reading runs for a fit: CSV, Parquet or JSONL with one run per row.
+
+Columns are named by flags or found among common names: ``N`` (parameters), ``D`` (tokens) or ``C`` (training
+FLOPs, then ``D = C / 6N``, Kaplan et al. 2020 Sec. 2.1), and the loss. Every value must be finite and positive;
+a bad value is an error naming its row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isoflop.errors import IsoflopError
+
+N_NAMES = ("N", "n", "params", "n_params", "parameters", "Model Size", "model_size")
+D_NAMES = ("D", "d", "tokens", "n_tokens", "train_tokens", "Training Tokens")
+C_NAMES = ("C", "c", "flops", "FLOPs", "compute", "Training FLOP", "training_flops")
+LOSS_NAMES = ("loss", "Loss", "final_loss", "eval_loss", "val_loss")
+
+
+@dataclass
+class Runs:
+    n: np.ndarray
+    d: np.ndarray
+    loss: np.ndarray
+    c: np.ndarray
+    columns: dict[str, str]  # role -> column used
+    source: str
+
+
+def read_table(path: str | Path) -> dict[str, list[Any]]:
+    """Columns of a CSV, Parquet or JSONL file as lists (one entry per row)."""
+    path = Path(path)
+    if not path.is_file():
+        raise IsoflopError(f"runs file {path} does not exist; give a CSV, Parquet or JSONL file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise IsoflopError("reading Parquet needs pyarrow; `pip install pyarrow` or convert the file to CSV") from None
+        try:
+            return pq.read_table(path).to_pydict()
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise IsoflopError(f"malformed Parquet file {path}: {exc}") from None
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        rows: list[dict[str, Any]] = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise IsoflopError(f"malformed JSONL in {path}, line {i}: {exc.msg}; one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise IsoflopError(f"{path}, line {i} is not a JSON object; one object per run")
+            rows.append(row)
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        return {k: [row.get(k) for row in rows] for k in keys}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise IsoflopError(f"{path} has no header row; the first line must name the columns")
+        table: dict[str, list[Any]] = {k: [] for k in reader.fieldnames}
+        for row in reader:
+            for k in reader.fieldnames:
+                table[k].append(row.get(k))
+    return table
+
+
+def _pick(table: dict[str, list[Any]], flag: str | None, names: tuple[str, ...], role: str, option: str) -> str | None:
+    if flag is not None:
+        if flag not in table:
+            raise IsoflopError(f"column {flag!r} ({role}) is not in the file; columns are: {', '.join(table)}")
+        return flag
+    return next((name for name in names if name in table), None)
+
+
+def _numbers(table: dict[str, list[Any]], column: str, source: str) -> np.ndarray:
+    out = np.empty(len(table[column]))
+    for i, value in enumerate(table[column]):
+        try:
+            out[i] = float(value)
+        except (TypeError, ValueError):
+            raise IsoflopError(f"{source}: row {i + 1}, column {column!r} is {value!r}, not a number; fix or drop that row") from None
+        if not (np.isfinite(out[i]) and out[i] > 0):
+            raise IsoflopError(f"{source}: row {i + 1}, column {column!r} is {value!r}; values must be finite and positive")
+    return out
+
+
+def read_runs(
+    path: str | Path, *, n_col: str | None = None, d_col: str | None = None, c_col: str | None = None,
+    loss_col: str | None = None, where: dict[str, str] | None = None,
+) -> Runs:
+    """Runs from ``path``. ``where`` keeps rows whose column equals a value (e.g. ``{"train_dataset": "c4_original"}``)."""
+    table = read_table(path)
+    source = str(path)
+    if where:
+        for col, value in where.items():
+            if col not in table:
+                raise IsoflopError(f"filter column {col!r} is not in the file; columns are: {', '.join(table)}")
+            keep = [str(v) == value for v in table[col]]
+            if not any(keep):
+                raise IsoflopError(f"no row has {col} == {value!r}; values are: {', '.join(sorted({str(v) for v in table[col]}))}")
+            table = {k: [v for v, ok in zip(vals, keep) if ok] for k, vals in table.items()}
+    n_name = _pick(table, n_col, N_NAMES, "parameters", "--n-col")
+    loss_name = _pick(table, loss_col, LOSS_NAMES, "loss", "--loss-col")
+    d_name = _pick(table, d_col, D_NAMES, "tokens", "--d-col") if c_col is None else None
+    c_name = _pick(table, c_col, C_NAMES, "FLOPs", "--c-col") if d_name is None else None
+    missing = [flag for flag, name in (("--n-col", n_name), ("--loss-col", loss_name)) if name is None]
+    if d_name is None and c_name is None:
+        missing.append("--d-col or --c-col")
+    if missing:
+        raise IsoflopError(f"{source}: could not find the column(s) for {', '.join(missing)}; columns are: {', '.join(table)}")
+    n = _numbers(table, n_name, source)
+    loss = _numbers(table, loss_name, source)
+    if d_name is not None:
+        d = _numbers(table, d_name, source)
+        c = 6.0 * n * d
+    else:
+        c = _numbers(table, c_name, source)
+        d = c / (6.0 * n)
+    if len(n) == 0:
+        raise IsoflopError(f"{source} has no runs; add rows")
+    columns = {"N": n_name, "loss": loss_name, **({"D": d_name} if d_name else {"C": c_name})}
+    return Runs(n=n, d=d, loss=loss, c=c, columns=columns, source=source)

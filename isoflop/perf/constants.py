@@ -1,0 +1,122 @@
+"""Performance-model constants: built-in data (``constants.yaml``) merged with a calibration file.
+
+``load_constants(gpu)`` = ``defaults`` <- ``gpus[gpu]`` <- calibration file ``[gpu]``. The calibration file
+is ``$ISOFLOP_CALIBRATION`` if set, else ``~/.config/isoflop/calibration.yaml``; it maps a GPU name to
+``{constant: value}``. ``isoflop calibrate`` writes it; this module only reads it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from isoflop.errors import IsoflopError
+
+CALIBRATION_ENV = "ISOFLOP_CALIBRATION"
+DEFAULT_CALIBRATION = Path("~/.config/isoflop/calibration.yaml")
+
+
+class PerfConstants(BaseModel):
+    """Every tunable number of the model; see ``constants.yaml`` for the meaning and source of each."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpu_name: str | None = None
+    gemm_eff_max: float
+    gemm_half_dim: float
+    flash_fwd_eff: float
+    flash_bwd_eff: float
+    flash_half_seq: float
+    flash_bwd_flop_ratio: float
+    hbm_eff: float
+    elementwise_passes: float
+    loss_bytes_per_logit: float
+    logits_mem_bytes_per_logit: float
+    intra_node_eff: float
+    inter_node_eff: float
+    tp_overlap: float
+    dp_overlap: float
+    fsdp_overlap: float
+    cp_overlap: float
+    pp_overlap: float
+    pcie_gbps: float
+    cpu_adam_params_per_s: float
+    step_overhead_s: float
+    kernel_launch_s: float
+    kernels_per_layer: float
+    kernels_head: float
+    act_bytes: float
+    grad_bytes_mixed: float
+    fp8_weight_copy_bytes: float
+    ddp_bucket_mib: float
+    fsdp_prefetch_layers: float
+    fixed_overhead_gib: float
+    allocator_fraction: float
+
+    def replace(self, **changes: Any) -> "PerfConstants":
+        return PerfConstants(**{**self.model_dump(), **changes})
+
+
+@lru_cache(maxsize=1)
+def _builtin() -> dict[str, Any]:
+    text = resources.files("isoflop.perf").joinpath("constants.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def calibratable() -> list[str]:
+    """Names of the constants a calibration may fit (``calibratable`` in constants.yaml)."""
+    return list(_builtin()["calibratable"])
+
+
+def calibration_path() -> Path:
+    """The calibration file that ``load_constants`` reads (it may not exist)."""
+    env = os.environ.get(CALIBRATION_ENV)
+    return Path(env).expanduser() if env else DEFAULT_CALIBRATION.expanduser()
+
+
+def _check_values(values: dict[str, Any], origin: str) -> dict[str, float]:
+    known = set(PerfConstants.model_fields) - {"gpu_name"}
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise IsoflopError(f"{origin}: unknown constant {key!r}; use one of {', '.join(sorted(known))}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise IsoflopError(f"{origin}: constant {key} must be a finite number >= 0, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _calibration(gpu_name: str) -> dict[str, float]:
+    path = calibration_path()
+    if not path.is_file():
+        if os.environ.get(CALIBRATION_ENV):
+            raise IsoflopError(f"calibration file {path} does not exist; fix ${CALIBRATION_ENV} or unset it")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise IsoflopError(f"malformed calibration file {path}: {str(exc).splitlines()[0]}; fix or delete it") from None
+    if not isinstance(data, dict):
+        raise IsoflopError(f"calibration file {path} must map GPU names to {{constant: value}}; fix or delete it")
+    entry = data.get(gpu_name) or {}
+    if not isinstance(entry, dict):
+        raise IsoflopError(f"calibration file {path}: entry {gpu_name!r} must be a mapping of constants")
+    return _check_values(entry, f"calibration file {path} [{gpu_name}]")
+
+
+def load_constants(gpu_name: str | None = None) -> PerfConstants:
+    """Built-in defaults, then the GPU's built-in overrides, then the calibration file's entry for it."""
+    data = _builtin()
+    values = dict(data["defaults"])
+    if gpu_name is not None:
+        key = gpu_name.strip().lower()
+        values.update(data.get("gpus", {}).get(key, {}))
+        values.update(_calibration(key))
+    return PerfConstants(gpu_name=gpu_name, **values)

@@ -1,0 +1,168 @@
+"""Parallel layouts: the ``Layout`` knobs, their validation, and the array form the model evaluates.
+
+Rank placement follows Megatron-LM's order (Narayanan et al. 2021, Sec. 3): tensor parallel innermost
+(inside a node), then context parallel, then data parallel, then pipeline parallel outermost. Expert
+parallelism is carved out of the data x context group (Megatron-Core MoE), so ``tp*pp*dp*cp = n_gpus``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+
+from isoflop.errors import IsoflopError
+from isoflop.spec.model import ModelSpec
+
+RECOMPUTE = ("none", "selective", "full")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
+OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
+KNOBS = ("tp", "pp", "dp", "cp", "ep", "zero", "recompute", "sequence_parallel", "micro_batch", "interleave",
+         "offload", "replicate")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One way to spread a training step over GPUs.
+
+    ``zero``: 0 = plain data parallel (DDP), 1 = optimizer states sharded, 2 = + gradients, 3 = + weights
+    (Rajbhandari et al. 2020; FSDP NO_SHARD / SHARD_GRAD_OP / FULL_SHARD). ``replicate`` > 1 with ZeRO-3 is
+    HSDP: shards within groups of ``dp*cp/replicate`` GPUs, replicated across ``replicate`` groups.
+    ``interleave`` is the number of virtual pipeline stages per GPU (Narayanan et al. 2021, Sec. 2.2.2).
+    ``offload`` moves the optimizer states (fp32 master, moments) to the CPU (ZeRO-Offload, Ren et al. 2021).
+    ``dtype``: ``bf16``/``fp16`` = low-precision weights and gradients with fp32 master weights (ZeRO's
+    recipe); ``fp8`` = bf16 plus fp8 weight copies and fp8 GEMMs; ``amp`` = ``torch.autocast`` to bf16 over
+    fp32 weights (PyTorch's default recipe); ``fp32`` = no mixed precision.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    cp: int = 1
+    ep: int = 1
+    zero: Literal[0, 1, 2, 3] = 0
+    recompute: Literal["none", "selective", "full"] = "none"
+    sequence_parallel: bool = False
+    micro_batch: int = 1
+    interleave: int = 1
+    offload: bool = False
+    dtype: Literal["fp32", "bf16", "fp16", "fp8", "amp"] = "bf16"
+    optimizer: Literal["adamw", "sgd", "adafactor", "adam8bit"] = "adamw"
+    replicate: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "Layout":
+        return Layout(**{**asdict(self), **changes})
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def peak_dtype(dtype: str) -> str:
+    """The dtype whose tensor-core peak the GEMMs run at (``amp`` computes in bf16)."""
+    return "bf16" if dtype == "amp" else dtype
+
+
+def microbatches(layout: Layout, global_batch: int) -> int:
+    """Microbatches per pipeline per step, ``m = B / (dp * micro_batch)``."""
+    return global_batch // (layout.dp * layout.micro_batch)
+
+
+def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, seq_len: int) -> None:
+    """Raise ``IsoflopError`` naming the first violated constraint of ``layout``."""
+    lay = layout
+    for name in ("tp", "pp", "dp", "cp", "ep", "micro_batch", "interleave", "replicate"):
+        if not isinstance(getattr(lay, name), (int, np.integer)) or getattr(lay, name) < 1:
+            raise IsoflopError(f"{name} must be a positive integer, got {getattr(lay, name)!r}")
+    if n_gpus < 1:
+        raise IsoflopError(f"--gpus must be a positive integer, got {n_gpus}")
+    if global_batch < 1 or seq_len < 1:
+        raise IsoflopError(f"global batch and sequence length must be positive, got {global_batch} and {seq_len}")
+    if lay.zero not in (0, 1, 2, 3):
+        raise IsoflopError(f"zero must be 0, 1, 2 or 3, got {lay.zero!r}")
+    if lay.recompute not in RECOMPUTE:
+        raise IsoflopError(f"recompute must be one of {', '.join(RECOMPUTE)}, got {lay.recompute!r}")
+    if lay.dtype not in PRECISIONS:
+        raise IsoflopError(f"dtype must be one of {', '.join(PRECISIONS)}, got {lay.dtype!r}")
+    if lay.optimizer not in OPTIMIZERS:
+        raise IsoflopError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {lay.optimizer!r}")
+    product = lay.tp * lay.pp * lay.dp * lay.cp
+    if product != n_gpus:
+        raise IsoflopError(
+            f"tp*pp*dp*cp = {lay.tp}*{lay.pp}*{lay.dp}*{lay.cp} = {product} must equal the GPU count {n_gpus}; "
+            "change a degree (or leave --dp out to derive it)"
+        )
+    if spec.n_heads % lay.tp:
+        raise IsoflopError(f"tp={lay.tp} does not divide n_heads={spec.n_heads}; use a divisor of the head count")
+    if spec.kv_heads % lay.tp and lay.tp % spec.kv_heads:
+        raise IsoflopError(f"tp={lay.tp} and n_kv_heads={spec.kv_heads} must divide one another (KV heads are split or replicated)")
+    if spec.n_layers % lay.pp:
+        raise IsoflopError(f"pp={lay.pp} does not divide n_layers={spec.n_layers}; use a divisor of the layer count")
+    if lay.interleave > 1 and (lay.pp == 1 or spec.n_layers % (lay.pp * lay.interleave)):
+        raise IsoflopError(
+            f"interleave={lay.interleave} needs pp > 1 and pp*interleave dividing n_layers={spec.n_layers}"
+        )
+    if seq_len % lay.cp:
+        raise IsoflopError(f"cp={lay.cp} does not divide seq_len={seq_len}; use a divisor of the sequence length")
+    if lay.ep > 1:
+        if not spec.is_moe:
+            raise IsoflopError(f"ep={lay.ep} needs a mixture-of-experts model; use ep=1 for dense models")
+        if spec.n_experts % lay.ep or (lay.dp * lay.cp) % lay.ep:
+            raise IsoflopError(f"ep={lay.ep} must divide n_experts={spec.n_experts} and dp*cp={lay.dp * lay.cp}")
+    if lay.sequence_parallel and lay.tp == 1:
+        raise IsoflopError("sequence parallel needs tp > 1; drop --sequence-parallel or raise --tp")
+    if lay.replicate > 1 and (lay.zero != 3 or (lay.dp * lay.cp) % lay.replicate):
+        raise IsoflopError(f"replicate={lay.replicate} (HSDP) needs zero=3 and must divide dp*cp={lay.dp * lay.cp}")
+    if global_batch % (lay.dp * lay.micro_batch):
+        raise IsoflopError(
+            f"global batch {global_batch} is not divisible by dp*micro_batch = {lay.dp}*{lay.micro_batch}; "
+            "choose a global batch that is a multiple of it"
+        )
+
+
+@dataclass
+class LayoutArrays:
+    """Layouts as parallel numpy arrays (one entry per candidate), the form the model evaluates."""
+
+    tp: np.ndarray
+    pp: np.ndarray
+    dp: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    zero: np.ndarray
+    recompute: np.ndarray  # 0 none, 1 selective, 2 full
+    sequence_parallel: np.ndarray
+    micro_batch: np.ndarray
+    interleave: np.ndarray
+    offload: np.ndarray
+    replicate: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.tp.shape[0])
+
+    @classmethod
+    def from_layouts(cls, layouts: list[Layout]) -> "LayoutArrays":
+        cols: dict[str, np.ndarray] = {}
+        for name in KNOBS:
+            values = [getattr(lay, name) for lay in layouts]
+            if name == "recompute":
+                values = [RECOMPUTE.index(v) for v in values]
+            dtype = bool if name in ("sequence_parallel", "offload") else np.int64
+            cols[name] = np.asarray(values, dtype=dtype)
+        return cls(**cols)
+
+    def take(self, index: np.ndarray) -> "LayoutArrays":
+        return LayoutArrays(**{name: getattr(self, name)[index] for name in KNOBS})
+
+    def layout(self, i: int, dtype: str, optimizer: str) -> Layout:
+        return Layout(
+            tp=int(self.tp[i]), pp=int(self.pp[i]), dp=int(self.dp[i]), cp=int(self.cp[i]), ep=int(self.ep[i]),
+            zero=int(self.zero[i]), recompute=RECOMPUTE[int(self.recompute[i])],  # type: ignore[arg-type]
+            sequence_parallel=bool(self.sequence_parallel[i]), micro_batch=int(self.micro_batch[i]),
+            interleave=int(self.interleave[i]), offload=bool(self.offload[i]), dtype=dtype,  # type: ignore[arg-type]
+            optimizer=optimizer, replicate=int(self.replicate[i]),  # type: ignore[arg-type]
+        )

@@ -1,0 +1,191 @@
+"""Memory per GPU for one training step, vectorised over candidate layouts (numpy arrays).
+
+* Model states (Rajbhandari et al. 2020, ZeRO, Sec. 3.1 and 5): mixed-precision Adam holds 2 bytes of
+  weights, 2 of gradients and K = 12 of fp32 master weights, momentum and variance per parameter; ZeRO-1
+  shards the K bytes over the data-parallel group, ZeRO-2 also the gradients, ZeRO-3 also the weights.
+  SGD-momentum keeps 4 (+4 master), Adafactor a factored second moment (Shazeer & Stern 2018, Sec. 3:
+  rows + columns per matrix), 8-bit Adam 2 bytes plus block statistics (Dettmers et al. 2022).
+* Activations per layer (Korthikanti et al. 2022, Sec. 4, Eq. 1-2): ``s b h (34 + 5 a s / h)`` for GPT with
+  dropout and unfused attention. isoflop assumes FlashAttention (no ``s^2`` term) and no dropout, and
+  counts the tensors autograd saves in a Llama/GPT block: 4 replicated ``h`` vectors per token (both norm
+  inputs, the QKV and MLP inputs; divided by ``t`` with sequence parallelism), and per tensor-parallel
+  shard Q, K, V, the attention output, the output-projection input, the log-sum-exp and the MLP's
+  hidden tensors (GELU 2 ``d_ff``; SwiGLU 4 ``d_ff``). Selective recomputation drops the attention core's
+  outputs; full recomputation keeps only each layer's input, ``2 s b h`` (Korthikanti Eq. 6), plus one
+  layer's full set during its backward (alive after the loss buffers are freed, so the peak takes the larger). Context parallelism divides the tokens by ``cp``.
+* Pipeline parallelism (Narayanan et al. 2021, Sec. 2.2; Korthikanti et al. 2022, Sec. 4.2.3): with 1F1B
+  the first stage keeps ``min(p, m)`` microbatches in flight; interleaving multiplies that by
+  ``1 + (p - 1) / (p v)``. The last stage holds the logits; the model reports the larger stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from isoflop.hardware import GPU
+from isoflop.perf.constants import PerfConstants
+from isoflop.perf.layout import LayoutArrays
+from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
+from isoflop.spec.model import ModelSpec
+
+GIB = 2.0**30
+MEMORY_KEYS = ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib", "logits_gib",
+               "comm_buffers_gib", "overhead_gib", "total_gib")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per parameter and per activation element for a dtype + optimizer recipe."""
+
+    weight: float
+    grad: float
+    optimizer: float  # master copy + optimizer states
+    act: float
+    optimizer_rw: float  # bytes the optimizer step reads + writes per parameter (for its HBM time)
+    resid: float = 2.0  # bytes per element of the residual stream (norm inputs): fp32 under autocast
+    weight_copy: float = 0.0  # bytes per matmul weight of the low-precision casts autocast saves for backward
+
+
+def precision(spec: ModelSpec, dtype: str, optimizer: str, const: PerfConstants) -> Precision:
+    """The bytes of a mixed-precision (bf16/fp16/fp8), autocast (amp) or fp32 recipe with ``optimizer``."""
+    mixed = dtype not in ("fp32", "amp")
+    master = 4.0 if mixed else 0.0
+    states = {
+        "adamw": 8.0,
+        "sgd": 4.0,
+        "adafactor": 4.0 * (1.0 / spec.d_model + 1.0 / max(spec.d_ff, spec.d_model)),
+        "adam8bit": 2.0 + 8.0 / 2048.0,
+    }[optimizer]
+    weight = 2.0 if mixed else 4.0
+    if dtype == "fp8":
+        weight += const.fp8_weight_copy_bytes
+    grad = const.grad_bytes_mixed if mixed else 4.0
+    # the step reads grad, master/weights and states, writes them back, and (mixed) re-casts the weights
+    rw = grad + 2.0 * (master + states) + (2.0 * 4.0 if not mixed else 2.0)
+    if dtype == "amp":  # torch.autocast: fp32 weights/grads/states, bf16 matmuls, fp32 residual stream
+        return Precision(4.0, 4.0, states, const.act_bytes, rw, resid=4.0, weight_copy=2.0)
+    act = const.act_bytes if mixed else 4.0
+    return Precision(weight, grad, master + states, act, rw, resid=act)
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters per GPU (after tensor/pipeline/expert sharding, before ZeRO) on the first and last stage."""
+
+    dense_first: np.ndarray
+    dense_last: np.ndarray
+    expert: np.ndarray  # expert parameters per GPU (same on every stage)
+    layer_dense: np.ndarray  # one layer's dense parameters per GPU
+    layer_expert: np.ndarray
+
+
+def stage_params(spec: ModelSpec, la: LayoutArrays) -> StageParams:
+    """Split the exact parameter count (``isoflop.spec.accounting``) over tp, pp and ep."""
+    tp, pp, ep = la.tp.astype(float), la.pp.astype(float), la.ep.astype(float)
+    d, V = spec.d_model, spec.vocab_size
+    one_mlp = _mlp_params(spec)
+    norms = 2 * _norm_params(spec)
+    router = d * spec.n_experts if spec.is_moe else 0
+    dense_mlp = (spec.n_shared_experts * one_mlp) if spec.is_moe else one_mlp
+    layer_dense = (_attention_params(spec) + dense_mlp) / tp + norms + router
+    layer_expert = (spec.n_experts * one_mlp) / (tp * ep) if spec.is_moe else np.zeros_like(tp)
+    layers = spec.n_layers / pp
+    embedding = V * d + (spec.max_seq_len * d if spec.position == "learned" else 0)
+    final_norm = _norm_params(spec)
+    single = pp == 1
+    head_first = np.where(single, final_norm + (0 if spec.tie_embeddings else V * d) / tp, 0.0)
+    dense_first = layers * layer_dense + embedding / tp + head_first
+    dense_last = np.where(single, dense_first, layers * layer_dense + V * d / tp + final_norm)
+    return StageParams(dense_first, dense_last, layers * layer_expert, layer_dense, layer_expert)
+
+
+def layer_activation_bytes(
+    spec: ModelSpec, la: LayoutArrays, seq_len: int, act: float, resid: float | None = None
+) -> dict[str, np.ndarray]:
+    """Bytes autograd keeps for one layer and one microbatch, by recompute policy (``none``,
+    ``selective``, ``full`` = kept input only) on one GPU. ``resid``: bytes per residual-stream element
+    (the two norm inputs; default ``act``)."""
+    resid = act if resid is None else resid
+    tp = la.tp.astype(float)
+    tokens = la.micro_batch * seq_len / la.cp
+    h, q, hd = spec.d_model, spec.q_dim, spec.dim_per_head
+    kv_local = np.maximum(spec.kv_heads / tp, 1.0) * hd
+    rep_div = np.where(la.sequence_parallel, tp, 1.0)
+    stat_bytes = (4.0 if spec.norm == "rmsnorm" else 8.0) * 2  # fp32 rstd (and mean) of the two norms
+    replicated = (2 * h * resid + 2 * h * act + stat_bytes) / rep_div  # norm inputs + QKV/MLP inputs
+    attn_in = (q / tp + 2 * kv_local) * act  # Q, K, V (saved by the attention kernel)
+    core_out = (q / tp) * act + (spec.n_heads / tp) * 4.0  # attention output + fp32 log-sum-exp
+    proj_in = (q / tp) * act  # output projection's input
+    hidden = (4 if spec.gated else 2) * spec.d_ff / tp * act
+    if spec.is_moe:
+        mlp = spec.top_k * (h * act + hidden) + spec.n_shared_experts * hidden + spec.n_experts * 8.0
+    else:
+        mlp = hidden
+    none = tokens * (replicated + attn_in + core_out + proj_in + mlp)
+    selective = none - tokens * core_out
+    full = tokens * h * resid / rep_div
+    return {"none": none, "selective": selective, "full": full}
+
+
+def memory_bytes(
+    spec: ModelSpec, gpu: GPU, la: LayoutArrays, global_batch: int, seq_len: int, dtype: str, optimizer: str,
+    const: PerfConstants,
+) -> dict[str, np.ndarray]:
+    """Peak bytes per GPU, by part, for the fuller of the first and the last pipeline stage."""
+    prec = precision(spec, dtype, optimizer, const)
+    sp = stage_params(spec, la)
+    shard = (la.dp * la.cp / la.replicate).astype(float)
+    shard_e = np.maximum(shard / la.ep, 1.0)
+    zero = la.zero
+
+    def states(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w = prec.weight * (dense / np.where(zero >= 3, shard, 1.0) + sp.expert / np.where(zero >= 3, shard_e, 1.0))
+        g = prec.grad * (dense / np.where(zero >= 2, shard, 1.0) + sp.expert / np.where(zero >= 2, shard_e, 1.0))
+        o = prec.optimizer * (dense / np.where(zero >= 1, shard, 1.0) + sp.expert / np.where(zero >= 1, shard_e, 1.0))
+        return w, g, np.where(la.offload, 0.0, o)
+
+    m = global_batch // (la.dp * la.micro_batch)
+    pp, v = la.pp.astype(float), la.interleave.astype(float)
+    layers = spec.n_layers / pp
+    per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid)
+    kept = np.select([la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"])
+    # full recompute: the layer being recomputed in the backward, plus its MLP's hidden-gradient buffers
+    hidden_grad = la.micro_batch * seq_len / la.cp * (2 if spec.gated else 1) * spec.d_ff / la.tp * prec.act
+    live = np.where(la.recompute == 2, per_layer["none"] + hidden_grad, 0.0)
+    inflight = np.minimum(pp, m) * np.where(la.interleave > 1, 1.0 + (pp - 1) / (pp * v), 1.0)
+    act_first = layers * kept * inflight
+    act_last = layers * kept
+    tokens = la.micro_batch * seq_len / la.cp
+    rep_div = np.where(la.sequence_parallel, la.tp, 1)
+    head_in = (spec.d_model * (prec.resid + prec.act) + (4.0 if spec.norm == "rmsnorm" else 8.0)) / rep_div  # final norm + head inputs
+    logits = tokens * (spec.vocab_size / la.tp * const.logits_mem_bytes_per_logit + head_in)
+    logits_first = np.where(la.pp == 1, logits, 0.0)
+
+    # autocast keeps a bf16 cast of every matmul weight (and bias) for the backward; ZeRO-3 casts per layer
+    norms_layer = 2 * _norm_params(spec)
+    matmul_layers = layers * (sp.layer_dense - norms_layer + sp.layer_expert)
+    head_w = spec.vocab_size * spec.d_model / la.tp
+    keep = np.where(zero >= 3, 0.0, prec.weight_copy)
+    copies = keep * (matmul_layers + np.where(la.pp == 1, head_w, 0.0))
+    copies_last = keep * (matmul_layers + head_w)
+    unsharded_layer = sp.layer_dense + sp.layer_expert
+    fsdp = const.fsdp_prefetch_layers * unsharded_layer * prec.weight + unsharded_layer * prec.grad
+    ddp = np.where(la.dp * la.cp > 1, 2 * const.ddp_bucket_mib * 2**20, 0.0)
+    p2p = np.where(la.pp > 1, 2 * tokens * spec.d_model * prec.act, 0.0)
+    comm = np.where(zero >= 3, fsdp, ddp) + p2p
+
+    out: dict[str, np.ndarray] = {}
+    parts = []
+    for dense, act, lg, cast in ((sp.dense_first, act_first, logits_first, copies), (sp.dense_last, act_last, logits, copies_last)):
+        w, g, o = states(dense)
+        act = act + np.maximum(0.0, live - lg)  # the recomputed layer lives after the loss buffers are freed
+        act = act + cast
+        tensors = w + g + o + act + lg + comm
+        overhead = const.fixed_overhead_gib * GIB + const.allocator_fraction * tensors
+        parts.append((w, g, o, act, lg, comm, overhead, tensors + overhead))
+    first_larger = parts[0][-1] >= parts[1][-1]
+    for key, a, b in zip(MEMORY_KEYS, parts[0], parts[1]):
+        out[key] = np.where(first_larger, a, b) * np.ones(len(la))
+    return out

@@ -1,0 +1,180 @@
+"""Step time of one optimizer step, vectorised over candidate layouts (numpy arrays).
+
+Model (all times per GPU; the slowest pipeline stage, i.e. the one holding the logits, sets the pace):
+
+* GEMMs: ``2 M N K`` FLOPs at ``peak * eff`` with ``eff = gemm_eff_max * d / (d + gemm_half_dim)``,
+  ``d = min(M, N, K)``, never faster than streaming the operands from HBM (roofline, Williams et al. 2009).
+  Backward = two GEMMs of the same size per forward GEMM (Kaplan et al. 2020, Sec. 2.1).
+* Attention: FlashAttention (Dao 2023) computes only the causal triangle, ``(s+1)/2`` keys per query;
+  forward at ``flash_fwd_eff``, backward ``flash_bwd_flop_ratio`` x the FLOPs at ``flash_bwd_eff``, both
+  scaled by ``s / (s + flash_half_seq)``.
+* Memory-bound operations (norms, residual adds, RoPE, activation function, cross-entropy, optimizer step):
+  bytes moved / (HBM bandwidth * ``hbm_eff``).
+* Communication (ring collectives, Thakur et al. 2005: all-reduce moves ``2 (g-1)/g`` of the message per GPU,
+  all-gather / reduce-scatter ``(g-1)/g``); a group spanning nodes is hierarchical: an intra-node phase on
+  NVLink, then ``1/k`` of the data per GPU over its own NIC (``k`` group members per node). Overlap:
+  tensor parallel (2 all-reduces forward + 2 backward per layer, Shoeybi et al. 2019; the same volume as
+  all-gather + reduce-scatter under sequence parallelism, Korthikanti et al. 2022) is exposed
+  x ``(1 - tp_overlap)``; data-parallel gradient reduction hides behind the last microbatch's backward
+  (``dp_overlap``); ZeRO-3/FSDP gathers and reduce-scatters every microbatch behind its compute
+  (``fsdp_overlap``); ring attention (context parallel) hides behind the attention kernel; expert-parallel
+  all-to-all (4 per MoE layer) and pipeline point-to-point sends are exposed.
+* Pipeline bubble (Narayanan et al. 2021, Sec. 2.2): ``(p - 1) / (v m)`` of the ideal ``m`` microbatch times.
+* Small models are launch-bound: a microbatch never takes less than its kernel count x ``kernel_launch_s``
+  (eager PyTorch); the excess is reported as overhead, with the fixed ``step_overhead_s``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from isoflop.hardware import GPU
+from isoflop.perf.constants import PerfConstants
+from isoflop.perf.layout import LayoutArrays, peak_dtype
+from isoflop.perf.memory import precision, stage_params
+from isoflop.spec.model import ModelSpec
+
+STEP_KEYS = ("compute_s", "gemm_s", "attention_s", "memory_bound_s", "recompute_s", "exposed_comm_s", "comm_tp_s",
+             "comm_cp_s", "comm_ep_s", "comm_pp_s", "comm_dp_s", "bubble_s", "optimizer_s", "overhead_s")
+
+
+def _gemm(M, N, K, count, peak: float, act: float, gpu: GPU, c: PerfConstants) -> np.ndarray:
+    """Seconds for ``count`` GEMMs of (M x K)(K x N)."""
+    d = np.minimum(np.minimum(M, N), K)
+    eff = c.gemm_eff_max * d / (d + c.gemm_half_dim)
+    compute = 2.0 * M * N * K / (peak * eff)
+    stream = act * (M * K + K * N + M * N) / (gpu.hbm_gbps * 1e9 * c.hbm_eff)
+    return count * np.maximum(compute, stream)
+
+
+def _collective(nbytes, group, local, factor: float, gpu: GPU, c: PerfConstants) -> np.ndarray:
+    """Ring collective over ``group`` GPUs with ``local`` of them per node (factor 2 all-reduce, 1 AG/RS/a2a)."""
+    group = np.asarray(group, dtype=float)
+    local = np.clip(np.asarray(local, dtype=float), 1.0, group)
+    intra = gpu.intra_node_gbps * 1e9 * c.intra_node_eff
+    inter = gpu.inter_node_gbps * 1e9 * c.inter_node_eff
+    nodes = group / local
+    t_intra = (local - 1) / local * nbytes / intra
+    t_inter = (nodes - 1) / np.maximum(nodes, 1.0) * nbytes / local / inter
+    return np.where(group > 1, factor * (t_intra + t_inter), 0.0)
+
+
+def step_time(
+    spec: ModelSpec, gpu: GPU, la: LayoutArrays, global_batch: int, seq_len: int, dtype: str, optimizer: str,
+    c: PerfConstants,
+) -> dict[str, np.ndarray]:
+    """Seconds per optimizer step, as an additive breakdown (``STEP_KEYS``) plus ``step_time_s``."""
+    prec = precision(spec, dtype, optimizer, c)
+    act = prec.act
+    peak = gpu.peak_flops(peak_dtype(dtype))
+    attn_peak = gpu.peak_flops("bf16") if dtype == "fp8" else peak
+    G = gpu.gpus_per_node
+    tp, pp, cp, dp, ep = (x.astype(float) for x in (la.tp, la.pp, la.cp, la.dp, la.ep))
+    v = la.interleave.astype(float)
+    m = (global_batch // (la.dp * la.micro_batch)).astype(float)
+    T = la.micro_batch * seq_len / cp  # tokens per GPU per microbatch
+    h, q, f = spec.d_model, spec.q_dim, spec.d_ff
+    kv_local = np.maximum(spec.kv_heads / tp, 1.0) * spec.dim_per_head
+
+    # --- one layer, one microbatch, forward ------------------------------------------------------------
+    gemm = lambda M, N, K, n=1.0: _gemm(M, N, K, n, peak, act, gpu, c)  # noqa: E731
+    mats = 2.0 if spec.gated else 1.0
+    g_fwd = gemm(T, q / tp + 2 * kv_local, h) + gemm(T, h, q / tp)
+    if spec.is_moe:
+        local_experts = spec.n_experts / ep
+        Te = T * ep * spec.top_k / spec.n_experts
+        g_fwd = g_fwd + gemm(Te, mats * f / tp, h, local_experts) + gemm(Te, h, f / tp, local_experts)
+        g_fwd = g_fwd + gemm(T, spec.n_experts, h)
+        if spec.n_shared_experts:
+            g_fwd = g_fwd + gemm(T, mats * f / tp, h, spec.n_shared_experts) + gemm(T, h, f / tp, spec.n_shared_experts)
+    else:
+        g_fwd = g_fwd + gemm(T, mats * f / tp, h) + gemm(T, h, f / tp)
+    keys = (seq_len + 1) / 2.0
+    a_flops = 4.0 * T * keys * q / tp
+    seq_eff = seq_len / (seq_len + c.flash_half_seq)
+    a_fwd = a_flops / (attn_peak * c.flash_fwd_eff * seq_eff)
+    a_bwd = c.flash_bwd_flop_ratio * a_flops / (attn_peak * c.flash_bwd_eff * seq_eff)
+    rep_div = np.where(la.sequence_parallel, tp, 1.0)
+    elems = 10.0 * h / rep_div + 2.0 * (q / tp + kv_local) + (3.0 if spec.gated else 2.0) * f / tp * (
+        (spec.top_k + spec.n_shared_experts) if spec.is_moe else 1.0)
+    if spec.is_moe:
+        elems = elems + 4.0 * spec.top_k * h
+    hbm = gpu.hbm_gbps * 1e9 * c.hbm_eff
+    mb_fwd = T * elems * act * c.elementwise_passes / hbm
+
+    # --- communication inside the layer ------------------------------------------------------------------
+    tp_local = np.minimum(tp, G)
+    n_tp = 4.0 + np.where(la.recompute == 2, 2.0, 0.0)
+    comm_tp = n_tp * _collective(T * h * act, tp, tp_local, 2.0, gpu, c) * (1.0 - c.tp_overlap)
+    cp_bytes = T * 2 * kv_local * act * (cp - 1)
+    cp_link = np.where(tp * cp <= G, gpu.intra_node_gbps * c.intra_node_eff, gpu.inter_node_gbps * c.inter_node_eff) * 1e9
+    cp_time = np.where(cp > 1, 3.0 * cp_bytes / cp_link, 0.0)
+    comm_cp = np.maximum(0.0, cp_time - c.cp_overlap * (a_fwd + a_bwd))
+    if spec.is_moe:
+        ep_local = np.clip(G // la.tp, 1, la.ep)
+        comm_ep = 4.0 * _collective(T * spec.top_k * h * act, ep, ep_local, 1.0, gpu, c)
+    else:
+        comm_ep = np.zeros_like(tp)
+
+    recompute = np.select([la.recompute == 2, la.recompute == 1], [g_fwd + a_fwd + mb_fwd, a_fwd], 0.0)
+    layers = spec.n_layers / pp
+    # --- the last stage also runs the output head and the loss -----------------------------------------------
+    head_g = gemm(T, spec.vocab_size / tp, h, 3.0)
+    head_m = T * spec.vocab_size / tp * c.loss_bytes_per_logit / hbm
+    stage_gemm = layers * 3.0 * g_fwd + head_g
+    stage_attn = layers * (a_fwd + a_bwd)
+    stage_mb = layers * 3.0 * mb_fwd + head_m
+    stage_rc = layers * recompute
+    stage_comm = layers * (comm_tp + comm_cp + comm_ep)
+    pp_link = np.where(tp * cp * dp >= G, gpu.inter_node_gbps * c.inter_node_eff, gpu.intra_node_gbps * c.intra_node_eff) * 1e9
+    p2p = np.where(la.pp > 1, 2.0 * v * T * h * act / rep_div / pp_link, 0.0) * (1.0 - c.pp_overlap)
+    t_mb = stage_gemm + stage_attn + stage_mb + stage_rc + stage_comm + p2p
+    # small models are launch-bound: the host cannot issue kernels faster than kernel_launch_s each
+    launch = (layers * c.kernels_per_layer + c.kernels_head) * c.kernel_launch_s
+    launch_excess = np.maximum(0.0, launch - t_mb)
+    bubble = (pp - 1.0) / v * t_mb
+
+    # --- data parallel ---------------------------------------------------------------------------------
+    sp = stage_params(spec, la)
+    params = np.maximum(sp.dense_first, sp.dense_last) + sp.expert
+    group = dp * cp
+    dp_local = np.clip(G // (la.tp * la.cp), 1, la.dp * la.cp)
+    shard_group = group / la.replicate
+    zero = la.zero
+    ar = _collective(params * prec.grad, group, dp_local, 2.0, gpu, c)
+    rs_ag = _collective(params * prec.grad, group, dp_local, 1.0, gpu, c) + _collective(
+        params * prec.weight, group, dp_local, 1.0, gpu, c)
+    fsdp_mb = 2.0 * _collective(params * prec.weight, shard_group, dp_local, 1.0, gpu, c) + _collective(
+        params * prec.grad, shard_group, dp_local, 1.0, gpu, c)
+    hsdp = _collective(params * prec.grad / shard_group, la.replicate, 1.0, 2.0, gpu, c)
+    bwd_mb = t_mb * 2.0 / 3.0
+    dp_exposed = np.select(
+        [zero == 0, zero <= 2],
+        [np.maximum(0.0, ar - c.dp_overlap * bwd_mb), np.maximum(0.0, rs_ag - c.dp_overlap * bwd_mb)],
+        m * np.maximum(0.0, fsdp_mb - c.fsdp_overlap * t_mb) + hsdp,
+    )
+
+    # --- optimizer step -------------------------------------------------------------------------------------
+    opt_params = params / np.where(zero >= 1, group / np.where(zero >= 3, la.replicate, 1.0), 1.0)
+    on_gpu = opt_params * prec.optimizer_rw / hbm
+    offloaded = opt_params / c.cpu_adam_params_per_s + opt_params * (prec.grad + prec.weight) / (c.pcie_gbps * 1e9)
+    optimizer_s = np.where(la.offload, offloaded, on_gpu)
+
+    out = {
+        "gemm_s": m * stage_gemm,
+        "attention_s": m * stage_attn,
+        "memory_bound_s": m * stage_mb,
+        "recompute_s": m * stage_rc,
+        "comm_tp_s": m * layers * comm_tp,
+        "comm_cp_s": m * layers * comm_cp,
+        "comm_ep_s": m * layers * comm_ep,
+        "comm_pp_s": m * p2p,
+        "comm_dp_s": dp_exposed,
+        "bubble_s": bubble,
+        "optimizer_s": optimizer_s,
+        "overhead_s": c.step_overhead_s + m * launch_excess,
+    }
+    out["compute_s"] = out["gemm_s"] + out["attention_s"] + out["memory_bound_s"] + out["recompute_s"]
+    out["exposed_comm_s"] = out["comm_tp_s"] + out["comm_cp_s"] + out["comm_ep_s"] + out["comm_pp_s"] + out["comm_dp_s"]
+    out["step_time_s"] = out["compute_s"] + out["exposed_comm_s"] + bubble + optimizer_s + out["overhead_s"]
+    return {k: np.broadcast_to(np.asarray(val, dtype=float), (len(la),)) for k, val in out.items()}

@@ -1,0 +1,1 @@
+"""Planning (torch-free): parameter count to architecture, budget to a full training plan."""
