@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from _train_common import micro_config
+from _train_common import micro_config, shared_cache
 from isoflop.errors import IsoflopError
 from isoflop.spec import spec_from_dict
 from isoflop.train.checkpoint import COMPLETE, Checkpointer, latest_checkpoint
@@ -20,7 +20,7 @@ from isoflop.train.model import Transformer
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("isoflop-cache")
+    return shared_cache(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from _train_common import ROOT, child_env, micro_config, run_cli, summary, write_config
+from _train_common import ROOT, child_env, micro_config, run_cli, shared_cache, summary, write_config
 from isoflop.train.checkpoint import complete_checkpoints
 from isoflop.train.data import DataConfig, prepare_data
 
@@ -21,7 +21,7 @@ LONG = micro_config(train={"max_steps": 40, "ckpt_every": 10, "eval_every": 20, 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("isoflop-cache")
+    cache = shared_cache(tmp_path_factory)
     prepare_data(DataConfig(**LONG["data"]), cache_dir=cache / "data")
     return cache
 
