@@ -38,7 +38,7 @@ from isoflop.spec.accounting import count_params, flops_per_step
 from isoflop.train.checkpoint import Checkpointer, latest_checkpoint
 from isoflop.train.config import TrainConfig, build_config, load_train_config
 from isoflop.train.distributed import (
-    DistEnv, all_reduce, apply_activation_checkpointing, barrier, broadcast_object, init_distributed,
+    DistEnv, all_reduce, apply_activation_checkpointing, broadcast_object, init_distributed,
     no_grad_sync, resolve_strategy, shutdown, wrap_model,
 )
 from isoflop.train.metrics import (
@@ -113,10 +113,7 @@ def _set_rng_state(state: dict[str, str]) -> None:
 
 
 def _can_compile(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot run here, or None when it can.
-
-    On CPU the model uses hand-written autograd functions (``isoflop.train.model``: RMSNorm, SwiGLU) that
-    dynamo cannot trace with ``fullgraph=True``, so CPU runs stay eager."""
+    """Why ``torch.compile`` cannot run here, or None when it can (inductor needs a C++ compiler on CPU)."""
     try:
         import torch._dynamo
 
@@ -124,8 +121,8 @@ def _can_compile(device: torch.device) -> str | None:
             return "torch.compile does not support this Python"
     except ImportError:
         return "torch._dynamo is unavailable"
-    if device.type == "cpu":
-        return "the CPU model's hand-written autograd kernels cannot be compiled (compile is for GPUs)"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        return "no C++ compiler was found for inductor's CPU backend"
     return None
 
 
@@ -311,6 +308,9 @@ class _Run:
         session_tokens = cfg.train.global_batch * cfg.train.seq_len * len(steady)
         tokens_per_s = session_tokens / sum(steady) if steady and sum(steady) > 0 else None
         mfu = (step_flops / step_time) / (peak * env.world) if (peak and step_time) else None
+        if mfu is not None and mfu > 1 and env.device.type == "cpu":  # the cached CPU peak was measured under load
+            peak, peak_source = peak_flops_per_process(env.device, self.dtype, refresh=True)
+            mfu = (step_flops / step_time) / (peak * env.world)
         mem = memory_gib(env.device)
         measured = {
             "loss": final_val, "step_time_s": step_time, "memory_gib": mem, "tokens_per_s": tokens_per_s, "mfu": mfu,
@@ -332,6 +332,7 @@ class _Run:
             "grad_norm": state["last_grad_norm"],
             "params": params.total,
             "model_flops_per_step": step_flops,
+            "model_flops": step_flops * state["step"],
             "model": self.spec.name,
             "world": env.world,
             "strategy": self.strategy,
