@@ -44,7 +44,7 @@ def test_one_subprocess_per_run_mode(tmp_path) -> None:
     reg = Registry(tmp_path / "reg.sqlite")
     jobs = _jobs(reg, tmp_path, {"a": "ok", "b": "crash"})
     out = execute(reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY, reuse_processes=False))
-    assert list(out.values()) == ["finished", "failed"]
+    assert out == {jobs[0].run_id: "finished", jobs[1].run_id: "failed"}
     assert "deliberate failure" in reg.get(jobs[1].run_id).error
 
 
