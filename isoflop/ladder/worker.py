@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     config_path, out_dir = Path(args[0]), Path(args[1])
     set_threads(int(os.environ.get("ISOFLOP_THREADS", "0") or 0))
     config = json.loads(config_path.read_text(encoding="utf-8"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and config.get("parallel", {}).get("strategy") == "none":
+        config["parallel"]["strategy"] = "auto"  # under torchrun the trainer picks DDP/FSDP for the processes
     entry = load_entry(os.environ.get("ISOFLOP_TRAIN_ENTRY", DEFAULT_ENTRY))
     _reset_peak_memory()
     start = time.perf_counter()
