@@ -100,7 +100,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # A reusable worker process (the runner's local pool): torch is imported once per process, not once per run.
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the ladder process dies, so no orphaned worker keeps training (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        except OSError:
+            pass
+
+
 def pool_init(threads: int, entry: str | None) -> None:
+    _die_with_parent()
     os.environ["ISOFLOP_THREADS"] = str(threads)
     if entry:
         os.environ["ISOFLOP_TRAIN_ENTRY"] = entry
