@@ -226,3 +226,17 @@ def test_approach2_bootstrap_interval_covers_the_true_exponent() -> None:
     assert lo <= TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"]) <= hi
     stats = law.info["bootstrap"]
     assert stats["converged"] + stats["dropped"] == 40 and np.all(np.isfinite(law.samples))
+
+
+def test_narrow_noisy_data_warns_and_drops_unusable_resamples() -> None:
+    """12 runs over one decade of N and half a decade of D with 2% noise: the fit says it is poorly constrained,
+    and the bootstrap drops (and counts) refits with absurd exponents or coefficients instead of reporting them."""
+    rng = np.random.default_rng(0)
+    n, d = 10 ** rng.uniform(7, 8, 12), 10 ** rng.uniform(9, 9.5, 12)
+    loss = ChinchillaLaw(**TRUE).predict(n, d) * np.exp(rng.normal(0, 0.02, 12))
+    law = ChinchillaLaw().fit(n, d, loss)
+    assert law.info["warnings"]
+    law.bootstrap(100, seed=0)
+    stats = law.info["bootstrap"]
+    assert stats["dropped"] > 0 and stats["converged"] == len(law.samples)
+    assert np.all(law.samples[:, 3:] <= 3.0) and np.all(np.log(law.samples[:, :3]) <= 100)

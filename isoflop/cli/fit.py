@@ -138,6 +138,8 @@ def _render(report: dict[str, Any]):
         loss = f", loss {at['loss']:.4f}" if at["loss"] is not None else ""
         console.print(f"at {at['flops']:.3g} FLOPs: N_opt {at['n_opt']:.4g}, D_opt {at['d_opt']:.4g} "
                       f"({at['tokens_per_param']:.1f} tokens/param){loss}")
+        for warning in report["fit"].get("warnings", []):
+            console.print(f"[yellow]warning:[/] {warning}")
         boot = report["fit"].get("bootstrap")
         if boot:
             console.print(f"bootstrap: {boot['converged']} of {boot['requested']} resamples converged ({boot['dropped']} dropped)")

@@ -154,11 +154,29 @@ def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result
     return Approach3Result(theta=best, objective=best_f, converged=True, n_starts=len(starts), n_evals=evals)
 
 
+MAX_EXPONENT = 3.0  # published LLM exponents are 0.05-0.8 (Kaplan 2020; Hoffmann 2022; Besiroglu 2024)
+MAX_LOG_COEF = 100.0  # A, B up to e^100: beyond that the term is numerically meaningless
+
+
 def theta_is_sane(theta: np.ndarray) -> bool:
-    """A usable Approach 3 optimum: finite ``E, A, B`` (no overflow) and exponents in ``(0, 10)``."""
-    with np.errstate(over="ignore"):
-        coefs = np.exp(theta[:3])
-    return bool(np.all(np.isfinite(theta)) and np.all(np.isfinite(coefs)) and 0 < theta[3] < 10 and 0 < theta[4] < 10)
+    """A usable Approach 3 optimum: finite parameters, ``log A, log B, log E <= 100`` and exponents in ``(0, 3]``.
+    Optima outside are what poorly conditioned data produce (A ~ 1e50 with alpha ~ 9): not reported as a law."""
+    theta = np.asarray(theta, dtype=float)
+    return bool(
+        np.all(np.isfinite(theta)) and np.all(theta[:3] <= MAX_LOG_COEF)
+        and 0 < theta[3] <= MAX_EXPONENT and 0 < theta[4] <= MAX_EXPONENT
+    )
+
+
+def fit_warnings(params: dict[str, float], loss: np.ndarray) -> list[str]:
+    """Signs that the runs constrain the law poorly (reported with the fit, never silently)."""
+    out = []
+    if params["E"] < 0.05 * float(np.min(loss)):
+        out.append(f"E = {params['E']:.3g} is near zero: the runs do not pin down the irreducible loss")
+    for key in ("alpha", "beta"):
+        if params[key] > 1.0:
+            out.append(f"{key} = {params[key]:.3g} is far above published values (0.1-0.8): too narrow a range of N or D")
+    return out
 
 
 # One-variable saturating power law --------------------------------------------------------------

@@ -186,7 +186,7 @@ class ChinchillaLaw(Law):
 
     def fit(self, n: Any, d: Any, loss: Any, *, drop_highest: int = 0, weights: Any = None) -> "ChinchillaLaw":
         """Fit by Approach 3 (``isoflop.laws.fit.fit_approach3``); keeps the data for ``bootstrap``. Returns self."""
-        from isoflop.laws.fit import check_runs, drop_highest_loss, fit_approach3
+        from isoflop.laws.fit import check_runs, drop_highest_loss, fit_approach3, fit_warnings
 
         n, d, loss = check_runs(n, d, loss, 5, "Approach 3")
         n, d, loss = drop_highest_loss(n, d, loss, drop_highest)
@@ -195,7 +195,8 @@ class ChinchillaLaw(Law):
             raise IsoflopError(f"Approach 3 did not converge (params {res.params}); the runs do not constrain the law, add runs over a wider range of N and D")
         self.params = res.params
         self.samples = None
-        self.info = {"approach": 3, "objective": res.objective, "n_points": int(len(n)), "dropped_highest_loss": int(drop_highest)}
+        self.info = {"approach": 3, "objective": res.objective, "n_points": int(len(n)), "dropped_highest_loss": int(drop_highest),
+                     "warnings": fit_warnings(res.params, loss)}
         self._data = (n, d, loss)
         self._theta = res.theta
         return self
