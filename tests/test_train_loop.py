@@ -54,9 +54,14 @@ def test_micro_run_outputs_and_rerun(tmp_path):
         train(micro_config(model={"d_model": 64}), out)
 
 
-def test_half_written_checkpoints_are_ignored(tmp_path):
+def test_half_written_checkpoints_are_ignored_and_predictions_reported(tmp_path):
     out = tmp_path / "run"
-    train(micro_config(train={"max_steps": 8}), out)
+    predicted = {"loss": 5.0, "loss_ci95": [4.5, 5.5], "step_time_s": 0.01, "memory_gib": 0.5}
+    first = train(micro_config(train={"max_steps": 8}, predicted=predicted, plan={"budget": "tiny"}), out)
+    # A config from a plan reports its predictions beside the measurements.
+    assert first["predicted"]["loss"] == 5.0 and first["measured"]["loss"] == first["val_loss"]
+    assert first["prediction_error"]["loss"] == pytest.approx((first["val_loss"] - 5.0) / 5.0)
+    assert first["measured"]["step_time_s"] == first["step_time_s"]
     ckpts = out / "checkpoints"
     # A crash mid-save leaves a .tmp folder; a crash before the marker leaves a folder without COMPLETE.
     shutil.copytree(ckpts / "step-00000008", ckpts / "step-00000012.tmp")
@@ -125,13 +130,18 @@ def test_nan_without_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
         train(cfg, tmp_path / "run")
 
 
-def test_activation_checkpointing_and_bf16_options(tmp_path):
+def test_activation_checkpointing_compile_and_bf16_options(tmp_path, capsys, monkeypatch):
     base = micro_config(train={"max_steps": 4, "eval_every": 0, "ckpt_every": 0})
     plain = train(base, tmp_path / "plain")
     ac = train(micro_config(train={**base["train"], "activation_checkpointing": True}), tmp_path / "ac")
     # Recomputing activations changes no arithmetic: the same losses.
     assert ac["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=1e-6)
     assert ac["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
+    # torch.compile is guarded: where it cannot run (here: pretend no C++ compiler) the run says why and stays eager.
+    monkeypatch.setattr("isoflop.train.loop._can_compile", lambda device: "no C++ compiler was found")
+    compiled = train(micro_config(train={**base["train"], "compile": True}), tmp_path / "compiled")
+    assert "train.compile requested but" in capsys.readouterr().err
+    assert compiled["final_train_loss"] == plain["final_train_loss"]
     bf16 = train(micro_config(train={**base["train"], "dtype": "bf16"}), tmp_path / "bf16")
     assert bf16["dtype"] == "bf16" and bf16["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=0.05)
     if not torch.cuda.is_available():

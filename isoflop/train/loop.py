@@ -113,8 +113,8 @@ def _set_rng_state(state: dict[str, str]) -> None:
 
 
 def _can_compile(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot run here, or None when it can."""
-    import shutil as _sh
+    """Why ``torch.compile`` cannot run here, or None when it can (inductor needs a C++ compiler on CPU)."""
+    import shutil as _shutil
 
     try:
         import torch._dynamo
@@ -123,8 +123,8 @@ def _can_compile(device: torch.device) -> str | None:
             return "torch.compile does not support this Python"
     except ImportError:
         return "torch._dynamo is unavailable"
-    if device.type == "cpu" and not any(_sh.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
-        return "no C++ compiler found for the CPU backend"
+    if device.type == "cpu" and not any(_shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        return "no C++ compiler was found for inductor's CPU backend"
     return None
 
 
@@ -138,7 +138,6 @@ class _Run:
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.strategy = resolve_strategy(cfg.parallel.strategy, env)
         self.stop = _StopFlag()
-        self.log_prefix_done = False
 
     # -- setup ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -311,6 +310,9 @@ class _Run:
         session_tokens = cfg.train.global_batch * cfg.train.seq_len * len(steady)
         tokens_per_s = session_tokens / sum(steady) if steady and sum(steady) > 0 else None
         mfu = (step_flops / step_time) / (peak * env.world) if (peak and step_time) else None
+        if mfu is not None and mfu > 1 and env.device.type == "cpu":  # the cached CPU peak was measured under load
+            peak, peak_source = peak_flops_per_process(env.device, self.dtype, refresh=True)
+            mfu = (step_flops / step_time) / (peak * env.world)
         mem = memory_gib(env.device)
         measured = {
             "loss": final_val, "step_time_s": step_time, "memory_gib": mem, "tokens_per_s": tokens_per_s, "mfu": mfu,
@@ -332,6 +334,7 @@ class _Run:
             "grad_norm": state["last_grad_norm"],
             "params": params.total,
             "model_flops_per_step": step_flops,
+            "model_flops": step_flops * state["step"],
             "model": self.spec.name,
             "world": env.world,
             "strategy": self.strategy,
@@ -351,8 +354,9 @@ class _Run:
             summary["prediction_error"] = relative_errors(predicted, measured)
         if env.is_main:
             atomic_write_json(out / SUMMARY_FILE, _json_safe(summary))
-            self._say(f"done: {state['step']} steps, train loss {summary['final_train_loss']:.4f}, val loss "
-                      f"{final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
+            train_loss = summary["final_train_loss"]
+            self._say(f"done: {state['step']} steps, train loss {train_loss if train_loss is None else round(train_loss, 4)}, "
+                      f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
         return summary
 
     # -- pieces -----------------------------------------------------------------------------------

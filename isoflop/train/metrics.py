@@ -50,8 +50,11 @@ def catalog_gpu_for(device_name: str, memory_gib: float | None = None) -> str | 
     return entries[0] if entries else None
 
 
-def peak_flops_per_process(device: torch.device, dtype: str) -> tuple[float | None, str]:
-    """(peak FLOP/s of one process's device, where it came from). ``dtype`` is fp32 or bf16 (the run's)."""
+def peak_flops_per_process(device: torch.device, dtype: str, refresh: bool = False) -> tuple[float | None, str]:
+    """(peak FLOP/s of one process's device, where it came from). ``dtype`` is fp32 or bf16 (the run's).
+
+    ``refresh`` re-measures the CPU peak (a cached measurement taken while other jobs loaded the CPU is too
+    low, which shows as an MFU above 1); the larger of the cached and the new value is kept."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         gpu_name = catalog_gpu_for(props.name, props.total_memory / 2**30)
@@ -69,7 +72,10 @@ def peak_flops_per_process(device: torch.device, dtype: str) -> tuple[float | No
         from isoflop.train.cpu_peak import measured_peak_flops
     except ImportError:
         return None, "no CPU peak measurement available"
-    return measured_peak_flops(dtype), f"measured CPU matmul peak {dtype}, {torch.get_num_threads()} threads"
+    peak = measured_peak_flops(dtype)
+    if refresh:
+        peak = max(peak, measured_peak_flops(dtype, refresh=True))
+    return peak, f"measured CPU matmul peak {dtype}, {torch.get_num_threads()} threads"
 
 
 def memory_gib(device: torch.device) -> float:

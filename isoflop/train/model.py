@@ -4,9 +4,10 @@ One module covers both families the spec describes:
 
 * GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm, GELU MLP (tanh approximation,
   "gelu_new" as in the released GPT-2), biases, tied embeddings.
-* Llama (Touvron et al. 2023): RoPE (Su et al. 2021) on interleaved dimension pairs, as in the paper
-  and Meta's code (the Hugging Face export permutes rows into its half-split layout), RMSNorm (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020),
-  grouped-query attention (Ainslie et al. 2023; ``n_kv_heads = 1`` is MQA, Shazeer 2019).
+* Llama (Touvron et al. 2023): RoPE (Su et al. 2021) on interleaved dimension pairs, as in the
+  paper and Meta's code (the Hugging Face export permutes rows into its half-split layout), RMSNorm
+  (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020), grouped-query attention (Ainslie et al. 2023;
+  ``n_kv_heads = 1`` is MQA, Shazeer 2019) through SDPA's ``enable_gqa`` (no copies of K and V).
 
 Layout choices made for speed, none of which changes the function computed:
 
@@ -20,6 +21,8 @@ Layout choices made for speed, none of which changes the function computed:
   autograd's decomposition; SwiGLU writes its gradient straight into the fused gate/up buffer). On
   other devices they are ``F.rms_norm`` and ``silu(gate) * up``, which fused kernels and
   ``torch.compile`` handle.
+* On CPU the output head and the cross-entropy are fused and chunked (``isoflop.train.loss``): the
+  full ``(tokens, vocab)`` logits are never materialised in a training step.
 * A tied output head has no module of its own: the logits use the token embedding matrix
   directly, so there is exactly one tensor (no re-tying needed after ``to_empty`` or sharding).
 
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
+from isoflop.train.loss import linear_cross_entropy
 
 INIT_STD = 0.02
 
@@ -52,6 +56,12 @@ def _norm(spec: ModelSpec) -> nn.Module:
     if spec.norm == "layernorm":
         return nn.LayerNorm(spec.d_model, eps=spec.norm_eps)
     return RMSNorm(spec.d_model, eps=spec.norm_eps)
+
+
+def _eager_cpu_training(x: Tensor) -> bool:
+    """Use the hand-written CPU functions: CPU, grad enabled, and not inside ``torch.compile`` (which
+    fuses the plain ops itself)."""
+    return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 class _RMSNormCPU(torch.autograd.Function):
@@ -91,7 +101,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dtype == self.weight.dtype and torch.is_grad_enabled():
+        if _eager_cpu_training(x) and x.dtype == self.weight.dtype:
             return _RMSNormCPU.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
@@ -154,10 +164,8 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if K != H:  # GQA/MQA: every group of H / K query heads shares one key/value head
-            k = k.repeat_interleave(H // K, dim=1)
-            v = v.repeat_interleave(H // K, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # GQA/MQA: each group of H / K query heads shares one key/value head, without copying K and V.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
         return self.out(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -177,7 +185,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
             h = self.gate_up(x)
-            if h.device.type == "cpu" and torch.is_grad_enabled():
+            if _eager_cpu_training(h):
                 return self.down(SwiGLUFn.apply(h))
             gate, up = h.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
@@ -271,11 +279,11 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
-        logits = F.linear(self.hidden_states(idx), self.output_weight)
+        h = self.hidden_states(idx)
         if targets is None:
-            return logits
-        # The loss is taken in float32 whatever the autocast dtype (a no-op cast in fp32 training).
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+            return F.linear(h, self.output_weight)
+        # Softmax in float32 whatever the autocast dtype; fused and chunked on CPU (isoflop.train.loss).
+        return linear_cross_entropy(h.flatten(0, 1), self.output_weight, targets.reshape(-1))
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
