@@ -17,6 +17,10 @@ from isoflop.cli import layout as _layout  # noqa: F401,E402
 from isoflop.cli import fit as _fit  # noqa: F401,E402
 from isoflop.cli import plan as _plan  # noqa: F401,E402
 from isoflop.cli import train as _train  # noqa: F401,E402
+from isoflop.cli import ladder as _ladder  # noqa: F401,E402
+from isoflop.cli import report as _report  # noqa: F401,E402
+from isoflop.cli import quickstart as _quickstart  # noqa: F401,E402
+from isoflop.cli import calibrate as _calibrate  # noqa: F401,E402
 
 
 def main() -> None:
@@ -28,7 +32,3 @@ def main() -> None:
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         sys.exit(2)
-from isoflop.cli import ladder as _ladder  # noqa: F401,E402
-from isoflop.cli import report as _report  # noqa: F401,E402
-from isoflop.cli import quickstart as _quickstart  # noqa: F401,E402
-from isoflop.cli import calibrate as _calibrate  # noqa: F401,E402
