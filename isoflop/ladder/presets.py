@@ -16,7 +16,7 @@ from isoflop.ladder.grid import LadderDesign
 
 PRESETS: dict[str, LadderDesign] = {
     # A smoke test of the machinery (about a minute; too small to predict well): 3 MB of the corpus.
-    "smoke": LadderDesign(name="smoke", budgets=(4e9, 8e9, 1.6e10), sizes=4, size_ratio=2.0, eval_batches=4,
+    "smoke": LadderDesign(name="smoke", budgets=(2e9, 4e9, 8e9), sizes=4, size_ratio=2.0, eval_batches=4,
                           bootstrap=30, max_extensions=0, extra_data={"max_bytes": 3_000_000}),
     "quick": LadderDesign(name="quick", budgets=(8e10, 1.6e11, 3.2e11), sizes=4, size_ratio=2.0, tokens_per_param=40.0),
     "medium": LadderDesign(name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8, tokens_per_param=35.0),
