@@ -72,6 +72,7 @@ def prepare(design: LadderDesign, say: Say) -> None:
     from isoflop.train.data import DataConfig, prepare_data
 
     t0 = time.perf_counter()
+    say(f"data: preparing the {design.data_source} corpus (tokenized once, then cached)")
     data = prepare_data(DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data))
     say(f"data: {design.data_source} corpus, vocab {design.vocab_size}: {len(data.train):,} training tokens, "
         f"{len(data.val):,} validation tokens ({time.perf_counter() - t0:.0f} s)")
