@@ -105,7 +105,8 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     budgets = sorted({p.budget for p in points})
     say(f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
         f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
-    jobs = _jobs(reg, design, points, out)
+    # Longest first (tiny runs cost about their step count), so the last runs do not leave a core idle.
+    jobs = _jobs(reg, design, sorted(points, key=lambda p: -p.steps), out)
     prepare(design, say)
     outcome = execute(reg, jobs, opts, _progress(say, len(jobs)))
     for _ in range(design.max_extensions):
