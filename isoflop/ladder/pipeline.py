@@ -105,10 +105,12 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     budgets = sorted({p.budget for p in points})
     say(f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
         f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
-    # Longest first (tiny runs cost about their step count), so the last runs do not leave a core idle.
-    jobs = _jobs(reg, design, sorted(points, key=lambda p: -p.steps), out)
+    jobs = _jobs(reg, design, points, out)
     prepare(design, say)
-    outcome = execute(reg, jobs, opts, _progress(say, len(jobs)))
+    # Executed longest first (tiny runs cost about their step count) so the last runs leave no core idle; the
+    # analysis keeps the grid order, so fits and bootstrap draws do not depend on the schedule.
+    steps = {j.run_id: j.config["train"]["max_steps"] for j in jobs}
+    outcome = execute(reg, sorted(jobs, key=lambda j: -steps[j.run_id]), opts, _progress(say, len(jobs)))
     for _ in range(design.max_extensions):
         done = [reg.get(j.run_id) for j in jobs]
         finished = [(r.budget, r.n_params_non_embedding, r.val_loss) for r in done
