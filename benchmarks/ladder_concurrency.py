@@ -25,12 +25,12 @@ def _run(n_params: int, steps: int, threads: int, seq_len: int, batch: int, voca
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
-    from isoflop.ladder.grid import _default_shape
+    from isoflop.ladder.grid import default_shape
     from isoflop.train.model import Transformer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    spec = _default_shape(n_params, vocab, seq_len, 16)
+    spec = default_shape(n_params, vocab, seq_len, 16)
     model = Transformer(spec)
     model.init_weights() if hasattr(model, "init_weights") else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -72,10 +72,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--vocab", type=int, default=512)
     args = ap.parse_args()
-    from isoflop.ladder.grid import _default_shape
+    from isoflop.ladder.grid import default_shape
     from isoflop.spec import count_flops, count_params
 
-    spec = _default_shape(args.n, args.vocab, args.seq_len, 16)
+    spec = default_shape(args.n, args.vocab, args.seq_len, 16)
     flops_per_run = count_flops(spec, args.seq_len).training * args.batch * args.seq_len * args.steps
     two_by_one = schedule(concurrent=2, threads=1, runs=2, args=args)
     one_by_two = schedule(concurrent=1, threads=2, runs=2, args=args)

@@ -44,7 +44,7 @@ def test_one_subprocess_per_run_mode(tmp_path) -> None:
     reg = Registry(tmp_path / "reg.sqlite")
     jobs = _jobs(reg, tmp_path, {"a": "ok", "b": "crash"})
     out = execute(reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY, reuse_processes=False))
-    assert list(out.values()) == ["finished", "failed"]
+    assert out == {jobs[0].run_id: "finished", jobs[1].run_id: "failed"}
     assert "deliberate failure" in reg.get(jobs[1].run_id).error
 
 
@@ -53,3 +53,17 @@ def test_torchrun_command_line(tmp_path) -> None:
     cmd = command(job, ExecOptions(launcher="torchrun", nproc_per_node=2))
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc_per_node=2" in cmd
     assert cmd[-4:] == ["-m", "isoflop.ladder.worker", str(tmp_path / "r" / "config.json"), str(tmp_path / "r")]
+
+
+def test_slurm_without_submitit_is_a_clear_error(tmp_path) -> None:
+    import importlib.util
+
+    import pytest
+
+    from isoflop.errors import IsoflopError
+
+    if importlib.util.find_spec("submitit") is not None:
+        pytest.skip("submitit is installed here")
+    reg = Registry(tmp_path / "reg.sqlite")
+    with pytest.raises(IsoflopError, match="needs submitit"):
+        execute(reg, _jobs(reg, tmp_path, {"a": "ok"}), ExecOptions(launcher="slurm"))

@@ -55,7 +55,7 @@ def test_noise_free_runs_recover_the_law_and_the_heldout_loss(tmp_path) -> None:
 
 def test_noisy_runs_give_intervals_that_cover_the_truth(tmp_path) -> None:
     design, arr = _ladder(tmp_path, noise=0.004, seed=1)
-    fits = fit_ladder(arr, bootstrap=100)
+    fits = fit_ladder(arr, bootstrap=60)
     held = plan_heldout(dataclasses.replace(design), fits)
     truth = float(law(held.n_params_non_embedding, held.tokens))
     for p in predict(fits, held.n_params_non_embedding, held.tokens, held.flops):

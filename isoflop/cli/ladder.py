@@ -71,7 +71,7 @@ def render_summary(summary: dict):
 
 @app.command()
 def ladder(
-    preset: str = typer.Option("quick", "--preset", "-p", help="Ladder preset: quick, medium or large."),
+    preset: str = typer.Option("quick", "--preset", "-p", help="Ladder preset: smoke (machinery check), quick, medium or large."),
     out: Path = typer.Option(Path("ladder"), "--out", "-o", help="Folder for the registry, runs, fits and report."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Runs at once (default: cores / threads)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per run."),

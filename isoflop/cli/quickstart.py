@@ -15,7 +15,7 @@ from isoflop.cli.output import JSON_OPTION, emit
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("quickstart"), "--out", "-o", help="Output folder (re-running reuses its finished runs)."),
-    preset: str = typer.Option("quick", "--preset", "-p", help="quick (<= 5 min on 2 CPU cores), medium or large."),
+    preset: str = typer.Option("quick", "--preset", "-p", help="smoke (a 1-minute machinery check), quick (the default, minutes on 2 CPU cores), medium or large."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Plan a tiny IsoFLOP ladder, train it, fit the law, predict a 3.5x bigger run, train that run, compare, report."""

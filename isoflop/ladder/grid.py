@@ -113,7 +113,7 @@ def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = 16.0
     return best
 
 
-def _default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:
+def default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:
     """The planner's shape (``isoflop.plan.arch.shape_for_params``, tied embeddings, head_dim = ``multiple``) for
     the family member nearest ``n_params`` non-embedding parameters, asked for at that member's exact size and
     aspect ratio so the planner returns it."""
@@ -199,7 +199,7 @@ def design_grid(design: LadderDesign, shape_fn: ShapeFn | None = None) -> list[G
     lands on the same (or a smaller) family member as the previous one is pushed up until it gives a new one.
     """
     design.validate()
-    shape = shape_fn or _default_shape
+    shape = shape_fn or default_shape
     points: list[GridPoint] = []
     for budget in sorted(design.budgets):
         centre = centre_size(design, budget)
@@ -223,7 +223,7 @@ def edge_extensions(design: LadderDesign, finished: list[tuple[float, int, float
     minimum (Hoffmann et al. 2022 chose their IsoFLOP ranges around the minima the same way). The rule uses
     ladder losses only, never the held-out run.
     """
-    shape = shape_fn or _default_shape
+    shape = shape_fn or default_shape
     extra: list[GridPoint] = []
     for budget in sorted({b for b, _, _ in finished}):
         runs = sorted((n, loss) for b, n, loss in finished if b == budget)

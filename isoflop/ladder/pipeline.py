@@ -72,6 +72,7 @@ def prepare(design: LadderDesign, say: Say) -> None:
     from isoflop.train.data import DataConfig, prepare_data
 
     t0 = time.perf_counter()
+    say(f"data: preparing the {design.data_source} corpus (tokenized once, then cached)")
     data = prepare_data(DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data))
     say(f"data: {design.data_source} corpus, vocab {design.vocab_size}: {len(data.train):,} training tokens, "
         f"{len(data.val):,} validation tokens ({time.perf_counter() - t0:.0f} s)")
@@ -106,7 +107,10 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
         f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
     jobs = _jobs(reg, design, points, out)
     prepare(design, say)
-    outcome = execute(reg, jobs, opts, _progress(say, len(jobs)))
+    # Executed longest first (tiny runs cost about their step count) so the last runs leave no core idle; the
+    # analysis keeps the grid order, so fits and bootstrap draws do not depend on the schedule.
+    steps = {j.run_id: j.config["train"]["max_steps"] for j in jobs}
+    outcome = execute(reg, sorted(jobs, key=lambda j: -steps[j.run_id]), opts, _progress(say, len(jobs)))
     for _ in range(design.max_extensions):
         done = [reg.get(j.run_id) for j in jobs]
         finished = [(r.budget, r.n_params_non_embedding, r.val_loss) for r in done

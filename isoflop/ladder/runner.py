@@ -167,6 +167,11 @@ def execute(registry: Registry, jobs: list[Job], opts: ExecOptions | None = None
     opts = opts or ExecOptions()
     if opts.launcher not in ("local", "torchrun", "slurm"):
         raise IsoflopError(f"unknown launcher {opts.launcher!r}; use local, torchrun or slurm")
+    if opts.launcher == "slurm":
+        import importlib.util
+
+        if importlib.util.find_spec("submitit") is None:
+            raise IsoflopError("launcher 'slurm' needs submitit; `pip install -e '.[slurm]'`, or use --launcher local")
     lock = threading.Lock()
     outcome: dict[str, str] = {}
 

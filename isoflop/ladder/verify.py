@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from isoflop.errors import IsoflopError
-from isoflop.ladder.grid import GridPoint, LadderDesign, heldout_budget, point_for
+from isoflop.ladder.grid import GridPoint, LadderDesign, default_shape, family_spec, heldout_budget, point_for
 from isoflop.ladder.registry import RunRecord
 
 METHODS = ("envelope", "approach3")
@@ -142,9 +142,7 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
 def plan_heldout(design: LadderDesign, fits: dict[str, Any], shape_fn=None) -> GridPoint:
     """The held-out run: ``heldout_factor`` x the largest budget, at approach 2's N_opt for that compute (or,
     without approach 2, the family member with the lowest approach-3 loss at that compute)."""
-    from isoflop.ladder.grid import _default_shape, family_spec
-
-    shape = shape_fn or _default_shape
+    shape = shape_fn or default_shape
     c_h = heldout_budget(design)
     if fits["n_opt_fit"] is not None:
         n_target = fits["n_opt_fit"]["coef"] * c_h ** fits["n_opt_fit"]["exponent"]

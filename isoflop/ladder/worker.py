@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     config_path, out_dir = Path(args[0]), Path(args[1])
     set_threads(int(os.environ.get("ISOFLOP_THREADS", "0") or 0))
     config = json.loads(config_path.read_text(encoding="utf-8"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and config.get("parallel", {}).get("strategy") == "none":
+        config["parallel"]["strategy"] = "auto"  # under torchrun the trainer picks DDP/FSDP for the processes
     entry = load_entry(os.environ.get("ISOFLOP_TRAIN_ENTRY", DEFAULT_ENTRY))
     _reset_peak_memory()
     start = time.perf_counter()
@@ -98,7 +100,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # A reusable worker process (the runner's local pool): torch is imported once per process, not once per run.
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the ladder process dies, so no orphaned worker keeps training (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        except OSError:
+            pass
+
+
 def pool_init(threads: int, entry: str | None) -> None:
+    _die_with_parent()
     os.environ["ISOFLOP_THREADS"] = str(threads)
     if entry:
         os.environ["ISOFLOP_TRAIN_ENTRY"] = entry

@@ -108,6 +108,7 @@ def write_report(analysis: dict[str, Any], out_dir: str | Path) -> Path:
 <body>
 <h1>isoflop ladder report: {html.escape(analysis.get('ladder', ''))}</h1>
 {_verdict(held)}
+{f"<p><i>Note: {html.escape(held['note'])}</i></p>" if held.get("note") else ""}
 {_predictions_table(held)}
 {''.join(sections)}
 <h2>Runs</h2>
