@@ -163,6 +163,7 @@ def test_tiny_preset_via_cli_val_loss_falls(cli, tmp_path):
     assert s["val_loss"] < s["val_loss_initial"] - 0.5
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_async_checkpoint_is_staged_before_save_returns(tmp_path):
     """The asynchronous path (used on GPU): weights changed right after ``save`` returns do not leak into the
     checkpoint, which becomes complete (marker + rename) once the background write ends."""
