@@ -23,6 +23,14 @@ MICRO = {
 }
 
 
+def shared_cache(tmp_path_factory) -> Path:
+    """One ``$ISOFLOP_CACHE`` for all trainer tests of a session: the corpus is tokenized and the CPU peak
+    measured once, not once per module."""
+    cache = tmp_path_factory.getbasetemp() / "isoflop-train-cache"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
 def micro_config(**sections) -> dict:
     """``MICRO`` with some sections' fields replaced, e.g. ``micro_config(train={"max_steps": 20})``."""
     cfg = json.loads(json.dumps(MICRO))

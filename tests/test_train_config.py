@@ -97,3 +97,20 @@ def test_wsd_schedule_shape():
     assert decay[9] == pytest.approx(lr + (lr * ratio - lr) * 10 / 20)
     with pytest.raises(IsoflopError):
         lr_at(0, total, lr, warm, "linear")
+
+
+def test_planner_plan_yaml_loads_as_is(cli, tmp_path):
+    """``isoflop plan --out plan.yaml`` (with and without hardware) is a valid training config unchanged."""
+    plain, hw = tmp_path / "plan.yaml", tmp_path / "plan_hw.yaml"
+    assert cli("plan", "--budget-flops", "1e21", "--out", str(plain), "--json").code == 0
+    assert cli("plan", "--gpu", "h100-sxm", "--gpus", "64", "--days", "14", "--out", str(hw), "--json").code == 0
+    for path in (plain, hw):
+        cfg = load_train_config(path)
+        raw = yaml.safe_load(path.read_text())
+        spec = cfg.spec()
+        assert spec.d_model == raw["model"]["d_model"] and cfg.train.tokens == raw["train"]["tokens"]
+        assert cfg.total_steps() == math.ceil(cfg.train.tokens / (cfg.train.global_batch * cfg.train.seq_len))
+        world = cfg.parallel.dp or 1
+        mb, accum = cfg.micro_batch_for(world)
+        assert mb * accum * world == cfg.train.global_batch
+        assert cfg.predicted is not None and cfg.predicted.loss == raw["predicted"]["loss"]

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from _train_common import micro_config, run_cli, run_torchrun, summary, write_config
+from _train_common import micro_config, run_cli, run_torchrun, shared_cache, summary, write_config
 from isoflop.train.data import DataConfig, prepare_data
 from isoflop.train.loop import train
 
@@ -17,7 +17,7 @@ REL = 1e-4
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("isoflop-cache")
+    cache = shared_cache(tmp_path_factory)
     prepare_data(DataConfig(**micro_config()["data"]), cache_dir=cache / "data")  # tokenize once for all runs
     return cache
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from _train_common import micro_config
+from _train_common import micro_config, shared_cache
 from isoflop.errors import IsoflopError
 from isoflop.spec import spec_from_dict
 from isoflop.train.checkpoint import COMPLETE, Checkpointer, latest_checkpoint
@@ -20,7 +20,7 @@ from isoflop.train.model import Transformer
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("isoflop-cache")
+    return shared_cache(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +161,25 @@ def test_tiny_preset_via_cli_val_loss_falls(cli, tmp_path):
     history = [loss for _, loss in s["val_history"]]
     assert len(history) == 3 and history[0] > history[1] > history[2]
     assert s["val_loss"] < s["val_loss_initial"] - 0.5
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_async_checkpoint_is_staged_before_save_returns(tmp_path):
+    """The asynchronous path (used on GPU): weights changed right after ``save`` returns do not leak into the
+    checkpoint, which becomes complete (marker + rename) once the background write ends."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 2))
+    optim = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 16)).sum().backward()
+    optim.step()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = Checkpointer(tmp_path, 2, DistEnv(), async_save=True)
+    assert ckpt.async_save
+    ckpt.save(1, model, optim, {"note": "async"})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ckpt.close()  # waits for the write, then marks it complete
+    assert latest_checkpoint(tmp_path).name == "step-00000001"
+    state = Checkpointer(tmp_path, 2, DistEnv()).load(latest_checkpoint(tmp_path), model, optim)
+    assert state["step"] == 1 and state["note"] == "async"
+    assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())

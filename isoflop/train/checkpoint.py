@@ -168,7 +168,8 @@ class Checkpointer:
         if self.async_save:
             if self._async_group is None and dist.is_initialized():
                 self._async_group = dist.new_group(backend="gloo")
-            future = dcp.async_save(state, storage_writer=writer, process_group=self._async_group)
+            with _quiet():
+                future = dcp.async_save(state, storage_writer=writer, process_group=self._async_group)
             if hasattr(future, "staging_completion"):  # the weights must be copied out before the next update
                 future.staging_completion.result()
             self._pending = (future, tmp, final, meta)

@@ -48,8 +48,8 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def measure_matmul_flops(dtype: torch.dtype | str, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 8,
-                         budget_s: float = 4.0) -> float:
+def measure_matmul_flops(dtype: torch.dtype | str, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 6,
+                         budget_s: float = 1.5) -> float:
     """Best FLOP/s over square ``n x n`` matmuls in ``dtype`` (``2 n^3`` FLOPs each), over ``sizes`` and
     up to ``repeats`` timed runs per size (fewer once ``budget_s`` is spent on a size, at least 2)."""
     dt = _dtype(dtype)

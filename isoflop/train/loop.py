@@ -38,7 +38,7 @@ from isoflop.spec.accounting import count_params, flops_per_step
 from isoflop.train.checkpoint import Checkpointer, latest_checkpoint
 from isoflop.train.config import TrainConfig, build_config, load_train_config
 from isoflop.train.distributed import (
-    DistEnv, all_reduce, apply_activation_checkpointing, barrier, broadcast_object, init_distributed,
+    DistEnv, all_reduce, apply_activation_checkpointing, broadcast_object, init_distributed,
     no_grad_sync, resolve_strategy, shutdown, wrap_model,
 )
 from isoflop.train.metrics import (
@@ -114,8 +114,6 @@ def _set_rng_state(state: dict[str, str]) -> None:
 
 def _can_compile(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot run here, or None when it can (inductor needs a C++ compiler on CPU)."""
-    import shutil as _shutil
-
     try:
         import torch._dynamo
 
@@ -123,7 +121,7 @@ def _can_compile(device: torch.device) -> str | None:
             return "torch.compile does not support this Python"
     except ImportError:
         return "torch._dynamo is unavailable"
-    if device.type == "cpu" and not any(_shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
         return "no C++ compiler was found for inductor's CPU backend"
     return None
 

@@ -21,8 +21,8 @@ Layout choices made for speed, none of which changes the function computed:
   autograd's decomposition; SwiGLU writes its gradient straight into the fused gate/up buffer). On
   other devices they are ``F.rms_norm`` and ``silu(gate) * up``, which fused kernels and
   ``torch.compile`` handle.
-* On CPU the output head and the cross-entropy are fused and chunked (``isoflop.train.loss``): the
-  full ``(tokens, vocab)`` logits are never materialised in a training step.
+* In fp32 on CPU the output head and the cross-entropy are fused and chunked
+  (``isoflop.train.loss``): the full ``(tokens, vocab)`` logits are never materialised.
 * A tied output head has no module of its own: the logits use the token embedding matrix
   directly, so there is exactly one tensor (no re-tying needed after ``to_empty`` or sharding).
 
