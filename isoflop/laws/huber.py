@@ -38,13 +38,23 @@ def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
     return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
 
 
-def log_predict(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
-    """``log L_hat`` for every point (log-sum-exp of the three terms, computed stably)."""
+def _shifted_terms(
+    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The three log-sum-exp terms ``exp(a - alpha log N)``, ``exp(b - beta log D)``, ``exp(e)``, each divided by
+    ``exp(m)`` with ``m`` their largest exponent (for stability); returns ``m, x0, x1, x2, x0 + x1 + x2``."""
     a, b, e, alpha, beta = theta
     t0 = a - alpha * log_n
     t1 = b - beta * log_d
     m = np.maximum(np.maximum(t0, t1), e)
-    return m + np.log(np.exp(t0 - m) + np.exp(t1 - m) + np.exp(e - m))
+    x0, x1, x2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
+    return m, x0, x1, x2, x0 + x1 + x2
+
+
+def log_predict(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
+    """``log L_hat`` for every point (log-sum-exp of the three terms, computed stably)."""
+    m, _, _, _, s = _shifted_terms(theta, log_n, log_d)
+    return m + np.log(s)
 
 
 def objective_and_grad(
@@ -52,15 +62,9 @@ def objective_and_grad(
     weights: np.ndarray | None = None, delta: float = HUBER_DELTA,
 ) -> tuple[float, np.ndarray]:
     """Huber objective and its exact gradient with respect to ``(a, b, e, alpha, beta)``."""
-    a, b, e, alpha, beta = theta
-    t0 = a - alpha * log_n
-    t1 = b - beta * log_d
-    m = np.maximum(np.maximum(t0, t1), e)
-    x0, x1, x2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
-    s = x0 + x1 + x2
+    m, x0, x1, x2, s = _shifted_terms(theta, log_n, log_d)
     r = m + np.log(s) - log_l
-    ar = np.abs(r)
-    loss = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
+    loss = huber(r, delta)
     dr = np.clip(r, -delta, delta)  # Huber'(r)
     if weights is not None:
         loss = loss * weights
@@ -93,11 +97,6 @@ def residuals(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np
 
 def jacobian(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> np.ndarray:  # noqa: ARG001
     """d residual_i / d theta, shape ``(n, 5)``: the softmax weights of the three log-sum-exp terms."""
-    a, b, e, alpha, beta = theta
-    t0 = a - alpha * log_n
-    t1 = b - beta * log_d
-    m = np.maximum(np.maximum(t0, t1), e)
-    x0, x1, x2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
-    s = x0 + x1 + x2
+    _, x0, x1, x2, s = _shifted_terms(theta, log_n, log_d)
     w0, w1 = x0 / s, x1 / s
     return np.stack([w0, w1, x2 / s, -w0 * log_n, -w1 * log_d], axis=1)
