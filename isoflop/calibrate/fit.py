@@ -25,7 +25,7 @@ from isoflop.calibrate.measured import Measurement
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import PerfConstants, calibratable, calibration_path, estimate, load_constants
-from isoflop.perf.constants import CALIBRATION_ENV
+from isoflop.perf.constants import CALIBRATION_ENV, read_calibration_file
 
 # Physical ranges: efficiencies are fractions of a peak; the GEMM half-size is a matrix dimension.
 _BOUNDS = {"gemm_half_dim": (1.0, 1e5), "step_overhead_s": (1e-6, 1e3)}
@@ -128,14 +128,7 @@ def calibrate(ms: list[Measurement], hardware: str | None = None, names: list[st
 def write_calibration(results: list[GpuCalibration], path: str | Path | None = None) -> Path:
     """Merge the fitted constants into the calibration file that ``isoflop.perf.load_constants`` reads."""
     target = Path(path).expanduser() if path else calibration_path()
-    data: dict[str, Any] = {}
-    if target.is_file():
-        try:
-            data = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise IsoflopError(f"existing calibration file {target} is malformed ({str(exc).splitlines()[0]}); fix or move it") from None
-        if not isinstance(data, dict):
-            raise IsoflopError(f"existing calibration file {target} is not a mapping; fix or move it")
+    data = read_calibration_file(target)
     for res in results:
         data[res.gpu] = {k: float(f"{v:.6g}") for k, v in res.constants.items()}
     header = "# isoflop calibration: GPU name -> fitted constants (written by `isoflop calibrate`; read by isoflop.perf)\n"

@@ -93,11 +93,9 @@ def _check_values(values: dict[str, Any], origin: str) -> dict[str, float]:
     return out
 
 
-def _calibration(gpu_name: str) -> dict[str, float]:
-    path = calibration_path()
+def read_calibration_file(path: Path) -> dict[str, Any]:
+    """The calibration file's mapping of GPU name -> constants ({} when the file does not exist)."""
     if not path.is_file():
-        if os.environ.get(CALIBRATION_ENV):
-            raise IsoflopError(f"calibration file {path} does not exist; fix ${CALIBRATION_ENV} or unset it")
         return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -105,7 +103,14 @@ def _calibration(gpu_name: str) -> dict[str, float]:
         raise IsoflopError(f"malformed calibration file {path}: {str(exc).splitlines()[0]}; fix or delete it") from None
     if not isinstance(data, dict):
         raise IsoflopError(f"calibration file {path} must map GPU names to {{constant: value}}; fix or delete it")
-    entry = data.get(gpu_name) or {}
+    return data
+
+
+def _calibration(gpu_name: str) -> dict[str, float]:
+    path = calibration_path()
+    if not path.is_file() and os.environ.get(CALIBRATION_ENV):
+        raise IsoflopError(f"calibration file {path} does not exist; fix ${CALIBRATION_ENV} or unset it")
+    entry = read_calibration_file(path).get(gpu_name) or {}
     if not isinstance(entry, dict):
         raise IsoflopError(f"calibration file {path}: entry {gpu_name!r} must be a mapping of constants")
     return _check_values(entry, f"calibration file {path} [{gpu_name}]")
