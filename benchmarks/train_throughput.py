@@ -14,10 +14,11 @@ MFU = model FLOPs of the step (``isoflop.spec.accounting.flops_per_step``: 6N-st
 the full s x s attention square) / step time / measured CPU matmul peak of the dtype
 (``isoflop.train.cpu_peak.measured_peak_flops``).
 
-Shapes (vocab 4096, seq 256, Llama family, untied, d_ff = 8/3 d rounded up to 32):
-  d512: d_model 512, 8 layers, 8 heads, d_ff 1376, batch 8;
-  ladder-largest: d_model 256, 6 layers, 4 heads, d_ff 704, batch 16 (the assumed largest model of the
-  default ladder).
+Shapes (Llama family):
+  d512: d_model 512, 8 layers, 8 heads, d_ff 1376, vocab 4096, untied, seq 256, batch 8;
+  ladder-largest: the largest model (most parameters) of the default ladder's grid, built here by the
+  ladder's own grid design (``isoflop.ladder.grid.design_grid`` on the ``quick`` preset, the held-out run
+  excluded), with that ladder's seq_len and batch (``batch_seqs``). The spec used is printed and is in the JSON.
 
 Run: ``python benchmarks/train_throughput.py`` (``--repeats``, ``--repeats-bf16``, ``--shapes``, ``--dtypes``).
 Each case also reports ``paired_ratio_median`` (median of the per-repeat ratios) and ``best_step_ratio``
@@ -46,11 +47,24 @@ from isoflop.train.export import hf_config, hf_state_dict  # noqa: E402
 from isoflop.train.model import build_model  # noqa: E402
 from isoflop.train.optim import build_optimizer  # noqa: E402
 
+DEFAULT_LADDER = "quick"
+
+
+def ladder_largest(preset: str = DEFAULT_LADDER) -> tuple[ModelSpec, int]:
+    """The largest model of ``preset``'s grid (as the ladder designs it) and the ladder's batch in sequences;
+    the spec's ``max_seq_len`` is the ladder's ``seq_len``."""
+    from isoflop.ladder.grid import design_grid
+    from isoflop.ladder.presets import get_preset
+
+    design = get_preset(preset)
+    largest = max(design_grid(design), key=lambda p: (p.n_params, p.n_params_non_embedding)).spec
+    return largest.model_copy(update={"name": f"{preset}-ladder-largest"}), design.batch_seqs
+
+
 SHAPES = {
-    "d512": (ModelSpec(name="d512", d_model=512, n_layers=8, n_heads=8, d_ff=1376, vocab_size=4096, max_seq_len=256), 8),
-    "ladder-largest": (
-        ModelSpec(name="ladder-largest", d_model=256, n_layers=6, n_heads=4, d_ff=704, vocab_size=4096, max_seq_len=256), 16
-    ),
+    "d512": lambda: (ModelSpec(name="d512", d_model=512, n_layers=8, n_heads=8, d_ff=1376, vocab_size=4096,
+                               max_seq_len=256), 8),
+    "ladder-largest": ladder_largest,
 }
 LR, BETAS, WD = 1e-4, (0.9, 0.95), 0.1
 
@@ -62,7 +76,12 @@ def _sides(spec: ModelSpec):
     ours = build_model(spec, seed=0).train()
     config = transformers.AutoConfig.for_model(**hf_config(spec))
     hf = transformers.LlamaForCausalLM(config).train()
-    hf.load_state_dict(hf_state_dict(ours.state_dict(), spec), strict=True)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(ours.state_dict(), spec), strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if spec.tie_embeddings else set()):
+        raise RuntimeError(f"weights do not match transformers' model: missing {missing}, unexpected {unexpected}")
+    if spec.tie_embeddings:
+        hf.tie_weights()
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight
     return (ours, build_optimizer(ours, lr=LR, weight_decay=WD, betas=BETAS)), (
         hf, torch.optim.AdamW(hf.parameters(), lr=LR, weight_decay=WD, betas=BETAS)
     )
@@ -88,7 +107,7 @@ def _step_hf(model, opt, x, y, autocast: bool) -> float:
 
 def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
     """Time both sides on one shape and dtype; medians, MFU and the ratio."""
-    spec, batch = SHAPES[name]
+    spec, batch = SHAPES[name]()
     seq = spec.max_seq_len
     (ours, opt_ours), (hf, opt_hf) = _sides(spec)
     gen = torch.Generator().manual_seed(0)
@@ -109,8 +128,7 @@ def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
             times[key].append(time.perf_counter() - start)
     step_flops = flops_per_step(spec, batch, seq).model
     peak = measured_peak_flops(dtype)
-    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "d_model": spec.d_model,
-                    "n_layers": spec.n_layers, "d_ff": spec.d_ff, "vocab_size": spec.vocab_size,
+    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "spec": spec.model_dump(),
                     "peak_tflops": peak / 1e12}
     for key, ts in times.items():
         med = statistics.median(ts)
@@ -137,6 +155,10 @@ def main() -> None:
     torch.manual_seed(0)
     results = []
     for name in args.shapes.split(","):
+        if name not in SHAPES:
+            parser.error(f"unknown shape {name!r}; use {', '.join(SHAPES)}")
+        spec, batch = SHAPES[name]()
+        print(f"{name}: {spec.model_dump_json()} batch {batch} seq {spec.max_seq_len}", flush=True)
         for dtype in args.dtypes.split(","):
             repeats = args.repeats_bf16 if dtype == "bf16" and args.repeats_bf16 else args.repeats
             res = run_case(name, dtype, repeats, args.warmup)
