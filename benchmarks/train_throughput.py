@@ -20,6 +20,9 @@ Shapes (Llama family):
   ladder's own grid design (``isoflop.ladder.grid.design_grid`` on the ``quick`` preset, the held-out run
   excluded), with that ladder's seq_len and batch (``batch_seqs``). The spec used is printed and is in the JSON.
 
+Each repeat times a block of consecutive steps of one side, as many as make the block last
+``--min-block-s`` (0.5 s; one step for the larger shape, tens for the ladder's tiny model).
+
 Run: ``python benchmarks/train_throughput.py`` (``--repeats``, ``--repeats-bf16``, ``--shapes``, ``--dtypes``).
 Each case also reports ``paired_ratio_median`` (median of the per-repeat ratios) and ``best_step_ratio``
 (ratio of the fastest steps), two checks that are less sensitive to other jobs on a shared machine. The last line
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -105,7 +109,7 @@ def _step_hf(model, opt, x, y, autocast: bool) -> float:
     return loss.item()
 
 
-def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
+def run_case(name: str, dtype: str, repeats: int, warmup: int, min_block_s: float = 0.5) -> dict:
     """Time both sides on one shape and dtype; medians, MFU and the ratio."""
     spec, batch = SHAPES[name]()
     seq = spec.max_seq_len
@@ -119,16 +123,25 @@ def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
     for _ in range(warmup):
         for step in sides.values():
             step()
+    # Steps per timed block: enough for a block to last about ``min_block_s`` (tiny models step in
+    # milliseconds); a repeat's time is its block's time per step.
+    single = []
+    for step in sides.values():
+        start = time.perf_counter()
+        step()
+        single.append(time.perf_counter() - start)
+    inner = max(1, math.ceil(min_block_s / max(single)))
     times: dict[str, list[float]] = {k: [] for k in sides}
     order = list(sides)
     for r in range(repeats):
         for key in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
-            sides[key]()
-            times[key].append(time.perf_counter() - start)
+            for _ in range(inner):
+                sides[key]()
+            times[key].append((time.perf_counter() - start) / inner)
     step_flops = flops_per_step(spec, batch, seq).model
     peak = measured_peak_flops(dtype)
-    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "spec": spec.model_dump(),
+    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "steps_per_repeat": inner, "spec": spec.model_dump(),
                     "peak_tflops": peak / 1e12}
     for key, ts in times.items():
         med = statistics.median(ts)
@@ -148,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--repeats-bf16", type=int, default=None, help="repeats for bf16 (default: --repeats)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--min-block-s", type=float, default=0.5, help="time steps in blocks of at least this long")
     parser.add_argument("--no-tune-allocator", action="store_true")
     args = parser.parse_args()
     if not args.no_tune_allocator:
@@ -161,7 +175,7 @@ def main() -> None:
         print(f"{name}: {spec.model_dump_json()} batch {batch} seq {spec.max_seq_len}", flush=True)
         for dtype in args.dtypes.split(","):
             repeats = args.repeats_bf16 if dtype == "bf16" and args.repeats_bf16 else args.repeats
-            res = run_case(name, dtype, repeats, args.warmup)
+            res = run_case(name, dtype, repeats, args.warmup, args.min_block_s)
             results.append(res)
             print(f"{name:15s} {dtype:5s} isoflop {res['isoflop']['tokens_per_s']:8.0f} tok/s "
                   f"(MFU {res['isoflop']['mfu']:.2f})  transformers {res['transformers']['tokens_per_s']:8.0f} tok/s "
