@@ -17,7 +17,8 @@ Layout choices made for speed, none of which changes the function computed:
   the fused kernel (FlashAttention on GPU, the flash-style CPU kernel otherwise) is picked by PyTorch.
 * In bf16/fp16 on a CPU without native bf16 matmul instructions (no AVX512-BF16 or AMX), attention uses
   SDPA's math backend: PyTorch's flash-style CPU kernel then runs its blocked loops in emulated bf16 and
-  was 1.7-7x slower (forward + backward) than the math path on the CPU we measured; with native bf16, or
+  was 1.7-3.7x slower (forward + backward) than the math path on the CPU we measured
+  (AVX-512 without BF16, at the shapes of ``benchmarks/train_throughput.py``); with native bf16, or
   in fp32, the fused kernel is kept. The math path builds the ``(T, T)`` scores, so it is only used
   while they stay small (``_MATH_ATTENTION_MAX_BYTES``).
 * RoPE tables are computed once (in float64, stored as float32 buffers) and sliced per step; the
