@@ -14,10 +14,14 @@ MFU = model FLOPs of the step (``isoflop.spec.accounting.flops_per_step``: 6N-st
 the full s x s attention square) / step time / measured CPU matmul peak of the dtype
 (``isoflop.train.cpu_peak.measured_peak_flops``).
 
-Shapes (vocab 4096, seq 256, Llama family, untied, d_ff = 8/3 d rounded up to 32):
-  d512: d_model 512, 8 layers, 8 heads, d_ff 1376, batch 8;
-  ladder-largest: d_model 256, 6 layers, 4 heads, d_ff 704, batch 16 (the assumed largest model of the
-  default ladder).
+Shapes (Llama family):
+  d512: d_model 512, 8 layers, 8 heads, d_ff 1376, vocab 4096, untied, seq 256, batch 8;
+  ladder-largest: the largest model (most parameters) of the default ladder's grid, built here by the
+  ladder's own grid design (``isoflop.ladder.grid.design_grid`` on the ``quick`` preset, the held-out run
+  excluded), with that ladder's seq_len and batch (``batch_seqs``). The spec used is printed and is in the JSON.
+
+Each repeat times a block of consecutive steps of one side, as many as make the block last
+``--min-block-s`` (0.5 s; one step for the larger shape, tens for the ladder's tiny model).
 
 Run: ``python benchmarks/train_throughput.py`` (``--repeats``, ``--repeats-bf16``, ``--shapes``, ``--dtypes``).
 Each case also reports ``paired_ratio_median`` (median of the per-repeat ratios) and ``best_step_ratio``
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -46,11 +51,24 @@ from isoflop.train.export import hf_config, hf_state_dict  # noqa: E402
 from isoflop.train.model import build_model  # noqa: E402
 from isoflop.train.optim import build_optimizer  # noqa: E402
 
+DEFAULT_LADDER = "quick"
+
+
+def ladder_largest(preset: str = DEFAULT_LADDER) -> tuple[ModelSpec, int]:
+    """The largest model of ``preset``'s grid (as the ladder designs it) and the ladder's batch in sequences;
+    the spec's ``max_seq_len`` is the ladder's ``seq_len``."""
+    from isoflop.ladder.grid import design_grid
+    from isoflop.ladder.presets import get_preset
+
+    design = get_preset(preset)
+    largest = max(design_grid(design), key=lambda p: (p.n_params, p.n_params_non_embedding)).spec
+    return largest.model_copy(update={"name": f"{preset}-ladder-largest"}), design.batch_seqs
+
+
 SHAPES = {
-    "d512": (ModelSpec(name="d512", d_model=512, n_layers=8, n_heads=8, d_ff=1376, vocab_size=4096, max_seq_len=256), 8),
-    "ladder-largest": (
-        ModelSpec(name="ladder-largest", d_model=256, n_layers=6, n_heads=4, d_ff=704, vocab_size=4096, max_seq_len=256), 16
-    ),
+    "d512": lambda: (ModelSpec(name="d512", d_model=512, n_layers=8, n_heads=8, d_ff=1376, vocab_size=4096,
+                               max_seq_len=256), 8),
+    "ladder-largest": ladder_largest,
 }
 LR, BETAS, WD = 1e-4, (0.9, 0.95), 0.1
 
@@ -62,7 +80,12 @@ def _sides(spec: ModelSpec):
     ours = build_model(spec, seed=0).train()
     config = transformers.AutoConfig.for_model(**hf_config(spec))
     hf = transformers.LlamaForCausalLM(config).train()
-    hf.load_state_dict(hf_state_dict(ours.state_dict(), spec), strict=True)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(ours.state_dict(), spec), strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if spec.tie_embeddings else set()):
+        raise RuntimeError(f"weights do not match transformers' model: missing {missing}, unexpected {unexpected}")
+    if spec.tie_embeddings:
+        hf.tie_weights()
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight
     return (ours, build_optimizer(ours, lr=LR, weight_decay=WD, betas=BETAS)), (
         hf, torch.optim.AdamW(hf.parameters(), lr=LR, weight_decay=WD, betas=BETAS)
     )
@@ -86,9 +109,9 @@ def _step_hf(model, opt, x, y, autocast: bool) -> float:
     return loss.item()
 
 
-def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
+def run_case(name: str, dtype: str, repeats: int, warmup: int, min_block_s: float = 0.5) -> dict:
     """Time both sides on one shape and dtype; medians, MFU and the ratio."""
-    spec, batch = SHAPES[name]
+    spec, batch = SHAPES[name]()
     seq = spec.max_seq_len
     (ours, opt_ours), (hf, opt_hf) = _sides(spec)
     gen = torch.Generator().manual_seed(0)
@@ -100,17 +123,25 @@ def run_case(name: str, dtype: str, repeats: int, warmup: int) -> dict:
     for _ in range(warmup):
         for step in sides.values():
             step()
+    # Steps per timed block: enough for a block to last about ``min_block_s`` (tiny models step in
+    # milliseconds); a repeat's time is its block's time per step.
+    single = []
+    for step in sides.values():
+        start = time.perf_counter()
+        step()
+        single.append(time.perf_counter() - start)
+    inner = max(1, math.ceil(min_block_s / max(single)))
     times: dict[str, list[float]] = {k: [] for k in sides}
     order = list(sides)
     for r in range(repeats):
         for key in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
-            sides[key]()
-            times[key].append(time.perf_counter() - start)
+            for _ in range(inner):
+                sides[key]()
+            times[key].append((time.perf_counter() - start) / inner)
     step_flops = flops_per_step(spec, batch, seq).model
     peak = measured_peak_flops(dtype)
-    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "d_model": spec.d_model,
-                    "n_layers": spec.n_layers, "d_ff": spec.d_ff, "vocab_size": spec.vocab_size,
+    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "steps_per_repeat": inner, "spec": spec.model_dump(),
                     "peak_tflops": peak / 1e12}
     for key, ts in times.items():
         med = statistics.median(ts)
@@ -130,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--repeats-bf16", type=int, default=None, help="repeats for bf16 (default: --repeats)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--min-block-s", type=float, default=0.5, help="time steps in blocks of at least this long")
     parser.add_argument("--no-tune-allocator", action="store_true")
     args = parser.parse_args()
     if not args.no_tune_allocator:
@@ -137,9 +169,13 @@ def main() -> None:
     torch.manual_seed(0)
     results = []
     for name in args.shapes.split(","):
+        if name not in SHAPES:
+            parser.error(f"unknown shape {name!r}; use {', '.join(SHAPES)}")
+        spec, batch = SHAPES[name]()
+        print(f"{name}: {spec.model_dump_json()} batch {batch} seq {spec.max_seq_len}", flush=True)
         for dtype in args.dtypes.split(","):
             repeats = args.repeats_bf16 if dtype == "bf16" and args.repeats_bf16 else args.repeats
-            res = run_case(name, dtype, repeats, args.warmup)
+            res = run_case(name, dtype, repeats, args.warmup, args.min_block_s)
             results.append(res)
             print(f"{name:15s} {dtype:5s} isoflop {res['isoflop']['tokens_per_s']:8.0f} tok/s "
                   f"(MFU {res['isoflop']['mfu']:.2f})  transformers {res['transformers']['tokens_per_s']:8.0f} tok/s "

@@ -205,3 +205,27 @@ def test_fused_linear_cross_entropy_matches_plain(autocast: bool) -> None:
     for a, b in zip(g_fused, g_plain):
         torch.testing.assert_close(a, b, **tol)
     assert torch.isnan(fused_linear_cross_entropy(h, w, torch.full((700,), -100)))
+
+
+@pytest.mark.parametrize("math_backend", [True, False])
+def test_bf16_attention_backends_match_fp32(monkeypatch, math_backend: bool) -> None:
+    """Under bf16 autocast on CPU, both SDPA backends (math, used without native bf16; the fused kernel
+    otherwise) give the fp32 model's loss and gradients to bf16 accuracy (GQA spec, so ``enable_gqa`` is used)."""
+    import isoflop.train.model as model_mod
+
+    monkeypatch.setattr(model_mod, "_NATIVE_BF16", not math_backend)
+    spec = SPECS["llama-gqa-untied"]
+    model = build_model(spec, seed=0)
+    idx = torch.randint(0, spec.vocab_size, (2, spec.max_seq_len), generator=torch.Generator().manual_seed(1))
+    q = torch.zeros(2, spec.n_heads, spec.max_seq_len, spec.dim_per_head, dtype=torch.bfloat16)
+    assert model_mod._math_attention(q) is math_backend
+    losses, grads = [], []
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    assert abs(losses[1] - losses[0]) < 2e-2
+    assert (grads[1] - grads[0]).norm() / grads[0].norm() < 5e-2

@@ -15,6 +15,12 @@ Layout choices made for speed, none of which changes the function computed:
   (``mlp.gate_up``, gate rows first). The export splits them back into Hugging Face's names.
 * Attention is ``F.scaled_dot_product_attention(..., is_causal=True)``: no mask tensor is built, and
   the fused kernel (FlashAttention on GPU, the flash-style CPU kernel otherwise) is picked by PyTorch.
+* In bf16/fp16 on a CPU without native bf16 matmul instructions (no AVX512-BF16 or AMX), attention uses
+  SDPA's math backend: PyTorch's flash-style CPU kernel then runs its blocked loops in emulated bf16 and
+  was slower (forward + backward) than the math path on the CPU we profiled (AVX-512 without BF16, at the
+  shapes of ``benchmarks/train_throughput.py``, whose bf16 ratios show the effect); with native bf16, or
+  in fp32, the fused kernel is kept. The math path builds the ``(T, T)`` scores, so it is only used
+  while they stay small (``_MATH_ATTENTION_MAX_BYTES``).
 * RoPE tables are computed once (in float64, stored as float32 buffers) and sliced per step; the
   rotation is one complex multiply per tensor, forward and backward.
 * On CPU, RMSNorm and SwiGLU have hand-written backward passes (fewer full-size memory passes than
@@ -44,11 +50,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
 from isoflop.train.loss import linear_cross_entropy
 
 INIT_STD = 0.02
+_MATH_ATTENTION_MAX_BYTES = 256 << 20  # fp32 scores of one attention call, (B, H, T, T)
+
+
+def _cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX on x86; other CPUs (or a PyTorch without these probes) are assumed native."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not all(callable(p) for p in probes) or not getattr(torch.cpu, "_is_avx512_supported", lambda: False)():
+        return True
+    return any(p() for p in probes)
+
+
+_NATIVE_BF16 = _cpu_has_native_bf16()
+
+
+def _math_attention(q: Tensor) -> bool:
+    """SDPA's math backend for half-precision attention on a CPU without native bf16 (module docstring)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or _NATIVE_BF16:
+        return False
+    B, H, T, _ = q.shape
+    return B * H * T * T * 4 <= _MATH_ATTENTION_MAX_BYTES and not torch.compiler.is_compiling()
 
 
 def _norm(spec: ModelSpec) -> nn.Module:
@@ -165,7 +193,11 @@ class Attention(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         # GQA/MQA: each group of H / K query heads shares one key/value head, without copying K and V.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
+        if _math_attention(q):
+            with sdpa_kernel(SDPBackend.MATH):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
         return self.out(y.transpose(1, 2).reshape(B, T, H * D))
 
 
