@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isoflop.hardware import get_gpu  # noqa: E402
 from isoflop.perf import Layout, estimate  # noqa: E402
-from isoflop.spec import ModelSpec, count_flops, preset  # noqa: E402
+from isoflop.spec import ModelSpec, preset  # noqa: E402
 
 MPT_7B = ModelSpec(  # mosaicml/mpt-7b config.json: ALiBi (no position parameters), no biases, tied, GELU
     name="mpt-7b", d_model=4096, n_layers=32, n_heads=32, d_ff=16384, vocab_size=50432, max_seq_len=2048,

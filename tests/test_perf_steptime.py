@@ -10,7 +10,7 @@ import pytest
 
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, load_constants
-from isoflop.spec import count_flops, preset
+from isoflop.spec import preset
 from isoflop.spec.accounting import flops_per_step
 
 A100 = get_gpu("a100-80gb")

@@ -25,6 +25,7 @@ import yaml
 
 from isoflop.atomic import atomic_write_text
 from isoflop.errors import IsoflopError
+from isoflop.structured import read_json_or_yaml
 
 
 def _ci(samples: np.ndarray) -> list[float]:
@@ -447,9 +448,4 @@ def load_law(source: str | Path | Law) -> Law:
     path = Path(text)
     if not path.is_file():
         raise IsoflopError(f"law {text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
-    try:
-        raw = path.read_text(encoding="utf-8")
-        data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise IsoflopError(f"malformed law file {path}: {str(exc).splitlines()[0]}; rewrite it with `isoflop fit --out`") from None
-    return law_from_dict(data)
+    return law_from_dict(read_json_or_yaml(path, "law file", "rewrite it with `isoflop fit --out`"))

@@ -7,7 +7,6 @@ is downloaded and ``transformers`` is not imported.
 from __future__ import annotations
 
 import difflib
-import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 
 from isoflop.errors import IsoflopError, describe_validation_error
 from isoflop.spec.model import ModelSpec
+from isoflop.structured import read_json_or_yaml
 
 
 @lru_cache(maxsize=1)
@@ -73,12 +73,7 @@ def load_spec(model: str | Path | ModelSpec) -> ModelSpec:
         return preset(text_model)
     if not path.is_file():
         raise IsoflopError(f"model file {text_model!r} does not exist; give a preset name or an existing YAML/JSON file")
-    try:
-        raw = path.read_text(encoding="utf-8")
-        data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise IsoflopError(f"malformed model file {text_model}: {first}; fix the file's syntax") from None
+    data = read_json_or_yaml(path, "model file", "fix the file's syntax")
     name = path.parent.name if path.name == "config.json" else path.stem
     return spec_from_dict(data, name=name)
 
