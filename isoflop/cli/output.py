@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any, Callable
 
 import typer
 from rich.console import Console
 
+from isoflop.atomic import json_safe
 from isoflop.errors import IsoflopError
 
 JSON_OPTION = typer.Option(False, "--json", help="Print exact machine-readable JSON instead of a table.")
@@ -20,23 +20,8 @@ MODEL_ARGUMENT = typer.Argument(None, help="Preset name, spec file (YAML/JSON) o
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _plain(obj: Any) -> Any:
-    """Convert numpy scalars/arrays and pydantic models to JSON-native types; NaN/inf become null."""
-    if hasattr(obj, "model_dump"):
-        return _plain(obj.model_dump())
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _plain(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def to_json(data: Any) -> str:
-    return json.dumps(_plain(data), indent=2, allow_nan=False)
+    return json.dumps(json_safe(data), indent=2, allow_nan=False)
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Console], None]) -> None:

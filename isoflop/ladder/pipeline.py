@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from isoflop.atomic import atomic_write_json
+from isoflop.atomic import atomic_write_json, json_safe
 from isoflop.ladder import verify as V
 from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid, edge_extensions
 from isoflop.ladder.registry import Registry, RunRecord
@@ -166,7 +166,7 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
         "n_opt_fit": fits["n_opt_fit"], "d_opt_fit": fits["d_opt_fit"],
         "curves": V.curves(fits, held_point.flops), "heldout": heldout, "fits": fit_summary,
     }
-    atomic_write_json(out / "analysis.json", _finite(analysis))
+    atomic_write_json(out / "analysis.json", json_safe(analysis))
     from isoflop.report import write_report
 
     report = write_report(analysis, out)
@@ -174,16 +174,5 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     summary = {"ladder": design.name, "out_dir": str(out), "runs": {"total": len(outcome), **counts},
                "heldout": {k: v for k, v in heldout.items() if k != "curve"}, "fit": fit_summary,
                "report": str(report), "wall_s": time.perf_counter() - start}
-    atomic_write_json(out / "summary.json", _finite(summary))
+    atomic_write_json(out / "summary.json", json_safe(summary))
     return summary
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: tuples to lists, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

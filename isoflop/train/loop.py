@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from isoflop.atomic import atomic_write_json, atomic_write_text
+from isoflop.atomic import atomic_write_json, atomic_write_text, json_safe
 from isoflop.errors import IsoflopError
 from isoflop.spec.accounting import count_params, flops_per_step
 from isoflop.train.checkpoint import Checkpointer, latest_checkpoint
@@ -351,7 +351,7 @@ class _Run:
             summary["measured"] = measured
             summary["prediction_error"] = relative_errors(predicted, measured)
         if env.is_main:
-            atomic_write_json(out / SUMMARY_FILE, _json_safe(summary))
+            atomic_write_json(out / SUMMARY_FILE, json_safe(summary))
             train_loss = summary["final_train_loss"]
             self._say(f"done: {state['step']} steps, train loss {train_loss if train_loss is None else round(train_loss, 4)}, "
                       f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
@@ -485,13 +485,3 @@ class _Run:
             shutil.rmtree(target)
         os.replace(tmp, target)
         return target
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
