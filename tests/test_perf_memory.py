@@ -3,12 +3,10 @@ and the fake-tensor ground truth (a real PyTorch step measured by MemTracker).""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from _benchmarks import load_benchmark
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate
 from isoflop.perf.layout import LayoutArrays
@@ -97,20 +95,13 @@ def test_offload_and_optimizers() -> None:
     assert _states(fp32) == pytest.approx(16 * psi)
 
 
-def _ground_truth():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_ground_truth.py"
-    module_spec = importlib.util.spec_from_file_location("memory_ground_truth", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [0, 2, 6, 8])
 def test_fake_tensor_ground_truth(case: int) -> None:
     """A real PyTorch step under FakeTensorMode + MemTracker: model states exact, peak within 5%."""
     pytest.importorskip("torch")
-    gt = _ground_truth()
+    gt = load_benchmark("memory_ground_truth")
     row = gt.run_case(*gt.CASES[case])
     assert row["model_states_exact"], row
     assert abs(row["total_error"]) < 0.05, row

@@ -3,11 +3,9 @@ published-run validation (benchmarks/validate_published.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from _benchmarks import load_benchmark
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, load_constants
 from isoflop.spec import preset
@@ -76,16 +74,9 @@ def test_offload_slows_the_optimizer_step() -> None:
     assert off.breakdown["optimizer_s"] > 10 * on.breakdown["optimizer_s"]
 
 
-def _validation():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "validate_published.py"
-    module_spec = importlib.util.spec_from_file_location("validate_published", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
 
 def test_published_runs_median_error_within_10_percent() -> None:
-    report = _validation().report()
+    report = load_benchmark("validate_published").report()
     assert report["n_runs"] == 11
     assert report["median_abs_error"] <= 0.10, report
     # every Narayanan run (the fit set) within 5%
