@@ -240,3 +240,19 @@ def test_narrow_noisy_data_warns_and_drops_unusable_resamples() -> None:
     stats = law.info["bootstrap"]
     assert stats["dropped"] > 0 and stats["converged"] == len(law.samples)
     assert np.all(law.samples[:, 3:] <= 3.0) and np.all(np.log(law.samples[:, :3]) <= 100)
+
+
+def test_approach2_d_opt_is_the_trained_tokens_when_flops_per_token_exceed_6n() -> None:
+    """With exact accounting (here f(N) = 6N + 6 * 2e5, an output head's share) each run trains D = C / f(N)
+    tokens; D_opt at the vertex is those tokens, C / f(N_opt), not C / (6 N_opt)."""
+    rng = np.random.default_rng(5)
+    law = ChinchillaLaw(**TRUE)
+    n_all, d_all, c_all = [], [], []
+    for c in np.geomspace(1e12, 1e14, 3):
+        n = np.geomspace(2e4, 2e6, 9)
+        n_all.append(n), d_all.append(c / (6 * n + 1.2e6)), c_all.append(np.full(9, c))
+    n, d, c = (np.concatenate(x) for x in (n_all, d_all, c_all))
+    fit = fit_approach2(n, d, law.predict(n, d) * np.exp(rng.normal(0, 1e-4, len(n))), c)
+    for m in fit.minima:
+        assert m["D_opt"] == pytest.approx(m["C"] / (6 * m["N_opt"] + 1.2e6), rel=0.02)
+        assert m["D_opt"] < 0.9 * m["C"] / (6 * m["N_opt"])

@@ -24,6 +24,7 @@ import numpy as np
 from isoflop.errors import IsoflopError
 from isoflop.ladder.grid import GridPoint, LadderDesign, default_shape, family_spec, heldout_budget, point_for
 from isoflop.ladder.registry import RunRecord
+from isoflop.laws.fit import fit_approach2, fit_saturating, tokens_at
 
 METHODS = ("envelope", "approach3")
 
@@ -56,8 +57,7 @@ def parabolas(arr: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         vertex = -coef[1] / (2 * coef[0]) if coef[0] > 0 else float("nan")
         interior = bool(np.isfinite(vertex) and x.min() <= vertex <= x.max())
         n_opt = 10**vertex if interior else float("nan")
-        # D at the vertex: interpolate the run's tokens in log-log (tokens ~ C / flops_per_token(N)).
-        d_opt = float(np.exp(np.interp(np.log(n_opt), np.log(arr["n"][idx]), np.log(arr["d"][idx])))) if interior else float("nan")
+        d_opt = tokens_at(n_opt, arr["n"][idx], arr["d"][idx]) if interior else float("nan")
         out.append({"budget": float(budget), "coef": [float(c) for c in coef], "n_opt": float(n_opt), "d_opt": d_opt,
                     "loss_opt": float(np.polyval(coef, vertex)) if interior else float("nan"), "interior": interior})
     return out
@@ -71,8 +71,6 @@ def _power_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 def envelope_fit(budgets: np.ndarray, losses: np.ndarray) -> dict[str, Any]:
     """``L*(C)`` through the parabola minima: saturating with 4+ budgets, else a 2-parameter power law."""
     if len(budgets) >= 4:
-        from isoflop.laws.fit import fit_saturating
-
         law = fit_saturating(budgets, losses)
         return {"form": "saturating", **law.params}
     fit = _power_fit(budgets, losses)
@@ -114,7 +112,6 @@ def _envelope_bootstrap(arr: dict[str, np.ndarray], c_eval: np.ndarray, samples:
 def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
     """Approach 2 (allocation + envelope) and approach 3 on the ladder runs."""
     from isoflop.laws import ChinchillaLaw
-    from isoflop.laws.fit import fit_approach2
 
     if len(arr["n"]) < 5:
         raise IsoflopError(f"only {len(arr['n'])} finished ladder runs; the fits need at least 5 (see the registry's errors)")
@@ -123,10 +120,9 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
     note = None
     if len(pars) >= 3:
         a2 = fit_approach2(arr["n"], arr["d"], arr["loss"], arr["c"], groups=_budget_groups(arr["budget"])).to_dict()
-        b = np.array([p["budget"] for p in pars])
-        n_opt_fit = _power_fit(b, np.array([p["n_opt"] for p in pars]))
-        d_opt_fit = _power_fit(b, np.array([p["d_opt"] for p in pars]))
-        env = envelope_fit(b, np.array([p["loss_opt"] for p in pars]))
+        n_opt_fit = {"coef": a2["params"]["k_N"], "exponent": a2["params"]["a"]}
+        d_opt_fit = {"coef": a2["params"]["k_D"], "exponent": a2["params"]["b"]}
+        env = envelope_fit(np.array([p["budget"] for p in pars]), np.array([p["loss_opt"] for p in pars]))
     else:
         note = (f"only {len(pars)} budget(s) have an interior IsoFLOP minimum (3 needed): approach 2 and the envelope are "
                 "skipped, approach 3 sizes and predicts the held-out run; widen the sizes or raise the budgets")

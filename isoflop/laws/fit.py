@@ -304,6 +304,18 @@ def group_budgets(c: np.ndarray, tolerance_dex: float = 0.05) -> np.ndarray:
     return labels
 
 
+def tokens_at(n_opt: float, n: np.ndarray, d: np.ndarray) -> float:
+    """Tokens of an IsoFLOP group at size ``n_opt``: the runs' ``(N, D)`` interpolated in log-log.
+
+    Along an IsoFLOP profile ``D = C / f(N)`` with ``f`` the training FLOPs per token. With ``f = 6N``
+    (Kaplan et al. 2020, Eq. 2.1) ``log D`` is linear in ``log N`` and this is exactly ``C / (6 N_opt)``; with
+    exact accounting (attention, the output head) ``f`` exceeds ``6N`` for small models, and ``C / (6 N_opt)``
+    would overstate the tokens that were actually trained.
+    """
+    order = np.argsort(n)
+    return float(np.exp(np.interp(np.log(n_opt), np.log(n[order]), np.log(d[order]))))
+
+
 def fit_approach2(
     n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None, *, groups: np.ndarray | None = None,
     tolerance_dex: float = 0.05,
@@ -312,7 +324,8 @@ def fit_approach2(
 
     Runs are grouped by budget (``groups``, else by ``group_budgets``); in each group with at least three model
     sizes a parabola ``L = p0 + p1 x + p2 x^2`` in ``x = log N`` is fitted and its vertex, when the parabola
-    opens upwards and the vertex lies inside the sizes tried, is ``(N_opt, L_min)`` with ``D_opt = C / (6 N_opt)``.
+    opens upwards and the vertex lies inside the sizes tried, is ``(N_opt, L_min)``; ``D_opt`` is the group's
+    tokens interpolated at the vertex (``tokens_at``), which is ``C / (6 N_opt)`` when ``C = 6 N D``.
     Power laws through the vertices give ``N_opt(C)`` and ``D_opt(C)``.
     """
     n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
@@ -332,7 +345,7 @@ def fit_approach2(
             continue
         budget = float(np.exp(np.mean(np.log(c[idx]))))
         n_opt = float(np.exp(vertex))
-        points.append({"C": budget, "N_opt": n_opt, "D_opt": budget / (6 * n_opt), "loss": float(p0 + p1 * vertex + p2 * vertex**2), "runs": int(idx.sum())})
+        points.append({"C": budget, "N_opt": n_opt, "D_opt": tokens_at(n_opt, n[idx], d[idx]), "loss": float(p0 + p1 * vertex + p2 * vertex**2), "runs": int(idx.sum())})
     if len(points) < 2:
         raise IsoflopError(f"only {len(points)} IsoFLOP budget(s) have an interior parabola minimum ({skipped} skipped); Approach 2 needs at least 2 budgets with 3+ model sizes around the optimum")
     law = _allocation(points, 2, _loss_vs_compute(points))
