@@ -52,3 +52,20 @@ def test_export_bf16_and_unsupported_family(tmp_path) -> None:
     chinchilla_like = spec.replace(mlp="gelu")
     with pytest.raises(IsoflopError, match="no Hugging Face architecture"):
         export_hf(build_model(chinchilla_like, seed=0), tmp_path / "x")
+
+
+def test_export_with_tokenizer_loads_in_auto_tokenizer(tmp_path) -> None:
+    from isoflop.train.data.tokenizer import EOT, train_bpe
+
+    texts = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 0\n", "import os\nprint(os.sep)\n"] * 20
+    tok = train_bpe(texts, vocab_size=300)
+    eos = tok.token_to_id(EOT)
+    spec = ModelSpec(d_model=64, n_layers=2, n_heads=4, d_ff=160, vocab_size=300, max_seq_len=32)
+    out = export_hf(build_model(spec, seed=0), tmp_path / "hf", tokenizer=tok, eos_id=eos)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "def point(x):\n    return Point(x) + ünïcode"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text, add_special_tokens=False).ids
+    assert hf_tok.decode(hf_tok(text)["input_ids"]) == text
+    config = json.loads((out / "config.json").read_text())
+    assert hf_tok.eos_token == EOT and hf_tok.eos_token_id == config["eos_token_id"] == eos
+    assert hf_tok.model_max_length == spec.max_seq_len

@@ -43,7 +43,7 @@ def test_micro_run_outputs_and_rerun(tmp_path):
     assert all({"step", "loss", "lr", "tokens_per_s", "grad_norm", "memory_gib"} <= r.keys() for r in rows)
     assert rows[-1]["loss"] == s["final_train_loss"]
     assert json.loads((out / "summary.json").read_text())["val_loss"] == s["val_loss"]
-    assert (out / "hf" / "model.safetensors").is_file() and (out / "hf" / "config.json").is_file()
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (out / "hf").iterdir()}
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-00000008", "step-00000012"]
     # Running again over the same folder resumes at the end: nothing to train, same numbers.
     again = train(micro_config(), out)

@@ -11,21 +11,26 @@ Two targets, chosen by the spec:
   permutation is needed.
 
 Weights are written with ``safetensors`` only (no pickle), atomically (``isoflop.atomic``). A tied
-model writes no ``lm_head.weight`` and sets ``tie_word_embeddings: true``.
+model writes no ``lm_head.weight`` and sets ``tie_word_embeddings: true``. Given the run's tokenizer, the
+folder also holds ``tokenizer.json`` and a ``tokenizer_config.json`` for ``PreTrainedTokenizerFast``, so
+``AutoTokenizer.from_pretrained`` loads the same tokenizer the model was trained with.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from isoflop.atomic import atomic_write_bytes, atomic_write_json
+from isoflop.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 def hf_architecture(spec: ModelSpec) -> str:
@@ -45,8 +50,9 @@ def hf_architecture(spec: ModelSpec) -> str:
     )
 
 
-def hf_config(spec: ModelSpec, dtype: str = "float32") -> dict[str, Any]:
-    """The ``config.json`` mapping for ``spec`` (keys of ``GPT2Config`` or ``LlamaConfig``)."""
+def hf_config(spec: ModelSpec, dtype: str = "float32", eos_id: int = 0) -> dict[str, Any]:
+    """The ``config.json`` mapping for ``spec`` (keys of ``GPT2Config`` or ``LlamaConfig``); ``eos_id`` is the
+    end-of-document token, also used as BOS (GPT-2 style)."""
     arch = hf_architecture(spec)
     if arch == "gpt2":
         return {
@@ -54,7 +60,7 @@ def hf_config(spec: ModelSpec, dtype: str = "float32") -> dict[str, Any]:
             "n_layer": spec.n_layers, "n_head": spec.n_heads, "n_inner": spec.d_ff, "vocab_size": spec.vocab_size,
             "n_positions": spec.max_seq_len, "activation_function": "gelu_new", "layer_norm_epsilon": spec.norm_eps,
             "tie_word_embeddings": spec.tie_embeddings, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-            "scale_attn_weights": True, "use_cache": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": dtype,
+            "scale_attn_weights": True, "use_cache": True, "bos_token_id": eos_id, "eos_token_id": eos_id, "torch_dtype": dtype,
         }
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": spec.d_model,
@@ -63,7 +69,7 @@ def hf_config(spec: ModelSpec, dtype: str = "float32") -> dict[str, Any]:
         "vocab_size": spec.vocab_size, "max_position_embeddings": spec.max_seq_len, "hidden_act": "silu",
         "rms_norm_eps": spec.norm_eps, "rope_theta": spec.rope_theta, "tie_word_embeddings": spec.tie_embeddings,
         "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
-        "use_cache": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": dtype,
+        "use_cache": True, "bos_token_id": eos_id, "eos_token_id": eos_id, "torch_dtype": dtype,
     }
     if spec.head_dim is not None:  # only when set: Hugging Face derives hidden_size / heads otherwise
         config["head_dim"] = spec.head_dim
@@ -119,8 +125,10 @@ def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def export_hf(model: torch.nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json``; returns ``out_dir``.
+def export_hf(model: torch.nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None,
+              tokenizer: "Tokenizer | None" = None, eos_id: int | None = None) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` (and the tokenizer's files when
+    ``tokenizer`` is given, with ``eos_id`` its end-of-document token); returns ``out_dir``.
 
     ``model`` is an ``isoflop.train.model.Transformer`` (unwrapped: not DDP/FSDP/compiled wrappers;
     for FSDP2 gather a full state dict first and pass a module holding it). ``dtype`` casts the
@@ -136,8 +144,22 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, dtype: torch.dtype | 
     target.mkdir(parents=True, exist_ok=True)
     payload = save({k: v.cpu() for k, v in tensors.items()}, metadata={"format": "pt"})
     atomic_write_bytes(target / "model.safetensors", payload)
-    atomic_write_json(target / "config.json", hf_config(spec, str(stored).removeprefix("torch.")))
+    atomic_write_json(target / "config.json", hf_config(spec, str(stored).removeprefix("torch."), eos_id or 0))
+    if tokenizer is not None:
+        export_tokenizer(tokenizer, target, spec.max_seq_len, eos_id)
     return target
+
+
+def export_tokenizer(tokenizer: "Tokenizer", out_dir: Path, max_len: int, eos_id: int | None) -> None:
+    """``tokenizer.json`` and the ``tokenizer_config.json`` with which ``transformers.AutoTokenizer`` builds a
+    ``PreTrainedTokenizerFast`` around it (end-of-document token as EOS and BOS, as in GPT-2)."""
+    atomic_write_text(out_dir / "tokenizer.json", tokenizer.to_str())
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
+                              "clean_up_tokenization_spaces": False}
+    if eos_id is not None:
+        eos = tokenizer.id_to_token(eos_id)
+        config.update(eos_token=eos, bos_token=eos)
+    atomic_write_json(out_dir / "tokenizer_config.json", config)
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -45,6 +45,9 @@ from isoflop.train.metrics import (
     MetricsLog, Progress, StepTimer, memory_gib, note, peak_flops_per_process, relative_errors,
 )
 from isoflop.train.schedule import lr_at
+
+if TYPE_CHECKING:
+    from isoflop.train.data import TokenData
 
 SUMMARY_FILE = "summary.json"
 
@@ -297,7 +300,7 @@ class _Run:
             if done is None or int(done.name.split("-")[1]) != state["step"] or state["resumed_from"] != state["step"]:
                 ckpt.save(state["step"], model, optimizer, self._trainer_state(state, sampler))
             ckpt.close()
-            hf_dir = self._export(model)
+            hf_dir = self._export(model, data)
         finally:
             self.stop.restore()
             progress.close()
@@ -464,8 +467,8 @@ class _Run:
         self._say(f"ROLLBACK: {k} consecutive non-finite steps at step {before}; restored {latest} "
                   f"(step {state['step']}) and continuing with the next data")
 
-    def _export(self, model: nn.Module) -> Path | None:
-        """Gather the full weights and write ``out/hf`` (safetensors + config.json) on rank 0."""
+    def _export(self, model: nn.Module, data: "TokenData") -> Path | None:
+        """Gather the full weights and write ``out/hf`` (safetensors, config.json, the tokenizer) on rank 0."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         from isoflop.train.export import export_hf
@@ -480,7 +483,7 @@ class _Run:
         tmp = self.out / "hf.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        export_hf(clean, tmp)
+        export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
