@@ -36,6 +36,9 @@ def test_noise_free_runs_recover_the_law_and_the_heldout_loss(tmp_path) -> None:
     design, arr = _ladder(tmp_path, noise=0.0)
     fits = fit_ladder(arr, bootstrap=20)
     a3 = fits["approach3"].params
+    # Fitted on non-embedding N (Kaplan et al. 2020, Sec. 1.2); the laws say so, for `isoflop plan`.
+    assert fits["approach3"].param_kind == fits["approach2"]["param_kind"] == "non_embedding"
+    assert {s.param_kind for s in fits["approach3"].sample_laws()} == {"non_embedding"}
     assert a3["alpha"] == pytest.approx(TRUTH["alpha"], rel=0.02) and a3["beta"] == pytest.approx(TRUTH["beta"], rel=0.02)
     assert a3["E"] == pytest.approx(TRUTH["E"], rel=0.02)
     held = plan_heldout(design, fits)

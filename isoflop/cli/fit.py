@@ -15,7 +15,7 @@ from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.errors import IsoflopError
 from isoflop.laws.allocation import compute_optimal
 from isoflop.laws.fit import drop_highest_loss, fit_approach1, fit_approach2
-from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, Law
+from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, Law, check_param_kind
 from isoflop.laws.io import Runs, read_runs
 
 
@@ -29,8 +29,11 @@ def _where(items: list[str]) -> dict[str, str]:
     return out
 
 
-def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, at_flops: float) -> tuple[dict[str, Any], Law, tuple]:
-    """Fit ``runs`` and return (the documented JSON dict, the law, the points used)."""
+def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, at_flops: float,
+               param_kind: str = "total") -> tuple[dict[str, Any], Law, tuple]:
+    """Fit ``runs`` and return (the documented JSON dict, the law, the points used). ``param_kind`` records which
+    parameters the runs' N counts (``total``, or ``non_embedding`` as in Kaplan et al. 2020, Sec. 1.2)."""
+    check_param_kind(param_kind)
     if approach not in (1, 2, 3):
         raise IsoflopError(f"--approach must be 1, 2 or 3, got {approach}")
     if not (np.isfinite(at_flops) and at_flops > 0):
@@ -38,12 +41,14 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
     n, d, loss = drop_highest_loss(runs.n, runs.d, runs.loss, drop)
     c = 6.0 * n * d
     if approach == 3:
-        law: Law = ChinchillaLaw("fitted", f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022)").fit(n, d, loss)
+        law: Law = ChinchillaLaw("fitted", f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022)",
+                                 param_kind=param_kind).fit(n, d, loss)
         law.info["dropped_highest_loss"] = drop
         if bootstrap:
             law.bootstrap(bootstrap, seed=seed)
     else:
         law = fit_approach1(n, d, loss, c) if approach == 1 else fit_approach2(n, d, loss, c)
+        law.param_kind = param_kind
         law.info["dropped_highest_loss"] = drop
         if bootstrap:
             law.bootstrap(bootstrap, seed=seed)
@@ -54,6 +59,7 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
         "source": runs.source,
         "columns": runs.columns,
         "n_points": int(len(n)),
+        "param_kind": param_kind,
         "dropped_highest_loss": drop,
         "params": dict(law.params),
         "ci95": ci,
@@ -136,7 +142,8 @@ def _render(report: dict[str, Any]):
         console.print(table)
         at = report["at_flops"]
         loss = f", loss {at['loss']:.4f}" if at["loss"] is not None else ""
-        console.print(f"at {at['flops']:.3g} FLOPs: N_opt {at['n_opt']:.4g}, D_opt {at['d_opt']:.4g} "
+        kind = report["param_kind"].replace("_", "-")
+        console.print(f"at {at['flops']:.3g} FLOPs: N_opt {at['n_opt']:.4g} ({kind} parameters), D_opt {at['d_opt']:.4g} "
                       f"({at['tokens_per_param']:.1f} tokens/param){loss}")
         for warning in report["fit"].get("warnings", []):
             console.print(f"[yellow]warning:[/] {warning}")
@@ -165,11 +172,13 @@ def fit(
     at_flops: float = typer.Option(5.76e23, "--at-flops", help="Budget for the derived N_opt, D_opt and loss (default: Chinchilla's)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure of the fit (PNG/PDF/SVG)."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the law as JSON/YAML; `isoflop plan --law FILE` reads it."),
+    param_kind: str = typer.Option("total", "--param-kind", help="What the N column counts: total or non_embedding "
+                                   "(Kaplan et al. 2020); recorded in the law file, `isoflop plan` sizes models in it."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a scaling law to training runs, with bootstrap confidence intervals."""
     runs = read_runs(file, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, where=_where(where))
-    report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops)
+    report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind)
     if out:
         law.save(out)
         report["out"] = out

@@ -26,9 +26,11 @@ def _render(plan: dict[str, Any]):
         t.add_column("what")
         t.add_column("value")
         t.add_row("budget", f"{b['flops']:.4g} FLOPs" + (f" from {b['n_gpus']} x {b['gpu']} for {b['days']:g} days" if b["kind"] == "hardware" else ""))
-        t.add_row("model", f"{m['params'] / 1e9:.3f}B parameters: {m['layers']} layers, d_model {m['d_model']}, "
+        kind = law["param_kind"].replace("_", "-")
+        t.add_row("model", f"{m['params'] / 1e9:.3f}B parameters ({m['non_embedding_params'] / 1e9:.3f}B non-embedding; the law's N "
+                           f"counts {kind}): {m['layers']} layers, d_model {m['d_model']}, "
                            f"{m['heads']} heads ({m['kv_heads']} kv, head_dim {m['head_dim']}), ffn {m['ffn']}, vocab {m['vocab_size']}")
-        t.add_row("data", f"{plan['tokens'] / 1e9:.4g}B tokens ({plan['tokens_per_param']:.1f} per parameter), seq_len {plan['seq_len']}")
+        t.add_row("data", f"{plan['tokens'] / 1e9:.4g}B tokens ({plan['tokens_per_param']:.1f} per {kind} parameter), seq_len {plan['seq_len']}")
         opt = plan["law_optimum"]
         if opt.get("epochs") is not None:
             t.add_row("repetition", f"{opt['epochs']:.2f} epochs of {opt['unique_tokens']:.4g} unique tokens, costing "

@@ -11,7 +11,8 @@ Both laws predict its loss; 95% intervals are percentile bootstraps: approach 3 
 et al. 2024, Sec. 3); the envelope resamples runs within each budget and refits parabolas and envelope.
 Which prediction is primary is fixed by the design (``primary``), never by the held-out result.
 ``N`` is the non-embedding parameter count (Kaplan et al. 2020, Sec. 1.2): in tiny models the embedding
-table is a large, nearly free share of the parameters, and the non-embedding count scales more cleanly.
+table is a large, nearly free share of the parameters, and the non-embedding count scales more cleanly. The
+fitted laws say so (``param_kind="non_embedding"``), so ``isoflop plan`` sizes models by that count.
 """
 
 from __future__ import annotations
@@ -119,14 +120,16 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
     a2 = n_opt_fit = d_opt_fit = env = None
     note = None
     if len(pars) >= 3:
-        a2 = fit_approach2(arr["n"], arr["d"], arr["loss"], arr["c"], groups=_budget_groups(arr["budget"])).to_dict()
+        a2_law = fit_approach2(arr["n"], arr["d"], arr["loss"], arr["c"], groups=_budget_groups(arr["budget"]))
+        a2_law.param_kind = "non_embedding"
+        a2 = a2_law.to_dict()
         n_opt_fit = {"coef": a2["params"]["k_N"], "exponent": a2["params"]["a"]}
         d_opt_fit = {"coef": a2["params"]["k_D"], "exponent": a2["params"]["b"]}
         env = envelope_fit(np.array([p["budget"] for p in pars]), np.array([p["loss_opt"] for p in pars]))
     else:
         note = (f"only {len(pars)} budget(s) have an interior IsoFLOP minimum (3 needed): approach 2 and the envelope are "
                 "skipped, approach 3 sizes and predicts the held-out run; widen the sizes or raise the budgets")
-    law = ChinchillaLaw(name="ladder").fit(arr["n"], arr["d"], arr["loss"])
+    law = ChinchillaLaw(name="ladder", param_kind="non_embedding").fit(arr["n"], arr["d"], arr["loss"])
     try:
         law.bootstrap(bootstrap, seed=seed)
     except IsoflopError:

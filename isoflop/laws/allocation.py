@@ -1,6 +1,7 @@
 """Compute-optimal allocation: from a budget (FLOPs) or a target loss to ``N``, ``D`` and the predicted loss.
 
-* Plain budget, ``C = 6 N D`` (Kaplan et al. 2020, Sec. 2.1): the closed form of the law when it has one
+* Plain budget, ``C = 6 N D`` (Kaplan et al. 2020, Sec. 2.1) with ``N`` the law's count (``law.param_kind``:
+  total, or non-embedding as in Kaplan's Eq. 2.1): the closed form of the law when it has one
   (Hoffmann et al. 2022, Eq. 4), else the minimum of ``L(N, C / 6N)`` over ``log N``.
 * ``unique_tokens`` U: the loss is the data-constrained law of Muennighoff et al. 2023 (Eq. 5), so repeating
   data beyond a few epochs buys little; the result reports the epochs ``D / U`` and the repetition cost
@@ -32,7 +33,8 @@ _MAX_CI_SAMPLES = 200  # numeric allocations per interval (closed forms use ever
 
 @dataclass
 class Allocation:
-    """The answer of ``compute_optimal``. ``*_ci95`` are ``[lo, hi]`` or ``None`` without bootstrap samples."""
+    """The answer of ``compute_optimal``. ``*_ci95`` are ``[lo, hi]`` or ``None`` without bootstrap samples.
+    ``n_params`` counts the parameters the law's N counts (``param_kind``: ``total`` or ``non_embedding``)."""
 
     flops: float
     n_params: float
@@ -40,6 +42,7 @@ class Allocation:
     tokens_per_param: float
     loss: float | None
     law: str
+    param_kind: str = "total"
     n_params_ci95: list[float] | None = None
     tokens_ci95: list[float] | None = None
     loss_ci95: list[float] | None = None
@@ -68,7 +71,7 @@ def data_constrained(law: Law) -> DataConstrainedLaw:
     if isinstance(law, ChinchillaLaw):
         stars = PRESETS["muennighoff"]["params"]
         return DataConstrainedLaw(law.name, f"{law.citation}; repetition: Muennighoff et al. 2023 R_D*, R_N*",
-                                  **law.params, R_D_star=stars["R_D_star"], R_N_star=stars["R_N_star"])
+                                  param_kind=law.param_kind, **law.params, R_D_star=stars["R_D_star"], R_N_star=stars["R_N_star"])
     raise IsoflopError(f"--unique-tokens needs a Chinchilla-form law (E, A, B, alpha, beta); {law.name!r} is a {law.form} law")
 
 
@@ -185,7 +188,7 @@ def compute_optimal(
         loss = None if loss is None else float(loss)
     else:
         loss = float(f(n, d))
-    out = Allocation(flops=c, n_params=n, tokens=d, tokens_per_param=d / n, loss=loss, law=law.name)
+    out = Allocation(flops=c, n_params=n, tokens=d, tokens_per_param=d / n, loss=loss, law=law.name, param_kind=law.param_kind)
     if unique_tokens is not None:
         out.unique_tokens = float(unique_tokens)
         out.epochs = d / unique_tokens

@@ -11,6 +11,10 @@
   optionally with a ``SaturatingPowerLaw`` for the loss at the optimum.
 
 Presets (``preset_law``): ``hoffmann``, ``besiroglu``, ``kaplan``, ``muennighoff``; see ``PRESETS``.
+
+Every law says which parameters its ``N`` counts (``param_kind``): ``total``, or ``non_embedding`` as in Kaplan
+et al. 2020 (Sec. 1.2; their ``C = 6 N D``, Eq. 2.1, also counts non-embedding N). Planning with a law must
+build and cost the model in that count.
 """
 
 from __future__ import annotations
@@ -28,18 +32,29 @@ from isoflop.errors import IsoflopError
 from isoflop.structured import read_json_or_yaml
 
 
+PARAM_KINDS = ("total", "non_embedding")
+
+
+def check_param_kind(kind: str) -> str:
+    """``kind`` if it is one of ``PARAM_KINDS``, else a one-line ``IsoflopError``."""
+    if kind not in PARAM_KINDS:
+        raise IsoflopError(f"param_kind must be 'total' or 'non_embedding' (which parameters the law's N counts), got {kind!r}")
+    return kind
+
+
 def _ci(samples: np.ndarray) -> list[float]:
     lo, hi = np.percentile(samples, [2.5, 97.5])
     return [float(lo), float(hi)]
 
 
 class Law:
-    """Common machinery: named float parameters, bootstrap samples, ``ci95``, dict/JSON/YAML round trips."""
+    """Common machinery: named float parameters, bootstrap samples, ``ci95``, dict/JSON/YAML round trips.
+    ``param_kind``: which parameters ``N`` counts, ``total`` or ``non_embedding`` (see the module docstring)."""
 
     form: ClassVar[str] = ""
     param_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, name: str = "custom", citation: str = "", **params: float) -> None:
+    def __init__(self, name: str = "custom", citation: str = "", *, param_kind: str = "total", **params: float) -> None:
         missing = [p for p in self.param_names if p not in params]
         extra = [p for p in params if p not in self.param_names]
         if params and missing or extra:
@@ -51,6 +66,7 @@ class Law:
         self.params: dict[str, float] = {k: float(params[k]) for k in self.param_names} if params else {}
         self.name = name
         self.citation = citation
+        self.param_kind = check_param_kind(param_kind)
         self.samples: np.ndarray | None = None  # bootstrap draws, shape (R, len(param_names))
         self.info: dict[str, Any] = {}  # fit diagnostics (objective, points, bootstrap counts ...)
 
@@ -128,7 +144,8 @@ class Law:
 
     def to_dict(self) -> dict[str, Any]:
         self._fitted()
-        out: dict[str, Any] = {"form": self.form, "name": self.name, "citation": self.citation, "params": dict(self.params)}
+        out: dict[str, Any] = {"form": self.form, "name": self.name, "citation": self.citation, "param_kind": self.param_kind,
+                               "params": dict(self.params)}
         out.update(self._extra_dict())
         out["ci95"] = self.ci95
         out.update(self.derived())
@@ -266,7 +283,7 @@ class DataConstrainedLaw(Law):
 
     def base(self) -> ChinchillaLaw:
         p = self.params
-        return ChinchillaLaw(self.name, self.citation, E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
+        return ChinchillaLaw(self.name, self.citation, param_kind=self.param_kind, E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
 
     def effective(self, n: Any, d: Any, unique_tokens: Any) -> tuple[np.ndarray, np.ndarray]:
         """Effective ``(N', D')`` for ``n`` parameters trained on ``d`` tokens drawn from ``unique_tokens``."""
@@ -353,8 +370,9 @@ class AllocationLaw(Law):
     form = "allocation"
     param_names = ("k_N", "a", "k_D", "b")
 
-    def __init__(self, name: str = "custom", citation: str = "", loss: SaturatingPowerLaw | None = None, **params: float) -> None:
-        super().__init__(name, citation, **params)
+    def __init__(self, name: str = "custom", citation: str = "", loss: SaturatingPowerLaw | None = None, *,
+                 param_kind: str = "total", **params: float) -> None:
+        super().__init__(name, citation, param_kind=param_kind, **params)
         self.loss_law = loss
         self.minima: list[dict[str, float]] = []
 
@@ -389,29 +407,34 @@ KAPLAN = "Kaplan et al. 2020, 'Scaling Laws for Neural Language Models', Eq. 1.5
 MUENNIGHOFF = ("Muennighoff et al. 2023, 'Scaling Data-Constrained Language Models', Eq. 5 and Sec. 3.1; fitted constants "
                "from the authors' repository (huggingface/datablations, 'Parametric Fit')")
 
-# Published constants (facts from the cited papers).
+# Published constants (facts from the cited papers). param_kind: Hoffmann et al. 2022 count all parameters,
+# embeddings included (their Table A9 sizes), and Besiroglu et al. refit Hoffmann's data; Kaplan et al. 2020 count
+# non-embedding parameters (Sec. 1.2); Muennighoff et al. 2023 name their models by total parameters with the
+# GPT-2 vocabulary's embeddings (datablations utils/model_params.sh: "7M" is d_model 128 x 3 layers, 0.6M
+# non-embedding + 6.4M embedding; Hoffmann's Table A9 configurations).
 PRESETS: dict[str, dict[str, Any]] = {
-    "hoffmann": {"form": "chinchilla", "citation": HOFFMANN,
+    "hoffmann": {"form": "chinchilla", "citation": HOFFMANN, "param_kind": "total",
                  "params": {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}},
-    "besiroglu": {"form": "chinchilla", "citation": BESIROGLU,
+    "besiroglu": {"form": "chinchilla", "citation": BESIROGLU, "param_kind": "total",
                   "params": {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}},
-    "kaplan": {"form": "kaplan", "citation": KAPLAN,
+    "kaplan": {"form": "kaplan", "citation": KAPLAN, "param_kind": "non_embedding",
                "params": {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}},
     # Published in log form (a, b, e) = (6.255414, 7.3049974, 0.6254804) with the authors' code.
-    "muennighoff": {"form": "data_constrained", "citation": MUENNIGHOFF,
+    "muennighoff": {"form": "data_constrained", "citation": MUENNIGHOFF, "param_kind": "total",
                     "params": {"E": math.exp(0.6254804), "A": math.exp(6.255414), "B": math.exp(7.3049974),
                                "alpha": 0.3526596, "beta": 0.3526596, "R_D_star": 15.387756, "R_N_star": 5.309743}},
 }
 
 
 def law_from_dict(data: dict[str, Any]) -> Law:
-    """Rebuild a law from ``to_dict`` output (a fitted law file or a preset entry)."""
+    """Rebuild a law from ``to_dict`` output (a fitted law file or a preset entry); files written before laws
+    carried ``param_kind`` load as ``total``."""
     if not isinstance(data, dict) or "form" not in data or not isinstance(data.get("params"), dict):
         raise IsoflopError("a law file must map 'form' and 'params' (as written by `isoflop fit --out`)")
     cls = FORMS.get(str(data["form"]))
     if cls is None:
         raise IsoflopError(f"unknown law form {data['form']!r}; use one of {', '.join(FORMS)}")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"param_kind": str(data.get("param_kind", "total"))}
     if cls is AllocationLaw and data.get("loss_law"):
         kwargs["loss"] = law_from_dict(data["loss_law"])
     try:

@@ -6,6 +6,11 @@ turn GPUs x days into FLOPs, allocate N and D, build the architecture, search th
 performance model (``isoflop.perf.search_layouts``), and recompute the budget from the predicted throughput,
 ``C = 6 N x tokens/s x seconds``, until it changes by less than 0.5%.
 
+``N`` is the parameter count the law uses (``law.param_kind``): the allocation's N, the size the architecture is
+built to, the count the loss is predicted at and the N of ``C = 6 N D`` are all total parameters for
+Chinchilla-style laws (Hoffmann et al. 2022) and non-embedding parameters for Kaplan et al. 2020 (Sec. 1.2,
+Eq. 2.1) or ladder-fitted laws.
+
 Energy: every GPU at its board power (TDP) for the whole run, times the data-centre PUE; host CPUs and network
 are not counted. Defaults PUE 1.1 and 0.429 kg CO2e/kWh are the values Patterson et al. 2021 ("Carbon Emissions
 and Large Neural Network Training", Table 4) use for a hyperscale data centre and the US grid average.
@@ -82,13 +87,21 @@ def _check(req: PlanRequest) -> None:
 
 
 def _model(alloc: Allocation, req: PlanRequest) -> ModelSpec:
+    """The architecture with about ``alloc.n_params`` parameters of the law's kind (``alloc.param_kind``)."""
     try:
-        return shape_for_params(alloc.n_params, req.vocab_size, req.seq_len, tp=1, name="planned")
+        return shape_for_params(alloc.n_params, req.vocab_size, req.seq_len, tp=1, count=alloc.param_kind, name="planned")
     except IsoflopError:
         raise IsoflopError(
-            f"the budget is too small for any sensible model: the law asks for {alloc.n_params:.3g} parameters, fewer than a "
-            f"{req.vocab_size}-token vocabulary's embeddings need; raise the budget, or use a smaller --vocab-size"
+            f"the budget is too small for any sensible model: the law asks for {alloc.n_params:.3g} {alloc.param_kind.replace('_', '-')} "
+            f"parameters, fewer than a {req.vocab_size}-token vocabulary's embedding and output layers need; raise the budget, "
+            "or use a smaller --vocab-size"
         ) from None
+
+
+def _law_count(spec: ModelSpec, law: Law) -> float:
+    """The built model's parameter count of the kind the law's N counts."""
+    counts = count_params(spec)
+    return float(counts.total if law.param_kind == "total" else counts.non_embedding)
 
 
 def _model_block(spec: ModelSpec) -> dict[str, Any]:
@@ -141,7 +154,7 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
     if gpu is None:
         alloc = _allocate(law, req, req.budget_flops)
         spec = _model(alloc, req)
-        n = float(count_params(spec).total)
+        n = _law_count(spec, law)
         tokens = alloc.flops / (6.0 * n)
         hp = recommend(count_params(spec).non_embedding, tokens, seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule)
         plan = _common(law, req, alloc, spec, tokens, hp)
@@ -152,9 +165,9 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
 
 
 def _common(law: Law, req: PlanRequest, alloc: Allocation, spec: ModelSpec, tokens: float, hp: dict[str, Any]) -> dict[str, Any]:
-    n = float(count_params(spec).total)
+    n = _law_count(spec, law)
     return {
-        "law": {"name": law.name, "form": law.form, "citation": law.citation, "params": law.params},
+        "law": {"name": law.name, "form": law.form, "citation": law.citation, "param_kind": law.param_kind, "params": law.params},
         "model": _model_block(spec),
         "tokens": tokens,
         "tokens_per_param": tokens / n,
@@ -181,13 +194,13 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
         alloc = _allocate(law, req, flops)
         spec = _model(alloc, req)
         counts = count_params(spec)
-        n = float(counts.total)
+        n = _law_count(spec, law)
         hp = recommend(counts.non_embedding, flops / (6.0 * n), seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule)
         global_batch = _batch(hp, req.n_gpus)
         layouts = search_layouts(spec, gpu, req.n_gpus, global_batch, req.seq_len, fixed={"dtype": req.dtype}, top_k=3)
         if not layouts:
             hints = fit_hints(spec, gpu, req.n_gpus, global_batch, req.seq_len, {"dtype": req.dtype})
-            raise IsoflopError(f"no parallel layout of the {n / 1e9:.3g}B-parameter model fits {req.n_gpus} x {gpu.name}; " + "; ".join(hints))
+            raise IsoflopError(f"no parallel layout of the {counts.total / 1e9:.3g}B-parameter model fits {req.n_gpus} x {gpu.name}; " + "; ".join(hints))
         best = layouts[0]
         tokens_per_s = best.tokens_per_s if req.mfu is None else best.tokens_per_s * req.mfu / best.mfu
         new_flops = 6.0 * n * tokens_per_s * seconds
@@ -199,7 +212,7 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     alloc = _allocate(law, req, flops)
     spec = _model(alloc, req)
     counts = count_params(spec)
-    n = float(counts.total)
+    n = _law_count(spec, law)
     tokens = flops / (6.0 * n)
     hp = recommend(counts.non_embedding, tokens, seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule)
     global_batch = _batch(hp, req.n_gpus)
