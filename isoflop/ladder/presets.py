@@ -1,10 +1,11 @@
 """Named ladders for ``isoflop ladder`` and ``isoflop quickstart``: larger presets spend more compute on more
 budgets, which gives a longer, more accurate extrapolation base. Budgets are training FLOPs (exact accounting).
 
-``smoke`` only checks the machinery in about a minute; ``quick`` fits the quickstart's 5 minutes on 2 CPU cores (``python -m isoflop quickstart``, measured in the
-README); ``medium`` took 370 s there (2.6x quick); ``large`` spends about 4x medium's FLOPs and was not measured. The grid centres (tokens per parameter,
-embeddings included) come from the quick ladder's own IsoFLOP minima (about 47, 36 and 33 tokens per parameter
-at 8e10, 1.6e11 and 3.2e11 FLOPs, falling with compute), not from any held-out run.
+``smoke`` only checks the machinery in about a minute; ``quick`` fits the quickstart's 5 minutes on 2 CPU cores
+(``python -m isoflop quickstart``, measured in the README); ``medium`` took 370 s there (2.6x quick); ``large``
+spends about 4x medium's FLOPs and was not measured. The grid centres (tokens per parameter, embeddings included)
+come from the quick ladder's own IsoFLOP minima (about 47, 36 and 33 tokens per parameter at 8e10, 1.6e11 and
+3.2e11 FLOPs, falling with compute), not from any held-out run.
 """
 
 from __future__ import annotations
