@@ -80,6 +80,8 @@ def ladder(
     heldout_threads: Optional[int] = typer.Option(None, "--heldout-threads", help="Torch threads for the held-out run (default: --threads)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Train the held-out run after predicting it."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Primary prediction: envelope or approach3 (default: the preset's)."),
+    data: str = typer.Option("stdlib", "--data", help="Corpus for every run: stdlib (the interpreter's own sources), a "
+                             ".txt/.jsonl/.parquet file or folder, or hf:<dataset>; tokenized once with the preset's vocabulary."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run an IsoFLOP ladder (>= 3 budgets x >= 4 sizes), fit approaches 2 and 3, predict a held-out run and verify it.
@@ -88,10 +90,10 @@ def ladder(
     import dataclasses
 
     from isoflop.ladder.pipeline import run_pipeline
-    from isoflop.ladder.presets import get_preset
+    from isoflop.ladder.presets import get_preset, with_data
 
     require_trainer()
-    design = get_preset(preset)
+    design = with_data(get_preset(preset), data)
     if primary:
         design = dataclasses.replace(design, primary=primary)
         design.validate()

@@ -2,15 +2,17 @@
 budgets, which gives a longer, more accurate extrapolation base. Budgets are training FLOPs (exact accounting).
 
 ``smoke`` only checks the machinery in about a minute; ``quick`` fits the quickstart's 5 minutes on 2 CPU cores
-(``python -m isoflop quickstart``, measured in the README); ``medium`` took 370 s there (2.6x quick); ``large``
-spends about 4x medium's FLOPs and was not measured. The grid centres (tokens per parameter, embeddings included)
+(``python -m isoflop quickstart``, measured in the README); ``medium`` took 370 s there (2.6x quick) and ``large``
+954 s (its largest runs repeat the stdlib corpus: give it a larger ``data_source``). The grid centres (tokens per parameter, embeddings included)
 come from the quick ladder's own IsoFLOP minima (about 47, 36 and 33 tokens per parameter at 8e10, 1.6e11 and
 3.2e11 FLOPs, falling with compute), not from any held-out run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from pathlib import Path
 
 from isoflop.errors import IsoflopError
 from isoflop.ladder.grid import LadderDesign
@@ -31,3 +33,15 @@ def get_preset(name: str) -> LadderDesign:
         close = difflib.get_close_matches(name, list(PRESETS), n=2, cutoff=0.3)
         raise IsoflopError(f"unknown ladder preset {name!r}; {'did you mean ' + ', '.join(close) + '?' if close else 'use ' + ', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def with_data(design: LadderDesign, source: str) -> LadderDesign:
+    """``design`` trained on ``source``: ``stdlib``, a .txt/.jsonl/.parquet file or folder, or ``hf:<dataset>``.
+    A local path is made absolute, so that a resumed ladder finds it from any working directory."""
+    if source != "stdlib" and not source.startswith("hf:"):
+        path = Path(source).expanduser().resolve()
+        if not path.exists():
+            raise IsoflopError(f"--data {source!r} does not exist; give stdlib, an existing .txt/.jsonl/.parquet file "
+                               "or folder, or hf:<dataset>")
+        source = str(path)
+    return dataclasses.replace(design, data_source=source)
