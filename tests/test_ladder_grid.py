@@ -91,3 +91,11 @@ def test_ladder_data_source(cli, tmp_path) -> None:
     missing = cli("ladder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
     assert missing.code == 2 and "--data" in missing.err and "does not exist" in missing.err
     assert not (tmp_path / "out").exists()
+
+
+def test_repetition_note_only_when_a_run_outgrows_the_corpus() -> None:
+    from isoflop.ladder.pipeline import repetition_note
+
+    assert repetition_note(1_000, 1_000, "run") is None
+    note = repetition_note(1_500, 1_000, "the held-out run")
+    assert "1.50 epochs" in note and "Muennighoff" in note and "--data" in note

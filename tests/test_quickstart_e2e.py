@@ -25,6 +25,7 @@ def test_quickstart_smoke_end_to_end_and_resume(cli, tmp_path, monkeypatch) -> N
     assert held["error_pct"] == pytest.approx(100 * (held["predicted_loss"] - held["actual_loss"]) / held["actual_loss"])
     assert held["flops"] > 3 * 8e9 and summary["wall_s"] > 0
     assert {"approach3", "approach2", "envelope"} <= set(summary["fit"])
+    assert held["epochs"] == pytest.approx(held["tokens"] / summary["corpus_train_tokens"])
     assert summary["runs"]["finished"] == summary["runs"]["total"] and summary["runs"]["failed"] == 0
     assert (out / "report.html").is_file() and len(list((out / "plots").glob("*.png"))) == 5
 

@@ -67,8 +67,9 @@ def read_curve(out_dir: str | None) -> dict[str, list[float]]:
     return {"tokens": tokens, "loss": loss}
 
 
-def prepare(design: LadderDesign, say: Say) -> None:
-    """Tokenize the corpus once before the runs start (they then share the cache instead of racing to build it)."""
+def prepare(design: LadderDesign, say: Say) -> int:
+    """Tokenize the corpus once before the runs start (they then share the cache instead of racing to build it);
+    returns the number of training tokens."""
     from isoflop.train.data import DataConfig, prepare_data
 
     t0 = time.perf_counter()
@@ -76,6 +77,16 @@ def prepare(design: LadderDesign, say: Say) -> None:
     data = prepare_data(DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data))
     say(f"data: {design.data_source} corpus, vocab {design.vocab_size}: {len(data.train):,} training tokens, "
         f"{len(data.val):,} validation tokens ({time.perf_counter() - t0:.0f} s)")
+    return len(data.train)
+
+
+def repetition_note(tokens: int, corpus_tokens: int, what: str) -> str | None:
+    """A note when ``tokens`` exceed the corpus: repeated tokens are worth less than fresh ones (Muennighoff et al.
+    2023, Sec. 3), which the ladder's laws do not model."""
+    if tokens <= corpus_tokens:
+        return None
+    return (f"note: {what} trains {tokens:,} tokens, {tokens / corpus_tokens:.2f} epochs of the corpus's {corpus_tokens:,}; "
+            "repeated data raises the loss (Muennighoff et al. 2023), which the fits do not model: give --data a larger corpus")
 
 
 def _point_dict(r: RunRecord) -> dict[str, Any]:
@@ -106,7 +117,9 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     say(f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
         f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
     jobs = _jobs(reg, design, points, out)
-    prepare(design, say)
+    corpus_tokens = prepare(design, say)
+    if note := repetition_note(max(p.tokens for p in points), corpus_tokens, "the largest ladder run"):
+        say(note)
     # Executed longest first (tiny runs cost about their step count) so the last runs leave no core idle; the
     # analysis keeps the grid order, so fits and bootstrap draws do not depend on the schedule.
     steps = {j.run_id: j.config["train"]["max_steps"] for j in jobs}
@@ -129,13 +142,16 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     if fits["note"]:
         say(f"note: {fits['note']}")
     held_point = V.plan_heldout(design, fits, shape_fn)
+    if note := repetition_note(held_point.tokens, corpus_tokens, "the held-out run"):
+        say(note)
     preds = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
     # The design's primary method; if it has no interval (fragile minima), the first method that has one.
     primary = next((p for p in preds if p["method"] == design.primary and p["ci95"]),
                    next((p for p in preds if p["ci95"]), preds[0]))
     heldout: dict[str, Any] = {
         "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
-        "n_total": held_point.n_params, "tokens": held_point.tokens, "method": primary["method"],
+        "n_total": held_point.n_params, "tokens": held_point.tokens,
+        "epochs": held_point.tokens / corpus_tokens, "method": primary["method"],
         "sized_by": "approach2" if fits["n_opt_fit"] else "approach3", "note": fits["note"],
         "predicted_loss": primary["predicted_loss"], "ci95": primary["ci95"], "predictions": preds,
         "actual_loss": None, "error_pct": None, "inside_ci": None,
@@ -172,6 +188,7 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     report = write_report(analysis, out)
     counts = {s: sum(1 for v in outcome.values() if v == s) for s in ("finished", "failed", "skipped")}
     summary = {"ladder": design.name, "out_dir": str(out), "runs": {"total": len(outcome), **counts},
+               "corpus_train_tokens": corpus_tokens,
                "heldout": {k: v for k, v in heldout.items() if k != "curve"}, "fit": fit_summary,
                "report": str(report), "wall_s": time.perf_counter() - start}
     atomic_write_json(out / "summary.json", json_safe(summary))
