@@ -197,6 +197,16 @@ def _check_text(raw: bytes, doc_id: str) -> Document | Skipped:
     return Document(doc_id, text)
 
 
+def _field_record(doc_id: str, text: Any, not_text: str) -> Document | Skipped:
+    """A record's text field (JSONL, Parquet, datasets): ``Skipped(not_text)`` when it is not a string, ``Skipped``
+    when blank, else a ``Document``."""
+    if not isinstance(text, str):
+        return Skipped(doc_id, not_text)
+    if not text.strip():
+        return Skipped(doc_id, "empty")
+    return Document(doc_id, text)
+
+
 def _text_record(path: Path, rel: str) -> Document | Skipped:
     return _check_text(path.read_bytes(), rel)
 
@@ -222,12 +232,7 @@ def _jsonl_records(path: Path, rel: str, text_field: str) -> Iterator[Document |
             yield Skipped(doc_id, f"invalid JSON ({exc.msg})")
             continue
         text = record.get(text_field) if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            yield Skipped(doc_id, f"no string field {text_field!r}")
-        elif not text.strip():
-            yield Skipped(doc_id, "empty")
-        else:
-            yield Document(doc_id, text)
+        yield _field_record(doc_id, text, f"no string field {text_field!r}")
 
 
 def _parquet_records(path: Path, rel: str, text_field: str) -> Iterator[Document | Skipped]:
@@ -241,17 +246,10 @@ def _parquet_records(path: Path, rel: str, text_field: str) -> Iterator[Document
         if text_field not in pf.schema_arrow.names:
             yield Skipped(rel, f"no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)})")
             return
-        row = 0
-        for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
-            for text in batch.column(0).to_pylist():
-                doc_id = f"{rel}:{row}"
-                row += 1
-                if not isinstance(text, str):
-                    yield Skipped(doc_id, f"column {text_field!r} is not a string")
-                elif not text.strip():
-                    yield Skipped(doc_id, "empty")
-                else:
-                    yield Document(doc_id, text)
+        batches = pf.iter_batches(columns=[text_field], batch_size=4096)
+        texts = (text for batch in batches for text in batch.column(0).to_pylist())
+        for row, text in enumerate(texts):
+            yield _field_record(f"{rel}:{row}", text, f"column {text_field!r} is not a string")
     except OSError:
         raise
     except Exception as exc:  # pyarrow raises ArrowInvalid & co. for corrupt files
@@ -317,14 +315,6 @@ def _hf_records(cfg: DataConfig) -> Iterator[Document | Skipped]:
     if cfg.text_field not in ds.column_names:
         raise IsoflopError(f"dataset {name!r} has no column {cfg.text_field!r} (columns: "
                            f"{', '.join(ds.column_names)}); set data.text_field")
-    row = 0
-    for batch in ds.iter(batch_size=1024):
-        for text in batch[cfg.text_field]:
-            doc_id = f"{cfg.hf_split}:{row}"  # independent of where a local copy lives
-            row += 1
-            if not isinstance(text, str):
-                yield Skipped(doc_id, f"column {cfg.text_field!r} is not a string")
-            elif not text.strip():
-                yield Skipped(doc_id, "empty")
-            else:
-                yield Document(doc_id, text)
+    texts = (text for batch in ds.iter(batch_size=1024) for text in batch[cfg.text_field])
+    for row, text in enumerate(texts):  # ids independent of where a local copy lives
+        yield _field_record(f"{cfg.hf_split}:{row}", text, f"column {cfg.text_field!r} is not a string")
