@@ -24,6 +24,20 @@ def _colors(n: int) -> list[Any]:
     return [plt.get_cmap("viridis")(x) for x in np.linspace(0.05, 0.85, max(n, 1))]
 
 
+def _finish_axes(ax: Any, title: str, xlabel: str | None, ylabel: str, log: str = "x") -> None:
+    """Scales (``log``: the axes drawn logarithmic, ``"x"``, ``"xy"`` or ``""``), labels, title, legend and grid."""
+    if "x" in log:
+        ax.set_xscale("log")
+    if "y" in log:
+        ax.set_yscale("log")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both" if log else "major")
+
+
 def _budgets(analysis: dict[str, Any]) -> list[float]:
     return sorted({p["budget"] for p in analysis["points"]})
 
@@ -47,12 +61,8 @@ def isoflop_curves(analysis: dict[str, Any]) -> Figure:
     held = analysis.get("heldout") or {}
     if held.get("actual_loss") is not None:
         ax.scatter([held["n"]], [held["actual_loss"]], label=f"held-out C = {held['budget']:.2g}", **HELDOUT_STYLE)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"parameters N ({analysis.get('param_kind', 'non-embedding')})")
-    ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title("IsoFLOP curves and fitted parabolas (minima: triangles)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    _finish_axes(ax, "IsoFLOP curves and fitted parabolas (minima: triangles)",
+                 f"parameters N ({analysis.get('param_kind', 'non-embedding')})", "final validation loss (nats/token)")
     fig.tight_layout()
     return fig
 
@@ -74,12 +84,8 @@ def loss_vs_compute(analysis: dict[str, Any]) -> Figure:
     held = analysis.get("heldout") or {}
     if held.get("actual_loss") is not None:
         ax.scatter([held["flops"]], [held["actual_loss"]], label="held-out (actual)", **HELDOUT_STYLE)
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title("Loss vs compute: fitted laws and 95% intervals")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    _finish_axes(ax, "Loss vs compute: fitted laws and 95% intervals", "training compute C (FLOPs)",
+                 "final validation loss (nats/token)")
     fig.tight_layout()
     return fig
 
@@ -100,13 +106,8 @@ def optimal_allocation(analysis: dict[str, Any]) -> Figure:
         held_key = {"n_opt": "n", "d_opt": "tokens"}[key]
         if held.get(held_key):
             ax.scatter([held["budget"]], [held[held_key]], label="held-out run", **HELDOUT_STYLE)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training compute C (FLOPs)")
-        ax.set_ylabel(f"{name} ({'parameters' if key == 'n_opt' else 'tokens'})")
-        ax.set_title(f"{name}(C)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, which="both")
+        _finish_axes(ax, f"{name}(C)", "training compute C (FLOPs)",
+                     f"{name} ({'parameters' if key == 'n_opt' else 'tokens'})", log="xy")
     fig.tight_layout()
     return fig
 
@@ -126,10 +127,8 @@ def predicted_vs_actual(analysis: dict[str, Any]) -> Figure:
         ax.axhline(held["actual_loss"], color="crimson", lw=2, label=f"actual {held['actual_loss']:.3f}")
     ax.set_xticks(range(len(preds)), [p["method"] for p in preds])
     ax.set_xlim(-0.6, max(len(preds), 1) - 0.4)
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"Held-out run at C = {held.get('budget', float('nan')):.2g}: predicted (95% CI) vs actual")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish_axes(ax, f"Held-out run at C = {held.get('budget', float('nan')):.2g}: predicted (95% CI) vs actual", None,
+                 "validation loss (nats/token)", log="")
     fig.tight_layout()
     return fig
 
@@ -149,12 +148,7 @@ def training_curves(analysis: dict[str, Any]) -> Figure:
         ax.plot(curve["tokens"], curve["loss"], color="crimson", lw=2, label="held-out run")
     for budget, color in colors.items():
         ax.plot([], [], color=color, label=f"C = {budget:.2g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("training loss (nats/token)")
-    ax.set_title("Training curves")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    _finish_axes(ax, "Training curves", "tokens seen", "training loss (nats/token)")
     fig.tight_layout()
     return fig
 
