@@ -28,6 +28,8 @@ from scipy.special import huber
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isoflop.laws import ChinchillaLaw  # noqa: E402
+from isoflop.laws import bootstrap as B  # noqa: E402
+from isoflop.laws import fit as F  # noqa: E402
 from isoflop.laws.fit import drop_highest_loss, fit_approach3  # noqa: E402
 from isoflop.laws.huber import single_threaded_blas  # noqa: E402
 
@@ -97,9 +99,9 @@ def main() -> None:
     rep_params = {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": float(al), "beta": float(be)}
 
     # Bootstrap
-    law = ChinchillaLaw().fit(n, d, loss)
+    law = F.fit(ChinchillaLaw(), n, d, loss)
     t0, c0 = time.perf_counter(), time.process_time()
-    law.bootstrap(args.bootstrap, seed=0)
+    B.bootstrap(law, args.bootstrap, seed=0)
     boot_s, boot_cpu = time.perf_counter() - t0, time.process_time() - c0
 
     out = {
@@ -122,7 +124,7 @@ def main() -> None:
         "speedup": rep_full_s / fast_s,
         "speedup_cpu": rep_full_cpu / fast_cpu,
         "bootstrap_samples": args.bootstrap,
-        "bootstrap_converged": law.info["bootstrap"]["converged"],
+        "bootstrap_converged": law.info_["bootstrap"]["converged"],
         "bootstrap_s": boot_s,
         "bootstrap_cpu_s": boot_cpu,
     }

@@ -35,16 +35,16 @@ def _ladder(tmp_path, noise: float, seed: int = 0):
 def test_noise_free_runs_recover_the_law_and_the_heldout_loss(tmp_path) -> None:
     design, arr = _ladder(tmp_path, noise=0.0)
     fits = fit_ladder(arr, bootstrap=20)
-    a3 = fits["approach3"].params
+    a3 = fits.approach3.params_
     # Fitted on non-embedding N (Kaplan et al. 2020, Sec. 1.2); the laws say so, for `isoflop plan`.
-    assert fits["approach3"].param_kind == fits["approach2"]["param_kind"] == "non_embedding"
-    assert {s.param_kind for s in fits["approach3"].sample_laws()} == {"non_embedding"}
+    assert fits.approach3.param_kind == fits.approach2.param_kind == "non_embedding"
+    assert {s.param_kind for s in fits.approach3.sample_laws()} == {"non_embedding"}
     assert a3["alpha"] == pytest.approx(TRUTH["alpha"], rel=0.02) and a3["beta"] == pytest.approx(TRUTH["beta"], rel=0.02)
     assert a3["E"] == pytest.approx(TRUTH["E"], rel=0.02)
     held = plan_heldout(design, fits)
     assert held.budget == pytest.approx(3.5 * 3e12) and held.role == "heldout"
     truth = float(law(held.n_params_non_embedding, held.tokens))
-    preds = {p["method"]: p for p in predict(fits, held.n_params_non_embedding, held.tokens, held.flops)}
+    preds = {p["method"]: p for p in predict(fits, held.n_params_non_embedding, held.tokens, held.flops)[0]}
     assert preds["approach3"]["predicted_loss"] == pytest.approx(truth, rel=1e-3)
     assert preds["envelope"]["predicted_loss"] == pytest.approx(truth, rel=0.01)
     # Held-out N sits near the law's own optimum at that compute (the parabola vertex extrapolated).
@@ -61,7 +61,7 @@ def test_noisy_runs_give_intervals_that_cover_the_truth(tmp_path) -> None:
     fits = fit_ladder(arr, bootstrap=60)
     held = plan_heldout(dataclasses.replace(design), fits)
     truth = float(law(held.n_params_non_embedding, held.tokens))
-    for p in predict(fits, held.n_params_non_embedding, held.tokens, held.flops):
+    for p in predict(fits, held.n_params_non_embedding, held.tokens, held.flops)[0]:
         lo, hi = p["ci95"]
         assert lo < p["predicted_loss"] < hi
         assert lo <= truth <= hi, p

@@ -55,7 +55,7 @@ def test_data_constrained_effective_data_formula() -> None:
     assert float(law.predict(8.67e9, 178e9, 25e9)) == pytest.approx(2.2269634075087867, rel=1e-9)
     u, d = 1e10, 5e10  # 5 epochs: R_D = 4
     _, d_eff = law.effective(1e9, d, u)
-    r_star = law.params["R_D_star"]
+    r_star = law.params_["R_D_star"]
     assert float(d_eff) == pytest.approx(u + u * r_star * (1 - np.exp(-4 / r_star)), rel=1e-12)
     assert float(law.effective(1e9, 1e9, u)[1]) == pytest.approx(1e9)  # less than one epoch: no repetition
 
@@ -68,7 +68,7 @@ def test_unique_tokens_costs_loss_and_shrinks_tokens_per_epoch() -> None:
     scarce = compute_optimal(law, C_CHINCHILLA, unique_tokens=1e11)
     assert scarce.epochs > 4 and scarce.repetition_loss_cost > 0 and scarce.loss > free.loss
     # The data-constrained optimum beats the unconstrained allocation once data repeat.
-    dc = DataConstrainedLaw(**law.params, R_D_star=15.4, R_N_star=5.3)
+    dc = DataConstrainedLaw(**law.params_, R_D_star=15.4, R_N_star=5.3)
     naive = float(dc.predict(free.n_params, free.tokens, 1e11))
     assert scarce.loss <= naive + 1e-9
 
@@ -80,7 +80,7 @@ def test_inference_tokens_minimise_lifetime_compute() -> None:
     free = compute_optimal(law, C_CHINCHILLA)
     assert alloc.n_params < free.n_params and alloc.tokens_per_param > free.tokens_per_param
     # Brute force on the iso-loss curve through the plan: 6ND + 2NT is smallest at the planned N.
-    p = law.params
+    p = law.params_
     n = alloc.n_params * np.geomspace(0.5, 2, 4001)
     rest = alloc.loss - p["E"] - p["A"] / n ** p["alpha"]
     ok = rest > 0
@@ -94,8 +94,8 @@ def test_inference_tokens_minimise_lifetime_compute() -> None:
 def test_intervals_from_bootstrap_samples() -> None:
     law = preset_law("besiroglu")
     rng = np.random.default_rng(0)
-    base = np.array([law.params[k] for k in law.param_names])
-    law.samples = base * (1 + 0.01 * rng.normal(size=(200, 5)))
+    base = np.array([law.params_[k] for k in law.param_names])
+    law.samples_ = base * (1 + 0.01 * rng.normal(size=(200, 5)))
     alloc = compute_optimal(law, C_CHINCHILLA)
     lo, hi = alloc.loss_ci95
     assert lo < alloc.loss < hi

@@ -12,6 +12,8 @@ from scipy.special import huber as scipy_huber
 
 from isoflop.errors import IsoflopError
 from isoflop.laws import ChinchillaLaw, KaplanLaw, SaturatingPowerLaw, load_law, preset_law
+from isoflop.laws import bootstrap as B
+from isoflop.laws import fit as F
 from isoflop.laws import huber as H
 from isoflop.laws.fit import drop_highest_loss, fit_approach1, fit_approach2, fit_approach3, fit_saturating
 
@@ -49,15 +51,15 @@ def test_huber_objective_and_gradient_match_scipy_and_finite_differences() -> No
 def test_chinchilla_data_approach3_matches_the_replication(shared_data) -> None:
     n, d, loss = chinchilla_runs(shared_data)
     assert len(n) == 240
-    law = ChinchillaLaw().fit(n, d, loss)
-    p = law.params
+    law = F.fit(ChinchillaLaw(), n, d, loss)
+    p = law.params_
     # Besiroglu et al. 2024 (Eq. 4) report E 1.8172, A 482.01, B 2085.43, alpha 0.3478, beta 0.3658 on these points.
     assert p["E"] == pytest.approx(1.817, abs=0.002)
     assert 475 <= p["A"] <= 485 and 2080 <= p["B"] <= 2150
     assert 0.346 <= p["alpha"] <= 0.349 and 0.365 <= p["beta"] <= 0.368
     # A true optimum: no worse than the published constants, and every small move makes it worse.
     ours = reference_objective(p, n, d, loss)
-    assert ours <= reference_objective(preset_law("besiroglu").params, n, d, loss)
+    assert ours <= reference_objective(preset_law("besiroglu").params_, n, d, loss)
     rng = np.random.default_rng(0)
     for _ in range(20):
         moved = {k: v * (1 + 1e-3 * rng.normal()) for k, v in p.items()}
@@ -92,11 +94,11 @@ def test_synthetic_recovery_approach2_isoflop_parabolas() -> None:
     n, d, loss, c = _isoflop_grid(rng, np.geomspace(1e18, 1e22, 5), 0.001)
     law = fit_approach2(n, d, loss, c)
     a_true = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
-    assert law.params["a"] == pytest.approx(a_true, abs=0.02)
-    assert law.params["b"] == pytest.approx(1 - a_true, abs=0.02)
+    assert law.params_["a"] == pytest.approx(a_true, abs=0.02)
+    assert law.params_["b"] == pytest.approx(1 - a_true, abs=0.02)
     n_true = ChinchillaLaw(**TRUE).optimal(1e23)[0]
     assert law.optimal(1e23)[0] == pytest.approx(n_true, rel=0.15)
-    assert len(law.minima) == 5
+    assert len(law.minima_) == 5
 
 
 def test_synthetic_recovery_approach1_envelope() -> None:
@@ -107,17 +109,17 @@ def test_synthetic_recovery_approach1_envelope() -> None:
     loss = ChinchillaLaw(**TRUE).predict(n, d) * np.exp(rng.normal(0, 0.0005, len(n)))
     law = fit_approach1(n, d, loss)
     a_true = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
-    assert law.params["a"] == pytest.approx(a_true, abs=0.06)
+    assert law.params_["a"] == pytest.approx(a_true, abs=0.06)
 
 
 def test_bootstrap_intervals_cover_truth_and_never_hold_garbage() -> None:
     rng = np.random.default_rng(6)
     n, d = 10 ** rng.uniform(7, 10.5, 80), 10 ** rng.uniform(9, 12, 80)
     loss = ChinchillaLaw(**TRUE).predict(n, d) * np.exp(rng.normal(0, 0.005, 80))
-    law = ChinchillaLaw().fit(n, d, loss).bootstrap(60, seed=1)
-    stats = law.info["bootstrap"]
+    law = B.bootstrap(F.fit(ChinchillaLaw(), n, d, loss), 60, seed=1)
+    stats = law.info_["bootstrap"]
     assert stats["converged"] + stats["dropped"] == 60 and stats["converged"] >= 30
-    assert np.all(np.isfinite(law.samples)) and law.samples.shape == (stats["converged"], 5)
+    assert np.all(np.isfinite(law.samples_)) and law.samples_.shape == (stats["converged"], 5)
     for key in ("E", "alpha", "beta"):
         lo, hi = law.ci95[key]
         assert lo <= TRUE[key] <= hi, key
@@ -129,11 +131,11 @@ def test_poorly_conditioned_data_is_an_error_not_garbage() -> None:
     d = np.full(8, 1e10)
     loss = 1.8 + 400 / n**0.34 + 0.05
     try:
-        law = ChinchillaLaw().fit(n, d, loss)
+        law = F.fit(ChinchillaLaw(), n, d, loss)
     except IsoflopError as exc:
         assert "converge" in str(exc) or "constrain" in str(exc)
         return
-    assert all(np.isfinite(v) for v in law.params.values())
+    assert all(np.isfinite(v) for v in law.params_.values())
 
 
 @pytest.mark.parametrize("bad, needle", [(np.nan, "finite"), (-1.0, "positive"), (np.inf, "finite")])
@@ -154,13 +156,13 @@ def test_kaplan_and_saturating_fits_recover_parameters() -> None:
     n, d = 10 ** rng.uniform(6, 10, 60), 10 ** rng.uniform(8, 11, 60)
     loss = truth.predict(n, d) * np.exp(rng.normal(0, 0.001, 60))
     start = KaplanLaw(N_c=1e13, D_c=5e13, alpha_N=0.1, alpha_D=0.08)
-    fitted = start.fit(n, d, loss)
-    assert fitted.params["alpha_N"] == pytest.approx(0.076, rel=0.1)
-    assert fitted.params["alpha_D"] == pytest.approx(0.103, rel=0.1)
+    fitted = F.fit(start, n, d, loss)
+    assert fitted.params_["alpha_N"] == pytest.approx(0.076, rel=0.1)
+    assert fitted.params_["alpha_D"] == pytest.approx(0.103, rel=0.1)
     x = np.geomspace(1e17, 1e22, 12)
     sat_true = SaturatingPowerLaw(L_inf=1.7, x0=3e15, alpha=0.15)
     sat = fit_saturating(x, sat_true.predict(x) * np.exp(rng.normal(0, 0.0005, 12)))
-    assert sat.params["alpha"] == pytest.approx(0.15, rel=0.1)
+    assert sat.params_["alpha"] == pytest.approx(0.15, rel=0.1)
     assert sat.predict(1e23) == pytest.approx(sat_true.predict(1e23), rel=0.01)
 
 
@@ -171,19 +173,19 @@ def test_gadre_overtraining_data_fits(shared_data) -> None:
     for dataset in ("c4_original", "rw_original", "rpj"):
         runs = read_runs(shared_data / "overtraining_gadre2024.csv", n_col="params", d_col="tokens",
                          loss_col="loss_c4_val", where={"train_dataset": dataset})
-        law = ChinchillaLaw().fit(runs.n, runs.d, runs.loss)
+        law = F.fit(ChinchillaLaw(), runs.n, runs.d, runs.loss)
         resid = np.log(law.predict(runs.n, runs.d)) - np.log(runs.loss)
         assert np.sqrt(np.mean(resid**2)) < 0.03, dataset
-        assert 0.0 < law.a_opt < 1.0 and law.params["E"] < runs.loss.min()
+        assert 0.0 < law.a_opt < 1.0 and law.params_["E"] < runs.loss.min()
 
 
 def test_law_round_trip_json_and_yaml(tmp_path) -> None:
     law = preset_law("besiroglu")
-    law.samples = np.array([[1.8, 480.0, 2000.0, 0.34, 0.36], [1.83, 490.0, 2100.0, 0.35, 0.37]])
+    law.samples_ = np.array([[1.8, 480.0, 2000.0, 0.34, 0.36], [1.83, 490.0, 2100.0, 0.35, 0.37]])
     for suffix in (".json", ".yaml"):
         path = law.save(tmp_path / f"law{suffix}")
         back = load_law(path)
-        assert back.params == law.params and np.array_equal(back.samples, law.samples)
+        assert back.params_ == law.params_ and np.array_equal(back.samples_, law.samples_)
         assert back.ci95["E"] == law.ci95["E"]
     (tmp_path / "bad.json").write_text("{ nope")
     with pytest.raises(IsoflopError, match="malformed law file"):
@@ -201,13 +203,13 @@ def test_data_constrained_fit_recovers_repetition_constants_and_bootstraps() -> 
     u = 10 ** rng.uniform(9, 10.5, 120)
     d = u * 10 ** rng.uniform(0, 1.7, 120)  # 1 to 50 epochs
     loss = truth.predict(n, d, u) * np.exp(rng.normal(0, 0.0005, 120))
-    start = DataConstrainedLaw(**{**truth.params, "R_D_star": 8.0, "R_N_star": 10.0})
-    law = start.fit(n, d, u, loss)
-    assert law.params["R_D_star"] == pytest.approx(15.4, rel=0.15)
-    law.bootstrap(5, seed=0)
-    assert law.samples.shape[1] == 7 and np.all(np.isfinite(law.samples))
+    start = DataConstrainedLaw(**{**truth.params_, "R_D_star": 8.0, "R_N_star": 10.0})
+    law = F.fit(start, n, d, u, loss)
+    assert law.params_["R_D_star"] == pytest.approx(15.4, rel=0.15)
+    B.bootstrap(law, 5, seed=0)
+    assert law.samples_.shape[1] == 7 and np.all(np.isfinite(law.samples_))
     lo, hi = law.ci95["R_D_star"]
-    assert lo <= law.params["R_D_star"] * 1.2 and hi >= law.params["R_D_star"] * 0.8
+    assert lo <= law.params_["R_D_star"] * 1.2 and hi >= law.params_["R_D_star"] * 0.8
 
 
 def test_chinchilla_data_approaches_1_and_2(shared_data) -> None:
@@ -215,17 +217,17 @@ def test_chinchilla_data_approaches_1_and_2(shared_data) -> None:
     n, d, loss = chinchilla_runs(shared_data)
     for fit in (fit_approach1, fit_approach2):
         law = fit(n, d, loss)
-        assert 0.45 < law.params["a"] < 0.55 and law.params["a"] + law.params["b"] == pytest.approx(1, abs=0.02)
+        assert 0.45 < law.params_["a"] < 0.55 and law.params_["a"] + law.params_["b"] == pytest.approx(1, abs=0.02)
 
 
 def test_approach2_bootstrap_interval_covers_the_true_exponent() -> None:
     rng = np.random.default_rng(9)
     n, d, loss, c = _isoflop_grid(rng, np.geomspace(1e18, 1e22, 5), 0.003)
-    law = fit_approach2(n, d, loss, c).bootstrap(40, seed=0)
+    law = B.bootstrap(fit_approach2(n, d, loss, c), 40, seed=0)
     lo, hi = law.ci95["a"]
     assert lo <= TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"]) <= hi
-    stats = law.info["bootstrap"]
-    assert stats["converged"] + stats["dropped"] == 40 and np.all(np.isfinite(law.samples))
+    stats = law.info_["bootstrap"]
+    assert stats["converged"] + stats["dropped"] == 40 and np.all(np.isfinite(law.samples_))
 
 
 def test_narrow_noisy_data_warns_and_drops_unusable_resamples() -> None:
@@ -234,12 +236,12 @@ def test_narrow_noisy_data_warns_and_drops_unusable_resamples() -> None:
     rng = np.random.default_rng(0)
     n, d = 10 ** rng.uniform(7, 8, 12), 10 ** rng.uniform(9, 9.5, 12)
     loss = ChinchillaLaw(**TRUE).predict(n, d) * np.exp(rng.normal(0, 0.02, 12))
-    law = ChinchillaLaw().fit(n, d, loss)
-    assert law.info["warnings"]
-    law.bootstrap(100, seed=0)
-    stats = law.info["bootstrap"]
-    assert stats["dropped"] > 0 and stats["converged"] == len(law.samples)
-    assert np.all(law.samples[:, 3:] <= 3.0) and np.all(np.log(law.samples[:, :3]) <= 100)
+    law = F.fit(ChinchillaLaw(), n, d, loss)
+    assert law.info_["warnings"]
+    B.bootstrap(law, 100, seed=0)
+    stats = law.info_["bootstrap"]
+    assert stats["dropped"] > 0 and stats["converged"] == len(law.samples_)
+    assert np.all(law.samples_[:, 3:] <= 3.0) and np.all(np.log(law.samples_[:, :3]) <= 100)
 
 
 def test_approach2_d_opt_is_the_trained_tokens_when_flops_per_token_exceed_6n() -> None:
@@ -253,6 +255,6 @@ def test_approach2_d_opt_is_the_trained_tokens_when_flops_per_token_exceed_6n() 
         n_all.append(n), d_all.append(c / (6 * n + 1.2e6)), c_all.append(np.full(9, c))
     n, d, c = (np.concatenate(x) for x in (n_all, d_all, c_all))
     fit = fit_approach2(n, d, law.predict(n, d) * np.exp(rng.normal(0, 1e-4, len(n))), c)
-    for m in fit.minima:
+    for m in fit.minima_:
         assert m["D_opt"] == pytest.approx(m["C"] / (6 * m["N_opt"] + 1.2e6), rel=0.02)
         assert m["D_opt"] < 0.9 * m["C"] / (6 * m["N_opt"])

@@ -79,7 +79,7 @@ def test_derived_laws_keep_param_kind() -> None:
     law = ChinchillaLaw("x", param_kind="non_embedding", **PRESETS["besiroglu"]["params"])
     dc = data_constrained(law)
     assert dc.param_kind == dc.base().param_kind == "non_embedding"
-    law.samples = np.array([list(law.params.values())] * 2)
+    law.samples_ = np.array([list(law.params_.values())] * 2)
     assert {s.param_kind for s in law.sample_laws()} == {"non_embedding"}
 
 

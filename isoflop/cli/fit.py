@@ -14,8 +14,10 @@ from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.errors import IsoflopError
 from isoflop.laws.allocation import compute_optimal
-from isoflop.laws.fit import drop_highest_loss, fit_approach1, fit_approach2
+from isoflop.laws import bootstrap as B
+from isoflop.laws import fit as F
 from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, Law, check_param_kind
+from isoflop.laws.intervals import ci95
 from isoflop.laws.io import Runs, read_runs
 
 
@@ -38,20 +40,18 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
         raise IsoflopError(f"--approach must be 1, 2 or 3, got {approach}")
     if not (np.isfinite(at_flops) and at_flops > 0):
         raise IsoflopError(f"--at-flops must be a positive number, got {at_flops}")
-    n, d, loss = drop_highest_loss(runs.n, runs.d, runs.loss, drop)
+    n, d, loss = F.drop_highest_loss(runs.n, runs.d, runs.loss, drop)
     c = 6.0 * n * d
     if approach == 3:
         law: Law = ChinchillaLaw("fitted", f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022)",
-                                 param_kind=param_kind).fit(n, d, loss)
-        law.info["dropped_highest_loss"] = drop
-        if bootstrap:
-            law.bootstrap(bootstrap, seed=seed)
+                                 param_kind=param_kind)
     else:
-        law = fit_approach1(n, d, loss, c) if approach == 1 else fit_approach2(n, d, loss, c)
-        law.param_kind = param_kind
-        law.info["dropped_highest_loss"] = drop
-        if bootstrap:
-            law.bootstrap(bootstrap, seed=seed)
+        law = AllocationLaw(f"approach{approach}", f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}",
+                            approach=approach, param_kind=param_kind)
+    F.fit(law, *((n, d, loss) if approach == 3 else (n, d, loss, c)))
+    law.info_["dropped_highest_loss"] = drop
+    if bootstrap:
+        B.bootstrap(law, bootstrap, seed=seed)
     alloc = compute_optimal(law, at_flops)
     ci = dict(law.ci95)
     report: dict[str, Any] = {
@@ -61,20 +61,20 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
         "n_points": int(len(n)),
         "param_kind": param_kind,
         "dropped_highest_loss": drop,
-        "params": dict(law.params),
+        "params": dict(law.params_),
         "ci95": ci,
-        "fit": law.info,
+        "fit": law.info_,
     }
     if isinstance(law, ChinchillaLaw):
         report["a_opt"], report["b_opt"] = law.a_opt, law.b_opt
-        if law.samples is not None:
-            al, be = law.samples[:, 3], law.samples[:, 4]
-            ci["a_opt"] = [float(x) for x in np.percentile(be / (al + be), [2.5, 97.5])]
+        if law.samples_ is not None:
+            al, be = law.samples_[:, 3], law.samples_[:, 4]
+            ci["a_opt"] = ci95(be / (al + be))
     else:
-        report["a_opt"], report["b_opt"] = law.params["a"], law.params["b"]
+        report["a_opt"], report["b_opt"] = law.params_["a"], law.params_["b"]
         ci["a_opt"] = ci["a"]
-        report["loss_law"] = None if law.loss_law is None else {"params": law.loss_law.params, "form": "L_min(C) = L_inf + (x0 / C)^alpha"}
-        report["minima"] = law.minima
+        report["loss_law"] = None if law.loss_law is None else {"params": law.loss_law.params_, "form": "L_min(C) = L_inf + (x0 / C)^alpha"}
+        report["minima"] = law.minima_
     ci["n_opt"], ci["d_opt"], ci["loss"] = alloc.n_params_ci95, alloc.tokens_ci95, alloc.loss_ci95
     report["at_flops"] = {"flops": at_flops, "n_opt": alloc.n_params, "d_opt": alloc.tokens,
                           "tokens_per_param": alloc.tokens_per_param, "loss": alloc.loss}
@@ -91,11 +91,11 @@ def _plot(law: Law, points: tuple, path: str) -> None:
     c = 6 * n * d
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     if isinstance(law, AllocationLaw):
-        mins = law.minima
+        mins = law.minima_
         cs = np.array([m["C"] for m in mins])
         grid = np.geomspace(cs.min() / 3, cs.max() * 3, 50)
         axes[0].loglog(cs, [m["N_opt"] for m in mins], "o", label="N_opt per budget")
-        axes[0].loglog(grid, law.optimal(grid)[0], "-", label=f"N_opt ~ C^{law.params['a']:.3f}")
+        axes[0].loglog(grid, law.optimal(grid)[0], "-", label=f"N_opt ~ C^{law.params_['a']:.3f}")
         axes[0].set_xlabel("training FLOPs C")
         axes[0].set_ylabel("N_opt")
         axes[0].legend()

@@ -139,12 +139,12 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     arr = V.run_arrays(runs)
     say(f"fitting approach 2 (IsoFLOP parabolas, envelope) and approach 3 on {len(arr['n'])} runs")
     fits = V.fit_ladder(arr, bootstrap=design.bootstrap, seed=design.seed)
-    if fits["note"]:
-        say(f"note: {fits['note']}")
+    if fits.note:
+        say(f"note: {fits.note}")
     held_point = V.plan_heldout(design, fits, shape_fn)
     if note := repetition_note(held_point.tokens, corpus_tokens, "the held-out run"):
         say(note)
-    preds = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
+    preds, interval_note = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
     # The design's primary method; if it has no interval (fragile minima), the first method that has one.
     primary = next((p for p in preds if p["method"] == design.primary and p["ci95"]),
                    next((p for p in preds if p["ci95"]), preds[0]))
@@ -152,7 +152,7 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
         "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
         "n_total": held_point.n_params, "tokens": held_point.tokens,
         "epochs": held_point.tokens / corpus_tokens, "method": primary["method"],
-        "sized_by": "approach2" if fits["n_opt_fit"] else "approach3", "note": fits["note"],
+        "sized_by": "approach2" if fits.approach2 else "approach3", "note": interval_note or fits.note,
         "predicted_loss": primary["predicted_loss"], "ci95": primary["ci95"], "predictions": preds,
         "actual_loss": None, "error_pct": None, "inside_ci": None,
         "shape": {k: getattr(held_point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
@@ -174,12 +174,13 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
                 p["inside_ci"] = bool(p["ci95"] and p["ci95"][0] <= actual <= p["ci95"][1])
             heldout.update(actual_loss=actual, error_pct=primary["error_pct"], inside_ci=primary["inside_ci"],
                            curve=read_curve(rec.out_dir), run_id=rec.run_id, wall_s=rec.wall_s, step_time_s=rec.step_time_s)
-    fit_summary = {"param_kind": "non_embedding", "approach3": _law_dict(fits["approach3"]), "approach2": fits["approach2"],
-                   "envelope": fits["envelope"], "n_opt_fit": fits["n_opt_fit"], "d_opt_fit": fits["d_opt_fit"]}
+    fit_summary = {"param_kind": "non_embedding", "approach3": _law_dict(fits.approach3),
+                   "approach2": None if fits.approach2 is None else fits.approach2.to_dict(),
+                   "envelope": fits.envelope_dict(), "n_opt_fit": fits.n_opt_fit(), "d_opt_fit": fits.d_opt_fit()}
     analysis = {
         "ladder": design.name, "design": {k: v for k, v in design.__dict__.items()},
-        "points": [_point_dict(r) for r in runs if r is not None], "parabolas": [p for p in fits["parabolas"] if p["interior"]],
-        "n_opt_fit": fits["n_opt_fit"], "d_opt_fit": fits["d_opt_fit"],
+        "points": [_point_dict(r) for r in runs if r is not None], "parabolas": fits.parabolas(),
+        "n_opt_fit": fits.n_opt_fit(), "d_opt_fit": fits.d_opt_fit(),
         "curves": V.curves(fits, held_point.flops), "heldout": heldout, "fits": fit_summary,
     }
     atomic_write_json(out / "analysis.json", json_safe(analysis))

@@ -1,12 +1,15 @@
-"""Scaling laws (torch-free): law forms and presets, the three fitting approaches of Hoffmann et al. 2022,
-bootstrap intervals, compute-optimal allocation and hyperparameter recommendations."""
+"""Scaling laws (torch-free): law forms and presets (``forms``), the three fitting approaches of Hoffmann et al.
+2022 (``fit``), bootstrap intervals (``bootstrap``), compute-optimal allocation and hyperparameter recommendations.
+
+Imports run one way: ``forms`` (pure math) <- ``fit`` (``fit.fit(law, *runs)``) <- ``bootstrap``
+(``bootstrap.bootstrap(law, R)``)."""
 
 from isoflop.laws.forms import (
-    PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, KaplanLaw, Law, SaturatingPowerLaw, law_from_dict,
-    load_law, preset_law,
+    PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, KaplanLaw, Law, PowerLaw, SaturatingPowerLaw,
+    law_from_dict, load_law, preset_law,
 )
 
 __all__ = [
-    "PRESETS", "AllocationLaw", "ChinchillaLaw", "DataConstrainedLaw", "KaplanLaw", "Law", "SaturatingPowerLaw",
-    "law_from_dict", "load_law", "preset_law",
+    "PRESETS", "AllocationLaw", "ChinchillaLaw", "DataConstrainedLaw", "KaplanLaw", "Law", "PowerLaw",
+    "SaturatingPowerLaw", "law_from_dict", "load_law", "preset_law",
 ]

@@ -25,7 +25,8 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from isoflop.errors import IsoflopError
-from isoflop.laws.forms import PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, Law
+from isoflop.laws.forms import PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, Law, chinchilla_g
+from isoflop.laws.intervals import ci95
 
 LossFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 _MAX_CI_SAMPLES = 200  # numeric allocations per interval (closed forms use every sample)
@@ -55,7 +56,7 @@ class Allocation:
     compute_optimal_reference: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -71,7 +72,7 @@ def data_constrained(law: Law) -> DataConstrainedLaw:
     if isinstance(law, ChinchillaLaw):
         stars = PRESETS["muennighoff"]["params"]
         return DataConstrainedLaw(law.name, f"{law.citation}; repetition: Muennighoff et al. 2023 R_D*, R_N*",
-                                  param_kind=law.param_kind, **law.params, R_D_star=stars["R_D_star"], R_N_star=stars["R_N_star"])
+                                  param_kind=law.param_kind, **law.params_, R_D_star=stars["R_D_star"], R_N_star=stars["R_N_star"])
     raise IsoflopError(f"--unique-tokens needs a Chinchilla-form law (E, A, B, alpha, beta); {law.name!r} is a {law.form} law")
 
 
@@ -155,14 +156,6 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
     return c, n, d
 
 
-def _ci(values: list[float]) -> list[float] | None:
-    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)])
-    if len(arr) < 2:
-        return None
-    lo, hi = np.percentile(arr, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
 def compute_optimal(
     law: Law, flops: float | None = None, *, target_loss: float | None = None, unique_tokens: float | None = None,
     inference_tokens: float | None = None, intervals: bool = True,
@@ -203,22 +196,22 @@ def compute_optimal(
             "flops": c_ref, "n_params": n_ref, "tokens": d_ref, "lifetime_flops": c_ref + 2.0 * n_ref * t,
             "lifetime_saving": 1.0 - out.lifetime_flops / (c_ref + 2.0 * n_ref * t),
         }
-    if intervals and law.samples is not None and len(law.samples) >= 2:
+    if intervals and law.samples_ is not None and len(law.samples_) >= 2:
         _add_intervals(out, law, flops, target_loss, unique_tokens, t)
-    elif law.samples is None:
+    elif law.samples_ is None:
         out.notes.append("no intervals: the law has no bootstrap samples (fit one with `isoflop fit --bootstrap R`)")
     return out
 
 
 def _add_intervals(out: Allocation, law: Law, flops, target_loss, unique, t) -> None:
     if isinstance(law, ChinchillaLaw) and unique is None and t == 0 and flops is not None:
-        s = law.samples  # closed form, vectorised over every draw: (E, A, B, alpha, beta)
+        s = law.samples_  # closed form, vectorised over every draw: (E, A, B, alpha, beta)
         e, a, b, al, be = (s[:, i] for i in range(5))
-        g = (al * a / (be * b)) ** (1.0 / (al + be))
+        g = chinchilla_g(a, b, al, be)
         n = g * (flops / 6.0) ** (be / (al + be))
         d = flops / (6.0 * n)
         loss = e + a / n**al + b / d**be
-        out.n_params_ci95, out.tokens_ci95, out.loss_ci95 = _ci(list(n)), _ci(list(d)), _ci(list(loss))
+        out.n_params_ci95, out.tokens_ci95, out.loss_ci95 = ci95(n), ci95(d), ci95(loss)
         return
     laws = law.sample_laws()[:_MAX_CI_SAMPLES]
     ns, ds, ls = [], [], []
@@ -230,4 +223,4 @@ def _add_intervals(out: Allocation, law: Law, flops, target_loss, unique, t) -> 
         ns.append(n)
         ds.append(d)
         ls.append(float(_loss_fn(sample, unique)(n, d)) if not isinstance(sample, AllocationLaw) else None)
-    out.n_params_ci95, out.tokens_ci95, out.loss_ci95 = _ci(ns), _ci(ds), _ci(ls)
+    out.n_params_ci95, out.tokens_ci95, out.loss_ci95 = ci95(ns), ci95(ds), ci95(ls)

@@ -1,23 +1,62 @@
-"""Bootstrap intervals for Approach 3 (Besiroglu et al. 2024, Sec. 3: resample the runs with replacement, refit).
+"""Bootstrap intervals (Besiroglu et al. 2024, Sec. 3): resample the runs with replacement and refit.
 
-Each refit starts from the full-data optimum and minimises the same Huber objective (delta 1e-3 on log loss)
-with a trust-region Gauss-Newton method: ``scipy.optimize.least_squares(loss="huber", f_scale=delta)`` minimises
-``sum_i delta^2 rho((r_i / delta)^2)``, which is exactly twice ``sum_i Huber_delta(r_i)``, so the minimiser is
-the same; it needs about ten Jacobian evaluations where L-BFGS needs a few hundred on this non-smooth objective.
-Resamples whose refit fails, is not finite, or has exponents outside ``(0, 10)`` are dropped and counted:
-the intervals never include garbage.
+``resample`` is the one resampling loop; ``bootstrap`` fills a fitted law's ``samples_`` with it. An Approach 3
+law (``ChinchillaLaw``) refits each resample from the full-data optimum, minimising the same Huber objective
+(delta 1e-3 on log loss) with a trust-region Gauss-Newton method: ``scipy.optimize.least_squares(loss="huber",
+f_scale=delta)`` minimises ``sum_i delta^2 rho((r_i / delta)^2)``, which is exactly twice
+``sum_i Huber_delta(r_i)``, so the minimiser is the same; it needs about ten Jacobian evaluations where L-BFGS
+needs a few hundred on this non-smooth objective. Other laws refit with ``isoflop.laws.fit.fit``.
+Resamples whose refit fails, is not finite, or fails ``theta_is_sane`` (exponents in ``(0, 3]``, log
+coefficients at most 100) are dropped and counted: the intervals never include garbage.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from isoflop.errors import IsoflopError
 from isoflop.laws import huber as H
-from isoflop.laws.fit import theta_is_sane
+from isoflop.laws.fit import refit_params, theta_is_sane
+from isoflop.laws.forms import ChinchillaLaw, Law
+
+LawT = TypeVar("LawT", bound=Law)
+Draw = Callable[[np.random.Generator], np.ndarray]
+
+
+def resample(
+    n_samples: int, seed: int, draw: Draw, refit: Callable[[np.ndarray], Any],
+) -> tuple[list[np.ndarray], int]:
+    """``n_samples`` times: ``idx = draw(rng)``, then ``refit(idx)``; a refit that returns ``None``, raises
+    ``IsoflopError`` or is not finite is dropped. Returns ``(rows, dropped)``; ``rng`` is
+    ``np.random.default_rng(seed)``, so the draws depend on the seed alone."""
+    rng = np.random.default_rng(seed)
+    rows, dropped = [], 0
+    for _ in range(n_samples):
+        idx = draw(rng)
+        try:
+            row = refit(idx)
+        except IsoflopError:
+            row = None
+        if row is None or not np.all(np.isfinite(row)):
+            dropped += 1
+            continue
+        rows.append(np.asarray(row, dtype=float))
+    return rows, dropped
+
+
+def with_replacement(size: int) -> Draw:
+    """Resample ``size`` runs with replacement."""
+    return lambda rng: rng.integers(0, size, size)
+
+
+def within_groups(labels: np.ndarray) -> Draw:
+    """Resample with replacement within each group of ``labels`` (e.g. runs within each IsoFLOP budget), so every
+    group keeps its size; groups in ``np.unique`` order."""
+    groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+    return lambda rng: np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
 
 
 def refit_huber(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -30,34 +69,47 @@ def refit_huber(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: 
     return res.x, bool(res.status > 0 and theta_is_sane(res.x))
 
 
-def bootstrap_approach3(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, theta: np.ndarray, n_samples: int = 1000, seed: int = 0,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """``n_samples`` refits on resampled runs. Returns samples ``(R_ok, 5)`` as ``(E, A, B, alpha, beta)`` and
-    counts ``{requested, converged, dropped, seed}``; raises ``IsoflopError`` when fewer than half converge."""
+def _approach3_refit(law: ChinchillaLaw) -> Callable[[np.ndarray], np.ndarray | None]:
+    n, d, loss = law.runs_
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
+    theta = np.asarray(law.theta_, dtype=float)
+
+    def refit(idx: np.ndarray) -> np.ndarray | None:
+        if len(np.unique(idx)) < 5:
+            return None
+        x, ok = refit_huber(theta, log_n[idx], log_d[idx], log_l[idx])
+        if not ok:
+            return None
+        a, b, e, alpha, beta = x
+        return np.array([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
+
+    return refit
+
+
+def _generic_refit(law: Law) -> Callable[[np.ndarray], np.ndarray]:
+    def refit(idx: np.ndarray) -> np.ndarray:
+        params = refit_params(law, *(x[idx] for x in law.runs_))
+        return np.array([params[k] for k in law.param_names])
+
+    return refit
+
+
+def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0) -> LawT:
+    """Refit ``law`` on ``n_samples`` resamples (with replacement) of the runs it was fitted to and keep the draws
+    in ``law.samples_`` (rows in ``param_names`` order); counts go to ``law.info_['bootstrap']``. Raises
+    ``IsoflopError`` when fewer than half the refits converge. Returns ``law``."""
+    if law.runs_ is None:
+        raise IsoflopError("bootstrap needs the fitted runs; fit the law first (isoflop.laws.fit.fit)")
     if n_samples < 2:
         raise IsoflopError(f"--bootstrap needs at least 2 resamples, got {n_samples}")
+    approach3 = isinstance(law, ChinchillaLaw) and law.theta_ is not None
+    refit = _approach3_refit(law) if approach3 else _generic_refit(law)
     with H.single_threaded_blas():
-        return _bootstrap(n, d, loss, theta, n_samples, seed)
-
-
-def _bootstrap(n, d, loss, theta, n_samples: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
-    size = len(n)
-    rows, dropped = [], 0
-    for _ in range(n_samples):
-        idx = rng.integers(0, size, size)
-        if len(np.unique(idx)) < 5:
-            dropped += 1
-            continue
-        x, ok = refit_huber(np.asarray(theta, dtype=float), log_n[idx], log_d[idx], log_l[idx])
-        if not ok:
-            dropped += 1
-            continue
-        a, b, e, alpha, beta = x
-        rows.append([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
-    stats = {"requested": int(n_samples), "converged": len(rows), "dropped": int(dropped), "seed": int(seed)}
+        rows, dropped = resample(n_samples, seed, with_replacement(len(law.runs_[0])), refit)
     if len(rows) < max(2, n_samples // 2):
-        raise IsoflopError(f"only {len(rows)} of {n_samples} bootstrap refits converged; the runs do not constrain the law, add runs")
-    return np.asarray(rows), stats
+        raise IsoflopError(
+            f"only {len(rows)} of {n_samples} bootstrap refits converged; the runs do not constrain the law, add runs"
+        )
+    law.samples_ = np.asarray(rows)
+    law.info_["bootstrap"] = {"requested": int(n_samples), "converged": len(rows), "dropped": int(dropped), "seed": int(seed)}
+    return law

@@ -17,16 +17,18 @@ only the best few are refined by L-BFGS-B with the analytic gradient of ``isoflo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy.optimize import minimize
 
 from isoflop.errors import IsoflopError
 from isoflop.laws import huber as H
+from isoflop.laws.forms import (
+    PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, KaplanLaw, Law, PowerLaw, SaturatingPowerLaw,
+)
 
-if TYPE_CHECKING:
-    from isoflop.laws.forms import AllocationLaw, Law, SaturatingPowerLaw
+LawT = TypeVar("LawT", bound=Law)
 
 # Exponent grid for the linear least-squares starting points (Approach 3).
 _ALPHA_GRID = np.linspace(0.02, 1.5, 38)
@@ -63,11 +65,14 @@ def drop_highest_loss(n: np.ndarray, d: np.ndarray, loss: np.ndarray, k: int) ->
 # Approach 3 -------------------------------------------------------------------------------------
 @dataclass
 class Approach3Result:
+    """The Approach 3 optimum. ``converged``: L-BFGS-B met its convergence test (``scipy``'s ``success``) at the
+    returned point; ``n_iter``: L-BFGS-B iterations over every start and polish."""
+
     theta: np.ndarray  # (a, b, e, alpha, beta)
     objective: float
     converged: bool
     n_starts: int
-    n_evals: int
+    n_iter: int
 
     @property
     def params(self) -> dict[str, float]:
@@ -98,13 +103,14 @@ def linear_starts(
     return np.stack([a_, b_, e_, al, be], axis=1)
 
 
-def _refine(theta0: np.ndarray, log_n, log_d, log_l, weights) -> tuple[np.ndarray, float, bool, int]:
+def _refine(theta0: np.ndarray, log_n, log_d, log_l, weights) -> tuple[np.ndarray, float, bool, bool, int]:
+    """One L-BFGS-B run: ``(theta, objective, finite, converged, iterations)``."""
     res = minimize(
         H.objective_and_grad, theta0, args=(log_n, log_d, log_l, weights), jac=True, method="L-BFGS-B",
         options=_LBFGS_OPTIONS,
     )
     ok = bool(np.all(np.isfinite(res.x)) and np.isfinite(res.fun))
-    return res.x, float(res.fun), ok, int(res.nfev)
+    return res.x, float(res.fun), ok, bool(res.success), int(res.nit)
 
 
 def fit_approach3(
@@ -131,27 +137,29 @@ def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result
         obj = H.batch_objective(cand, log_n, log_d, log_l, w)
         order = np.argsort(np.where(np.isfinite(obj), obj, np.inf))
         starts.extend(cand[order[:n_refine]])
-    best, best_f, evals, any_ok = None, np.inf, 0, False
+    best, best_f, iters, any_ok, converged = None, np.inf, 0, False, False
     for theta0 in starts:
-        x, f, ok, nfev = _refine(theta0, log_n, log_d, log_l, w)
-        evals += nfev
+        x, f, ok, success, nit = _refine(theta0, log_n, log_d, log_l, w)
+        iters += nit
         if ok and f < best_f:
-            best, best_f, any_ok = x, f, True
+            best, best_f, any_ok, converged = x, f, True, success
     if not any_ok:
-        raise IsoflopError("Approach 3 did not converge to a finite optimum; check the runs (too few, or loss not decreasing with N and D)")
+        raise IsoflopError(
+            "Approach 3 did not converge to a finite optimum; check the runs (too few, or loss not decreasing with N and D)"
+        )
     for _ in range(20):  # polish: L-BFGS-B restarts from its own optimum while that still helps
-        x, f, ok, nfev = _refine(best, log_n, log_d, log_l, w)
-        evals += nfev
+        x, f, ok, success, nit = _refine(best, log_n, log_d, log_l, w)
+        iters += nit
         if not ok or f >= best_f * (1 - 1e-12):
             break
-        best, best_f = x, f
+        best, best_f, converged = x, f, success
     if not theta_is_sane(best):
         a, b, e, alpha, beta = best
         raise IsoflopError(
             f"Approach 3 did not converge (alpha {alpha:.3g}, beta {beta:.3g}, log A {a:.3g}, log B {b:.3g}); the runs do not "
             "constrain the law: add runs over a wider range of N and D"
         )
-    return Approach3Result(theta=best, objective=best_f, converged=True, n_starts=len(starts), n_evals=evals)
+    return Approach3Result(theta=best, objective=best_f, converged=converged, n_starts=len(starts), n_iter=iters)
 
 
 MAX_EXPONENT = 3.0  # published LLM exponents are 0.05-0.8 (Kaplan 2020; Hoffmann 2022; Besiroglu 2024)
@@ -180,15 +188,17 @@ def fit_warnings(params: dict[str, float], loss: np.ndarray) -> list[str]:
 
 
 # One-variable saturating power law --------------------------------------------------------------
-def fit_saturating(x: np.ndarray, loss: np.ndarray) -> "SaturatingPowerLaw":
+def fit_saturating(x: np.ndarray, loss: np.ndarray) -> SaturatingPowerLaw:
     """Fit ``L = L_inf + (x0 / x)^alpha`` by least squares on log loss.
 
     Starts: for ``L_inf`` at fractions of ``min(L)`` the law is a straight line ``log(L - L_inf) = alpha log x0 -
     alpha log x``, solved by linear regression; the best start is refined with L-BFGS-B over
     ``(log L_inf, log x0, alpha)``. Raises ``IsoflopError`` when the data do not decrease or the fit diverges.
     """
-    from isoflop.laws.forms import SaturatingPowerLaw
+    return fit(SaturatingPowerLaw("fitted", "fitted by isoflop (least squares on log loss)"), x, loss)
 
+
+def _fit_saturating(law: SaturatingPowerLaw, x: np.ndarray, loss: np.ndarray) -> SaturatingPowerLaw:
     x, _, loss = check_runs(x, np.ones_like(np.asarray(x, dtype=float)), loss, 3, "a saturating power law (3 parameters)")
     lx, ll = np.log(x), np.log(loss)
 
@@ -217,17 +227,20 @@ def fit_saturating(x: np.ndarray, loss: np.ndarray) -> "SaturatingPowerLaw":
     linf, lx0, alpha = res.x
     if not (np.all(np.isfinite(res.x)) and alpha > 0 and np.isfinite(np.exp(lx0))):
         raise IsoflopError("the saturating power-law fit did not converge; add points over a wider range")
-    law = SaturatingPowerLaw("fitted", "fitted by isoflop (least squares on log loss)", L_inf=float(np.exp(linf)), x0=float(np.exp(lx0)), alpha=float(alpha))
-    law.info = {"sse_log": float(res.fun), "n_points": int(len(x))}
+    law.params_ = {"L_inf": float(np.exp(linf)), "x0": float(np.exp(lx0)), "alpha": float(alpha)}
+    law.info_ = {"sse_log": float(res.fun), "n_points": int(len(x))}
+    law.n_iter_, law.runs_ = int(res.nit), (x, loss)
     return law
 
 
-def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray, extra: tuple = ()) -> dict[str, float]:
+def _fit_log_least_squares(law: LawT, n: np.ndarray, d: np.ndarray, loss: np.ndarray, extra: tuple = ()) -> LawT:
     """Least squares on log loss for a law with positive parameters, ``law.predict(n, d, *extra)``, from ``law``'s
-    current parameters (L-BFGS-B over log parameters). Used by ``KaplanLaw`` and ``DataConstrainedLaw``."""
+    current parameters or its preset's (L-BFGS-B over log parameters). Fits ``KaplanLaw`` and ``DataConstrainedLaw``."""
+    if not law.params_:
+        law.params_ = dict(PRESETS["kaplan" if isinstance(law, KaplanLaw) else "muennighoff"]["params"])
     n, d, loss = check_runs(n, d, loss, len(law.param_names) + 1, f"a {law.form} fit")
     names, ll = law.param_names, np.log(loss)
-    p0 = np.log([law.params[k] for k in names])
+    p0 = np.log([law.params_[k] for k in names])
 
     def sse(lp: np.ndarray) -> float:
         with np.errstate(all="ignore"):
@@ -239,7 +252,10 @@ def fit_generic(law: "Law", n: np.ndarray, d: np.ndarray, loss: np.ndarray, extr
         res = minimize(sse, p0, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
     if not np.all(np.isfinite(np.exp(res.x))) or res.fun >= 1e300:
         raise IsoflopError(f"the {law.form} fit did not converge; start from other parameters or add runs")
-    return dict(zip(names, (float(v) for v in np.exp(res.x))))
+    law.params_ = dict(zip(names, (float(v) for v in np.exp(res.x))))
+    law.samples_, law.info_, law.n_iter_ = None, {"n_points": int(len(n))}, int(res.nit)
+    law.runs_ = (n, d, *extra, loss)
+    return law
 
 
 # Approaches 1 and 2 ------------------------------------------------------------------------------
@@ -249,19 +265,38 @@ def _power_law(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(np.exp(icpt)), float(slope)
 
 
-def _allocation(points: list[dict[str, float]], approach: int, loss_law: "SaturatingPowerLaw | None") -> "AllocationLaw":
-    from isoflop.laws.forms import AllocationLaw
-
-    c = np.array([p["C"] for p in points])
-    k_n, a = _power_law(c, np.array([p["N_opt"] for p in points]))
-    k_d, b = _power_law(c, np.array([p["D_opt"] for p in points]))
-    law = AllocationLaw(f"approach{approach}", f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}", loss=loss_law, k_N=k_n, a=a, k_D=k_d, b=b)
-    law.minima = points
-    law.info = {"approach": approach, "n_budgets": len(points)}
+def fit_power_law(x: np.ndarray, y: np.ndarray) -> PowerLaw:
+    """``y = k x^exponent`` by least squares in log-log space (``_power_law``)."""
+    k, exponent = _power_law(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    law = PowerLaw("fitted", "fitted by isoflop (least squares in log-log space)", k=k, exponent=exponent)
+    law.info_ = {"n_points": int(len(x))}
     return law
 
 
-def _loss_vs_compute(points: list[dict[str, float]]) -> "SaturatingPowerLaw | None":
+def fit_loss_envelope(c: np.ndarray, loss: np.ndarray) -> SaturatingPowerLaw | PowerLaw:
+    """The minimum loss against compute, ``L*(C)``: ``L_inf + (C_0 / C)^gamma`` (``fit_saturating``) through four or
+    more points, a pure power law ``k C^-gamma`` (two parameters) through fewer."""
+    return fit_saturating(c, loss) if len(c) >= 4 else fit_power_law(c, loss)
+
+
+def _set_allocation(law: AllocationLaw, points: list[dict[str, float]], runs: tuple[np.ndarray, ...]) -> AllocationLaw:
+    """Power laws through the optima ``points`` (and ``L_min(C)`` through their losses) into ``law``."""
+    c = np.array([p["C"] for p in points])
+    k_n, a = _power_law(c, np.array([p["N_opt"] for p in points]))
+    k_d, b = _power_law(c, np.array([p["D_opt"] for p in points]))
+    law.params_ = {"k_N": k_n, "a": a, "k_D": k_d, "b": b}
+    law.loss_law = _loss_vs_compute(points)
+    law.minima_ = points
+    law.samples_, law.info_, law.runs_ = None, {"approach": law.approach, "n_budgets": len(points)}, runs
+    return law
+
+
+def _new_allocation(approach: int, param_kind: str) -> AllocationLaw:
+    return AllocationLaw(f"approach{approach}", f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}",
+                         approach=approach, param_kind=param_kind)
+
+
+def _loss_vs_compute(points: list[dict[str, float]]) -> SaturatingPowerLaw | None:
     if len(points) < 4:
         return None
     try:
@@ -270,12 +305,18 @@ def _loss_vs_compute(points: list[dict[str, float]]) -> "SaturatingPowerLaw | No
         return None
 
 
-def fit_approach1(n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None) -> "AllocationLaw":
+def fit_approach1(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None, *, param_kind: str = "total",
+) -> AllocationLaw:
     """Approach 1 (Hoffmann et al. 2022, Sec. 3.1): the lower envelope of loss against FLOPs.
 
     A run (or a point on a training curve) is on the envelope when every run with less compute has a higher
     loss; envelope points give ``(C, N, D)`` and power laws are fitted through them. ``c`` defaults to ``6 N D``.
     """
+    return fit(_new_allocation(1, param_kind), n, d, loss, c)
+
+
+def _fit_approach1(law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 1")
     c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 1")[0]
     order = np.lexsort((loss, c))
@@ -286,9 +327,7 @@ def fit_approach1(n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray 
             points.append({"C": float(c[i]), "N_opt": float(n[i]), "D_opt": float(d[i]), "loss": float(loss[i])})
     if len({p["N_opt"] for p in points}) < 2 or len(points) < 3:
         raise IsoflopError(f"the loss envelope has only {len(points)} points with {len({p['N_opt'] for p in points})} model sizes; Approach 1 needs runs of several sizes over a range of compute")
-    law = _allocation(points, 1, _loss_vs_compute(points))
-    law._data = (n, d, loss, c)
-    return law
+    return _set_allocation(law, points, (n, d, loss, c))
 
 
 def group_budgets(c: np.ndarray, tolerance_dex: float = 0.05) -> np.ndarray:
@@ -316,22 +355,31 @@ def tokens_at(n_opt: float, n: np.ndarray, d: np.ndarray) -> float:
     return float(np.exp(np.interp(np.log(n_opt), np.log(n[order]), np.log(d[order]))))
 
 
-def fit_approach2(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None, *, groups: np.ndarray | None = None,
-    tolerance_dex: float = 0.05,
-) -> "AllocationLaw":
-    """Approach 2 (Hoffmann et al. 2022, Sec. 3.2): IsoFLOP profiles.
+@dataclass
+class IsoflopMinimum:
+    """The vertex of one IsoFLOP profile (Hoffmann et al. 2022, Sec. 3.2): the parabola
+    ``L = p0 + p1 x + p2 x^2`` in ``x = ln N`` through the group's runs (``coef = (p2, p1, p0)``)."""
 
-    Runs are grouped by budget (``groups``, else by ``group_budgets``); in each group with at least three model
-    sizes a parabola ``L = p0 + p1 x + p2 x^2`` in ``x = log N`` is fitted and its vertex, when the parabola
-    opens upwards and the vertex lies inside the sizes tried, is ``(N_opt, L_min)``; ``D_opt`` is the group's
-    tokens interpolated at the vertex (``tokens_at``), which is ``C / (6 N_opt)`` when ``C = 6 N D``.
-    Power laws through the vertices give ``N_opt(C)`` and ``D_opt(C)``.
-    """
-    n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
-    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
-    labels = group_budgets(c, tolerance_dex) if groups is None else np.asarray(groups)
-    points, skipped = [], 0
+    group: Any  # the group's label
+    flops: float  # geometric mean of the group's C
+    n_opt: float
+    d_opt: float
+    loss: float
+    runs: int
+    coef: tuple[float, float, float]
+
+    def point(self) -> dict[str, float]:
+        """The ``minima_`` entry of an Approach 2 law."""
+        return {"C": self.flops, "N_opt": self.n_opt, "D_opt": self.d_opt, "loss": self.loss, "runs": self.runs}
+
+
+def isoflop_minima(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray, labels: np.ndarray,
+) -> tuple[list[IsoflopMinimum], int]:
+    """Per group with at least three model sizes, the parabola's vertex when it opens upwards and lies inside the
+    sizes tried; ``D_opt`` is the group's tokens interpolated at the vertex (``tokens_at``). Returns the minima
+    and the number of groups skipped."""
+    minima, skipped = [], 0
     for g in np.unique(labels):
         idx = labels == g
         x = np.log(n[idx])
@@ -343,12 +391,95 @@ def fit_approach2(
         if not (np.isfinite(vertex) and x.min() <= vertex <= x.max()):
             skipped += 1
             continue
-        budget = float(np.exp(np.mean(np.log(c[idx]))))
         n_opt = float(np.exp(vertex))
-        points.append({"C": budget, "N_opt": n_opt, "D_opt": tokens_at(n_opt, n[idx], d[idx]), "loss": float(p0 + p1 * vertex + p2 * vertex**2), "runs": int(idx.sum())})
-    if len(points) < 2:
-        raise IsoflopError(f"only {len(points)} IsoFLOP budget(s) have an interior parabola minimum ({skipped} skipped); Approach 2 needs at least 2 budgets with 3+ model sizes around the optimum")
-    law = _allocation(points, 2, _loss_vs_compute(points))
-    law.info["budgets_skipped"] = skipped
-    law._data = (n, d, loss, c, labels)  # a bootstrap resamples runs and keeps their budget labels
+        minima.append(IsoflopMinimum(
+            group=g, flops=float(np.exp(np.mean(np.log(c[idx])))), n_opt=n_opt, d_opt=tokens_at(n_opt, n[idx], d[idx]),
+            loss=float(p0 + p1 * vertex + p2 * vertex**2), runs=int(idx.sum()), coef=(float(p2), float(p1), float(p0)),
+        ))
+    return minima, skipped
+
+
+def fit_approach2(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None, *, groups: np.ndarray | None = None,
+    tolerance_dex: float = 0.05, param_kind: str = "total",
+) -> AllocationLaw:
+    """Approach 2 (Hoffmann et al. 2022, Sec. 3.2): IsoFLOP profiles.
+
+    Runs are grouped by budget (``groups``, else by ``group_budgets``); in each group with at least three model
+    sizes a parabola ``L = p0 + p1 x + p2 x^2`` in ``x = log N`` is fitted and its vertex, when the parabola
+    opens upwards and the vertex lies inside the sizes tried, is ``(N_opt, L_min)``; ``D_opt`` is the group's
+    tokens interpolated at the vertex (``tokens_at``), which is ``C / (6 N_opt)`` when ``C = 6 N D``.
+    Power laws through the vertices give ``N_opt(C)`` and ``D_opt(C)``.
+    """
+    return fit(_new_allocation(2, param_kind), n, d, loss, c, groups=groups, tolerance_dex=tolerance_dex)
+
+
+def _fit_approach2(
+    law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None,
+    groups: np.ndarray | None = None, tolerance_dex: float = 0.05,
+) -> AllocationLaw:
+    n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
+    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
+    labels = group_budgets(c, tolerance_dex) if groups is None else np.asarray(groups)
+    minima, skipped = isoflop_minima(n, d, loss, c, labels)
+    if len(minima) < 2:
+        raise IsoflopError(
+            f"only {len(minima)} IsoFLOP budget(s) have an interior parabola minimum ({skipped} skipped); Approach 2 "
+            "needs at least 2 budgets with 3+ model sizes around the optimum"
+        )
+    # A bootstrap resamples runs and keeps their budget labels.
+    _set_allocation(law, [m.point() for m in minima], (n, d, loss, c, labels))
+    law.info_["budgets_skipped"] = skipped
     return law
+
+
+# One entry point ---------------------------------------------------------------------------------
+def fit_chinchilla(
+    law: ChinchillaLaw, n: Any, d: Any, loss: Any, *, drop_highest: int = 0, weights: Any = None,
+) -> ChinchillaLaw:
+    """Approach 3 (``fit_approach3``) into ``law``; raises when L-BFGS-B does not converge."""
+    n, d, loss = check_runs(n, d, loss, 5, "Approach 3")
+    n, d, loss = drop_highest_loss(n, d, loss, drop_highest)
+    res = fit_approach3(n, d, loss, weights=weights)
+    if not res.converged:
+        raise IsoflopError(
+            f"Approach 3 did not converge (params {res.params}); the runs do not constrain the law, add runs over a "
+            "wider range of N and D"
+        )
+    law.params_, law.theta_, law.samples_, law.n_iter_ = res.params, res.theta, None, res.n_iter
+    law.info_ = {"approach": 3, "objective": res.objective, "n_points": int(len(n)),
+                 "dropped_highest_loss": int(drop_highest), "warnings": fit_warnings(res.params, loss)}
+    law.runs_ = (n, d, loss)
+    return law
+
+
+def fit(law: LawT, *runs: Any, **options: Any) -> LawT:
+    """Fit ``law`` to ``runs`` in place (scikit-learn style: it fills ``params_``, ``info_``, ``n_iter_`` and
+    ``runs_`` and clears ``samples_``) and return it. The runs, by form:
+
+    * ``ChinchillaLaw``: ``(N, D, loss)`` by Approach 3; options ``drop_highest``, ``weights``;
+    * ``KaplanLaw``: ``(N, D, loss)``; ``DataConstrainedLaw``: ``(N, D, unique_tokens, loss)`` (least squares on
+      log loss from the law's parameters, or its preset's when it has none);
+    * ``SaturatingPowerLaw``: ``(x, loss)``;
+    * ``AllocationLaw``: ``(N, D, loss[, C])`` by its ``approach`` (1 or 2); Approach 2 options ``groups``,
+      ``tolerance_dex``.
+    """
+    if isinstance(law, ChinchillaLaw):
+        return fit_chinchilla(law, *runs, **options)
+    if isinstance(law, KaplanLaw):
+        return _fit_log_least_squares(law, *runs)
+    if isinstance(law, DataConstrainedLaw):
+        n, d, unique, loss = runs
+        n, d, loss = check_runs(n, d, loss, len(law.param_names) + 1, "a data-constrained fit")
+        unique = check_runs(unique, d, loss, 1, "a data-constrained fit")[0]
+        return _fit_log_least_squares(law, n, d, loss, extra=(unique,))
+    if isinstance(law, SaturatingPowerLaw):
+        return _fit_saturating(law, *runs)
+    if isinstance(law, AllocationLaw):
+        return _fit_approach1(law, *runs) if law.approach == 1 else _fit_approach2(law, *runs, **options)
+    raise IsoflopError(f"{law.form} laws cannot be fitted; fit a Chinchilla, Kaplan, data-constrained, saturating or allocation law")
+
+
+def refit_params(law: Law, *runs: np.ndarray) -> dict[str, float]:
+    """The parameters ``fit`` gives on ``runs`` starting from ``law``'s own (one bootstrap resample)."""
+    return fit(law.with_params(law.params_), *runs).params_

@@ -129,7 +129,7 @@ def _loss(law: Law, req: PlanRequest, n: float, d: float) -> float | None:
 
 def _loss_ci(law: Law, req: PlanRequest, n: float, d: float) -> list[float] | None:
     """Interval of the predicted loss of the planned (N, D) over the law's bootstrap draws."""
-    if law.samples is None or isinstance(law, AllocationLaw):
+    if law.samples_ is None or isinstance(law, AllocationLaw):
         return None
     values = [v for v in (_loss(s, req, n, d) for s in law.sample_laws()) if v is not None and math.isfinite(v)]
     if len(values) < 2:
@@ -167,14 +167,14 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
 def _common(law: Law, req: PlanRequest, alloc: Allocation, spec: ModelSpec, tokens: float, hp: dict[str, Any]) -> dict[str, Any]:
     n = _law_count(spec, law)
     return {
-        "law": {"name": law.name, "form": law.form, "citation": law.citation, "param_kind": law.param_kind, "params": law.params},
+        "law": {"name": law.name, "form": law.form, "citation": law.citation, "param_kind": law.param_kind, "params": law.params_},
         "model": _model_block(spec),
         "tokens": tokens,
         "tokens_per_param": tokens / n,
         "flops": 6.0 * n * tokens,
         "predicted_loss": _loss(law, req, n, tokens),
         "predicted_loss_ci95": _loss_ci(law, req, n, tokens),
-        "law_optimum": alloc.as_dict(),
+        "law_optimum": alloc.to_dict(),
         "hyperparameters": hp,
         "seq_len": req.seq_len,
         "notes": list(alloc.notes),
