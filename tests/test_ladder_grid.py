@@ -9,7 +9,7 @@ import pytest
 from isoflop.errors import IsoflopError
 from isoflop.ladder.grid import LadderDesign, centre_size, design_grid, edge_extensions, kaplan_lr
 from isoflop.ladder.presets import PRESETS, get_preset, with_data
-from isoflop.spec import count_flops, count_params, spec_from_dict
+from isoflop.spec import count_flops, count_params
 
 
 def test_every_preset_is_a_valid_isoflop_grid() -> None:
@@ -28,12 +28,12 @@ def test_every_preset_is_a_valid_isoflop_grid() -> None:
 def test_points_spend_their_budget_exactly() -> None:
     design = PRESETS["quick"]
     for p in design_grid(design):
-        spec = spec_from_dict(p.config["model"])
+        spec = p.config.model
         per_token = count_flops(spec, design.seq_len).training  # independent recount from the config
-        assert p.flops == pytest.approx(p.config["train"]["max_steps"] * design.batch_tokens * per_token)
+        assert p.flops == pytest.approx(p.config.train.max_steps * design.batch_tokens * per_token)
         # whole steps: within half a step of the budget
         assert abs(p.flops - p.budget) <= 0.5 * design.batch_tokens * per_token + 1e-6 * p.budget
-        assert p.config["train"]["tokens"] == p.tokens == p.config["train"]["max_steps"] * design.batch_tokens
+        assert p.config.train.tokens == p.tokens == p.config.train.max_steps * design.batch_tokens
         assert count_params(spec).non_embedding == p.n_params_non_embedding
         assert spec.tie_embeddings and 8 <= spec.d_model / spec.n_layers <= 32  # one shape family
 
@@ -43,10 +43,10 @@ def test_hyperparameter_rule() -> None:
     assert kaplan_lr(1e5) == pytest.approx(0.003239 - 0.0001395 * math.log(1e5))
     assert kaplan_lr(1e6) < kaplan_lr(1e5)
     for p in design_grid(PRESETS["quick"]):
-        optim, train = p.config["optim"], p.config["train"]
+        optim, train = p.config.optim.model_dump(), p.config.train.model_dump()
         assert optim["lr"] == pytest.approx(3 * kaplan_lr(p.n_params_non_embedding), abs=1e-6)
         assert optim["schedule"] == "cosine" and optim["warmup_steps"] == max(1, round(0.05 * train["max_steps"]))
-        assert train["seed"] == 0 and p.config["data"]["vocab_size"] == PRESETS["quick"].vocab_size
+        assert train["seed"] == 0 and p.config.data.vocab_size == PRESETS["quick"].vocab_size
 
 
 def test_too_small_a_grid_is_refused() -> None:
@@ -86,7 +86,7 @@ def test_ladder_data_source(cli, tmp_path) -> None:
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("text\n")
     design = with_data(get_preset("quick"), str(tmp_path / "corpus"))
-    assert {p.config["data"]["source"] for p in design_grid(design)} == {str((tmp_path / "corpus").resolve())}
+    assert {p.config.data.source for p in design_grid(design)} == {str((tmp_path / "corpus").resolve())}
     assert with_data(get_preset("quick"), "hf:user/name").data_source == "hf:user/name"
     missing = cli("ladder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
     assert missing.code == 2 and "--data" in missing.err and "does not exist" in missing.err

@@ -24,7 +24,7 @@ def _ladder(tmp_path, noise: float, seed: int = 0):
     reg = Registry(tmp_path / "reg.sqlite")
     rng = np.random.default_rng(seed)
     for p in design_grid(design):
-        rid = reg.add(design.name, p.config, budget=p.budget, n_params=p.n_params,
+        rid = reg.add(design.name, p.config.model_dump(mode="json"), budget=p.budget, n_params=p.n_params,
                       n_params_non_embedding=p.n_params_non_embedding, tokens=p.tokens, flops=p.flops)
         reg.claim(rid, "x")
         loss = float(law(p.n_params_non_embedding, p.tokens)) * (1 + noise * rng.standard_normal())

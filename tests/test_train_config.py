@@ -15,7 +15,7 @@ from isoflop.train.schedule import default_warmup, lr_at
 def test_tiny_preset_loads_and_resolves():
     cfg = load_train_config(preset="tiny")
     assert "tiny" in preset_names()
-    spec = cfg.spec()
+    spec = cfg.model
     assert spec.name == "tiny-llama" and cfg.total_steps() == 40
     assert cfg.micro_batch_for(2) == (8, 1)
 
@@ -42,7 +42,7 @@ def test_plan_yaml_schema_runs_as_is(tmp_path):
     assert cfg.warmup_steps() == default_warmup(cfg.total_steps())
     assert cfg.micro_batch_for(2) == (8, 2)
     assert cfg.parallel.fsdp_reshard() is False  # zero 2 = SHARD_GRAD_OP
-    assert cfg.spec().n_layers == 2 and cfg.predicted.loss == 2.1
+    assert cfg.model.n_layers == 2 and cfg.predicted.loss == 2.1
 
 
 def test_unknown_key_names_the_closest(tmp_path):
@@ -107,7 +107,7 @@ def test_planner_plan_yaml_loads_as_is(cli, tmp_path):
     for path in (plain, hw):
         cfg = load_train_config(path)
         raw = yaml.safe_load(path.read_text())
-        spec = cfg.spec()
+        spec = cfg.model
         assert spec.d_model == raw["model"]["d_model"] and cfg.train.tokens == raw["train"]["tokens"]
         assert cfg.total_steps() == math.ceil(cfg.train.tokens / (cfg.train.global_batch * cfg.train.seq_len))
         world = cfg.parallel.dp or 1

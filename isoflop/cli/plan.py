@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -10,58 +10,58 @@ from rich.table import Table
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.plan.plan_file import write_plan
-from isoflop.plan.planner import DEFAULT_CARBON_KG_PER_KWH, DEFAULT_PUE, PlanRequest, make_plan
+from isoflop.plan.planner import DEFAULT_CARBON_KG_PER_KWH, DEFAULT_PUE, Plan, PlanRequest, make_plan
 
 
 def _fmt_ci(ci: list[float] | None, spec: str = ".4f") -> str:
     return f" (95% CI {ci[0]:{spec}} to {ci[1]:{spec}})" if ci else ""
 
 
-def _render(plan: dict[str, Any]):
+def _render(plan: Plan, out: str | None):
     def render(console) -> None:
-        m, hp, b = plan["model"], plan["hyperparameters"], plan["budget"]
-        law = plan["law"]
+        m, hp, b, hw = plan.model, plan.hyperparameters, plan.budget, plan.hardware
+        law = plan.law
         console.print(f"[bold]Plan[/] with law [bold]{law['name']}[/] ({law['form']}; {law['citation'] or 'fitted'})")
         t = Table(show_header=False)
         t.add_column("what")
         t.add_column("value")
         t.add_row("budget", f"{b['flops']:.4g} FLOPs" + (f" from {b['n_gpus']} x {b['gpu']} for {b['days']:g} days" if b["kind"] == "hardware" else ""))
         kind = law["param_kind"].replace("_", "-")
-        t.add_row("model", f"{m['params'] / 1e9:.3f}B parameters ({m['non_embedding_params'] / 1e9:.3f}B non-embedding; the law's N "
-                           f"counts {kind}): {m['layers']} layers, d_model {m['d_model']}, "
-                           f"{m['heads']} heads ({m['kv_heads']} kv, head_dim {m['head_dim']}), ffn {m['ffn']}, vocab {m['vocab_size']}")
-        t.add_row("data", f"{plan['tokens'] / 1e9:.4g}B tokens ({plan['tokens_per_param']:.1f} per {kind} parameter), seq_len {plan['seq_len']}")
-        opt = plan["law_optimum"]
-        if opt.get("epochs") is not None:
-            t.add_row("repetition", f"{opt['epochs']:.2f} epochs of {opt['unique_tokens']:.4g} unique tokens, costing "
-                                    f"{opt['repetition_loss_cost']:+.4f} loss vs fresh data (Muennighoff et al. 2023)")
-        if opt.get("inference_tokens"):
-            ref = opt["compute_optimal_reference"]
-            t.add_row("inference", f"{opt['inference_tokens']:.3g} tokens served: lifetime {opt['lifetime_flops']:.4g} FLOPs, "
+        t.add_row("model", f"{m.params / 1e9:.3f}B parameters ({m.non_embedding_params / 1e9:.3f}B non-embedding; the law's N "
+                           f"counts {kind}): {m.layers} layers, d_model {m.d_model}, "
+                           f"{m.heads} heads ({m.kv_heads} kv, head_dim {m.head_dim}), ffn {m.ffn}, vocab {m.vocab_size}")
+        t.add_row("data", f"{plan.tokens / 1e9:.4g}B tokens ({plan.tokens_per_param:.1f} per {kind} parameter), seq_len {plan.seq_len}")
+        opt = plan.law_optimum
+        if opt.epochs is not None:
+            t.add_row("repetition", f"{opt.epochs:.2f} epochs of {opt.unique_tokens:.4g} unique tokens, costing "
+                                    f"{opt.repetition_loss_cost:+.4f} loss vs fresh data (Muennighoff et al. 2023)")
+        if opt.inference_tokens:
+            ref = opt.compute_optimal_reference
+            t.add_row("inference", f"{opt.inference_tokens:.3g} tokens served: lifetime {opt.lifetime_flops:.4g} FLOPs, "
                                    f"{ref['lifetime_saving']:.1%} less than the compute-optimal model of equal loss ({ref['n_params'] / 1e9:.3g}B)")
-        loss = plan["predicted_loss"]
-        t.add_row("predicted loss", "-" if loss is None else f"{loss:.4f}{_fmt_ci(plan['predicted_loss_ci95'])}")
+        loss = plan.predicted_loss
+        t.add_row("predicted loss", "-" if loss is None else f"{loss:.4f}{_fmt_ci(plan.predicted_loss_ci95)}")
         t.add_row("learning rate", f"{hp['lr']:.3g} peak, {hp['schedule']}, warmup {hp['warmup_steps']} steps")
-        t.add_row("batch", f"{hp['global_batch']} sequences = {hp['global_batch'] * plan['seq_len']:,} tokens, {hp['steps']:,} steps")
-        if "layout" in plan:
-            lay = plan["layout"]
+        t.add_row("batch", f"{hp['global_batch']} sequences = {hp['global_batch'] * plan.seq_len:,} tokens, {hp['steps']:,} steps")
+        if hw is not None:
+            lay = hw.layout
             t.add_row("layout", f"TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} CP{lay['cp']} ZeRO-{lay['zero']}, recompute {lay['recompute']}, "
-                                f"micro-batch {lay['micro_batch']} ({plan['layout_reason']})")
-            t.add_row("speed", f"step {plan['step_time_s']:.3f} s, {plan['tokens_per_s']:,.0f} tokens/s, MFU {plan['mfu']:.2f}, "
-                               f"{plan['memory_gib']:.1f} GiB per GPU")
-            t.add_row("time and cost", f"{plan['days']:.2f} days, {plan['gpu_hours']:,.0f} GPU-hours, ${plan['cost_usd']:,.0f} "
-                                       f"at ${plan['price_per_gpu_hour']:.2f}/GPU-hour")
-            t.add_row("energy", f"{plan['energy_kwh']:,.0f} kWh, {plan['co2_kg'] / 1000:,.2f} t CO2e "
-                                f"(PUE {plan['assumptions']['pue']}, {plan['assumptions']['carbon_kg_per_kwh']} kg/kWh)")
+                                f"micro-batch {lay['micro_batch']} ({hw.layout_reason})")
+            t.add_row("speed", f"step {hw.step_time_s:.3f} s, {hw.tokens_per_s:,.0f} tokens/s, MFU {hw.mfu:.2f}, "
+                               f"{hw.memory_gib:.1f} GiB per GPU")
+            t.add_row("time and cost", f"{hw.days:.2f} days, {hw.gpu_hours:,.0f} GPU-hours, ${hw.cost_usd:,.0f} "
+                                       f"at ${hw.price_per_gpu_hour:.2f}/GPU-hour")
+            t.add_row("energy", f"{hw.energy_kwh:,.0f} kWh, {hw.co2_kg / 1000:,.2f} t CO2e "
+                                f"(PUE {hw.assumptions['pue']}, {hw.assumptions['carbon_kg_per_kwh']} kg/kWh)")
         console.print(t)
         sources: dict[str, list[str]] = {}
         for key, text in hp["laws"].items():
             sources.setdefault(text, []).append(key)
         console.print("hyperparameters from: " + "; ".join(f"{' and '.join(keys)}: {text}" for text, keys in sources.items()))
-        for note in plan.get("notes", []):
+        for note in plan.notes:
             console.print(f"note: {note}")
-        if plan.get("out"):
-            console.print(f"wrote {plan['out']}; run it as it is with `isoflop train {plan['out']}`")
+        if out:
+            console.print(f"wrote {out}; run it as it is with `isoflop train {out}`")
         else:
             console.print("write the run configuration with --out plan.yaml (the trainer's TrainConfig schema)")
 
@@ -99,7 +99,8 @@ def plan(
         carbon_kg_per_kwh=carbon, hardware_file=hardware,
     )
     result = make_plan(req)
+    data = result.to_dict()
     if out:
         write_plan(result, out)
-        result["out"] = out
-    emit(result, as_json, _render(result))
+        data["out"] = out
+    emit(data, as_json, _render(result, out))

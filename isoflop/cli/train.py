@@ -76,7 +76,6 @@ def train(
 
     overrides = _overrides(max_steps, ckpt_every, seed, sets)
     cfg = load_train_config(config, preset or (None if config else "tiny"), overrides)
-    cfg.spec()  # resolve the model now: a bad model is a one-line error before any process starts
     if nproc_per_node > 1:
         cfg.micro_batch_for(nproc_per_node)
         from isoflop.train.distributed import launch

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 from isoflop.errors import IsoflopError
 from isoflop.spec import ModelSpec, count_flops, count_params
+from isoflop.train.config import OptimSection, ParallelSection, TrainConfig, TrainSection
+from isoflop.train.data import DataConfig
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class GridPoint:
     flops: float
     n_params: int
     n_params_non_embedding: int
-    config: dict[str, Any]
+    config: TrainConfig
     role: str = "ladder"
 
     @property
@@ -129,26 +131,24 @@ def default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -
 ShapeFn = Callable[[int, int, int, int], ModelSpec]
 
 
-def train_config(design: LadderDesign, spec: ModelSpec, steps: int, budget: float, role: str) -> dict[str, Any]:
-    """The TrainConfig (plan.yaml schema) of one ladder run."""
+def ladder_train_config(design: LadderDesign, spec: ModelSpec, steps: int, budget: float, role: str) -> TrainConfig:
+    """The ``TrainConfig`` of one ladder run: what the design decides; the rest is the trainer's default."""
     n_ne = count_params(spec).non_embedding
-    return {
-        "model": spec.model_dump(),
-        "data": {"source": design.data_source, "vocab_size": design.vocab_size, **design.extra_data},
-        "train": {
-            "seq_len": design.seq_len, "global_batch": design.batch_seqs, "max_steps": steps,
-            "tokens": steps * design.batch_tokens, "seed": design.seed, "dtype": "fp32", "compile": False,
-            "eval_every": max(1, steps // 2), "eval_batches": design.eval_batches,
-            "log_every": max(1, steps // 25), "ckpt_every": 0,
-        },
-        "optim": {
-            "lr": round(ladder_lr(n_ne, design.lr_factor), 6), "min_lr_ratio": design.min_lr_ratio, "schedule": "cosine",
-            "warmup_steps": max(1, round(design.warmup_fraction * steps)), "weight_decay": 0.1,
-            "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "grad_clip": 1.0,
-        },
-        "parallel": {"strategy": "none"},
-        "plan": {"ladder": design.name, "budget": budget, "role": role},
-    }
+    return TrainConfig(
+        model=spec,
+        data=DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data),
+        train=TrainSection(
+            seq_len=design.seq_len, global_batch=design.batch_seqs, max_steps=steps, tokens=steps * design.batch_tokens,
+            seed=design.seed, dtype="fp32", eval_every=max(1, steps // 2), eval_batches=design.eval_batches,
+            log_every=max(1, steps // 25), ckpt_every=0,
+        ),
+        optim=OptimSection(
+            lr=round(ladder_lr(n_ne, design.lr_factor), 6), min_lr_ratio=design.min_lr_ratio, schedule="cosine",
+            warmup_steps=max(1, round(design.warmup_fraction * steps)),
+        ),
+        parallel=ParallelSection(strategy="none"),
+        plan={"ladder": design.name, "budget": budget, "role": role},
+    )
 
 
 def point_for(design: LadderDesign, spec: ModelSpec, budget: float, role: str = "ladder") -> GridPoint:
@@ -160,7 +160,7 @@ def point_for(design: LadderDesign, spec: ModelSpec, budget: float, role: str = 
     return GridPoint(
         budget=budget, spec=spec, steps=steps, tokens=tokens, flops=tokens * per_token,
         n_params=params.total, n_params_non_embedding=params.non_embedding,
-        config=train_config(design, spec, steps, budget, role), role=role,
+        config=ladder_train_config(design, spec, steps, budget, role), role=role,
     )
 
 

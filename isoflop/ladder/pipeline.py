@@ -29,9 +29,10 @@ def registry_for(out_dir: Path) -> Registry:
 def _jobs(reg: Registry, design: LadderDesign, points: list[GridPoint], out_dir: Path) -> list[Job]:
     jobs = []
     for p in points:
-        run_id = reg.add(design.name, p.config, role=p.role, budget=p.budget, n_params=p.n_params,
+        config = p.config.model_dump(mode="json")
+        run_id = reg.add(design.name, config, role=p.role, budget=p.budget, n_params=p.n_params,
                          n_params_non_embedding=p.n_params_non_embedding, tokens=p.tokens, flops=p.flops)
-        jobs.append(Job(run_id, p.config, out_dir / "runs" / run_id, p.label))
+        jobs.append(Job(run_id, config, out_dir / "runs" / run_id, p.label))
     return jobs
 
 

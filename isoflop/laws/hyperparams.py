@@ -19,13 +19,24 @@ from typing import Any
 
 from isoflop.errors import IsoflopError
 
-STEP_LAW = "Step Law, Li et al. 2025 (Eq. 6-7): lr = 1.79 N^-0.713 D^0.307, batch = 0.58 D^0.571 tokens"
-DEEPSEEK_LAW = "DeepSeek LLM, Bi et al. 2024 (Eq. 1): lr = 0.3118 C^-0.125, batch = 0.2920 C^0.3271 tokens"
+# Step Law (Li et al. 2025, Eq. 6-7): lr = LR_K N^LR_N D^LR_D, batch = BATCH_K D^BATCH_D tokens.
+STEP = {"lr_k": 1.79, "lr_n": -0.713, "lr_d": 0.307, "batch_k": 0.58, "batch_d": 0.571}
+# DeepSeek LLM (Bi et al. 2024, Eq. 1): lr = lr_k C^lr_c, batch = batch_k C^batch_c tokens.
+DEEPSEEK = {"lr_k": 0.3118, "lr_c": -0.125, "batch_k": 0.2920, "batch_c": 0.3271}
+STEP_LAW = (f"Step Law, Li et al. 2025 (Eq. 6-7): lr = {STEP['lr_k']:g} N^{STEP['lr_n']:g} D^{STEP['lr_d']:g}, "
+            f"batch = {STEP['batch_k']:g} D^{STEP['batch_d']:g} tokens")
+DEEPSEEK_LAW = (f"DeepSeek LLM, Bi et al. 2024 (Eq. 1): lr = {DEEPSEEK['lr_k']:g} C^{DEEPSEEK['lr_c']:g}, "
+                f"batch = {DEEPSEEK['batch_k']:.4f} C^{DEEPSEEK['batch_c']:g} tokens")
 WARMUP_RULE = "Porian et al. 2024 (Sec. 3.3): warmup for N tokens, capped at 10% of the steps"
 SCHEDULES = {
     "cosine": "Hoffmann et al. 2022: cosine decay to 10% of the peak over the run",
     "wsd": "Hägele et al. 2024: warmup-stable-decay, last 20% of the steps decay to 10% of the peak",
 }
+
+
+def warmup_steps(n_params: float, batch_tokens: int, steps: int) -> int:
+    """Warmup for ``n_params`` tokens, capped at 10% of ``steps``, at least one step (``WARMUP_RULE``)."""
+    return max(1, min(math.ceil(n_params / batch_tokens), steps // 10 or 1))
 
 
 def recommend(
@@ -38,13 +49,13 @@ def recommend(
     if schedule not in SCHEDULES:
         raise IsoflopError(f"unknown schedule {schedule!r}; use {' or '.join(SCHEDULES)}")
     if law == "step":
-        lr = 1.79 * n_params**-0.713 * tokens**0.307
-        batch_tokens = 0.58 * tokens**0.571
+        lr = STEP["lr_k"] * n_params ** STEP["lr_n"] * tokens ** STEP["lr_d"]
+        batch_tokens = STEP["batch_k"] * tokens ** STEP["batch_d"]
         source = STEP_LAW
     elif law == "deepseek":
         flops = 6.0 * n_params * tokens
-        lr = 0.3118 * flops**-0.125
-        batch_tokens = 0.2920 * flops**0.3271
+        lr = DEEPSEEK["lr_k"] * flops ** DEEPSEEK["lr_c"]
+        batch_tokens = DEEPSEEK["batch_k"] * flops ** DEEPSEEK["batch_c"]
         source = DEEPSEEK_LAW
     else:
         raise IsoflopError(f"unknown hyperparameter law {law!r}; use step or deepseek")
@@ -60,6 +71,6 @@ def recommend(
         steps = max(1, math.ceil(tokens / (global_batch * seq_len)))
         out.update({
             "global_batch": global_batch, "steps": steps,
-            "warmup_steps": max(1, min(math.ceil(n_params / (global_batch * seq_len)), steps // 10 or 1)),
+            "warmup_steps": warmup_steps(n_params, global_batch * seq_len, steps),
         })
     return out

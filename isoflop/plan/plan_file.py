@@ -12,6 +12,9 @@ from typing import Any
 import yaml
 
 from isoflop.atomic import atomic_write_text
+from isoflop.plan.planner import Plan
+from isoflop.train.config import OptimSection, ParallelSection, PredictedSection, TrainConfig, TrainSection
+from isoflop.train.data import DataConfig
 
 
 def _strategy(layout: dict[str, Any] | None) -> str:
@@ -24,64 +27,40 @@ def _strategy(layout: dict[str, Any] | None) -> str:
     return "ddp" if layout.get("dp", 1) > 1 else "none"
 
 
-def train_config(plan: dict[str, Any]) -> dict[str, Any]:
-    """The TrainConfig mapping for ``plan`` (the dict of ``make_plan``)."""
-    hp = plan["hyperparameters"]
-    layout = plan.get("layout")
-    spec = dict(plan["model"]["spec"])
-    return {
-        "model": spec,
-        "data": {"source": "stdlib", "vocab_size": spec["vocab_size"], "tokenizer": None},
-        "train": {
-            "seq_len": int(plan["seq_len"]),
-            "global_batch": int(hp["global_batch"]),
-            "micro_batch": int(layout["micro_batch"]) if layout else None,
-            "max_steps": None,
-            "tokens": int(round(plan["tokens"])),
-            "seed": 0,
-            "dtype": "auto",
-            "compile": False,
-            "activation_checkpointing": bool(layout and layout.get("recompute", "none") != "none"),
-            "eval_every": 50,
-            "eval_batches": 8,
-            "log_every": 10,
-            "ckpt_every": 0,
-            "keep_checkpoints": 2,
-        },
-        "optim": {
-            "lr": float(hp["lr"]),
-            "min_lr_ratio": float(hp["min_lr_ratio"]),
-            "schedule": hp["schedule"],
-            "warmup_steps": int(hp["warmup_steps"]),
-            "decay_fraction": float(hp["decay_fraction"] or 0.2),
-            "weight_decay": 0.1,
-            "beta1": 0.9,
-            "beta2": 0.95,
-            "eps": 1.0e-8,
-            "grad_clip": 1.0,
-        },
-        "parallel": {
-            "strategy": _strategy(layout),
-            "replicate": int(layout.get("replicate", 1)) if layout else 1,
+def plan_train_config(plan: Plan) -> TrainConfig:
+    """The ``TrainConfig`` that runs ``plan``: what the plan decides; every other setting is the trainer's default
+    (``isoflop.train.config``)."""
+    hp = plan.hyperparameters
+    layout = plan.hardware.layout if plan.hardware else None
+    spec = plan.model.spec
+    return TrainConfig(
+        model=spec,
+        data=DataConfig(source="stdlib", vocab_size=spec.vocab_size, tokenizer=None),
+        train=TrainSection(
+            seq_len=int(plan.seq_len), global_batch=int(hp["global_batch"]),
+            micro_batch=int(layout["micro_batch"]) if layout else None, tokens=int(round(plan.tokens)),
+            activation_checkpointing=bool(layout and layout.get("recompute", "none") != "none"),
+        ),
+        optim=OptimSection(
+            lr=float(hp["lr"]), min_lr_ratio=float(hp["min_lr_ratio"]), schedule=hp["schedule"],
+            warmup_steps=int(hp["warmup_steps"]), decay_fraction=float(hp["decay_fraction"] or 0.2),
+        ),
+        parallel=ParallelSection(
+            strategy=_strategy(layout), replicate=int(layout.get("replicate", 1)) if layout else 1,
             **({k: layout[k] for k in ("tp", "pp", "dp", "zero")} if layout else {}),
-        },
-        "predicted": {
-            "loss": plan["predicted_loss"],
-            "loss_ci95": plan["predicted_loss_ci95"],
-            "step_time_s": plan.get("step_time_s"),
-            "memory_gib": plan.get("memory_gib"),
-            "tokens_per_s": plan.get("tokens_per_s"),
-            "mfu": plan.get("mfu"),
-        },
-        "plan": {
-            "budget": plan["budget"],
-            "law": plan["law"],
-            "flops": plan["flops"],
-            "tokens_per_param": plan["tokens_per_param"],
+        ),
+        predicted=PredictedSection(
+            loss=plan.predicted_loss, loss_ci95=plan.predicted_loss_ci95,
+            **({k: getattr(plan.hardware, k) for k in ("step_time_s", "memory_gib", "tokens_per_s", "mfu")}
+               if plan.hardware else {}),
+        ),
+        plan={
+            "budget": plan.budget, "law": plan.law, "flops": plan.flops, "tokens_per_param": plan.tokens_per_param,
             "hyperparameter_laws": hp["laws"],
-            **{k: plan[k] for k in ("layout", "days", "gpu_hours", "cost_usd", "energy_kwh", "co2_kg") if k in plan},
+            **({k: getattr(plan.hardware, k) for k in ("layout", "days", "gpu_hours", "cost_usd", "energy_kwh", "co2_kg")}
+               if plan.hardware else {}),
         },
-    }
+    )
 
 
 def _plain(obj: Any) -> Any:
@@ -94,10 +73,11 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def write_plan(plan: dict[str, Any], path: str | Path) -> Path:
+def write_plan(plan: Plan, path: str | Path) -> Path:
     """Write ``plan.yaml`` atomically."""
     header = (
         "# Written by `isoflop plan`; runs as it is with the trainer (TrainConfig schema).\n"
         "# data.source 'stdlib' is the small built-in corpus: point it at your training data for a real run.\n"
     )
-    return atomic_write_text(path, header + yaml.safe_dump(_plain(train_config(plan)), sort_keys=False))
+    data = plan_train_config(plan).model_dump(mode="json")
+    return atomic_write_text(path, header + yaml.safe_dump(_plain(data), sort_keys=False))

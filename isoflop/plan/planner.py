@@ -19,16 +19,15 @@ and Large Neural Network Training", Table 4) use for a hyperscale data centre an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
-
-import numpy as np
 
 from isoflop.errors import IsoflopError
 from isoflop.hardware import GPU, get_gpu
 from isoflop.laws.allocation import Allocation, compute_optimal, data_constrained
 from isoflop.laws.forms import AllocationLaw, Law, load_law
-from isoflop.laws.hyperparams import recommend
+from isoflop.laws.hyperparams import recommend, warmup_steps
+from isoflop.laws.intervals import ci95
 from isoflop.plan.arch import shape_for_params
 from isoflop.spec import ModelSpec, count_params
 
@@ -104,13 +103,78 @@ def _law_count(spec: ModelSpec, law: Law) -> float:
     return float(counts.total if law.param_kind == "total" else counts.non_embedding)
 
 
-def _model_block(spec: ModelSpec) -> dict[str, Any]:
-    p = count_params(spec)
-    return {
-        "params": p.total, "non_embedding_params": p.non_embedding, "layers": spec.n_layers, "d_model": spec.d_model,
-        "heads": spec.n_heads, "kv_heads": spec.kv_heads, "head_dim": spec.dim_per_head, "ffn": spec.d_ff,
-        "vocab_size": spec.vocab_size, "seq_len": spec.max_seq_len, "spec": spec.model_dump(),
-    }
+@dataclass
+class PlannedModel:
+    """The planned architecture: its counts and shape, and the full ``ModelSpec``."""
+
+    params: int
+    non_embedding_params: int
+    layers: int
+    d_model: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab_size: int
+    seq_len: int
+    spec: ModelSpec
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> PlannedModel:
+        p = count_params(spec)
+        return cls(params=p.total, non_embedding_params=p.non_embedding, layers=spec.n_layers, d_model=spec.d_model,
+                   heads=spec.n_heads, kv_heads=spec.kv_heads, head_dim=spec.dim_per_head, ffn=spec.d_ff,
+                   vocab_size=spec.vocab_size, seq_len=spec.max_seq_len, spec=spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}, "spec": self.spec.model_dump()}
+
+
+@dataclass
+class HardwarePlan:
+    """Time, cost and energy of a plan on given hardware (``--gpu``/``--gpus``/``--days``)."""
+
+    layout: dict[str, Any]
+    layout_reason: str | None
+    alternatives: list[dict[str, Any]]
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    memory_gib: float
+    days: float
+    gpu_hours: float
+    price_per_gpu_hour: float
+    cost_usd: float
+    energy_kwh: float
+    co2_kg: float
+    assumptions: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    """The answer of ``make_plan``; ``to_dict`` is the documented JSON (``isoflop plan --json``), with the
+    ``hardware`` fields at the top level when there is hardware."""
+
+    law: dict[str, Any]
+    model: PlannedModel
+    tokens: float
+    tokens_per_param: float
+    flops: float
+    predicted_loss: float | None
+    predicted_loss_ci95: list[float] | None
+    law_optimum: Allocation
+    hyperparameters: dict[str, Any]
+    seq_len: int
+    notes: list[str] = field(default_factory=list)
+    budget: dict[str, Any] = field(default_factory=dict)
+    hardware: HardwarePlan | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hardware"}
+        out.update(model=self.model.to_dict(), law_optimum=self.law_optimum.to_dict(), notes=list(self.notes))
+        if self.hardware is not None:
+            out.update(asdict(self.hardware))
+        return out
 
 
 def _allocate(law: Law, req: PlanRequest, flops: float | None) -> Allocation:
@@ -131,11 +195,7 @@ def _loss_ci(law: Law, req: PlanRequest, n: float, d: float) -> list[float] | No
     """Interval of the predicted loss of the planned (N, D) over the law's bootstrap draws."""
     if law.samples_ is None or isinstance(law, AllocationLaw):
         return None
-    values = [v for v in (_loss(s, req, n, d) for s in law.sample_laws()) if v is not None and math.isfinite(v)]
-    if len(values) < 2:
-        return None
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    return ci95([_loss(s, req, n, d) for s in law.sample_laws()])
 
 
 def _batch(hp: dict[str, Any], n_gpus: int) -> int:
@@ -144,8 +204,8 @@ def _batch(hp: dict[str, Any], n_gpus: int) -> int:
     return max(n_gpus, int(round(hp["global_batch"] / n_gpus)) * n_gpus)
 
 
-def make_plan(req: PlanRequest) -> dict[str, Any]:
-    """The full plan as the documented dict (``isoflop plan --json``)."""
+def make_plan(req: PlanRequest) -> Plan:
+    """The full plan (``Plan.to_dict()`` is ``isoflop plan --json``)."""
     _check(req)
     law = load_law(req.law)
     gpu = get_gpu(req.gpu, req.hardware_file) if req.gpu else None
@@ -158,30 +218,31 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
         tokens = alloc.flops / (6.0 * n)
         hp = recommend(count_params(spec).non_embedding, tokens, seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule)
         plan = _common(law, req, alloc, spec, tokens, hp)
-        plan["budget"] = {"kind": "target_loss" if req.target_loss is not None else "flops", "flops": alloc.flops,
-                          "target_loss": req.target_loss}
+        plan.budget = {"kind": "target_loss" if req.target_loss is not None else "flops", "flops": alloc.flops,
+                       "target_loss": req.target_loss}
         return plan
     return _hardware_plan(law, req, gpu)
 
 
-def _common(law: Law, req: PlanRequest, alloc: Allocation, spec: ModelSpec, tokens: float, hp: dict[str, Any]) -> dict[str, Any]:
+def _common(law: Law, req: PlanRequest, alloc: Allocation, spec: ModelSpec, tokens: float, hp: dict[str, Any]) -> Plan:
     n = _law_count(spec, law)
-    return {
-        "law": {"name": law.name, "form": law.form, "citation": law.citation, "param_kind": law.param_kind, "params": law.params_},
-        "model": _model_block(spec),
-        "tokens": tokens,
-        "tokens_per_param": tokens / n,
-        "flops": 6.0 * n * tokens,
-        "predicted_loss": _loss(law, req, n, tokens),
-        "predicted_loss_ci95": _loss_ci(law, req, n, tokens),
-        "law_optimum": alloc.to_dict(),
-        "hyperparameters": hp,
-        "seq_len": req.seq_len,
-        "notes": list(alloc.notes),
-    }
+    return Plan(
+        law={"name": law.name, "form": law.form, "citation": law.citation, "param_kind": law.param_kind,
+             "params": law.params_},
+        model=PlannedModel.of(spec),
+        tokens=tokens,
+        tokens_per_param=tokens / n,
+        flops=6.0 * n * tokens,
+        predicted_loss=_loss(law, req, n, tokens),
+        predicted_loss_ci95=_loss_ci(law, req, n, tokens),
+        law_optimum=alloc,
+        hyperparameters=hp,
+        seq_len=req.seq_len,
+        notes=list(alloc.notes),
+    )
 
 
-def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
+def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> Plan:
     from isoflop.perf import fit_hints, search_layouts
 
     seconds = req.days * 86400.0
@@ -224,31 +285,31 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> dict[str, Any]:
     step_time = best.step_time_s if req.mfu is None else best.step_time_s * best.mfu / req.mfu
     steps = max(1, math.ceil(tokens / (global_batch * req.seq_len)))
     hp = {**hp, "global_batch": global_batch, "steps": steps,
-          "warmup_steps": max(1, min(math.ceil(counts.non_embedding / (global_batch * req.seq_len)), steps // 10 or 1))}
+          "warmup_steps": warmup_steps(counts.non_embedding, global_batch * req.seq_len, steps)}
     hp["batch_tokens"] = global_batch * req.seq_len
     plan = _common(law, req, alloc, spec, tokens, hp)
     days = steps * step_time / 86400.0
     gpu_hours = req.n_gpus * days * 24.0
     price = gpu.price_per_hour_usd if req.price_per_gpu_hour is None else req.price_per_gpu_hour
     energy = gpu_hours * gpu.tdp_watts / 1000.0 * req.pue
-    plan.update({
-        "budget": {"kind": "hardware", "gpu": gpu.name, "n_gpus": req.n_gpus, "days": req.days, "flops": flops,
-                   "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history, "converged": done},
-        "layout": best.layout.as_dict(),
-        "layout_reason": best.extra.get("reason"),
-        "alternatives": [e.layout.as_dict() | {"tokens_per_s": e.tokens_per_s, "mfu": e.mfu} for e in layouts[1:]],
-        "step_time_s": step_time,
-        "tokens_per_s": global_batch * req.seq_len / step_time,
-        "mfu": mfu_used,
-        "memory_gib": best.memory["total_gib"],
-        "days": days,
-        "gpu_hours": gpu_hours,
-        "price_per_gpu_hour": price,
-        "cost_usd": gpu_hours * price,
-        "energy_kwh": energy,
-        "co2_kg": energy * req.carbon_kg_per_kwh,
-        "assumptions": {"pue": req.pue, "carbon_kg_per_kwh": req.carbon_kg_per_kwh,
-                        "power": f"{gpu.tdp_watts:.0f} W per GPU (TDP) for the whole run; host and network not counted"},
-    })
+    plan.budget = {"kind": "hardware", "gpu": gpu.name, "n_gpus": req.n_gpus, "days": req.days, "flops": flops,
+                   "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history, "converged": done}
+    plan.hardware = HardwarePlan(
+        layout=best.layout.as_dict(),
+        layout_reason=best.extra.get("reason"),
+        alternatives=[e.layout.as_dict() | {"tokens_per_s": e.tokens_per_s, "mfu": e.mfu} for e in layouts[1:]],
+        step_time_s=step_time,
+        tokens_per_s=global_batch * req.seq_len / step_time,
+        mfu=mfu_used,
+        memory_gib=best.memory["total_gib"],
+        days=days,
+        gpu_hours=gpu_hours,
+        price_per_gpu_hour=price,
+        cost_usd=gpu_hours * price,
+        energy_kwh=energy,
+        co2_kg=energy * req.carbon_kg_per_kwh,
+        assumptions={"pue": req.pue, "carbon_kg_per_kwh": req.carbon_kg_per_kwh,
+                     "power": f"{gpu.tdp_watts:.0f} W per GPU (TDP) for the whole run; host and network not counted"},
+    )
     return plan
 

@@ -127,9 +127,10 @@ class PredictedSection(BaseModel):
 
 
 class TrainConfig(_Section):
-    """A whole training run. ``model`` is a preset name, a spec file path, or a mapping of ModelSpec fields."""
+    """A whole training run. ``model`` is given as a preset name, a spec file path, a mapping of ModelSpec fields
+    or a ``ModelSpec``, and resolved to a ``ModelSpec`` once, when the config is validated."""
 
-    model: str | dict[str, Any] = "tiny-llama"
+    model: ModelSpec = Field(default_factory=lambda: load_spec("tiny-llama"))
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
@@ -137,8 +138,22 @@ class TrainConfig(_Section):
     predicted: PredictedSection | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _resolve_model(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return load_spec(value)
+        if isinstance(value, dict):
+            return spec_from_dict(dict(value))
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if self.train.seq_len > self.model.max_seq_len:
+            raise IsoflopError(
+                f"train.seq_len={self.train.seq_len} exceeds the model's max_seq_len={self.model.max_seq_len}; "
+                "lower train.seq_len or raise model max_seq_len"
+            )
         if self.train.max_steps is None and self.train.tokens is None:
             raise IsoflopError("train.max_steps and train.tokens are both null; set one of them (e.g. --max-steps 100)")
         mb = self.train.micro_batch
@@ -149,16 +164,6 @@ class TrainConfig(_Section):
         return self
 
     # Derived values -------------------------------------------------------------------------------
-    def spec(self) -> ModelSpec:
-        """The model, resolved from a preset name, a file, or a mapping."""
-        spec = spec_from_dict(dict(self.model)) if isinstance(self.model, dict) else load_spec(self.model)
-        if self.train.seq_len > spec.max_seq_len:
-            raise IsoflopError(
-                f"train.seq_len={self.train.seq_len} exceeds the model's max_seq_len={spec.max_seq_len}; "
-                "lower train.seq_len or raise model max_seq_len"
-            )
-        return spec
-
     def total_steps(self) -> int:
         if self.train.max_steps is not None:
             return self.train.max_steps

@@ -96,7 +96,7 @@ class _StopFlag:
 def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """What a resumed run must share with the checkpointed one."""
     return {
-        "model": cfg.spec().model_dump(), "data": cfg.data.model_dump(), "seq_len": cfg.train.seq_len,
+        "model": cfg.model.model_dump(), "data": cfg.data.model_dump(), "seq_len": cfg.train.seq_len,
         "global_batch": cfg.train.global_batch, "seed": cfg.train.seed,
     }
 
@@ -132,7 +132,7 @@ def _can_compile(device: torch.device) -> str | None:
 class _Run:
     def __init__(self, cfg: TrainConfig, out: Path, env: DistEnv) -> None:
         self.cfg, self.out, self.env = cfg, out, env
-        self.spec = cfg.spec()
+        self.spec = cfg.model
         self.total_steps = cfg.total_steps()
         self.warmup = cfg.warmup_steps()
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
