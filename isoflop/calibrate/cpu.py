@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from isoflop.atomic import atomic_write_text
+from isoflop import env
 from isoflop.errors import IsoflopError
 
 DEFAULT_HARDWARE_FILE = Path("~/.config/isoflop/hardware.yaml")
@@ -71,7 +72,7 @@ def cpu_entry(threads: int = 1) -> dict[str, Any]:
 
 def write_hardware_entry(entry: dict[str, Any], path: str | Path | None = None, name: str = CPU_NAME) -> Path:
     """Add or replace ``name`` in a user hardware file (the ``--hardware`` / ``$ISOFLOP_HARDWARE`` layout)."""
-    target = Path(path or os.environ.get("ISOFLOP_HARDWARE") or DEFAULT_HARDWARE_FILE).expanduser()
+    target = Path(path).expanduser() if path else env.path(env.HARDWARE, DEFAULT_HARDWARE_FILE)
     data: dict[str, Any] = {"gpus": {}}
     if target.is_file():
         try:

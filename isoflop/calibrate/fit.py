@@ -22,6 +22,7 @@ from scipy.optimize import least_squares
 
 from isoflop.atomic import atomic_write_text
 from isoflop.calibrate.measured import Measurement
+from isoflop import env
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import PerfConstants, calibratable, calibration_path, estimate, load_constants
@@ -65,13 +66,13 @@ def _summary(step_err: np.ndarray, mem_err: np.ndarray | None) -> dict[str, floa
 def base_constants(gpu_name: str) -> PerfConstants:
     """The constants perf uses now; when ``$ISOFLOP_CALIBRATION`` names a file this calibration will create,
     the built-in ones (perf refuses a missing file, but here it is the output)."""
-    env = os.environ.get(CALIBRATION_ENV)
-    if env and not Path(env).expanduser().is_file():
+    given = env.get(CALIBRATION_ENV)
+    if given and not env.path(CALIBRATION_ENV).is_file():
         os.environ.pop(CALIBRATION_ENV)
         try:
             return load_constants(gpu_name)
         finally:
-            os.environ[CALIBRATION_ENV] = env
+            os.environ[CALIBRATION_ENV] = given
     return load_constants(gpu_name)
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
+from isoflop import env
 from isoflop.errors import IsoflopError
 
 
@@ -32,7 +33,6 @@ def calibrate(
     Later `estimate`, `layout` and `plan` calls on that hardware read the calibration file. For CPU runs the
     "GPU" is the local CPU: an entry `cpu-local` with the measured matmul peak is added to a user hardware
     file; use it with `--hardware FILE` or `export ISOFLOP_HARDWARE=FILE`."""
-    import os
 
     from isoflop.calibrate import calibrate as fit, from_file, from_registry, write_calibration
     from isoflop.hardware import load_catalog
@@ -43,7 +43,7 @@ def calibrate(
         if name == "cpu-local":
             from isoflop.calibrate.cpu import DEFAULT_HARDWARE_FILE, cpu_entry, write_hardware_entry
 
-            hw_path = Path(hardware or os.environ.get("ISOFLOP_HARDWARE") or DEFAULT_HARDWARE_FILE).expanduser()
+            hw_path = Path(hardware).expanduser() if hardware else env.path(env.HARDWARE, DEFAULT_HARDWARE_FILE)
             known = load_catalog(hw_path) if hw_path.is_file() else {}
             if remeasure_cpu or "cpu-local" not in known:
                 if dry_run:

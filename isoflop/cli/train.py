@@ -10,10 +10,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from isoflop import env
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 
-LAUNCHED_ENV = "ISOFLOP_TRAIN_LAUNCHED"
+LAUNCHED_ENV = env.TRAIN_LAUNCHED
 
 
 def _overrides(max_steps: int | None, ckpt_every: int | None, seed: int | None, sets: list[str]) -> list[str]:

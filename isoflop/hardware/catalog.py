@@ -17,11 +17,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from isoflop import env
 from isoflop.errors import IsoflopError, describe_validation_error
 
 Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8"]
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8")
-ENV_VAR = "ISOFLOP_HARDWARE"
+ENV_VAR = env.HARDWARE
 
 
 class GPU(BaseModel):
@@ -91,9 +92,8 @@ def load_catalog(user_file: str | os.PathLike[str] | None = None) -> dict[str, G
     """Built-in GPUs, updated with ``user_file`` (or ``$ISOFLOP_HARDWARE``) when given."""
     builtin = resources.files("isoflop.hardware").joinpath("gpus.yaml").read_text(encoding="utf-8")
     catalog = _read_file(builtin, "gpus.yaml")
-    extra = user_file or os.environ.get(ENV_VAR)
-    if extra:
-        path = Path(extra)
+    path = Path(user_file).expanduser() if user_file else env.path(ENV_VAR)
+    if path is not None:
         if not path.is_file():
             raise IsoflopError(f"hardware file {path} does not exist; fix --hardware or ${ENV_VAR}")
         catalog.update(_read_file(path.read_text(encoding="utf-8"), str(path)))

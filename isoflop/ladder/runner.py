@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from isoflop.atomic import atomic_write_json
+from isoflop import env as isoflop_env
 from isoflop.errors import IsoflopError
 from isoflop.ladder.registry import Registry
 
@@ -71,12 +72,11 @@ Progress = Callable[[str, Job, dict[str, Any]], None]
 
 def _env(opts: ExecOptions) -> dict[str, str]:
     env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ISOFLOP_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", isoflop_env.THREADS):
         env[var] = str(opts.threads)
     if opts.entry:
-        env["ISOFLOP_TRAIN_ENTRY"] = opts.entry
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env[isoflop_env.TRAIN_ENTRY] = opts.entry
+    env["PYTHONPATH"] = isoflop_env.repo_pythonpath(env)
     return env
 
 
@@ -91,9 +91,9 @@ def command(job: Job, opts: ExecOptions) -> list[str]:
 
 def _submitit_job(config_path: str, out_dir: str, threads: int, entry: str | None) -> int:
     """What a SLURM job runs (module level so submitit can pickle it)."""
-    os.environ.update({"OMP_NUM_THREADS": str(threads), "ISOFLOP_THREADS": str(threads)})
+    os.environ.update({"OMP_NUM_THREADS": str(threads), isoflop_env.THREADS: str(threads)})
     if entry:
-        os.environ["ISOFLOP_TRAIN_ENTRY"] = entry
+        os.environ[isoflop_env.TRAIN_ENTRY] = entry
     from isoflop.ladder import worker
 
     return worker.main([config_path, out_dir])

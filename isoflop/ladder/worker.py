@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from isoflop import env
 from isoflop.atomic import atomic_write_json
 
 DEFAULT_ENTRY = "isoflop.train.loop:train"
@@ -85,11 +86,11 @@ def set_threads(threads: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config_path, out_dir = Path(args[0]), Path(args[1])
-    set_threads(int(os.environ.get("ISOFLOP_THREADS", "0") or 0))
+    set_threads(int(env.get(env.THREADS) or 0))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and config.get("parallel", {}).get("strategy") == "none":
         config["parallel"]["strategy"] = "auto"  # under torchrun the trainer picks DDP/FSDP for the processes
-    entry = load_entry(os.environ.get("ISOFLOP_TRAIN_ENTRY", DEFAULT_ENTRY))
+    entry = load_entry(env.get(env.TRAIN_ENTRY) or DEFAULT_ENTRY)
     _reset_peak_memory()
     start = time.perf_counter()
     summary = entry(config, str(out_dir)) or {}
@@ -114,9 +115,9 @@ def _die_with_parent() -> None:
 
 def pool_init(threads: int, entry: str | None) -> None:
     _die_with_parent()
-    os.environ["ISOFLOP_THREADS"] = str(threads)
+    os.environ[env.THREADS] = str(threads)
     if entry:
-        os.environ["ISOFLOP_TRAIN_ENTRY"] = entry
+        os.environ[env.TRAIN_ENTRY] = entry
     set_threads(threads)
 
 

@@ -8,7 +8,6 @@ is ``$ISOFLOP_CALIBRATION`` if set, else ``~/.config/isoflop/calibration.yaml``;
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -17,9 +16,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from isoflop import env
 from isoflop.errors import IsoflopError
 
-CALIBRATION_ENV = "ISOFLOP_CALIBRATION"
+CALIBRATION_ENV = env.CALIBRATION
 DEFAULT_CALIBRATION = Path("~/.config/isoflop/calibration.yaml")
 
 
@@ -77,8 +77,7 @@ def calibratable() -> list[str]:
 
 def calibration_path() -> Path:
     """The calibration file that ``load_constants`` reads (it may not exist)."""
-    env = os.environ.get(CALIBRATION_ENV)
-    return Path(env).expanduser() if env else DEFAULT_CALIBRATION.expanduser()
+    return env.path(CALIBRATION_ENV, DEFAULT_CALIBRATION)
 
 
 def _check_values(values: dict[str, Any], origin: str) -> dict[str, float]:
@@ -108,7 +107,7 @@ def read_calibration_file(path: Path) -> dict[str, Any]:
 
 def _calibration(gpu_name: str) -> dict[str, float]:
     path = calibration_path()
-    if not path.is_file() and os.environ.get(CALIBRATION_ENV):
+    if not path.is_file() and env.get(CALIBRATION_ENV):
         raise IsoflopError(f"calibration file {path} does not exist; fix ${CALIBRATION_ENV} or unset it")
     entry = read_calibration_file(path).get(gpu_name) or {}
     if not isinstance(entry, dict):

@@ -12,7 +12,6 @@ thread count, torch version and dtype, so the trainer's metrics and the benchmar
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -20,14 +19,11 @@ from pathlib import Path
 import torch
 
 from isoflop.atomic import atomic_write_json
+from isoflop.env import cache_dir
 from isoflop.errors import IsoflopError
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ISOFLOP_CACHE") or Path.home() / ".cache" / "isoflop")
 
 
 def _cpu_model() -> str:

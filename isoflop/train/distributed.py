@@ -16,13 +16,13 @@ import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from isoflop.env import repo_pythonpath
 from isoflop.errors import IsoflopError
 
 
@@ -209,9 +209,7 @@ def launch(nproc_per_node: int, module_args: list[str]) -> int:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         raise IsoflopError("--nproc-per-node inside a torchrun job; drop the option or run without torchrun")
     # Workers import isoflop from where this process did, whatever their working directory.
-    root = str(Path(__file__).resolve().parents[2])
-    paths = [root, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    os.environ["PYTHONPATH"] = repo_pythonpath()
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc_per_node), "-m", "isoflop", *module_args])
     try:
         run(args)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from isoflop.atomic import atomic_write_text
+from isoflop import env
 from isoflop.errors import IsoflopError
 
 _GPU_CODES = ("v100", "a100", "h100", "h200", "b200", "l40s", "mi250x", "mi300x")
@@ -32,7 +33,7 @@ def catalog_gpu_for(device_name: str, memory_gib: float | None = None) -> str | 
     from isoflop.hardware.catalog import load_catalog
 
     catalog = load_catalog()
-    forced = os.environ.get("ISOFLOP_GPU")
+    forced = env.get(env.GPU)
     if forced:
         if forced not in catalog:
             raise IsoflopError(f"$ISOFLOP_GPU={forced!r} is not in the hardware catalog; see `isoflop hw list`")

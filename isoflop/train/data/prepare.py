@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from isoflop.atomic import atomic_write_json, atomic_write_bytes
+from isoflop import env
 from isoflop.errors import IsoflopError
 from isoflop.train.data import shards
 from isoflop.train.data.config import FORMAT_VERSION, DataConfig
@@ -45,8 +46,7 @@ TOKENIZER_TRAIN_CHARS = 4_000_000  # held-out tail when no document hashes into 
 
 def default_cache_root() -> Path:
     """``$ISOFLOP_CACHE/data`` when set, else ``~/.cache/isoflop/data``."""
-    base = os.environ.get("ISOFLOP_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "isoflop") / "data"
+    return env.cache_dir() / "data"
 
 
 def cache_dir_for(cfg: DataConfig, cache_dir: str | os.PathLike[str] | None = None) -> Path:
