@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -41,31 +40,18 @@ def _reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _peak_memory_gib() -> float:
-    """Peak memory of this run: CUDA's max allocated on a GPU, else the peak resident set since the reset."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**30
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def result_from_summary(summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
     """The registry's measurements out of the trainer's summary (``isoflop.train.loop.train``): losses, tokens,
     median seconds per optimizer step, and the process's peak memory (GPU allocations, or CPU resident set)."""
     if summary.get("status", "complete") != "complete":
         raise RuntimeError(f"the trainer stopped early (status {summary.get('status')!r}); the run will be retried")
+    from isoflop.train.metrics import memory_gib  # torch: imported where the worker trains
+
     steps = summary.get("steps")
     step_time = summary.get("step_time_s") or (wall_s / steps if steps else None)
     return {
         "final_loss": summary.get("final_train_loss"), "val_loss": summary.get("val_loss"),
-        "tokens": summary.get("tokens"), "step_time_s": step_time, "memory_gib": _peak_memory_gib(),
+        "tokens": summary.get("tokens"), "step_time_s": step_time, "memory_gib": memory_gib(),
         "wall_s": wall_s, "summary": summary,
     }
 

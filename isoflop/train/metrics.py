@@ -79,10 +79,19 @@ def peak_flops_per_process(device: torch.device, dtype: str, refresh: bool = Fal
     return peak, f"measured CPU matmul peak {dtype}, {torch.get_num_threads()} threads"
 
 
-def memory_gib(device: torch.device) -> float:
-    """Peak memory of this process: allocated device memory on GPU, peak resident set size on CPU."""
-    if device.type == "cuda":
+def memory_gib(device: torch.device | None = None) -> float:
+    """Peak memory of this process: CUDA's max allocated memory on a GPU (``device``, or the current one when CUDA
+    is in use), else the peak resident set: Linux's ``VmHWM`` (which writing "5" to ``/proc/self/clear_refs``
+    resets), or ``ru_maxrss`` where there is no ``/proc``."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if (device.type == "cuda") if device is not None else cuda:
         return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
     # Linux reports ru_maxrss in KiB (macOS in bytes).
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**30 if sys.platform == "darwin" else 2**20)

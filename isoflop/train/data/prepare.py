@@ -23,7 +23,6 @@ from isoflop.train.data.sampler import PackedSampler
 from isoflop.train.data.tokenizer import (
     EOT,
     encode_batch,
-    file_sha256,
     find_eot,
     load_tokenizer,
     tokenizer_file,
@@ -123,7 +122,7 @@ def prepare_data(cfg: DataConfig | dict[str, Any] | None = None,
     cfg = _as_config(cfg)
     folder = cache_dir_for(cfg, cache_dir)
     source_fp = fingerprint(cfg)
-    given_sha = file_sha256(tokenizer_file(cfg.tokenizer)) if cfg.tokenizer else None
+    given_sha = shards.sha256_file(tokenizer_file(cfg.tokenizer)) if cfg.tokenizer else None
     try:
         return _prepare_locked(cfg, folder, source_fp, given_sha)
     except OSError as exc:
@@ -235,7 +234,7 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None,
         "dtype": dtype.name,
         "tokenizer": {
             "file": TOKENIZER_FILE,
-            "sha256": file_sha256(folder / TOKENIZER_FILE),
+            "sha256": shards.sha256_file(folder / TOKENIZER_FILE),
             "given_sha256": given_sha,
             "trained": trained,
             "vocab_size": vocab_size,

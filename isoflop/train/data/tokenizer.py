@@ -8,7 +8,6 @@ One special token, ``<|endoftext|>``, separates packed documents.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -63,8 +62,6 @@ def load_tokenizer(spec: str) -> "Tokenizer":
         raise IsoflopError(f"cannot load tokenizer {str(path)!r} ({exc}); give a valid tokenizer.json") from exc
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def find_eot(tok: "Tokenizer", folder: Path | None = None) -> int | None:
