@@ -1,7 +1,7 @@
 """Layout-search throughput: candidate layouts scored per second on one core (target >= 100,000/s).
 
 Enumerates every valid layout for a few (model, GPU count) problems, scores them all with the vectorised
-model (``isoflop.perf.search.score``: memory + step time + MFU per layout), and reports layouts per second
+model (``isoflop.perf.estimate.evaluate``: memory + step time + MFU per layout), and reports layouts per second
 (best of 3 repeats) for the scoring alone and for the whole ``search_layouts`` call (enumeration, scoring,
 ranking). Last line: one JSON object. Run: ``python benchmarks/layout_search_rate.py``
 """
@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isoflop.hardware import get_gpu  # noqa: E402
 from isoflop.perf import load_constants, search_layouts  # noqa: E402
-from isoflop.perf.search import candidates, score  # noqa: E402
+from isoflop.perf.estimate import evaluate  # noqa: E402
+from isoflop.perf.search import candidates  # noqa: E402
 from isoflop.spec import preset  # noqa: E402
 
 PROBLEMS = [("llama3-70b", "h100-sxm", 64, 512, 8192), ("llama3-405b", "h100-sxm", 1024, 2048, 8192),
@@ -42,7 +43,7 @@ def main() -> None:
         spec, gpu = preset(model), get_gpu(gpu_name)
         const = load_constants(gpu_name)
         la = candidates(spec, gpu, n, batch, seq)
-        t_score = best_of(lambda: score(spec, gpu, n, la, batch, seq, "bf16", "adamw", const))
+        t_score = best_of(lambda: evaluate(spec, gpu, n, la, batch, seq, "bf16", "adamw", const))
         t_search = best_of(lambda: search_layouts(spec, gpu, n, batch, seq, constants=const))
         rows.append({"problem": f"{model} on {n} {gpu_name}, batch {batch} x {seq}", "layouts": len(la),
                      "score_s": t_score, "score_rate": len(la) / t_score, "search_s": t_search,

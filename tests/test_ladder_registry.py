@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sqlite3
 
 from isoflop.ladder.registry import Registry, config_hash
 
@@ -15,6 +16,11 @@ def _claim_all(path: str, ids: list[str], queue) -> None:
         reg.finish(rid, {"final_loss": 1.0, "val_loss": 1.0})
     queue.put(won)
 
+
+def _set_pid(db, run_id: str, pid: int) -> None:
+    """Edit the registry file directly, as another process would (sqlite3, not the Registry's internals)."""
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET pid=? WHERE run_id=?", (pid, run_id))
 
 def test_two_processes_never_claim_the_same_run(tmp_path) -> None:
     path = tmp_path / "reg.sqlite"
@@ -44,8 +50,7 @@ def test_finished_runs_are_not_reclaimed_and_crashed_runs_are(tmp_path) -> None:
     reg.finish(done, {"final_loss": 2.0, "val_loss": 2.1, "step_time_s": 0.1, "summary": {"k": 1}})
     reg.fail(failed, "Traceback ...\nRuntimeError: boom")
     # A process that died while running: simulate with a pid that cannot exist.
-    with reg._transaction() as con:
-        con.execute("UPDATE runs SET pid=? WHERE run_id=?", (2**22 + 12345, crashed))
+    _set_pid(tmp_path / "reg.sqlite", crashed, 2**22 + 12345)
     assert not reg.claim(done, "o")
     assert reg.claim(failed, "o") and reg.claim(crashed, "o")
     rec = reg.get(done)
@@ -57,7 +62,6 @@ def test_running_in_a_live_process_is_not_taken(tmp_path) -> None:
     reg = Registry(tmp_path / "reg.sqlite")
     rid = reg.add("l", {"a": 1})
     assert reg.claim(rid, "o")
-    with reg._transaction() as con:  # pretend our parent (alive) holds it
-        con.execute("UPDATE runs SET pid=? WHERE run_id=?", (os.getppid(), rid))
+    _set_pid(tmp_path / "reg.sqlite", rid, os.getppid())  # pretend our parent (alive) holds it
     assert not reg.claim(rid, "o")
     assert reg.runs(status="running")[0].run_id == rid

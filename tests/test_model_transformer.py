@@ -213,12 +213,12 @@ def test_bf16_attention_backends_match_fp32(monkeypatch, math_backend: bool) -> 
     otherwise) give the fp32 model's loss and gradients to bf16 accuracy (GQA spec, so ``enable_gqa`` is used)."""
     import isoflop.train.model as model_mod
 
-    monkeypatch.setattr(model_mod, "_NATIVE_BF16", not math_backend)
+    monkeypatch.setattr(model_mod, "NATIVE_BF16", not math_backend)
     spec = SPECS["llama-gqa-untied"]
     model = build_model(spec, seed=0)
     idx = torch.randint(0, spec.vocab_size, (2, spec.max_seq_len), generator=torch.Generator().manual_seed(1))
     q = torch.zeros(2, spec.n_heads, spec.max_seq_len, spec.dim_per_head, dtype=torch.bfloat16)
-    assert model_mod._math_attention(q) is math_backend
+    assert model_mod.uses_math_attention(q) is math_backend
     losses, grads = [], []
     for autocast in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):

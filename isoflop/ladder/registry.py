@@ -22,7 +22,6 @@ from typing import Any, Iterator
 
 from isoflop.errors import IsoflopError
 
-STATUSES = ("pending", "running", "finished", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -133,5 +133,3 @@ def estimate(
     row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, layout.dtype, layout.optimizer, const)
     return build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len)
 
-
-predict_step = estimate

@@ -155,9 +155,6 @@ class LayoutArrays:
             cols[name] = np.asarray(values, dtype=dtype)
         return cls(**cols)
 
-    def take(self, index: np.ndarray) -> "LayoutArrays":
-        return LayoutArrays(**{name: getattr(self, name)[index] for name in KNOBS})
-
     def layout(self, i: int, dtype: str, optimizer: str) -> Layout:
         return Layout(
             tp=int(self.tp[i]), pp=int(self.pp[i]), dp=int(self.dp[i]), cp=int(self.cp[i]), ep=int(self.ep[i]),

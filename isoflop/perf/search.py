@@ -1,4 +1,4 @@
-"""Layout search: enumerate every valid layout as numpy arrays, score them all at once, keep the best.
+"""Layout search: enumerate every valid layout as numpy arrays, evaluate them all at once, keep the best.
 
 Ranking: predicted tokens/s, ties (within 0.5%) broken by memory headroom. Knobs in ``fixed`` are held;
 the rest range over divisors (``tp`` within a node, ``pp`` dividing the layers, ``cp`` the sequence,
@@ -99,14 +99,6 @@ def candidates(
     return LayoutArrays(**{k: cols[k][idx] for k in KNOBS})
 
 
-def score(
-    spec: ModelSpec, gpu: GPU, n_gpus: int, la: LayoutArrays, global_batch: int, seq_len: int, dtype: str,
-    optimizer: str, constants: PerfConstants,
-) -> dict[str, np.ndarray]:
-    """Evaluate all layouts in ``la`` at once (the vectorised core used by the search)."""
-    return evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, dtype, optimizer, constants)
-
-
 def _ranked(row: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
     idx = np.nonzero(mask)[0]
     if idx.size == 0:
@@ -150,7 +142,7 @@ def search_layouts(
     la = candidates(spec, gpu, n_gpus, global_batch, seq_len, fixed)
     if len(la) == 0:
         _explain_no_candidate(spec, n_gpus, global_batch, seq_len, fixed)
-    row = score(spec, gpu, n_gpus, la, global_batch, seq_len, dtype, optimizer, const)
+    row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, dtype, optimizer, const)
     order = _ranked(row, row["fits"])[:top_k]
     out: list[Estimate] = []
     for rank, i in enumerate(order):
@@ -227,13 +219,7 @@ def _fits_any(
         return False
     if len(la) == 0:
         return False
-    return bool(score(spec, gpu, n_gpus, la, global_batch, seq_len, dtype, optimizer, const)["fits"].any())
+    return bool(evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, dtype, optimizer, const)["fits"].any())
 
 
-def product_size(spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int) -> int:
-    """How many knob combinations the search enumerates before the validity filter."""
-    choices = _choices(spec, gpu, n_gpus, global_batch, seq_len)
-    return int(np.prod([len(v) for k, v in choices.items()]))
-
-
-__all__ = ["candidates", "fit_hints", "score", "search_layouts", "product_size"]
+__all__ = ["candidates", "fit_hints", "search_layouts"]

@@ -14,7 +14,6 @@ import sys
 
 # mallopt(3) parameter numbers from <malloc.h>.
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 _TRIM_BYTES = 1 << 30  # keep up to 1 GiB of freed heap at the top instead of returning it to the kernel
 

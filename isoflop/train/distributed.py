@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterator
@@ -167,8 +167,7 @@ def no_grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         finally:
             model.set_requires_gradient_sync(True)
         return
-    with nullcontext():
-        yield
+    yield
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -180,11 +179,6 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         else:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return tensor
-
-
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def broadcast_object(obj: object, env: DistEnv) -> object:

@@ -18,7 +18,6 @@ folder also holds ``tokenizer.json`` and a ``tokenizer_config.json`` for ``PreTr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +160,3 @@ def export_tokenizer(tokenizer: "Tokenizer", out_dir: Path, max_len: int, eos_id
         config.update(eos_token=eos, bos_token=eos)
     atomic_write_json(out_dir / "tokenizer_config.json", config)
 
-
-def read_hf_config(path: str | Path) -> dict[str, Any]:
-    """The exported ``config.json`` as a dict (plain JSON, no code)."""
-    return json.loads(Path(path, "config.json").read_text(encoding="utf-8"))

@@ -68,12 +68,12 @@ def _cpu_has_native_bf16() -> bool:
     return any(p() for p in probes)
 
 
-_NATIVE_BF16 = _cpu_has_native_bf16()
+NATIVE_BF16 = _cpu_has_native_bf16()
 
 
-def _math_attention(q: Tensor) -> bool:
+def uses_math_attention(q: Tensor) -> bool:
     """SDPA's math backend for half-precision attention on a CPU without native bf16 (module docstring)."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or _NATIVE_BF16:
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or NATIVE_BF16:
         return False
     B, H, T, _ = q.shape
     return B * H * T * T * 4 <= _MATH_ATTENTION_MAX_BYTES and not torch.compiler.is_compiling()
@@ -193,7 +193,7 @@ class Attention(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         # GQA/MQA: each group of H / K query heads shares one key/value head, without copying K and V.
-        if _math_attention(q):
+        if uses_math_attention(q):
             with sdpa_kernel(SDPBackend.MATH):
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
         else:
