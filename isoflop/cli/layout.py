@@ -49,9 +49,8 @@ def layout(
         tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, zero=zero, recompute=recompute, sequence_parallel=sequence_parallel,
         micro_batch=micro_batch, interleave=interleave, offload=offload, dtype=dtype, optimizer=optimizer,
         replicate=replicate).items() if v is not None}
-    if fixed.get("recompute") is not None:
-        if fixed["recompute"] not in RECOMPUTE:
-            raise IsoflopError(f"--recompute must be one of {', '.join(RECOMPUTE)}, got {fixed['recompute']!r}")
+    if fixed.get("recompute") is not None and fixed["recompute"] not in RECOMPUTE:
+        raise IsoflopError(f"--recompute must be one of {', '.join(RECOMPUTE)}, got {fixed['recompute']!r}")
     if fixed.get("zero") is not None and fixed["zero"] not in (0, 1, 2, 3):
         raise IsoflopError(f"--zero must be 0, 1, 2 or 3, got {fixed['zero']}")
     const = load_constants(device.name)

@@ -19,6 +19,7 @@ cleanly. The fitted laws say so (``param_kind="non_embedding"``), so ``isoflop p
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -124,10 +125,8 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
         note = (f"only {len(minima)} budget(s) have an interior IsoFLOP minimum ({MIN_BUDGETS} needed): approach 2 and "
                 "the envelope are skipped, approach 3 sizes and predicts the held-out run; widen the sizes or raise the budgets")
     law = fit(ChinchillaLaw(name="ladder", param_kind="non_embedding"), arr["n"], arr["d"], arr["loss"])
-    try:
+    with contextlib.suppress(IsoflopError):  # no approach-3 interval: predictions carry ci95 None
         B.bootstrap(law, bootstrap, seed=seed)
-    except IsoflopError:
-        pass  # no approach-3 interval: predictions carry ci95 None
     return LadderFit(arrays=arr, minima=minima, approach2=a2, envelope=env, approach3=law,
                      bootstrap=bootstrap, seed=seed, note=note)
 

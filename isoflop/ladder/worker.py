@@ -8,6 +8,7 @@ the losses, measured seconds per optimizer step and peak memory. Under torchrun 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -30,10 +31,8 @@ def load_entry(spec: str) -> Callable[[dict[str, Any], str], dict[str, Any]]:
 
 def _reset_peak_memory() -> None:
     """Start a new peak: Linux resets VmHWM when "5" is written to /proc/self/clear_refs (a reused process)."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -63,10 +62,8 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        try:
+        with contextlib.suppress(RuntimeError):  # already set in this process
             torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,10 +90,8 @@ def _die_with_parent() -> None:
         import ctypes
         import signal
 
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 def pool_init(threads: int, entry: str | None) -> None:
