@@ -25,7 +25,7 @@ def count_report(model: str, seq_len: int | None, batch_size: int, causal: bool)
     }
     return {
         "model": spec.model_dump(),
-        "params": params.as_dict(),
+        "params": params.to_dict(),
         "flops_per_token": {
             "seq_len": flops.seq_len,
             "causal": flops.causal,

@@ -125,5 +125,5 @@ def estimate(
     )
     batch = global_batch or dp * mb
     est = run_estimate(spec, device, gpus, layout, batch, seq_len or spec.max_seq_len, load_constants(device.name))
-    data = {"model": spec.name, **est.as_dict()}
+    data = {"model": spec.name, **est.to_dict()}
     emit(data, as_json, render_estimate(data, spec.name))

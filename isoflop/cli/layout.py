@@ -57,7 +57,7 @@ def layout(
     start = time.perf_counter()
     found = search_layouts(spec, device, gpus, global_batch, seq, fixed=fixed, top_k=top, constants=const)
     seconds = time.perf_counter() - start
-    rows = [{"model": spec.name, **est.as_dict()} for est in found]
+    rows = [{"model": spec.name, **est.to_dict()} for est in found]
     hints = [] if found else fit_hints(spec, device, gpus, global_batch, seq, fixed=fixed, constants=const)
 
     def render(console) -> None:

@@ -87,7 +87,7 @@ class RunRecord:
     pid: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

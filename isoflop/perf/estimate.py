@@ -47,10 +47,10 @@ class Estimate:
     def headroom_gib(self) -> float:
         return self.gpu_memory_gib - self.memory["total_gib"]
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON of ``isoflop estimate --json`` (and of each ``isoflop layout --json`` entry)."""
         return {
-            **{k: v for k, v in self.layout.as_dict().items()},
+            **{k: v for k, v in self.layout.to_dict().items()},
             "gpu": self.gpu,
             "n_gpus": self.n_gpus,
             "global_batch": self.global_batch,

@@ -51,7 +51,7 @@ class Layout:
     optimizer: Literal["adamw", "sgd", "adafactor", "adam8bit"] = "adamw"
     replicate: int = 1
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def replace(self, **changes: Any) -> "Layout":

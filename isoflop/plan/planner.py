@@ -295,9 +295,9 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> Plan:
     plan.budget = {"kind": "hardware", "gpu": gpu.name, "n_gpus": req.n_gpus, "days": req.days, "flops": flops,
                    "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history, "converged": done}
     plan.hardware = HardwarePlan(
-        layout=best.layout.as_dict(),
+        layout=best.layout.to_dict(),
         layout_reason=best.extra.get("reason"),
-        alternatives=[e.layout.as_dict() | {"tokens_per_s": e.tokens_per_s, "mfu": e.mfu} for e in layouts[1:]],
+        alternatives=[e.layout.to_dict() | {"tokens_per_s": e.tokens_per_s, "mfu": e.mfu} for e in layouts[1:]],
         step_time_s=step_time,
         tokens_per_s=global_batch * req.seq_len / step_time,
         mfu=mfu_used,

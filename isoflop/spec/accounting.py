@@ -44,7 +44,7 @@ class ParamCount:
     lm_head: int
     per_layer: int
 
-    def as_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
@@ -103,7 +103,7 @@ class FlopCount:
     six_n: float  # 6 N with N = active parameters (Hoffmann et al. 2022 convention)
     six_n_non_embedding: float  # 6 N with N = active non-embedding parameters (Kaplan et al. 2020)
 
-    def as_dict(self) -> dict[str, float | int | bool]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
 
 
