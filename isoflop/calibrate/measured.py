@@ -128,7 +128,7 @@ def from_registry(path: str | Path, gpu: str) -> list[Measurement]:
         cfg = r.config
         world = int(r.summary.get("world") or 1)
         dtype = r.summary.get("dtype") or cfg["train"].get("dtype", "fp32")
-        dtype = "fp32" if dtype in ("auto", "float32") else dtype
+        dtype = "fp32" if dtype == "auto" else dtype
         spec = spec_from_dict(cfg["model"])
         batch = int(cfg["train"]["global_batch"])
         out.append(Measurement(

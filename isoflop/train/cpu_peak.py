@@ -22,8 +22,8 @@ from isoflop.atomic import atomic_write_json
 from isoflop.env import cache_dir
 from isoflop.errors import IsoflopError
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+# isoflop's dtype names (``isoflop.hardware.DTYPES``) of the dtypes a CPU matmul runs in.
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _cpu_model() -> str:
