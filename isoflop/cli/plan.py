@@ -30,7 +30,8 @@ def _render(plan: Plan, out: str | None):
         t.add_row("model", f"{m.params / 1e9:.3f}B parameters ({m.non_embedding_params / 1e9:.3f}B non-embedding; the law's N "
                            f"counts {kind}): {m.layers} layers, d_model {m.d_model}, "
                            f"{m.heads} heads ({m.kv_heads} kv, head_dim {m.head_dim}), ffn {m.ffn}, vocab {m.vocab_size}")
-        t.add_row("data", f"{plan.tokens / 1e9:.4g}B tokens ({plan.tokens_per_param:.1f} per {kind} parameter), seq_len {plan.seq_len}")
+        t.add_row("data", f"{plan.tokens / 1e9:.4g}B tokens ({plan.tokens_per_param:.1f} per {kind} parameter), "
+                          f"seq_len {plan.seq_len}")
         opt = plan.law_optimum
         if opt.epochs is not None:
             t.add_row("repetition", f"{opt.epochs:.2f} epochs of {opt.unique_tokens:.4g} unique tokens, costing "
@@ -38,14 +39,16 @@ def _render(plan: Plan, out: str | None):
         if opt.inference_tokens:
             ref = opt.compute_optimal_reference
             t.add_row("inference", f"{opt.inference_tokens:.3g} tokens served: lifetime {opt.lifetime_flops:.4g} FLOPs, "
-                                   f"{ref['lifetime_saving']:.1%} less than the compute-optimal model of equal loss ({ref['n_params'] / 1e9:.3g}B)")
+                                   f"{ref['lifetime_saving']:.1%} less than the compute-optimal model of equal loss "
+                                   f"({ref['n_params'] / 1e9:.3g}B)")
         loss = plan.predicted_loss
         t.add_row("predicted loss", "-" if loss is None else f"{loss:.4f}{_fmt_ci(plan.predicted_loss_ci95)}")
         t.add_row("learning rate", f"{hp['lr']:.3g} peak, {hp['schedule']}, warmup {hp['warmup_steps']} steps")
         t.add_row("batch", f"{hp['global_batch']} sequences = {hp['global_batch'] * plan.seq_len:,} tokens, {hp['steps']:,} steps")
         if hw is not None:
             lay = hw.layout
-            t.add_row("layout", f"TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} CP{lay['cp']} ZeRO-{lay['zero']}, recompute {lay['recompute']}, "
+            t.add_row("layout", f"TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} CP{lay['cp']} ZeRO-{lay['zero']}, "
+                                f"recompute {lay['recompute']}, "
                                 f"micro-batch {lay['micro_batch']} ({hw.layout_reason})")
             t.add_row("speed", f"step {hw.step_time_s:.3f} s, {hw.tokens_per_s:,.0f} tokens/s, MFU {hw.mfu:.2f}, "
                                f"{hw.memory_gib:.1f} GiB per GPU")

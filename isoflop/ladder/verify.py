@@ -122,8 +122,9 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
         a2 = fit_approach2(arr["n"], arr["d"], arr["loss"], arr["c"], groups=arr["budget"], param_kind="non_embedding")
         env = _envelope(minima)
     else:
-        note = (f"only {len(minima)} budget(s) have an interior IsoFLOP minimum ({MIN_BUDGETS} needed): approach 2 and "
-                "the envelope are skipped, approach 3 sizes and predicts the held-out run; widen the sizes or raise the budgets")
+        note = (f"only {len(minima)} budget(s) have an interior IsoFLOP minimum ({MIN_BUDGETS} needed): approach 2 "
+                "and the envelope are skipped, approach 3 sizes and predicts the held-out run; "
+                "widen the sizes or raise the budgets")
     law = fit(ChinchillaLaw(name="ladder", param_kind="non_embedding"), arr["n"], arr["d"], arr["loss"])
     with contextlib.suppress(IsoflopError):  # no approach-3 interval: predictions carry ci95 None
         B.bootstrap(law, bootstrap, seed=seed)

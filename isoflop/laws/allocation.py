@@ -128,7 +128,10 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
     """``(C, N, D)`` for one law (no intervals)."""
     if isinstance(law, AllocationLaw):
         if unique is not None or inference:
-            raise IsoflopError("--unique-tokens and --inference-tokens need a parametric law L(N, D); fit with --approach 3 or use a preset")
+            raise IsoflopError(
+                "--unique-tokens and --inference-tokens need a parametric law L(N, D); "
+                "fit with --approach 3 or use a preset"
+            )
         if flops is None:
             if law.loss_law is None:
                 raise IsoflopError("this Approach 1/2 law has no loss fit, so it cannot plan for a target loss; give a budget")
@@ -148,7 +151,10 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
 
     lo, hi = np.log(1e6), np.log(1e40)
     if gap(hi) > 0:
-        raise IsoflopError(f"target loss {target_loss} is not reachable with this law (irreducible loss too high); choose a higher target")
+        raise IsoflopError(
+            f"target loss {target_loss} is not reachable with this law (irreducible loss too high); "
+            "choose a higher target"
+        )
     if gap(lo) < 0:
         raise IsoflopError(f"target loss {target_loss} is reached by a trivially small budget; choose a lower target")
     c = float(np.exp(brentq(gap, lo, hi, xtol=1e-10)))

@@ -145,7 +145,8 @@ def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result
             best, best_f, any_ok, converged = x, f, True, success
     if not any_ok:
         raise IsoflopError(
-            "Approach 3 did not converge to a finite optimum; check the runs (too few, or loss not decreasing with N and D)"
+            "Approach 3 did not converge to a finite optimum; check the runs "
+            "(too few, or loss not decreasing with N and D)"
         )
     for _ in range(20):  # polish: L-BFGS-B restarts from its own optimum while that still helps
         x, f, ok, success, nit = _refine(best, log_n, log_d, log_l, w)
@@ -156,8 +157,8 @@ def _fit_approach3(n, d, loss, weights, n_refine: int, start) -> Approach3Result
     if not theta_is_sane(best):
         a, b, e, alpha, beta = best
         raise IsoflopError(
-            f"Approach 3 did not converge (alpha {alpha:.3g}, beta {beta:.3g}, log A {a:.3g}, log B {b:.3g}); the runs do not "
-            "constrain the law: add runs over a wider range of N and D"
+            f"Approach 3 did not converge (alpha {alpha:.3g}, beta {beta:.3g}, log A {a:.3g}, log B {b:.3g}); "
+            "the runs do not constrain the law: add runs over a wider range of N and D"
         )
     return Approach3Result(theta=best, objective=best_f, converged=converged, n_starts=len(starts), n_iter=iters)
 
@@ -326,7 +327,11 @@ def _fit_approach1(law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.nd
             best = loss[i]
             points.append({"C": float(c[i]), "N_opt": float(n[i]), "D_opt": float(d[i]), "loss": float(loss[i])})
     if len({p["N_opt"] for p in points}) < 2 or len(points) < 3:
-        raise IsoflopError(f"the loss envelope has only {len(points)} points with {len({p['N_opt'] for p in points})} model sizes; Approach 1 needs runs of several sizes over a range of compute")
+        sizes = len({p['N_opt'] for p in points})
+        raise IsoflopError(
+            f"the loss envelope has only {len(points)} points with {sizes} model sizes; "
+            "Approach 1 needs runs of several sizes over a range of compute"
+        )
     return _set_allocation(law, points, (n, d, loss, c))
 
 

@@ -33,7 +33,8 @@ def single_threaded_blas() -> Iterator[None]:
 
 
 def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
-    """Huber (1964) loss: ``r^2 / 2`` for ``|r| <= delta``, else ``delta (|r| - delta / 2)`` (``scipy.special.huber``)."""
+    """Huber (1964) loss: ``r^2 / 2`` for ``|r| <= delta``, else ``delta (|r| - delta / 2)``
+    (``scipy.special.huber``)."""
     ar = np.abs(r)
     return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
 

@@ -91,9 +91,9 @@ def _model(alloc: Allocation, req: PlanRequest) -> ModelSpec:
         return shape_for_params(alloc.n_params, req.vocab_size, req.seq_len, tp=1, count=alloc.param_kind, name="planned")
     except IsoflopError:
         raise IsoflopError(
-            f"the budget is too small for any sensible model: the law asks for {alloc.n_params:.3g} {alloc.param_kind.replace('_', '-')} "
-            f"parameters, fewer than a {req.vocab_size}-token vocabulary's embedding and output layers need; raise the budget, "
-            "or use a smaller --vocab-size"
+            f"the budget is too small for any sensible model: the law asks for {alloc.n_params:.3g} "
+            f"{alloc.param_kind.replace('_', '-')} parameters, fewer than a {req.vocab_size}-token vocabulary's "
+            "embedding and output layers need; raise the budget, or use a smaller --vocab-size"
         ) from None
 
 
