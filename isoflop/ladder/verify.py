@@ -74,11 +74,19 @@ class LadderFit:
 
     def n_opt_fit(self) -> dict[str, float] | None:
         """``N_opt = coef C^exponent`` (approach 2)."""
-        return None if self.approach2 is None else {"coef": self.approach2.params_["k_N"], "exponent": self.approach2.params_["a"]}
+        return (
+            None
+            if self.approach2 is None
+            else {"coef": self.approach2.params_["k_N"], "exponent": self.approach2.params_["a"]}
+        )
 
     def d_opt_fit(self) -> dict[str, float] | None:
         """``D_opt = coef C^exponent`` (approach 2)."""
-        return None if self.approach2 is None else {"coef": self.approach2.params_["k_D"], "exponent": self.approach2.params_["b"]}
+        return (
+            None
+            if self.approach2 is None
+            else {"coef": self.approach2.params_["k_D"], "exponent": self.approach2.params_["b"]}
+        )
 
     def envelope_dict(self) -> dict[str, Any] | None:
         if self.envelope is None:
@@ -91,8 +99,17 @@ class LadderFit:
         """Per budget with an interior minimum, for the report: ``loss = c2 x^2 + c1 x + c0`` in ``x = log10 N``
         (the fitted parabola in ``ln N`` rewritten), its vertex and D at the vertex."""
         ln10 = math.log(10.0)
-        return [{"budget": float(m.group), "coef": [m.coef[0] * ln10**2, m.coef[1] * ln10, m.coef[2]],
-                 "n_opt": m.n_opt, "d_opt": m.d_opt, "loss_opt": m.loss, "interior": True} for m in self.minima]
+        return [
+            {
+                "budget": float(m.group),
+                "coef": [m.coef[0] * ln10**2, m.coef[1] * ln10, m.coef[2]],
+                "n_opt": m.n_opt,
+                "d_opt": m.d_opt,
+                "loss_opt": m.loss,
+                "interior": True,
+            }
+            for m in self.minima
+        ]
 
     def envelope_draws(self, c_eval: np.ndarray) -> np.ndarray:
         """Envelope predictions at ``c_eval`` for resamples of runs within each budget (rows: resamples)."""
@@ -107,29 +124,35 @@ class LadderFit:
 
         rows, _ = B.resample(self.bootstrap, self.seed, B.within_groups(arr["budget"]), refit)
         if len(rows) < max(10, self.bootstrap // 4):
-            raise IsoflopError(f"only {len(rows)} of {self.bootstrap} envelope resamples had interior minima; "
-                               "widen the ladder's sizes")
+            raise IsoflopError(
+                f"only {len(rows)} of {self.bootstrap} envelope resamples had interior minima; widen the ladder's sizes"
+            )
         return np.array(rows)
 
 
 def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) -> LadderFit:
     """Approach 2 (allocation + envelope) and approach 3 on the ladder runs."""
     if len(arr["n"]) < 5:
-        raise IsoflopError(f"only {len(arr['n'])} finished ladder runs; the fits need at least 5 (see the registry's errors)")
+        raise IsoflopError(
+            f"only {len(arr['n'])} finished ladder runs; the fits need at least 5 (see the registry's errors)"
+        )
     minima = _minima(arr)
     a2 = env = note = None
     if len(minima) >= MIN_BUDGETS:
         a2 = fit_approach2(arr["n"], arr["d"], arr["loss"], arr["c"], groups=arr["budget"], param_kind="non_embedding")
         env = _envelope(minima)
     else:
-        note = (f"only {len(minima)} budget(s) have an interior IsoFLOP minimum ({MIN_BUDGETS} needed): approach 2 "
-                "and the envelope are skipped, approach 3 sizes and predicts the held-out run; "
-                "widen the sizes or raise the budgets")
+        note = (
+            f"only {len(minima)} budget(s) have an interior IsoFLOP minimum ({MIN_BUDGETS} needed): approach 2 "
+            "and the envelope are skipped, approach 3 sizes and predicts the held-out run; "
+            "widen the sizes or raise the budgets"
+        )
     law = fit(ChinchillaLaw(name="ladder", param_kind="non_embedding"), arr["n"], arr["d"], arr["loss"])
     with contextlib.suppress(IsoflopError):  # no approach-3 interval: predictions carry ci95 None
         B.bootstrap(law, bootstrap, seed=seed)
-    return LadderFit(arrays=arr, minima=minima, approach2=a2, envelope=env, approach3=law,
-                     bootstrap=bootstrap, seed=seed, note=note)
+    return LadderFit(
+        arrays=arr, minima=minima, approach2=a2, envelope=env, approach3=law, bootstrap=bootstrap, seed=seed, note=note
+    )
 
 
 def plan_heldout(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPoint:
@@ -141,8 +164,10 @@ def plan_heldout(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPo
         n_target = float(fits.approach2.optimal(c_h)[0])
     else:
         n = fits.arrays["n"]
-        cands = [point_for(design, family_spec(x, design), c_h)
-                 for x in np.logspace(np.log10(n.min() / 4), np.log10(n.max() * 8), 40)]
+        cands = [
+            point_for(design, family_spec(x, design), c_h)
+            for x in np.logspace(np.log10(n.min() / 4), np.log10(n.max() * 8), 40)
+        ]
         best = min(cands, key=lambda p: float(fits.approach3.predict(p.n_params_non_embedding, p.tokens)))
         n_target = best.n_params_non_embedding
     spec = shape(int(n_target), design.vocab_size, design.seq_len, design.dim_multiple)
@@ -161,8 +186,14 @@ def predict(fits: LadderFit, n: float, d: float, c: float) -> tuple[list[dict[st
         except IsoflopError as exc:
             env_ci, note = None, f"envelope interval unavailable: {exc}"
         form = fits.envelope_dict()["form"]
-        preds.append({"method": "envelope", "predicted_loss": env_pred, "ci95": env_ci,
-                      "law": f"L*(C) {form} through the IsoFLOP minima"})
+        preds.append(
+            {
+                "method": "envelope",
+                "predicted_loss": env_pred,
+                "ci95": env_ci,
+                "law": f"L*(C) {form} through the IsoFLOP minima",
+            }
+        )
     a3 = float(law.predict(n, d))
     samples = law.sample_laws()
     ci = ci95([float(s.predict(n, d)) for s in samples]) if samples else None

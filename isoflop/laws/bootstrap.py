@@ -12,7 +12,8 @@ coefficients at most 100) are dropped and counted: the intervals never include g
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -27,7 +28,10 @@ Draw = Callable[[np.random.Generator], np.ndarray]
 
 
 def resample(
-    n_samples: int, seed: int, draw: Draw, refit: Callable[[np.ndarray], Any],
+    n_samples: int,
+    seed: int,
+    draw: Draw,
+    refit: Callable[[np.ndarray], Any],
 ) -> tuple[list[np.ndarray], int]:
     """``n_samples`` times: ``idx = draw(rng)``, then ``refit(idx)``; a refit that returns ``None``, raises
     ``IsoflopError`` or is not finite is dropped. Returns ``(rows, dropped)``; ``rng`` is
@@ -63,8 +67,17 @@ def refit_huber(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: 
     """Refine ``theta`` on the given points; returns ``(theta, ok)``."""
     with np.errstate(all="ignore"):
         res = least_squares(
-            H.residuals, theta, jac=H.jacobian, args=(log_n, log_d, log_l), loss="huber", f_scale=H.HUBER_DELTA,
-            method="trf", ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=500,
+            H.residuals,
+            theta,
+            jac=H.jacobian,
+            args=(log_n, log_d, log_l),
+            loss="huber",
+            f_scale=H.HUBER_DELTA,
+            method="trf",
+            ftol=1e-12,
+            xtol=1e-12,
+            gtol=1e-12,
+            max_nfev=500,
         )
     return res.x, bool(res.status > 0 and theta_is_sane(res.x))
 
@@ -111,5 +124,10 @@ def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0) -> LawT:
             f"only {len(rows)} of {n_samples} bootstrap refits converged; the runs do not constrain the law, add runs"
         )
     law.samples_ = np.asarray(rows)
-    law.info_["bootstrap"] = {"requested": int(n_samples), "converged": len(rows), "dropped": int(dropped), "seed": int(seed)}
+    law.info_["bootstrap"] = {
+        "requested": int(n_samples),
+        "converged": len(rows),
+        "dropped": int(dropped),
+        "seed": int(seed),
+    }
     return law
