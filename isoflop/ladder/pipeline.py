@@ -86,8 +86,9 @@ def repetition_note(tokens: int, corpus_tokens: int, what: str) -> str | None:
     2023, Sec. 3), which the ladder's laws do not model."""
     if tokens <= corpus_tokens:
         return None
-    return (f"note: {what} trains {tokens:,} tokens, {tokens / corpus_tokens:.2f} epochs of the corpus's {corpus_tokens:,}; "
-            "repeated data raises the loss (Muennighoff et al. 2023), which the fits do not model: give --data a larger corpus")
+    return (f"note: {what} trains {tokens:,} tokens, {tokens / corpus_tokens:.2f} epochs of the corpus's "
+            f"{corpus_tokens:,}; repeated data raises the loss (Muennighoff et al. 2023), which the fits do not model: "
+            "give --data a larger corpus")
 
 
 def _point_dict(r: RunRecord) -> dict[str, Any]:
@@ -160,7 +161,8 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     }
     lo, hi = primary["ci95"] or (float("nan"), float("nan"))
     say(f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
-        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})")
+        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} "
+        f"[95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})")
     if verify:
         held_opts = ExecOptions(workers=1, threads=heldout_threads or opts.threads,
                                 launcher=opts.launcher, nproc_per_node=opts.nproc_per_node, slurm=opts.slurm, entry=opts.entry)

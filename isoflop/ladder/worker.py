@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # A reusable worker process (the runner's local pool): torch is imported once per process, not once per run.
 def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the ladder process dies, so no orphaned worker keeps training (prctl PR_SET_PDEATHSIG)."""
+    """Linux: get SIGTERM when the ladder process dies, so no orphaned worker keeps training
+    (prctl PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal

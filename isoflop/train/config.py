@@ -92,7 +92,9 @@ class ParallelSection(_Section):
     strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
     replicate: int = Field(1, gt=0, description="HSDP replica groups (the outer mesh dimension).")
     reshard_after_forward: bool | None = Field(
-        None, description="FSDP: true = ZeRO-3, false = SHARD_GRAD_OP (ZeRO-2). null: false when zero <= 2 is given, else true."
+        None,
+        description="FSDP: true = ZeRO-3, false = SHARD_GRAD_OP (ZeRO-2). "
+        "null: false when zero <= 2 is given, else true.",
     )
     zero: int | None = Field(None, ge=0, le=3)
     tp: int = Field(1, gt=0)
@@ -159,7 +161,8 @@ class TrainConfig(_Section):
         mb = self.train.micro_batch
         if mb is not None and self.train.global_batch % mb:
             raise IsoflopError(
-                f"train.global_batch={self.train.global_batch} is not a multiple of train.micro_batch={mb}; pick a divisor"
+                f"train.global_batch={self.train.global_batch} is not a multiple of train.micro_batch={mb}; "
+                "pick a divisor"
             )
         return self
 
