@@ -48,23 +48,27 @@ def main() -> None:
         m = first.manifest
         n_tokens = m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]
         cached_s = sorted(cached)[len(cached) // 2]
-        print(json.dumps({
-            "source": cfg.source,
-            "documents": m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"],
-            "skipped": len(m["skipped"]),
-            "text_mb": round(m["text_bytes"] / 1e6, 3),
-            "vocab_size": first.vocab_size,
-            "train_tokens": m["splits"]["train"]["tokens"],
-            "val_tokens": m["splits"]["val"]["tokens"],
-            "bytes_per_token": round(m["text_bytes"] / n_tokens, 3),
-            "first_s": round(first_s, 3),
-            "first_cpu_s": round(first_cpu_s, 3),  # all threads; wall time depends on the machine's load
-            "first_phases_s": {k: round(v, 3) for k, v in m["seconds"].items()},
-            "cached_s": round(cached_s, 4),
-            "speedup": round(first_s / cached_s, 1),
-            "sampler_ms_per_batch": round(sampler_ms, 4),  # (batch x seq_len) int64 x and y from the memory map
-            "sampler_shape": [args.batch, args.seq_len],
-        }))
+        print(
+            json.dumps(
+                {
+                    "source": cfg.source,
+                    "documents": m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"],
+                    "skipped": len(m["skipped"]),
+                    "text_mb": round(m["text_bytes"] / 1e6, 3),
+                    "vocab_size": first.vocab_size,
+                    "train_tokens": m["splits"]["train"]["tokens"],
+                    "val_tokens": m["splits"]["val"]["tokens"],
+                    "bytes_per_token": round(m["text_bytes"] / n_tokens, 3),
+                    "first_s": round(first_s, 3),
+                    "first_cpu_s": round(first_cpu_s, 3),  # all threads; wall time depends on the machine's load
+                    "first_phases_s": {k: round(v, 3) for k, v in m["seconds"].items()},
+                    "cached_s": round(cached_s, 4),
+                    "speedup": round(first_s / cached_s, 1),
+                    "sampler_ms_per_batch": round(sampler_ms, 4),  # (batch x seq_len) int64 x and y from the memory map
+                    "sampler_shape": [args.batch, args.seq_len],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

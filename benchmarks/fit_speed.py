@@ -96,7 +96,13 @@ def main() -> None:
     rep_full_cpu = rep_cpu * len(grid) / len(starts)
     rel = (fast_obj - best_obj) / best_obj
     a, b, e, al, be = best_theta
-    rep_params = {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": float(al), "beta": float(be)}
+    rep_params = {
+        "E": float(np.exp(e)),
+        "A": float(np.exp(a)),
+        "B": float(np.exp(b)),
+        "alpha": float(al),
+        "beta": float(be),
+    }
 
     # Bootstrap
     law = F.fit(ChinchillaLaw(), n, d, loss)

@@ -54,7 +54,10 @@ def schedule(concurrent: int, threads: int, runs: int, args) -> float:
     pending = list(range(runs))
     while pending:
         batch = [pending.pop() for _ in range(min(concurrent, len(pending)))]
-        procs = [ctx.Process(target=_run, args=(args.n, args.steps, threads, args.seq_len, args.batch, args.vocab, queue)) for _ in batch]
+        procs = [
+            ctx.Process(target=_run, args=(args.n, args.steps, threads, args.seq_len, args.batch, args.vocab, queue))
+            for _ in batch
+        ]
         for p in procs:
             p.start()
         for _ in procs:
@@ -80,15 +83,28 @@ def main() -> None:
     two_by_one = schedule(concurrent=2, threads=1, runs=2, args=args)
     one_by_two = schedule(concurrent=1, threads=2, runs=2, args=args)
     single_1 = schedule(concurrent=1, threads=1, runs=1, args=args)
-    print(json.dumps({
-        "model": {"d_model": spec.d_model, "n_layers": spec.n_layers, "non_embedding": count_params(spec).non_embedding},
-        "steps": args.steps, "batch_tokens": args.batch * args.seq_len, "cores": os.cpu_count(),
-        "two_runs_1_thread_concurrent_s": two_by_one, "two_runs_2_threads_serial_s": one_by_two,
-        "speedup_concurrent_1_thread": one_by_two / two_by_one,
-        "one_run_1_thread_s": single_1, "one_run_2_threads_s": one_by_two / 2,
-        "speedup_2_threads_single_run": single_1 / (one_by_two / 2),
-        "flops_per_s_concurrent": 2 * flops_per_run / two_by_one, "flops_per_s_serial_2_threads": 2 * flops_per_run / one_by_two,
-    }))
+    print(
+        json.dumps(
+            {
+                "model": {
+                    "d_model": spec.d_model,
+                    "n_layers": spec.n_layers,
+                    "non_embedding": count_params(spec).non_embedding,
+                },
+                "steps": args.steps,
+                "batch_tokens": args.batch * args.seq_len,
+                "cores": os.cpu_count(),
+                "two_runs_1_thread_concurrent_s": two_by_one,
+                "two_runs_2_threads_serial_s": one_by_two,
+                "speedup_concurrent_1_thread": one_by_two / two_by_one,
+                "one_run_1_thread_s": single_1,
+                "one_run_2_threads_s": one_by_two / 2,
+                "speedup_2_threads_single_run": single_1 / (one_by_two / 2),
+                "flops_per_s_concurrent": 2 * flops_per_run / two_by_one,
+                "flops_per_s_serial_2_threads": 2 * flops_per_run / one_by_two,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

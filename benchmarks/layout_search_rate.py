@@ -24,8 +24,12 @@ from isoflop.perf.estimate import evaluate  # noqa: E402
 from isoflop.perf.search import candidates  # noqa: E402
 from isoflop.spec import preset  # noqa: E402
 
-PROBLEMS = [("llama3-70b", "h100-sxm", 64, 512, 8192), ("llama3-405b", "h100-sxm", 1024, 2048, 8192),
-            ("gpt3-175b", "a100-80gb", 1536, 1536, 2048), ("mixtral-8x7b", "h100-sxm", 256, 1024, 4096)]
+PROBLEMS = [
+    ("llama3-70b", "h100-sxm", 64, 512, 8192),
+    ("llama3-405b", "h100-sxm", 1024, 2048, 8192),
+    ("gpt3-175b", "a100-80gb", 1536, 1536, 2048),
+    ("mixtral-8x7b", "h100-sxm", 256, 1024, 4096),
+]
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -45,13 +49,26 @@ def main() -> None:
         la = candidates(spec, gpu, n, batch, seq)
         t_score = best_of(lambda: evaluate(spec, gpu, n, la, batch, seq, "bf16", "adamw", const))
         t_search = best_of(lambda: search_layouts(spec, gpu, n, batch, seq, constants=const))
-        rows.append({"problem": f"{model} on {n} {gpu_name}, batch {batch} x {seq}", "layouts": len(la),
-                     "score_s": t_score, "score_rate": len(la) / t_score, "search_s": t_search,
-                     "search_rate": len(la) / t_search})
-        print(f"{rows[-1]['problem']:<45} {len(la):>8} layouts  scored {rows[-1]['score_rate']:>12,.0f}/s  "
-              f"whole search {t_search:.3f} s ({rows[-1]['search_rate']:,.0f}/s)")
-    summary = {"problems": rows, "min_score_rate": min(r["score_rate"] for r in rows),
-               "min_search_rate": min(r["search_rate"] for r in rows), "target": 100_000}
+        rows.append(
+            {
+                "problem": f"{model} on {n} {gpu_name}, batch {batch} x {seq}",
+                "layouts": len(la),
+                "score_s": t_score,
+                "score_rate": len(la) / t_score,
+                "search_s": t_search,
+                "search_rate": len(la) / t_search,
+            }
+        )
+        print(
+            f"{rows[-1]['problem']:<45} {len(la):>8} layouts  scored {rows[-1]['score_rate']:>12,.0f}/s  "
+            f"whole search {t_search:.3f} s ({rows[-1]['search_rate']:,.0f}/s)"
+        )
+    summary = {
+        "problems": rows,
+        "min_score_rate": min(r["score_rate"] for r in rows),
+        "min_search_rate": min(r["search_rate"] for r in rows),
+        "target": 100_000,
+    }
     print(json.dumps(summary))
 
 

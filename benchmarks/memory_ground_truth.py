@@ -141,11 +141,11 @@ def build_reference(spec: ModelSpec, recompute: str):
 def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: str, builder=None) -> dict[str, Any]:
     """Exact model-state bytes and the MemTracker peak of one fwd+bwd (with optimizer state alive).
     ``builder(spec)`` replaces the reference decoder (it must return ``module(idx, targets) -> loss``)."""
+    import contextlib
+
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
-
-    import contextlib
 
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "amp" else contextlib.nullcontext
@@ -177,7 +177,8 @@ def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: st
         state = [t for s in opt.state.values() for k, t in s.items() if k != "step"]
         nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
         exact = {
-            "weights": nbytes(params), "gradients": nbytes(p.grad for p in params),
+            "weights": nbytes(params),
+            "gradients": nbytes(p.grad for p in params),
             "optimizer": nbytes(state) + (nbytes(master) if dtype == "bf16" else 0),
         }
         tracker = MemTracker()
@@ -193,25 +194,59 @@ def measure(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: st
 
 def predict(spec: ModelSpec, batch: int, seq_len: int, recompute: str, dtype: str) -> dict[str, float]:
     """The model's bytes for the same step on one GPU (without the allocator/context allowance)."""
-    est = estimate(spec, get_gpu("h100-sxm"), 1, Layout(micro_batch=batch, recompute=recompute, dtype=dtype), batch, seq_len)
+    est = estimate(
+        spec, get_gpu("h100-sxm"), 1, Layout(micro_batch=batch, recompute=recompute, dtype=dtype), batch, seq_len
+    )
     gib = 2.0**30
     m = est.memory
     return {
-        "weights": m["weights_gib"] * gib, "gradients": m["gradients_gib"] * gib, "optimizer": m["optimizer_gib"] * gib,
+        "weights": m["weights_gib"] * gib,
+        "gradients": m["gradients_gib"] * gib,
+        "optimizer": m["optimizer_gib"] * gib,
         "total": (m["total_gib"] - m["overhead_gib"] - m["comm_buffers_gib"]) * gib,
     }
 
 
-LLAMA = dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=2, d_ff=1536, vocab_size=4096, max_seq_len=1024,
-             norm="rmsnorm", mlp="swiglu", position="rope", tie_embeddings=False, bias=False)
-GPT = dict(d_model=384, n_layers=3, n_heads=6, d_ff=1536, vocab_size=2048, max_seq_len=512, norm="layernorm",
-           mlp="gelu", position="learned", tie_embeddings=True, bias=True)
+LLAMA = dict(
+    d_model=512,
+    n_layers=4,
+    n_heads=8,
+    n_kv_heads=2,
+    d_ff=1536,
+    vocab_size=4096,
+    max_seq_len=1024,
+    norm="rmsnorm",
+    mlp="swiglu",
+    position="rope",
+    tie_embeddings=False,
+    bias=False,
+)
+GPT = dict(
+    d_model=384,
+    n_layers=3,
+    n_heads=6,
+    d_ff=1536,
+    vocab_size=2048,
+    max_seq_len=512,
+    norm="layernorm",
+    mlp="gelu",
+    position="learned",
+    tie_embeddings=True,
+    bias=True,
+)
 
 CASES = [
     ("llama", LLAMA, 2, 512, "none", "bf16"),
     ("llama", LLAMA, 1, 1024, "selective", "bf16"),
     ("llama", LLAMA, 4, 256, "full", "bf16"),
-    ("llama-wide", {**LLAMA, "d_model": 768, "n_heads": 12, "n_kv_heads": 4, "d_ff": 2048, "vocab_size": 8192}, 2, 512, "none", "bf16"),
+    (
+        "llama-wide",
+        {**LLAMA, "d_model": 768, "n_heads": 12, "n_kv_heads": 4, "d_ff": 2048, "vocab_size": 8192},
+        2,
+        512,
+        "none",
+        "bf16",
+    ),
     ("gpt", GPT, 2, 512, "none", "bf16"),
     ("gpt", GPT, 4, 256, "full", "fp32"),
     ("gpt", GPT, 2, 512, "selective", "fp32"),
@@ -227,9 +262,12 @@ def run_case(name: str, fields: dict, batch: int, seq: int, recompute: str, dtyp
         "case": f"{name} b={batch} s={seq} {recompute} {dtype}",
         "model_states_exact": all(pred[k] == meas["exact"][k] for k in ("weights", "gradients", "optimizer")),
         "model_states_bytes": sum(meas["exact"].values()),
-        "measured_peak_bytes": meas["peak_total"], "predicted_peak_bytes": pred["total"],
+        "measured_peak_bytes": meas["peak_total"],
+        "predicted_peak_bytes": pred["total"],
         "total_error": pred["total"] / meas["peak_total"] - 1.0,
-        "activation_error": (pred["total"] - sum(meas["exact"].values())) / (meas["peak_total"] - sum(meas["exact"].values())) - 1.0,
+        "activation_error": (pred["total"] - sum(meas["exact"].values()))
+        / (meas["peak_total"] - sum(meas["exact"].values()))
+        - 1.0,
     }
 
 
@@ -244,24 +282,45 @@ def trainer_rows() -> list[dict[str, Any]]:
         spec = ModelSpec(name=name, **fields)
         meas = measure(spec, batch, seq, "none", "amp", builder=Transformer)
         pred = predict(spec, batch, seq, "none", "amp")
-        rows.append({"case": f"trainer {name} b={batch} s={seq} none amp", "measured_peak_bytes": meas["peak_total"],
-                     "predicted_peak_bytes": pred["total"], "total_error": pred["total"] / meas["peak_total"] - 1.0})
+        rows.append(
+            {
+                "case": f"trainer {name} b={batch} s={seq} none amp",
+                "measured_peak_bytes": meas["peak_total"],
+                "predicted_peak_bytes": pred["total"],
+                "total_error": pred["total"] / meas["peak_total"] - 1.0,
+            }
+        )
     return rows
 
 
 def main() -> None:
     rows = [run_case(*case) for case in CASES]
     for r in rows:
-        print(f"{r['case']:<40} states exact: {r['model_states_exact']}  measured {r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
-              f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%} "
-              f"(activations + logits {r['activation_error']:+.2%})")
+        print(
+            f"{r['case']:<40} states exact: {r['model_states_exact']}  measured "
+            f"{r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
+            f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%} "
+            f"(activations + logits {r['activation_error']:+.2%})"
+        )
     trainer = trainer_rows()
     for r in trainer:
-        print(f"{r['case']:<40} measured {r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
-              f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%}")
+        print(
+            f"{r['case']:<40} measured {r['measured_peak_bytes'] / 2**20:8.1f} MiB  "
+            f"predicted {r['predicted_peak_bytes'] / 2**20:8.1f} MiB  error {r['total_error']:+.2%}"
+        )
     worst = max(abs(r["total_error"]) for r in rows)
     worst_act = max(abs(r["activation_error"]) for r in rows)
-    print(json.dumps({"cases": rows, "max_abs_total_error": worst, "max_abs_activation_error": worst_act, "all_states_exact": all(r["model_states_exact"] for r in rows), "trainer": trainer}))
+    print(
+        json.dumps(
+            {
+                "cases": rows,
+                "max_abs_total_error": worst,
+                "max_abs_activation_error": worst_act,
+                "all_states_exact": all(r["model_states_exact"] for r in rows),
+                "trainer": trainer,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ def ladder_largest(preset: str = DEFAULT_LADDER) -> tuple[ModelSpec, int]:
 
 
 SHAPES = {
-    "d512": lambda: (ModelSpec(name="d512", d_model=512, n_layers=8, n_heads=8, d_ff=1376, vocab_size=4096,
-                               max_seq_len=256), 8),
+    "d512": lambda: (
+        ModelSpec(name="d512", d_model=512, n_layers=8, n_heads=8, d_ff=1376, vocab_size=4096, max_seq_len=256),
+        8,
+    ),
     "ladder-largest": ladder_largest,
 }
 LR, BETAS, WD = 1e-4, (0.9, 0.95), 0.1
@@ -87,7 +89,8 @@ def _sides(spec: ModelSpec):
         hf.tie_weights()
         assert hf.lm_head.weight is hf.model.embed_tokens.weight
     return (ours, build_optimizer(ours, lr=LR, weight_decay=WD, betas=BETAS)), (
-        hf, torch.optim.AdamW(hf.parameters(), lr=LR, weight_decay=WD, betas=BETAS)
+        hf,
+        torch.optim.AdamW(hf.parameters(), lr=LR, weight_decay=WD, betas=BETAS),
     )
 
 
@@ -118,8 +121,10 @@ def run_case(name: str, dtype: str, repeats: int, warmup: int, min_block_s: floa
     tokens = torch.randint(0, spec.vocab_size, (batch, seq + 1), generator=gen)
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     autocast = dtype == "bf16"
-    sides = {"isoflop": lambda: _step_ours(ours, opt_ours, x, y, autocast),
-             "transformers": lambda: _step_hf(hf, opt_hf, x, x, autocast)}  # HF shifts labels itself
+    sides = {
+        "isoflop": lambda: _step_ours(ours, opt_ours, x, y, autocast),
+        "transformers": lambda: _step_hf(hf, opt_hf, x, x, autocast),
+    }  # HF shifts labels itself
     for _ in range(warmup):
         for step in sides.values():
             step()
@@ -141,12 +146,23 @@ def run_case(name: str, dtype: str, repeats: int, warmup: int, min_block_s: floa
             times[key].append((time.perf_counter() - start) / inner)
     step_flops = flops_per_step(spec, batch, seq).model
     peak = measured_peak_flops(dtype)
-    result: dict = {"shape": name, "dtype": dtype, "batch": batch, "seq_len": seq, "steps_per_repeat": inner, "spec": spec.model_dump(),
-                    "peak_tflops": peak / 1e12}
+    result: dict = {
+        "shape": name,
+        "dtype": dtype,
+        "batch": batch,
+        "seq_len": seq,
+        "steps_per_repeat": inner,
+        "spec": spec.model_dump(),
+        "peak_tflops": peak / 1e12,
+    }
     for key, ts in times.items():
         med = statistics.median(ts)
-        result[key] = {"step_s": med, "tokens_per_s": batch * seq / med, "mfu": step_flops / med / peak,
-                       "step_s_all": [round(t, 4) for t in ts]}
+        result[key] = {
+            "step_s": med,
+            "tokens_per_s": batch * seq / med,
+            "mfu": step_flops / med / peak,
+            "step_s_all": [round(t, 4) for t in ts],
+        }
     result["ratio"] = result["isoflop"]["tokens_per_s"] / result["transformers"]["tokens_per_s"]
     # Robustness check on a shared machine: the median of per-repeat ratios (each pair ran back to back).
     result["paired_ratio_median"] = statistics.median(h / o for o, h in zip(times["isoflop"], times["transformers"]))
@@ -177,13 +193,18 @@ def main() -> None:
             repeats = args.repeats_bf16 if dtype == "bf16" and args.repeats_bf16 else args.repeats
             res = run_case(name, dtype, repeats, args.warmup, args.min_block_s)
             results.append(res)
-            print(f"{name:15s} {dtype:5s} isoflop {res['isoflop']['tokens_per_s']:8.0f} tok/s "
-                  f"(MFU {res['isoflop']['mfu']:.2f})  transformers {res['transformers']['tokens_per_s']:8.0f} tok/s "
-                  f"(MFU {res['transformers']['mfu']:.2f})  ratio {res['ratio']:.3f}", flush=True)
+            print(
+                f"{name:15s} {dtype:5s} isoflop {res['isoflop']['tokens_per_s']:8.0f} tok/s "
+                f"(MFU {res['isoflop']['mfu']:.2f})  transformers {res['transformers']['tokens_per_s']:8.0f} tok/s "
+                f"(MFU {res['transformers']['mfu']:.2f})  ratio {res['ratio']:.3f}",
+                flush=True,
+            )
     summary = {
         "ratio": min(r["ratio"] for r in results),
         "ratios": {f"{r['shape']}/{r['dtype']}": round(r["ratio"], 4) for r in results},
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "tune_allocator": not args.no_tune_allocator,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "tune_allocator": not args.no_tune_allocator,
         "peak_tflops": {d: measured_peak_flops(d) / 1e12 for d in args.dtypes.split(",")},
         "results": results,
     }

@@ -46,18 +46,34 @@ def tiny(threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        run = subprocess.run([sys.executable, "-m", "isoflop", "train", "--preset", "tiny", "--out", f"{tmp}/run", "--json"],
-                             cwd=ROOT, env=_env(threads, None), capture_output=True, text=True, check=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "isoflop", "train", "--preset", "tiny", "--out", f"{tmp}/run", "--json"],
+            cwd=ROOT,
+            env=_env(threads, None),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     s = json.loads(run.stdout)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"command": "isoflop train --preset tiny --out DIR --json", "threads": threads,
-            "prepare_s_cached_or_first": prepare_s, "command_wall_s": wall, "command_cpu_s": cpu,
-            "load_average_1min": os.getloadavg()[0], "train_wall_s": s["wall_s"],
-            "steps": s["steps"], "val_loss_initial": s["val_loss_initial"], "val_loss": s["val_loss"],
-            "final_train_loss": s["final_train_loss"], "tokens_per_s": s["tokens_per_s"], "mfu": s["mfu"],
-            "params": s["params"]}
+    return {
+        "command": "isoflop train --preset tiny --out DIR --json",
+        "threads": threads,
+        "prepare_s_cached_or_first": prepare_s,
+        "command_wall_s": wall,
+        "command_cpu_s": cpu,
+        "load_average_1min": os.getloadavg()[0],
+        "train_wall_s": s["wall_s"],
+        "steps": s["steps"],
+        "val_loss_initial": s["val_loss_initial"],
+        "val_loss": s["val_loss"],
+        "final_train_loss": s["final_train_loss"],
+        "tokens_per_s": s["tokens_per_s"],
+        "mfu": s["mfu"],
+        "params": s["params"],
+    }
 
 
 def parity() -> dict:
@@ -71,14 +87,39 @@ def parity() -> dict:
         def losses(run_dir: Path) -> list[float]:
             return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-        subprocess.run([sys.executable, "-m", "isoflop", "train", str(cfg), "--out", f"{tmp}/one"], cwd=ROOT, env=env,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "isoflop", "train", str(cfg), "--out", f"{tmp}/one"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         ref = losses(Path(tmp) / "one") + [json.loads((Path(tmp) / "one" / "summary.json").read_text())["val_loss"]]
         for strategy in ("ddp", "fsdp", "hsdp"):
-            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            "-m", "isoflop", "train", str(cfg), "--out", f"{tmp}/{strategy}",
-                            "--set", f"parallel.strategy={strategy}", "--set", "parallel.replicate=2"],
-                           cwd=ROOT, env=env, check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nproc-per-node",
+                    "2",
+                    "-m",
+                    "isoflop",
+                    "train",
+                    str(cfg),
+                    "--out",
+                    f"{tmp}/{strategy}",
+                    "--set",
+                    f"parallel.strategy={strategy}",
+                    "--set",
+                    "parallel.replicate=2",
+                ],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             run_dir = Path(tmp) / strategy
             got = losses(run_dir) + [json.loads((run_dir / "summary.json").read_text())["val_loss"]]
             out[strategy] = max(abs(a - b) / abs(a) for a, b in zip(ref, got, strict=True))

@@ -36,8 +36,18 @@ from isoflop.perf import Layout, estimate  # noqa: E402
 from isoflop.spec import ModelSpec, preset  # noqa: E402
 
 MPT_7B = ModelSpec(  # mosaicml/mpt-7b config.json: ALiBi (no position parameters), no biases, tied, GELU
-    name="mpt-7b", d_model=4096, n_layers=32, n_heads=32, d_ff=16384, vocab_size=50432, max_seq_len=2048,
-    norm="layernorm", mlp="gelu", position="rope", tie_embeddings=True, bias=False,
+    name="mpt-7b",
+    d_model=4096,
+    n_layers=32,
+    n_heads=32,
+    d_ff=16384,
+    vocab_size=50432,
+    max_seq_len=2048,
+    norm="layernorm",
+    mlp="gelu",
+    position="rope",
+    tie_embeddings=True,
+    bias=False,
 )
 
 
@@ -53,20 +63,68 @@ def runs() -> list[dict[str, Any]]:
     gpt3 = preset("gpt3-175b").replace(vocab_size=51200)
     out: list[dict[str, Any]] = []
     for gpus, seconds, tflops in ((2240, 60.1, 126), (2800, 50.2, 121), (3360, 44.4, 113)):
-        out.append(dict(name=f"MT-NLG 530B, {gpus} A100", spec=mtnlg, gpu="a100-80gb", n_gpus=gpus, batch=1920, seq=2048,
-                        layout=Layout(tp=8, pp=35, dp=gpus // 280, zero=1, recompute="full"),
-                        metric="step_time_s", published=seconds, fit=False, published_tflops=tflops))
-    for spec, tp, pp, batch, table in ((gpt3, 8, 12, 1536, ((384, 153), (768, 149), (1536, 141))),
-                                       (mtnlg, 8, 35, 2240, ((560, 171), (1120, 167), (2240, 159)))):
+        out.append(
+            dict(
+                name=f"MT-NLG 530B, {gpus} A100",
+                spec=mtnlg,
+                gpu="a100-80gb",
+                n_gpus=gpus,
+                batch=1920,
+                seq=2048,
+                layout=Layout(tp=8, pp=35, dp=gpus // 280, zero=1, recompute="full"),
+                metric="step_time_s",
+                published=seconds,
+                fit=False,
+                published_tflops=tflops,
+            )
+        )
+    for spec, tp, pp, batch, table in (
+        (gpt3, 8, 12, 1536, ((384, 153), (768, 149), (1536, 141))),
+        (mtnlg, 8, 35, 2240, ((560, 171), (1120, 167), (2240, 159))),
+    ):
         for gpus, tflops in table:
-            out.append(dict(name=f"Narayanan {spec.name}, {gpus} A100", spec=spec, gpu="a100-80gb", n_gpus=gpus,
-                            batch=batch, seq=2048, layout=Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), recompute="full"),
-                            metric="narayanan_tflops", published=tflops, fit=True))
-    out.append(dict(name="torchtitan Llama-3.1 8B, 8 H100", spec=preset("llama3-8b"), gpu="h100-sxm", n_gpus=8, batch=16,
-                    seq=8192, layout=Layout(dp=8, zero=3, recompute="selective", micro_batch=2),
-                    metric="tokens_per_s_per_gpu", published=5762.0, fit=False))
-    out.append(dict(name="llm-foundry MPT-7B, 8 H100", spec=MPT_7B, gpu="h100-sxm", n_gpus=8, batch=48, seq=2048,
-                    layout=Layout(dp=8, zero=3, micro_batch=6), metric="mfu", published=0.464, fit=True))
+            out.append(
+                dict(
+                    name=f"Narayanan {spec.name}, {gpus} A100",
+                    spec=spec,
+                    gpu="a100-80gb",
+                    n_gpus=gpus,
+                    batch=batch,
+                    seq=2048,
+                    layout=Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), recompute="full"),
+                    metric="narayanan_tflops",
+                    published=tflops,
+                    fit=True,
+                )
+            )
+    out.append(
+        dict(
+            name="torchtitan Llama-3.1 8B, 8 H100",
+            spec=preset("llama3-8b"),
+            gpu="h100-sxm",
+            n_gpus=8,
+            batch=16,
+            seq=8192,
+            layout=Layout(dp=8, zero=3, recompute="selective", micro_batch=2),
+            metric="tokens_per_s_per_gpu",
+            published=5762.0,
+            fit=False,
+        )
+    )
+    out.append(
+        dict(
+            name="llm-foundry MPT-7B, 8 H100",
+            spec=MPT_7B,
+            gpu="h100-sxm",
+            n_gpus=8,
+            batch=48,
+            seq=2048,
+            layout=Layout(dp=8, zero=3, micro_batch=6),
+            metric="mfu",
+            published=0.464,
+            fit=True,
+        )
+    )
     return out
 
 
@@ -87,21 +145,37 @@ def report(constants=None) -> dict[str, Any]:
     for run in runs():
         pred = predict(run, constants)
         est = pred["estimate"]
-        rows.append({
-            "name": run["name"], "metric": run["metric"], "published": run["published"], "predicted": pred["predicted"],
-            "error": pred["error"], "fit": run["fit"], "fits_memory": est.fits, "memory_gib": est.memory["total_gib"],
-            "mfu": est.mfu, "bubble_frac": est.breakdown["bubble_s"] / est.step_time_s,
-            "exposed_comm_frac": est.breakdown["exposed_comm_s"] / est.step_time_s,
-            # same step time in Narayanan's TFLOP/s convention (MT-NLG reports 126 / 121 / 113)
-            "narayanan_tflops": narayanan_flops(run["spec"], run["batch"], run["seq"]) / est.step_time_s / run["n_gpus"] / 1e12,
-            "published_tflops": run.get("published_tflops"),
-        })
+        rows.append(
+            {
+                "name": run["name"],
+                "metric": run["metric"],
+                "published": run["published"],
+                "predicted": pred["predicted"],
+                "error": pred["error"],
+                "fit": run["fit"],
+                "fits_memory": est.fits,
+                "memory_gib": est.memory["total_gib"],
+                "mfu": est.mfu,
+                "bubble_frac": est.breakdown["bubble_s"] / est.step_time_s,
+                "exposed_comm_frac": est.breakdown["exposed_comm_s"] / est.step_time_s,
+                # same step time in Narayanan's TFLOP/s convention (MT-NLG reports 126 / 121 / 113)
+                "narayanan_tflops": narayanan_flops(run["spec"], run["batch"], run["seq"])
+                / est.step_time_s
+                / run["n_gpus"]
+                / 1e12,
+                "published_tflops": run.get("published_tflops"),
+            }
+        )
     errs = [abs(r["error"]) for r in rows]
     held = [abs(r["error"]) for r in rows if not r["fit"]]
     fitted = [abs(r["error"]) for r in rows if r["fit"]]
     return {
-        "runs": rows, "n_runs": len(rows), "median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
-        "median_abs_error_fit": statistics.median(fitted), "median_abs_error_held_out": statistics.median(held),
+        "runs": rows,
+        "n_runs": len(rows),
+        "median_abs_error": statistics.median(errs),
+        "max_abs_error": max(errs),
+        "median_abs_error_fit": statistics.median(fitted),
+        "median_abs_error_held_out": statistics.median(held),
     }
 
 
@@ -109,12 +183,19 @@ def main() -> None:
     out = report()
     for r in out["runs"]:
         tag = "fit " if r["fit"] else "held"
-        print(f"[{tag}] {r['name']:<36} {r['metric']:<22} published {r['published']:>9.4g}  "
-              f"predicted {r['predicted']:>9.4g}  error {r['error']:+6.1%}  mem {r['memory_gib']:.1f} GiB"
-              + (f"  (TFLOP/s: published {r['published_tflops']}, predicted {r['narayanan_tflops']:.0f})"
-                 if r["published_tflops"] else ""))
-    print(f"median |error| {out['median_abs_error']:.1%} over {out['n_runs']} runs "
-          f"(fit runs {out['median_abs_error_fit']:.1%}, held-out {out['median_abs_error_held_out']:.1%})")
+        print(
+            f"[{tag}] {r['name']:<36} {r['metric']:<22} published {r['published']:>9.4g}  "
+            f"predicted {r['predicted']:>9.4g}  error {r['error']:+6.1%}  mem {r['memory_gib']:.1f} GiB"
+            + (
+                f"  (TFLOP/s: published {r['published_tflops']}, predicted {r['narayanan_tflops']:.0f})"
+                if r["published_tflops"]
+                else ""
+            )
+        )
+    print(
+        f"median |error| {out['median_abs_error']:.1%} over {out['n_runs']} runs "
+        f"(fit runs {out['median_abs_error_fit']:.1%}, held-out {out['median_abs_error_held_out']:.1%})"
+    )
     print(json.dumps(out))
 
 

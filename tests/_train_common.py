@@ -14,11 +14,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # About 37k parameters, 8 x 32 tokens per step: a step takes milliseconds on one thread.
 MICRO = {
-    "model": {"name": "micro", "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "vocab_size": 512,
-              "max_seq_len": 64, "tie_embeddings": True},
+    "model": {
+        "name": "micro",
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "d_ff": 64,
+        "vocab_size": 512,
+        "max_seq_len": 64,
+        "tie_embeddings": True,
+    },
     "data": {"source": "stdlib", "vocab_size": 512, "max_bytes": 400_000},
-    "train": {"seq_len": 32, "global_batch": 8, "max_steps": 12, "eval_every": 6, "eval_batches": 2,
-              "log_every": 3, "ckpt_every": 4, "keep_checkpoints": 2},
+    "train": {
+        "seq_len": 32,
+        "global_batch": 8,
+        "max_steps": 12,
+        "eval_every": 6,
+        "eval_batches": 2,
+        "log_every": 3,
+        "ckpt_every": 4,
+        "keep_checkpoints": 2,
+    },
     "optim": {"lr": 0.01, "warmup_steps": 2},
 }
 
@@ -52,14 +68,29 @@ def child_env(cache: Path) -> dict[str, str]:
 
 def run_cli(args: list[str], cache: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m isoflop ARGS`` in a subprocess (cwd = repo root, one thread)."""
-    return subprocess.run([sys.executable, "-m", "isoflop", *args], cwd=ROOT, env=child_env(cache),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "isoflop", *args],
+        cwd=ROOT,
+        env=child_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_torchrun(nproc: int, args: list[str], cache: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --standalone --nproc-per-node N -m isoflop ARGS`` by hand."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "isoflop", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "isoflop",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=child_env(cache), capture_output=True, text=True, timeout=timeout)
 
 

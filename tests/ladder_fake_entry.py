@@ -25,5 +25,7 @@ def train(config: dict, out_dir: str) -> dict:
     time.sleep(float(config["plan"].get("sleep", 0)))
     log = Path(config["plan"]["log"])
     with open(log, "a", encoding="utf-8") as handle:
-        handle.write(f"{config['plan']['name']} {os.getpid()} {torch.get_num_threads()} {os.environ.get('OMP_NUM_THREADS')}\n")
+        handle.write(
+            f"{config['plan']['name']} {os.getpid()} {torch.get_num_threads()} {os.environ.get('OMP_NUM_THREADS')}\n"
+        )
     return {"status": "complete", "final_train_loss": 3.0, "val_loss": 3.1, "steps": 10, "tokens": 1000}

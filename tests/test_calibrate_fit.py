@@ -11,8 +11,14 @@ from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, load_constants
 from isoflop.spec import preset
 
-CASES = [("gpt2", 1, {}, 8), ("gpt2", 8, {}, 64), ("gpt3-350m", 8, {"micro_batch": 2}, 64), ("llama3-8b", 8, {"tp": 8}, 32),
-         ("gpt3-1.3b", 16, {"zero": 1, "micro_batch": 2}, 256), ("gpt2-medium", 4, {"recompute": "full"}, 16)]
+CASES = [
+    ("gpt2", 1, {}, 8),
+    ("gpt2", 8, {}, 64),
+    ("gpt3-350m", 8, {"micro_batch": 2}, 64),
+    ("llama3-8b", 8, {"tp": 8}, 32),
+    ("gpt3-1.3b", 16, {"zero": 1, "micro_batch": 2}, 256),
+    ("gpt2-medium", 4, {"recompute": "full"}, 16),
+]
 
 
 def _measurements(path, truth: dict[str, float]) -> list[dict]:
@@ -23,8 +29,18 @@ def _measurements(path, truth: dict[str, float]) -> list[dict]:
     for model, n, lay, batch in CASES:
         layout = Layout(dp=n // lay.get("tp", 1), **lay)
         est = estimate(preset(model), gpu, n, layout, batch, 1024, constants=const)
-        rows.append({"model": model, "gpu": "h100-sxm", "n_gpus": n, "global_batch": batch, "seq_len": 1024,
-                     "step_time_s": est.step_time_s, "memory_gib": est.memory["total_gib"], **lay})
+        rows.append(
+            {
+                "model": model,
+                "gpu": "h100-sxm",
+                "n_gpus": n,
+                "global_batch": batch,
+                "seq_len": 1024,
+                "step_time_s": est.step_time_s,
+                "memory_gib": est.memory["total_gib"],
+                **lay,
+            }
+        )
     path.write_text(json.dumps(rows))
     return rows
 
@@ -48,14 +64,24 @@ def test_calibrate_cli_reduces_error_and_perf_reads_the_file(cli, tmp_path, monk
     # The file is what perf reads: later estimates on h100-sxm are calibrated.
     assert "h100-sxm" in yaml.safe_load(calib.read_text())
     gpu, row = get_gpu("h100-sxm"), rows[1]
-    est = estimate(preset(row["model"]), gpu, row["n_gpus"], Layout(dp=8), row["global_batch"], 1024, constants=load_constants("h100-sxm"))
+    est = estimate(
+        preset(row["model"]),
+        gpu,
+        row["n_gpus"],
+        Layout(dp=8),
+        row["global_batch"],
+        1024,
+        constants=load_constants("h100-sxm"),
+    )
     assert est.step_time_s == pytest.approx(row["step_time_s"], rel=0.05)
 
 
 def test_csv_input_and_bad_rows(cli, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("ISOFLOP_CALIBRATION", str(tmp_path / "c.yaml"))
     csv = tmp_path / "runs.csv"
-    csv.write_text("model,gpu,n_gpus,global_batch,seq_len,step_time_s\ngpt2,a100-80gb,1,8,1024,0.5\ngpt2,a100-80gb,1,16,1024,0.9\n")
+    csv.write_text(
+        "model,gpu,n_gpus,global_batch,seq_len,step_time_s\ngpt2,a100-80gb,1,8,1024,0.5\ngpt2,a100-80gb,1,16,1024,0.9\n"
+    )
     ok = cli("calibrate", str(csv), "--dry-run", "--json")
     assert ok.code == 0, ok.err and ok.json()["calibration_file"] is None
     assert not (tmp_path / "c.yaml").exists()

@@ -12,11 +12,42 @@ import yaml
 from isoflop.spec import count_params, preset, preset_names
 
 ISSUE_PRESETS = [
-    "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-125m", "gpt3-350m", "gpt3-760m", "gpt3-1.3b", "gpt3-2.7b",
-    "gpt3-6.7b", "gpt3-13b", "gpt3-175b", "chinchilla-70b", "gopher-280b", "mt-nlg-530b", "megatron-1t",
-    "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "llama3-405b", "mixtral-8x7b",
+    "gpt2",
+    "gpt2-medium",
+    "gpt2-large",
+    "gpt2-xl",
+    "gpt3-125m",
+    "gpt3-350m",
+    "gpt3-760m",
+    "gpt3-1.3b",
+    "gpt3-2.7b",
+    "gpt3-6.7b",
+    "gpt3-13b",
+    "gpt3-175b",
+    "chinchilla-70b",
+    "gopher-280b",
+    "mt-nlg-530b",
+    "megatron-1t",
+    "llama2-7b",
+    "llama2-13b",
+    "llama2-70b",
+    "llama3-8b",
+    "llama3-70b",
+    "llama3-405b",
+    "mixtral-8x7b",
 ]
-ISSUE_GPUS = ["v100-32gb", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "mi250x", "mi300x", "l40s"]
+ISSUE_GPUS = [
+    "v100-32gb",
+    "a100-40gb",
+    "a100-80gb",
+    "h100-sxm",
+    "h100-pcie",
+    "h200",
+    "b200",
+    "mi250x",
+    "mi300x",
+    "l40s",
+]
 
 
 def test_every_named_preset_exists() -> None:
@@ -65,9 +96,23 @@ def test_hw_list_and_show(cli) -> None:
 
 def test_user_hardware_file(cli, tmp_path) -> None:
     extra = tmp_path / "hw.yaml"
-    extra.write_text(yaml.safe_dump({"gpus": {"my-gpu": {
-        "peak_tflops": {"bf16": 100.0}, "memory_gib": 24, "hbm_gbps": 1000, "intra_node_gbps": 32,
-        "inter_node_gbps": 12.5, "tdp_watts": 300, "price_per_hour_usd": 0.5}}}))
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "gpus": {
+                    "my-gpu": {
+                        "peak_tflops": {"bf16": 100.0},
+                        "memory_gib": 24,
+                        "hbm_gbps": 1000,
+                        "intra_node_gbps": 32,
+                        "inter_node_gbps": 12.5,
+                        "tdp_watts": 300,
+                        "price_per_hour_usd": 0.5,
+                    }
+                }
+            }
+        )
+    )
     shown = cli("hw", "show", "my-gpu", "--hardware", str(extra), "--json")
     assert shown.code == 0 and shown.json()["peak_tflops"]["fp8"] is None
 
@@ -118,7 +163,8 @@ def test_math_modules_import_without_torch() -> None:
     """spec, hardware, perf, laws and plan must not import torch (the guide's architecture rule)."""
     code = (
         "import importlib, sys\n"
-        "for name in ('isoflop.spec', 'isoflop.hardware', 'isoflop.perf', 'isoflop.laws', 'isoflop.plan', 'isoflop.cli'):\n"
+        "for name in ('isoflop.spec', 'isoflop.hardware', 'isoflop.perf', 'isoflop.laws', 'isoflop.plan', "
+        "'isoflop.cli'):\n"
         "    try:\n"
         "        importlib.import_module(name)\n"
         "    except ModuleNotFoundError as exc:\n"

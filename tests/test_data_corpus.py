@@ -68,8 +68,11 @@ def test_text_jsonl_and_parquet_sources(tmp_path):
     docs = {d.id: d.text for d in corpus.train + corpus.val}
     assert docs == {
         "a.txt": "plain text file\nwith two lines\n",
-        "b.jsonl:1": "first json record é", "b.jsonl:2": "second record", "b.jsonl:3": "third",
-        "c.parquet:0": "parquet row 0", "c.parquet:1": "parquet row 1 ✓",
+        "b.jsonl:1": "first json record é",
+        "b.jsonl:2": "second record",
+        "b.jsonl:3": "third",
+        "c.parquet:0": "parquet row 0",
+        "c.parquet:1": "parquet row 1 ✓",
     }
     assert corpus.skipped == []
     single = load_corpus(DataConfig(source=str(tmp_path / "b.jsonl")))

@@ -28,7 +28,7 @@ def documents(data, tokens: np.ndarray) -> list[str]:
     """Split a packed token stream at end-of-text tokens and decode every document."""
     cuts = np.flatnonzero(np.asarray(tokens) == data.eot_id)
     bounds = np.concatenate([[-1], cuts])
-    return [data.decode(tokens[a + 1:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [data.decode(tokens[a + 1 : b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def test_tokens_decode_back_to_the_source_files(small):
@@ -131,7 +131,7 @@ def test_val_batches_are_deterministic_shifted_windows(small):
     assert len(a) == 3
     val = np.asarray(small.val, dtype=np.int64)
     n_windows = (len(val) - 1) // 64
-    windows = {tuple(val[k * 64:k * 64 + 65]) for k in range(n_windows)}  # reference: every aligned window
+    windows = {tuple(val[k * 64 : k * 64 + 65]) for k in range(n_windows)}  # reference: every aligned window
     rows = []
     for (x, y), (bx, by) in zip(a, b):
         assert x.shape == y.shape == (4, 64) and x.dtype == torch.int64
@@ -170,8 +170,12 @@ def test_concurrent_processes_build_the_cache_once(tmp_path):
         "print(hashlib.sha256(bytes(d.train)).hexdigest())\n"
     )
     root = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0] == outs[1][0]

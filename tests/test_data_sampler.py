@@ -25,8 +25,8 @@ def test_batches_are_shifted_slices_of_the_stream():
         assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
         for row_x, row_y in zip(x.numpy(), y.numpy()):
             start = int(row_x[0])
-            np.testing.assert_array_equal(row_x, TOKENS[start:start + 16])
-            np.testing.assert_array_equal(row_y, TOKENS[start + 1:start + 17])
+            np.testing.assert_array_equal(row_x, TOKENS[start : start + 16])
+            np.testing.assert_array_equal(row_y, TOKENS[start + 1 : start + 17])
 
 
 def test_an_epoch_visits_each_window_once_on_one_grid():
@@ -77,8 +77,7 @@ def test_accumulation_and_ranks_use_the_same_windows_per_step(world, per_rank):
     also at epoch ends (a partial last step is dropped as a whole)."""
     G, steps = 12, 40  # 5000 tokens / seq 16 = ~312 windows: 26 steps per epoch, so step 26 starts epoch 1
     ref = PackedSampler(TOKENS, 16, G, seed=4)
-    samplers = [PackedSampler(TOKENS, 16, per_rank, seed=4, rank=r, world=world, global_batch=G)
-                for r in range(world)]
+    samplers = [PackedSampler(TOKENS, 16, per_rank, seed=4, rank=r, world=world, global_batch=G) for r in range(world)]
     calls = G // (world * per_rank)
     for step in range(steps):
         expected = set(ref.next_window_starts().tolist())

@@ -35,6 +35,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, spec: ModelSpec
     idx = torch.randint(0, spec.vocab_size, (2, spec.max_seq_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), ref(input_ids=idx).logits, rtol=1e-4, atol=1e-5)
+
     # The exported config.json reads back as the same ModelSpec (the loader's HF path).
     def shape(s: ModelSpec) -> dict:
         return {**s.model_dump(exclude={"name"}), "n_kv_heads": s.kv_heads, "head_dim": s.dim_per_head}

@@ -22,6 +22,7 @@ def _set_pid(db, run_id: str, pid: int) -> None:
     with sqlite3.connect(db) as con:
         con.execute("UPDATE runs SET pid=? WHERE run_id=?", (pid, run_id))
 
+
 def test_two_processes_never_claim_the_same_run(tmp_path) -> None:
     path = tmp_path / "reg.sqlite"
     reg = Registry(path)

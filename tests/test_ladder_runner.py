@@ -13,8 +13,15 @@ ENTRY = "tests.ladder_fake_entry:train"
 def _jobs(reg: Registry, tmp_path, modes: dict[str, str], sleep: float = 0.0) -> list[Job]:
     jobs = []
     for name, mode in modes.items():
-        cfg = {"plan": {"name": name, "fake": mode, "sleep": sleep, "log": str(tmp_path / "log.txt"),
-                        "marker": str(tmp_path / name)}}
+        cfg = {
+            "plan": {
+                "name": name,
+                "fake": mode,
+                "sleep": sleep,
+                "log": str(tmp_path / "log.txt"),
+                "marker": str(tmp_path / name),
+            }
+        }
         jobs.append(Job(reg.add("t", cfg), cfg, tmp_path / "runs" / name, name))
     return jobs
 
@@ -23,8 +30,15 @@ def test_failures_are_recorded_and_do_not_stop_the_ladder(tmp_path) -> None:
     reg = Registry(tmp_path / "reg.sqlite")
     jobs = _jobs(reg, tmp_path, {"a": "ok", "b": "crash", "c": "ok", "d": "crash_once"})
     events = []
-    out = execute(reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY), lambda e, j, i: events.append((e, j.label)))
-    assert out == {jobs[0].run_id: "finished", jobs[1].run_id: "failed", jobs[2].run_id: "finished", jobs[3].run_id: "failed"}
+    out = execute(
+        reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY), lambda e, j, i: events.append((e, j.label))
+    )
+    assert out == {
+        jobs[0].run_id: "finished",
+        jobs[1].run_id: "failed",
+        jobs[2].run_id: "finished",
+        jobs[3].run_id: "failed",
+    }
     assert "deliberate failure" in reg.get(jobs[1].run_id).error
     done = reg.get(jobs[0].run_id)
     assert done.val_loss == 3.1 and done.final_loss == 3.0 and done.step_time_s > 0 and done.memory_gib > 0

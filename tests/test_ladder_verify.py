@@ -16,7 +16,11 @@ TRUTH = {"E": 1.9, "A": 40.0, "B": 90.0, "alpha": 0.35, "beta": 0.3}
 
 
 def law(n, d):
-    return TRUTH["E"] + TRUTH["A"] / np.asarray(n, float) ** TRUTH["alpha"] + TRUTH["B"] / np.asarray(d, float) ** TRUTH["beta"]
+    return (
+        TRUTH["E"]
+        + TRUTH["A"] / np.asarray(n, float) ** TRUTH["alpha"]
+        + TRUTH["B"] / np.asarray(d, float) ** TRUTH["beta"]
+    )
 
 
 def _ladder(tmp_path, noise: float, seed: int = 0):
@@ -24,8 +28,15 @@ def _ladder(tmp_path, noise: float, seed: int = 0):
     reg = Registry(tmp_path / "reg.sqlite")
     rng = np.random.default_rng(seed)
     for p in design_grid(design):
-        rid = reg.add(design.name, p.config.model_dump(mode="json"), budget=p.budget, n_params=p.n_params,
-                      n_params_non_embedding=p.n_params_non_embedding, tokens=p.tokens, flops=p.flops)
+        rid = reg.add(
+            design.name,
+            p.config.model_dump(mode="json"),
+            budget=p.budget,
+            n_params=p.n_params,
+            n_params_non_embedding=p.n_params_non_embedding,
+            tokens=p.tokens,
+            flops=p.flops,
+        )
         reg.claim(rid, "x")
         loss = float(law(p.n_params_non_embedding, p.tokens)) * (1 + noise * rng.standard_normal())
         reg.finish(rid, {"val_loss": loss, "final_loss": loss})
@@ -39,7 +50,9 @@ def test_noise_free_runs_recover_the_law_and_the_heldout_loss(tmp_path) -> None:
     # Fitted on non-embedding N (Kaplan et al. 2020, Sec. 1.2); the laws say so, for `isoflop plan`.
     assert fits.approach3.param_kind == fits.approach2.param_kind == "non_embedding"
     assert {s.param_kind for s in fits.approach3.sample_laws()} == {"non_embedding"}
-    assert a3["alpha"] == pytest.approx(TRUTH["alpha"], rel=0.02) and a3["beta"] == pytest.approx(TRUTH["beta"], rel=0.02)
+    assert a3["alpha"] == pytest.approx(TRUTH["alpha"], rel=0.02) and a3["beta"] == pytest.approx(
+        TRUTH["beta"], rel=0.02
+    )
     assert a3["E"] == pytest.approx(TRUTH["E"], rel=0.02)
     held = plan_heldout(design, fits)
     assert held.budget == pytest.approx(3.5 * 3e12) and held.role == "heldout"

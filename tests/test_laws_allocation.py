@@ -29,7 +29,8 @@ def test_closed_form_optimum_matches_brute_force(name) -> None:
 
 
 def test_published_implications() -> None:
-    # Besiroglu et al. 2024: about 20 tokens per parameter; Hoffmann's printed constants imply about 93 at Chinchilla's budget.
+    # Besiroglu et al. 2024: about 20 tokens per parameter;
+    # Hoffmann's printed constants imply about 93 at Chinchilla's budget.
     b = compute_optimal(preset_law("besiroglu"), C_CHINCHILLA)
     assert b.n_params == pytest.approx(72.25e9, rel=0.005) and b.tokens == pytest.approx(1.329e12, rel=0.005)
     assert b.loss == pytest.approx(1.9744, abs=5e-4)
@@ -64,7 +65,9 @@ def test_unique_tokens_costs_loss_and_shrinks_tokens_per_epoch() -> None:
     law = preset_law("besiroglu")
     free = compute_optimal(law, C_CHINCHILLA)
     plenty = compute_optimal(law, C_CHINCHILLA, unique_tokens=1e15)
-    assert plenty.n_params == pytest.approx(free.n_params, rel=1e-3) and plenty.repetition_loss_cost == pytest.approx(0, abs=1e-6)
+    assert plenty.n_params == pytest.approx(free.n_params, rel=1e-3) and plenty.repetition_loss_cost == pytest.approx(
+        0, abs=1e-6
+    )
     scarce = compute_optimal(law, C_CHINCHILLA, unique_tokens=1e11)
     assert scarce.epochs > 4 and scarce.repetition_loss_cost > 0 and scarce.loss > free.loss
     # The data-constrained optimum beats the unconstrained allocation once data repeat.

@@ -171,8 +171,13 @@ def test_gadre_overtraining_data_fits(shared_data) -> None:
     from isoflop.laws.io import read_runs
 
     for dataset in ("c4_original", "rw_original", "rpj"):
-        runs = read_runs(shared_data / "overtraining_gadre2024.csv", n_col="params", d_col="tokens",
-                         loss_col="loss_c4_val", where={"train_dataset": dataset})
+        runs = read_runs(
+            shared_data / "overtraining_gadre2024.csv",
+            n_col="params",
+            d_col="tokens",
+            loss_col="loss_c4_val",
+            where={"train_dataset": dataset},
+        )
         law = F.fit(ChinchillaLaw(), runs.n, runs.d, runs.loss)
         resid = np.log(law.predict(runs.n, runs.d)) - np.log(runs.loss)
         assert np.sqrt(np.mean(resid**2)) < 0.03, dataset

@@ -21,13 +21,32 @@ transformers = pytest.importorskip("transformers")
 GPT2_KW = dict(norm="layernorm", mlp="gelu", position="learned", tie_embeddings=True, bias=True)
 SPECS = {
     "gpt2-tied": ModelSpec(d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=300, max_seq_len=32, **GPT2_KW),
-    "gpt2-untied": ModelSpec(d_model=48, n_layers=2, n_heads=3, d_ff=100, vocab_size=200, max_seq_len=32,
-                             **{**GPT2_KW, "tie_embeddings": False}),
-    "llama-gqa-untied": ModelSpec(d_model=64, n_layers=2, n_heads=8, n_kv_heads=2, d_ff=176, vocab_size=300, max_seq_len=32),
-    "llama-mqa": ModelSpec(d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=160, vocab_size=256, max_seq_len=32,
-                           rope_theta=500000.0),
-    "llama-tied-headdim": ModelSpec(d_model=64, n_layers=2, n_heads=4, head_dim=24, d_ff=160, vocab_size=256,
-                                    max_seq_len=32, tie_embeddings=True, norm_eps=1e-6),
+    "gpt2-untied": ModelSpec(
+        d_model=48,
+        n_layers=2,
+        n_heads=3,
+        d_ff=100,
+        vocab_size=200,
+        max_seq_len=32,
+        **{**GPT2_KW, "tie_embeddings": False},
+    ),
+    "llama-gqa-untied": ModelSpec(
+        d_model=64, n_layers=2, n_heads=8, n_kv_heads=2, d_ff=176, vocab_size=300, max_seq_len=32
+    ),
+    "llama-mqa": ModelSpec(
+        d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=160, vocab_size=256, max_seq_len=32, rope_theta=500000.0
+    ),
+    "llama-tied-headdim": ModelSpec(
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        head_dim=24,
+        d_ff=160,
+        vocab_size=256,
+        max_seq_len=32,
+        tie_embeddings=True,
+        norm_eps=1e-6,
+    ),
 }
 
 
@@ -136,7 +155,9 @@ def test_weight_decay_groups() -> None:
         decay, no_decay = param_groups(model, 0.1)
         names = {id(p): n for n, p in model.named_parameters()}
         decayed = {names[id(p)] for p in decay["params"]}
-        assert decayed and all(n.endswith("weight") and ("attn." in n or "mlp." in n or n == "lm_head.weight") for n in decayed)
+        assert decayed and all(
+            n.endswith("weight") and ("attn." in n or "mlp." in n or n == "lm_head.weight") for n in decayed
+        )
         assert "embed.weight" in {names[id(p)] for p in no_decay["params"]}
         assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     opt = build_optimizer(model, lr=1e-3)
@@ -188,7 +209,6 @@ def test_compile_blocks_keeps_names_and_function() -> None:
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_linear_cross_entropy_matches_plain(autocast: bool) -> None:
     from isoflop.train.loss import fused_linear_cross_entropy
-
 
     torch.manual_seed(0)
     h = torch.randn(700, 32, requires_grad=True)

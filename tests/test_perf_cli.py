@@ -9,8 +9,23 @@ from isoflop.perf.constants import PerfConstants, calibratable
 
 
 def test_estimate_json_keys(cli) -> None:
-    res = cli("estimate", "llama3-8b", "--gpu", "h100-sxm", "--gpus", "8", "--zero", "3", "--recompute", "full",
-              "--global-batch", "16", "--seq-len", "4096", "--json")
+    res = cli(
+        "estimate",
+        "llama3-8b",
+        "--gpu",
+        "h100-sxm",
+        "--gpus",
+        "8",
+        "--zero",
+        "3",
+        "--recompute",
+        "full",
+        "--global-batch",
+        "16",
+        "--seq-len",
+        "4096",
+        "--json",
+    )
     assert res.code == 0, res.err
     data = res.json()
     for key in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib", "total_gib"):
@@ -24,16 +39,53 @@ def test_estimate_json_keys(cli) -> None:
 
 
 def test_layout_json_list(cli) -> None:
-    res = cli("layout", "llama3-70b", "--gpu", "h100-sxm", "--gpus", "64", "--global-batch", "512", "--seq-len", "8192",
-              "--top", "3", "--json")
+    res = cli(
+        "layout",
+        "llama3-70b",
+        "--gpu",
+        "h100-sxm",
+        "--gpus",
+        "64",
+        "--global-batch",
+        "512",
+        "--seq-len",
+        "8192",
+        "--top",
+        "3",
+        "--json",
+    )
     assert res.code == 0, res.err
     rows = res.json()
     assert len(rows) == 3 and rows[0]["tokens_per_s"] >= rows[1]["tokens_per_s"] * 0.995
-    for key in ("tp", "pp", "dp", "cp", "zero", "recompute", "micro_batch", "interleave", "sequence_parallel", "mfu",
-                "reason"):
+    for key in (
+        "tp",
+        "pp",
+        "dp",
+        "cp",
+        "zero",
+        "recompute",
+        "micro_batch",
+        "interleave",
+        "sequence_parallel",
+        "mfu",
+        "reason",
+    ):
         assert key in rows[0]
-    fixed = cli("layout", "llama3-70b", "--gpu", "h100-sxm", "--gpus", "64", "--global-batch", "512", "--tp", "8",
-                "--pp", "2", "--json")
+    fixed = cli(
+        "layout",
+        "llama3-70b",
+        "--gpu",
+        "h100-sxm",
+        "--gpus",
+        "64",
+        "--global-batch",
+        "512",
+        "--tp",
+        "8",
+        "--pp",
+        "2",
+        "--json",
+    )
     assert fixed.code == 0 and all(r["tp"] == 8 and r["pp"] == 2 for r in fixed.json())
 
 
@@ -42,14 +94,17 @@ def test_layout_nothing_fits_says_what_would(cli) -> None:
     assert res.code == 0 and "no layout fits" in res.out and "GPUs" in res.out
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--gpus", "24", "--tp", "3"], "does not divide n_heads"),
-    (["--gpus", "5", "--pp", "5"], "does not divide n_layers"),
-    (["--gpus", "8", "--tp", "2", "--dp", "2"], "must equal the GPU count"),
-    (["--gpus", "8", "--global-batch", "12", "--micro-batch", "2"], "not divisible"),
-    (["--gpus", "8", "--zero", "5"], "zero must be"),
-    (["--gpus", "8", "--recompute", "most"], "recompute must be"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--gpus", "24", "--tp", "3"], "does not divide n_heads"),
+        (["--gpus", "5", "--pp", "5"], "does not divide n_layers"),
+        (["--gpus", "8", "--tp", "2", "--dp", "2"], "must equal the GPU count"),
+        (["--gpus", "8", "--global-batch", "12", "--micro-batch", "2"], "not divisible"),
+        (["--gpus", "8", "--zero", "5"], "zero must be"),
+        (["--gpus", "8", "--recompute", "most"], "recompute must be"),
+    ],
+)
 def test_bad_layouts_are_one_line_errors(cli, args, needle) -> None:
     res = cli("estimate", "llama3-8b", "--gpu", "h100-sxm", *args)
     assert res.code == 2 and needle in res.err and len(res.err.strip().splitlines()) == 1, res.err

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _benchmarks import load_benchmark
+
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate
 from isoflop.perf.layout import LayoutArrays
@@ -22,8 +22,10 @@ def _states(est) -> float:
     return (m["weights_gib"] + m["gradients_gib"] + m["optimizer_gib"]) * GIB
 
 
-@pytest.mark.parametrize("zero, per_param", [(0, lambda n: 16.0), (1, lambda n: 4 + 12 / n), (2, lambda n: 2 + 14 / n),
-                                             (3, lambda n: 16 / n)])
+@pytest.mark.parametrize(
+    "zero, per_param",
+    [(0, lambda n: 16.0), (1, lambda n: 4 + 12 / n), (2, lambda n: 2 + 14 / n), (3, lambda n: 16 / n)],
+)
 def test_zero_stages_match_rajbhandari_closed_forms(zero, per_param) -> None:
     """ZeRO paper Sec. 5.1 / Fig. 1: (2 + 2 + K) psi with K = 12, sharded over N_d by stage."""
     spec = preset("llama2-7b")
@@ -55,8 +57,18 @@ def test_activations_follow_korthikanti_forms() -> None:
     FlashAttention's saved output and log-sum-exp, and the 5 a s / h term vanishes); sequence parallel
     divides everything by t; full recomputation keeps 2 s b h."""
     h, s, b = 12288, 2048, 1
-    gpt = ModelSpec(d_model=h, n_layers=96, n_heads=96, d_ff=4 * h, vocab_size=51200, norm="layernorm", mlp="gelu",
-                    position="learned", tie_embeddings=True, bias=True)
+    gpt = ModelSpec(
+        d_model=h,
+        n_layers=96,
+        n_heads=96,
+        d_ff=4 * h,
+        vocab_size=51200,
+        norm="layernorm",
+        mlp="gelu",
+        position="learned",
+        tie_embeddings=True,
+        bias=True,
+    )
     none = layer_activation_bytes(gpt, _arrays(micro_batch=b), s, 2.0)
     assert none["none"][0] == pytest.approx(34 * s * b * h, rel=0.01)
     assert none["full"][0] == 2 * s * b * h
@@ -95,7 +107,6 @@ def test_offload_and_optimizers() -> None:
     assert _states(fp32) == pytest.approx(16 * psi)
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [0, 2, 6, 8])
 def test_fake_tensor_ground_truth(case: int) -> None:
@@ -115,7 +126,9 @@ def test_amp_recipe_keeps_fp32_states_and_bf16_weight_casts() -> None:
     amp = estimate(spec, H100, 1, Layout(dtype="amp"), 1, 2048)
     bf16 = estimate(spec, H100, 1, Layout(dtype="bf16"), 1, 2048)
     assert amp.memory["weights_gib"] * GIB == 4 * psi and amp.memory["optimizer_gib"] * GIB == 8 * psi
-    casts = (psi - spec.vocab_size * spec.d_model - (2 * spec.n_layers + 1) * spec.d_model) * 2  # not the lookup table or norms
+    casts = (
+        psi - spec.vocab_size * spec.d_model - (2 * spec.n_layers + 1) * spec.d_model
+    ) * 2  # not the lookup table or norms
     residual = spec.n_layers * 2048 * 2 * spec.d_model * 2  # two fp32 norm inputs instead of bf16 per layer
     extra = (amp.memory["activations_gib"] - bf16.memory["activations_gib"]) * GIB
     assert extra == pytest.approx(casts + residual, rel=1e-9)

@@ -18,8 +18,9 @@ def test_search_equals_brute_force_over_estimate() -> None:
     spec, n, batch, seq = preset("gpt3-1.3b"), 8, 16, 2048
     fixed = dict(cp=1, interleave=1, offload=False, replicate=1)
     brute = []
-    for tp, pp, zero, rc, sp, mb in itertools.product((1, 2, 4, 8), (1, 2, 4, 8), (0, 1, 2, 3),
-                                                      ("none", "selective", "full"), (False, True), (1, 2, 4, 8, 16)):
+    for tp, pp, zero, rc, sp, mb in itertools.product(
+        (1, 2, 4, 8), (1, 2, 4, 8), (0, 1, 2, 3), ("none", "selective", "full"), (False, True), (1, 2, 4, 8, 16)
+    ):
         if n % (tp * pp):
             continue
         layout = Layout(tp=tp, pp=pp, dp=n // (tp * pp), zero=zero, recompute=rc, sequence_parallel=sp, micro_batch=mb)

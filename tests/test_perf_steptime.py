@@ -4,8 +4,8 @@ published-run validation (benchmarks/validate_published.py)."""
 from __future__ import annotations
 
 import pytest
-
 from _benchmarks import load_benchmark
+
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, load_constants
 from isoflop.spec import preset
@@ -72,7 +72,6 @@ def test_offload_slows_the_optimizer_step() -> None:
     on = estimate(spec, H100, 8, Layout(dp=8, zero=1), 8, 4096)
     off = estimate(spec, H100, 8, Layout(dp=8, zero=1, offload=True), 8, 4096)
     assert off.breakdown["optimizer_s"] > 10 * on.breakdown["optimizer_s"]
-
 
 
 def test_published_runs_median_error_within_10_percent() -> None:

@@ -69,7 +69,15 @@ def test_exact_size_and_aspect_return_that_shape(multiple) -> None:
         for layers in (2, 5, 9, 16):
             ffn = -(-8 * d // (3 * multiple)) * multiple
             exact = layers * (4 * d * d + 3 * d * ffn + 2 * d) + d
-            spec = shape_for_params(exact, vocab_size=4096, seq_len=256, multiple=multiple, head_dim=multiple,
-                                    count="non_embedding", tie_embeddings=True, aspect=d / layers)
+            spec = shape_for_params(
+                exact,
+                vocab_size=4096,
+                seq_len=256,
+                multiple=multiple,
+                head_dim=multiple,
+                count="non_embedding",
+                tie_embeddings=True,
+                aspect=d / layers,
+            )
             assert (spec.d_model, spec.n_layers, spec.d_ff, spec.kv_heads) == (d, layers, ffn, d // multiple)
             assert count_params(spec).non_embedding == exact

@@ -93,8 +93,19 @@ def test_fit_records_param_kind_and_plan_uses_it(cli, tmp_path, approach) -> Non
     runs = tmp_path / "runs.jsonl"
     runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     law_file = tmp_path / "law.json"
-    fitted = cli("fit", str(runs), "--c-col", "C", "--approach", approach, "--param-kind", "non_embedding",
-                 "--out", str(law_file), "--json")
+    fitted = cli(
+        "fit",
+        str(runs),
+        "--c-col",
+        "C",
+        "--approach",
+        approach,
+        "--param-kind",
+        "non_embedding",
+        "--out",
+        str(law_file),
+        "--json",
+    )
     assert fitted.code == 0, fitted.err
     assert fitted.json()["param_kind"] == json.loads(law_file.read_text())["param_kind"] == "non_embedding"
     budget = 1e21
@@ -110,7 +121,9 @@ def test_fit_records_param_kind_and_plan_uses_it(cli, tmp_path, approach) -> Non
 
 def test_bad_param_kind_is_one_line_exit_2(cli, tmp_path) -> None:
     runs = tmp_path / "runs.csv"
-    runs.write_text("N,D,loss\n" + "".join(f"{n},{20 * n},{3 - i / 10}\n" for i, n in enumerate(np.geomspace(1e7, 1e9, 6))))
+    runs.write_text(
+        "N,D,loss\n" + "".join(f"{n},{20 * n},{3 - i / 10}\n" for i, n in enumerate(np.geomspace(1e7, 1e9, 6)))
+    )
     result = cli("fit", str(runs), "--param-kind", "embedding")
     assert result.code == 2, result.out
     assert "param_kind must be 'total' or 'non_embedding'" in result.err and len(result.err.strip().splitlines()) == 1

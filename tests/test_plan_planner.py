@@ -54,8 +54,13 @@ def test_hardware_plan_is_consistent(cli, tmp_path) -> None:
     cfg = yaml.safe_load(out.read_text())
     assert set(cfg) >= {"model", "data", "train", "optim", "parallel", "predicted", "plan"}
     assert ModelSpec(**cfg["model"]) == spec
-    assert cfg["train"]["tokens"] == round(plan["tokens"]) and cfg["train"]["global_batch"] == plan["hyperparameters"]["global_batch"]
-    assert cfg["optim"]["lr"] == pytest.approx(plan["hyperparameters"]["lr"]) and cfg["predicted"]["loss"] == pytest.approx(plan["predicted_loss"])
+    assert (
+        cfg["train"]["tokens"] == round(plan["tokens"])
+        and cfg["train"]["global_batch"] == plan["hyperparameters"]["global_batch"]
+    )
+    assert cfg["optim"]["lr"] == pytest.approx(plan["hyperparameters"]["lr"]) and cfg["predicted"][
+        "loss"
+    ] == pytest.approx(plan["predicted_loss"])
     try:
         from isoflop.train.config import load_train_config
     except ImportError:
@@ -89,7 +94,9 @@ def test_fit_then_plan_with_the_fitted_law(cli, tmp_path) -> None:
     runs = tmp_path / "runs.jsonl"
     runs.write_text("".join(json.dumps({"params": a, "tokens": b, "loss": c}) + "\n" for a, b, c in zip(n, d, loss)))
     law_file = tmp_path / "law.json"
-    fitted = cli("fit", str(runs), "--bootstrap", "40", "--out", str(law_file), "--plot", str(tmp_path / "fit.png"), "--json")
+    fitted = cli(
+        "fit", str(runs), "--bootstrap", "40", "--out", str(law_file), "--plot", str(tmp_path / "fit.png"), "--json"
+    )
     assert fitted.code == 0, fitted.err
     report = fitted.json()
     assert report["params"]["alpha"] == pytest.approx(0.3478, rel=0.1) and len(report["ci95"]["a_opt"]) == 2
@@ -108,7 +115,19 @@ def test_fit_approach2_cli_and_csv_with_c_col(cli, tmp_path) -> None:
             rows.append(f"{n},{c},{float(law.predict(n, c / (6 * n)))}")
     path = tmp_path / "iso.csv"
     path.write_text("\n".join(rows) + "\n")
-    result = cli("fit", str(path), "--approach", "2", "--n-col", "model_size", "--c-col", "flops", "--loss-col", "final", "--json")
+    result = cli(
+        "fit",
+        str(path),
+        "--approach",
+        "2",
+        "--n-col",
+        "model_size",
+        "--c-col",
+        "flops",
+        "--loss-col",
+        "final",
+        "--json",
+    )
     assert result.code == 0, result.err
     assert result.json()["a_opt"] == pytest.approx(law.a_opt, abs=0.01)
 
@@ -174,7 +193,9 @@ def test_runs_from_parquet_and_malformed_jsonl(cli, tmp_path) -> None:
 
 def test_plan_yaml_without_hardware(cli, tmp_path) -> None:
     out = tmp_path / "plan.yaml"
-    assert cli("plan", "--budget-flops", "1e19", "--vocab-size", "4096", "--seq-len", "256", "--out", str(out)).code == 0
+    assert (
+        cli("plan", "--budget-flops", "1e19", "--vocab-size", "4096", "--seq-len", "256", "--out", str(out)).code == 0
+    )
     cfg = yaml.safe_load(out.read_text())
     assert cfg["parallel"]["strategy"] == "auto" and cfg["train"]["micro_batch"] is None
     assert cfg["model"]["vocab_size"] == cfg["data"]["vocab_size"] == 4096 and cfg["train"]["seq_len"] == 256

@@ -22,7 +22,9 @@ def test_quickstart_smoke_end_to_end_and_resume(cli, tmp_path, monkeypatch) -> N
     held = summary["heldout"]
     lo, hi = held["ci95"]
     assert lo < held["predicted_loss"] < hi and math.isfinite(held["actual_loss"])
-    assert held["error_pct"] == pytest.approx(100 * (held["predicted_loss"] - held["actual_loss"]) / held["actual_loss"])
+    assert held["error_pct"] == pytest.approx(
+        100 * (held["predicted_loss"] - held["actual_loss"]) / held["actual_loss"]
+    )
     assert held["flops"] > 3 * 8e9 and summary["wall_s"] > 0
     assert {"approach3", "approach2", "envelope"} <= set(summary["fit"])
     assert held["epochs"] == pytest.approx(held["tokens"] / summary["corpus_train_tokens"])
@@ -30,7 +32,9 @@ def test_quickstart_smoke_end_to_end_and_resume(cli, tmp_path, monkeypatch) -> N
     assert (out / "report.html").is_file() and len(list((out / "plots").glob("*.png"))) == 5
 
     # Calibrate the perf model on the measured runs (the local CPU as "GPU"): the step-time error drops.
-    cal = cli("calibrate", str(out), "--hardware", str(tmp_path / "hw.yaml"), "--output", str(tmp_path / "cal.yaml"), "--json")
+    cal = cli(
+        "calibrate", str(out), "--hardware", str(tmp_path / "hw.yaml"), "--output", str(tmp_path / "cal.yaml"), "--json"
+    )
     assert cal.code == 0, cal.err
     (res,) = cal.json()["gpus"]
     assert res["gpu"] == "cpu-local" and res["runs"] == summary["runs"]["total"]

@@ -25,24 +25,41 @@ def _hf_model(spec: ModelSpec):
     """The Hugging Face module of the same shape, on the meta device, with eager (matmul) attention."""
     if spec.mlp == "gelu":
         cfg = transformers.GPT2Config(
-            n_embd=spec.d_model, n_layer=spec.n_layers, n_head=spec.n_heads, n_inner=spec.d_ff,
-            vocab_size=spec.vocab_size, n_positions=spec.max_seq_len, tie_word_embeddings=spec.tie_embeddings,
-            bos_token_id=0, eos_token_id=0,
+            n_embd=spec.d_model,
+            n_layer=spec.n_layers,
+            n_head=spec.n_heads,
+            n_inner=spec.d_ff,
+            vocab_size=spec.vocab_size,
+            n_positions=spec.max_seq_len,
+            tie_word_embeddings=spec.tie_embeddings,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         cls = transformers.GPT2LMHeadModel
     elif spec.is_moe:
         cfg = transformers.MixtralConfig(
-            hidden_size=spec.d_model, num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
-            num_key_value_heads=spec.kv_heads, intermediate_size=spec.d_ff, vocab_size=spec.vocab_size,
-            max_position_embeddings=spec.max_seq_len, num_local_experts=spec.n_experts,
-            num_experts_per_tok=spec.top_k, tie_word_embeddings=spec.tie_embeddings,
+            hidden_size=spec.d_model,
+            num_hidden_layers=spec.n_layers,
+            num_attention_heads=spec.n_heads,
+            num_key_value_heads=spec.kv_heads,
+            intermediate_size=spec.d_ff,
+            vocab_size=spec.vocab_size,
+            max_position_embeddings=spec.max_seq_len,
+            num_local_experts=spec.n_experts,
+            num_experts_per_tok=spec.top_k,
+            tie_word_embeddings=spec.tie_embeddings,
         )
         cls = transformers.MixtralForCausalLM
     else:
         cfg = transformers.LlamaConfig(
-            hidden_size=spec.d_model, num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
-            num_key_value_heads=spec.kv_heads, intermediate_size=spec.d_ff, vocab_size=spec.vocab_size,
-            max_position_embeddings=spec.max_seq_len, tie_word_embeddings=spec.tie_embeddings,
+            hidden_size=spec.d_model,
+            num_hidden_layers=spec.n_layers,
+            num_attention_heads=spec.n_heads,
+            num_key_value_heads=spec.kv_heads,
+            intermediate_size=spec.d_ff,
+            vocab_size=spec.vocab_size,
+            max_position_embeddings=spec.max_seq_len,
+            tie_word_embeddings=spec.tie_embeddings,
         )
         cls = transformers.LlamaForCausalLM
     cfg._attn_implementation = "eager"
@@ -52,14 +69,26 @@ def _hf_model(spec: ModelSpec):
 
 DENSE_SPECS = [
     ModelSpec(d_model=128, n_layers=2, n_heads=4, d_ff=512, vocab_size=500, max_seq_len=64, **GPT2_KW),
-    ModelSpec(d_model=96, n_layers=3, n_heads=6, d_ff=200, vocab_size=320, max_seq_len=64, **{**GPT2_KW, "tie_embeddings": False}),
+    ModelSpec(
+        d_model=96,
+        n_layers=3,
+        n_heads=6,
+        d_ff=200,
+        vocab_size=320,
+        max_seq_len=64,
+        **{**GPT2_KW, "tie_embeddings": False},
+    ),
     ModelSpec(d_model=256, n_layers=2, n_heads=8, n_kv_heads=2, d_ff=688, vocab_size=1000, max_seq_len=128),  # GQA
     ModelSpec(d_model=128, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=344, vocab_size=512, max_seq_len=64),  # MQA
-    ModelSpec(d_model=128, n_layers=3, n_heads=4, d_ff=352, vocab_size=512, max_seq_len=64, tie_embeddings=True),  # tied Llama
+    ModelSpec(
+        d_model=128, n_layers=3, n_heads=4, d_ff=352, vocab_size=512, max_seq_len=64, tie_embeddings=True
+    ),  # tied Llama
 ]
 
 
-@pytest.mark.parametrize("spec", DENSE_SPECS, ids=lambda s: f"{s.mlp}-h{s.n_heads}-kv{s.kv_heads}-tied{s.tie_embeddings}")
+@pytest.mark.parametrize(
+    "spec", DENSE_SPECS, ids=lambda s: f"{s.mlp}-h{s.n_heads}-kv{s.kv_heads}-tied{s.tie_embeddings}"
+)
 def test_params_and_flops_match_pytorch_reference(spec: ModelSpec) -> None:
     model = _hf_model(spec)
     assert count_params(spec).total == sum(p.numel() for p in model.parameters())
@@ -77,7 +106,9 @@ def test_params_and_flops_match_pytorch_reference(spec: ModelSpec) -> None:
 
 
 def test_moe_params_match_mixtral_and_expert_flops_match_flop_counter() -> None:
-    spec = ModelSpec(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, vocab_size=300, max_seq_len=64, n_experts=4, top_k=2)
+    spec = ModelSpec(
+        d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, vocab_size=300, max_seq_len=64, n_experts=4, top_k=2
+    )
     assert count_params(spec).total == sum(p.numel() for p in _hf_model(spec).parameters())
 
     # HF's expert kernels are invisible to FlopCounterMode, so the MoE MLP is checked on a plain
@@ -85,7 +116,10 @@ def test_moe_params_match_mixtral_and_expert_flops_match_flop_counter() -> None:
     torch.manual_seed(0)
     d, f, e = spec.d_model, spec.d_ff, spec.n_experts
     router = torch.nn.Linear(d, e, bias=False)
-    experts = [[torch.nn.Linear(d, f, bias=False), torch.nn.Linear(d, f, bias=False), torch.nn.Linear(f, d, bias=False)] for _ in range(e)]
+    experts = [
+        [torch.nn.Linear(d, f, bias=False), torch.nn.Linear(d, f, bias=False), torch.nn.Linear(f, d, bias=False)]
+        for _ in range(e)
+    ]
     x = torch.randn(40, d)
     with FlopCounterMode(display=False) as counter:
         chosen = router(x).topk(spec.top_k, dim=-1).indices
@@ -128,8 +162,15 @@ def test_gpt2_config_json_counts_exactly(tmp_path) -> None:
 
 
 def test_llama_config_json_round_trip(tmp_path) -> None:
-    cfg = transformers.LlamaConfig(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-                                   intermediate_size=1376, vocab_size=4000, max_position_embeddings=256)
+    cfg = transformers.LlamaConfig(
+        hidden_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=1376,
+        vocab_size=4000,
+        max_position_embeddings=256,
+    )
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     spec = load_spec(tmp_path / "config.json")
     assert (spec.kv_heads, spec.d_ff, spec.tie_embeddings) == (4, 1376, False)

@@ -7,8 +7,8 @@ import json
 import shutil
 
 import pytest
-
 from _train_common import micro_config, run_cli, run_torchrun, shared_cache, summary, write_config
+
 from isoflop.train.data import DataConfig, prepare_data
 from isoflop.train.loop import train
 
@@ -48,8 +48,22 @@ def test_ddp_two_processes_via_cli_with_accumulation(reference, cache_dir, tmp_p
     cfg, ref_out, ref = reference
     out = tmp_path / "ddp"
     # --nproc-per-node goes through torchrun's own launcher; micro_batch 2 adds 2 accumulation micro-steps.
-    result = run_cli(["train", str(cfg), "--out", str(out), "--nproc-per-node", "2", "--json",
-                      "--set", "parallel.strategy=ddp", "--set", "train.micro_batch=2"], cache_dir)
+    result = run_cli(
+        [
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "--nproc-per-node",
+            "2",
+            "--json",
+            "--set",
+            "parallel.strategy=ddp",
+            "--set",
+            "train.micro_batch=2",
+        ],
+        cache_dir,
+    )
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     assert got["strategy"] == "ddp" and got["grad_accum"] == 2
@@ -61,8 +75,9 @@ def test_fsdp2_and_hsdp_by_hand_with_torchrun(reference, cache_dir, tmp_path, st
     cfg, ref_out, ref = reference
     out = tmp_path / strategy
     extra = ["--set", "parallel.replicate=2"] if strategy == "hsdp" else []
-    result = run_torchrun(2, ["train", str(cfg), "--out", str(out), "--set", f"parallel.strategy={strategy}", *extra],
-                          cache_dir)
+    result = run_torchrun(
+        2, ["train", str(cfg), "--out", str(out), "--set", f"parallel.strategy={strategy}", *extra], cache_dir
+    )
     assert result.returncode == 0, result.stderr
     got = summary(out)
     assert got["strategy"] == strategy

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-
 from _train_common import micro_config, shared_cache
+
 from isoflop.errors import IsoflopError
 from isoflop.spec import spec_from_dict
 from isoflop.train.checkpoint import COMPLETE, Checkpointer, latest_checkpoint
@@ -34,8 +34,17 @@ def test_micro_run_outputs_and_rerun(tmp_path):
     assert s["status"] == "complete" and s["steps"] == 12 and s["tokens"] == 12 * 8 * 32
     assert s["val_loss"] < s["val_loss_initial"] - 0.3, s["val_history"]
     assert [v[0] for v in s["val_history"]] == [0, 6, 12]
-    for key in ("final_train_loss", "val_loss", "steps", "tokens", "tokens_per_s", "mfu", "wall_s", "step_time_s",
-                "memory_gib"):
+    for key in (
+        "final_train_loss",
+        "val_loss",
+        "steps",
+        "tokens",
+        "tokens_per_s",
+        "mfu",
+        "wall_s",
+        "step_time_s",
+        "memory_gib",
+    ):
         assert key in s
     assert s["tokens_per_s"] > 0 and s["wall_s"] > 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -43,7 +52,9 @@ def test_micro_run_outputs_and_rerun(tmp_path):
     assert all({"step", "loss", "lr", "tokens_per_s", "grad_norm", "memory_gib"} <= r.keys() for r in rows)
     assert rows[-1]["loss"] == s["final_train_loss"]
     assert json.loads((out / "summary.json").read_text())["val_loss"] == s["val_loss"]
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (out / "hf").iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in (out / "hf").iterdir()
+    }
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-00000008", "step-00000012"]
     # Running again over the same folder resumes at the end: nothing to train, same numbers.
     again = train(micro_config(), out)
@@ -152,9 +163,22 @@ def test_activation_checkpointing_compile_and_bf16_options(tmp_path, capsys, mon
 def test_tiny_preset_via_cli_val_loss_falls(cli, tmp_path):
     """The built-in ``tiny`` preset (its model, optimizer and schedule) through ``isoflop train``; the corpus
     is capped at 1 MB and the run cut to 12 steps of 8 sequences to keep the test short."""
-    result = cli("train", "--preset", "tiny", "--max-steps", "12", "--set", "data.max_bytes=1000000",
-                 "--set", "train.eval_every=6", "--set", "train.global_batch=8", "--out", str(tmp_path / "tiny"),
-                 "--json")
+    result = cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "12",
+        "--set",
+        "data.max_bytes=1000000",
+        "--set",
+        "train.eval_every=6",
+        "--set",
+        "train.global_batch=8",
+        "--out",
+        str(tmp_path / "tiny"),
+        "--json",
+    )
     assert result.code == 0, result.err
     s = result.json()
     assert s["model"] == "tiny-llama" and s["steps"] == 12 and 1.0e6 < s["params"] < 1.5e6

@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
+from _train_common import ROOT, child_env, micro_config, run_cli, shared_cache, summary, write_config
 from safetensors.torch import load_file
 
-from _train_common import ROOT, child_env, micro_config, run_cli, shared_cache, summary, write_config
 from isoflop.train.checkpoint import complete_checkpoints
 from isoflop.train.data import DataConfig, prepare_data
 
@@ -27,8 +27,14 @@ def cache_dir(tmp_path_factory):
 
 
 def _start(cfg, out, cache, *extra):
-    return subprocess.Popen([sys.executable, "-m", "isoflop", "train", str(cfg), "--out", str(out), *extra],
-                            cwd=ROOT, env=child_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "isoflop", "train", str(cfg), "--out", str(out), *extra],
+        cwd=ROOT,
+        env=child_env(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(predicate, proc, timeout=120.0):
@@ -60,15 +66,19 @@ def test_sigkill_then_resume_is_bitwise_identical(cache_dir, tmp_path):
     assert b["val_loss"] == a["val_loss"] and b["val_history"] == a["val_history"]
     ref_rows = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     new_rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["loss"], r["grad_norm"]) for r in new_rows] == [(r["step"], r["loss"], r["grad_norm"]) for r in ref_rows]
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in new_rows] == [
+        (r["step"], r["loss"], r["grad_norm"]) for r in ref_rows
+    ]
     wa, wb = load_file(tmp_path / "ref" / "hf" / "model.safetensors"), load_file(out / "hf" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_sigint_saves_and_exits_cleanly(cache_dir, tmp_path, sig):
-    cfg = write_config(tmp_path / "forever.yaml", micro_config(train={"max_steps": 1_000_000, "ckpt_every": 0,
-                                                                      "eval_every": 0, "log_every": 2}))
+    cfg = write_config(
+        tmp_path / "forever.yaml",
+        micro_config(train={"max_steps": 1_000_000, "ckpt_every": 0, "eval_every": 0, "log_every": 2}),
+    )
     out = tmp_path / "term"
     proc = _start(cfg, out, cache_dir, "--json")
     assert _wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0, proc)

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from isoflop.atomic import atomic_write_text
 from isoflop import env
+from isoflop.atomic import atomic_write_text
 from isoflop.errors import IsoflopError
 
 DEFAULT_HARDWARE_FILE = Path("~/.config/isoflop/hardware.yaml")
@@ -63,10 +63,16 @@ def cpu_entry(threads: int = 1) -> dict[str, Any]:
     bw = copy_bandwidth_gbps()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return {
-        "display": f"local CPU ({threads} thread(s), measured)", "vendor": "cpu",
-        "peak_tflops": {"fp32": round(peak / 1e12, 6)}, "memory_gib": round(_ram_gib(), 2),
-        "hbm_gbps": round(bw, 2), "intra_node_gbps": round(bw, 2), "inter_node_gbps": round(bw, 2),
-        "gpus_per_node": 1, "tdp_watts": 15.0 * cores, "price_per_hour_usd": 0.0,
+        "display": f"local CPU ({threads} thread(s), measured)",
+        "vendor": "cpu",
+        "peak_tflops": {"fp32": round(peak / 1e12, 6)},
+        "memory_gib": round(_ram_gib(), 2),
+        "hbm_gbps": round(bw, 2),
+        "intra_node_gbps": round(bw, 2),
+        "inter_node_gbps": round(bw, 2),
+        "gpus_per_node": 1,
+        "tdp_watts": 15.0 * cores,
+        "price_per_hour_usd": 0.0,
     }
 
 
@@ -78,7 +84,9 @@ def write_hardware_entry(entry: dict[str, Any], path: str | Path | None = None, 
         try:
             data = yaml.safe_load(target.read_text(encoding="utf-8")) or {"gpus": {}}
         except yaml.YAMLError as exc:
-            raise IsoflopError(f"hardware file {target} is malformed ({str(exc).splitlines()[0]}); fix or move it") from None
+            raise IsoflopError(
+                f"hardware file {target} is malformed ({str(exc).splitlines()[0]}); fix or move it"
+            ) from None
         if not isinstance(data.get("gpus"), dict):
             raise IsoflopError(f"hardware file {target} must map 'gpus:' to entries; fix or move it")
     data["gpus"][name] = entry

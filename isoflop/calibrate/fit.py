@@ -20,9 +20,9 @@ import numpy as np
 import yaml
 from scipy.optimize import least_squares
 
+from isoflop import env
 from isoflop.atomic import atomic_write_text
 from isoflop.calibrate.measured import Measurement
-from isoflop import env
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import PerfConstants, calibratable, calibration_path, estimate, load_constants
@@ -59,7 +59,9 @@ def _summary(step_err: np.ndarray, mem_err: np.ndarray | None) -> dict[str, floa
     return {
         "median_abs_step_time_error_pct": float(np.median(np.abs(step_err))),
         "max_abs_step_time_error_pct": float(np.max(np.abs(step_err))),
-        "median_abs_memory_error_pct": float(np.median(np.abs(mem_err))) if mem_err is not None and mem_err.size else None,
+        "median_abs_memory_error_pct": float(np.median(np.abs(mem_err)))
+        if mem_err is not None and mem_err.size
+        else None,
     }
 
 
@@ -76,8 +78,9 @@ def base_constants(gpu_name: str) -> PerfConstants:
     return load_constants(gpu_name)
 
 
-def calibrate_gpu(ms: list[Measurement], gpu_name: str, hardware: str | None = None,
-                  names: list[str] | None = None) -> GpuCalibration:
+def calibrate_gpu(
+    ms: list[Measurement], gpu_name: str, hardware: str | None = None, names: list[str] | None = None
+) -> GpuCalibration:
     """Fit one GPU's constants to its measurements."""
     gpu = get_gpu(gpu_name, hardware)
     base = base_constants(gpu.name)
@@ -107,13 +110,26 @@ def calibrate_gpu(ms: list[Measurement], gpu_name: str, hardware: str | None = N
     e_t0, e_t1 = _errors(pred_t0, meas_t), _errors(pred_t1, meas_t)
     e_m0 = _errors(pred_m0[has_mem], meas_m) if has_mem else None
     e_m1 = _errors(pred_m1[has_mem], meas_m) if has_mem else None
-    runs = [{"label": m.label, "measured_step_time_s": float(meas_t[i]), "before_s": float(pred_t0[i]),
-             "after_s": float(pred_t1[i]), "measured_memory_gib": m.memory_gib,
-             "before_memory_gib": float(pred_m0[i]), "after_memory_gib": float(pred_m1[i])} for i, m in enumerate(ms)]
-    return GpuCalibration(gpu=gpu.name, constants=fitted, before=_summary(e_t0, e_m0), after=_summary(e_t1, e_m1), runs=runs)
+    runs = [
+        {
+            "label": m.label,
+            "measured_step_time_s": float(meas_t[i]),
+            "before_s": float(pred_t0[i]),
+            "after_s": float(pred_t1[i]),
+            "measured_memory_gib": m.memory_gib,
+            "before_memory_gib": float(pred_m0[i]),
+            "after_memory_gib": float(pred_m1[i]),
+        }
+        for i, m in enumerate(ms)
+    ]
+    return GpuCalibration(
+        gpu=gpu.name, constants=fitted, before=_summary(e_t0, e_m0), after=_summary(e_t1, e_m1), runs=runs
+    )
 
 
-def calibrate(ms: list[Measurement], hardware: str | None = None, names: list[str] | None = None) -> list[GpuCalibration]:
+def calibrate(
+    ms: list[Measurement], hardware: str | None = None, names: list[str] | None = None
+) -> list[GpuCalibration]:
     """Calibrate every GPU that appears in the measurements."""
     if not ms:
         raise IsoflopError("no measurements to calibrate on")
@@ -132,5 +148,7 @@ def write_calibration(results: list[GpuCalibration], path: str | Path | None = N
     data = read_calibration_file(target)
     for res in results:
         data[res.gpu] = {k: float(f"{v:.6g}") for k, v in res.constants.items()}
-    header = "# isoflop calibration: GPU name -> fitted constants (written by `isoflop calibrate`; read by isoflop.perf)\n"
+    header = (
+        "# isoflop calibration: GPU name -> fitted constants (written by `isoflop calibrate`; read by isoflop.perf)\n"
+    )
     return atomic_write_text(target, header + yaml.safe_dump(data, sort_keys=True))

@@ -59,7 +59,9 @@ def _positive(row: dict[str, Any], key: str, origin: str, required: bool = True)
     raw = row.get(key)
     if raw in (None, ""):
         if required:
-            raise IsoflopError(f"{origin}: missing {key}; every row needs model, gpu, n_gpus, global_batch, seq_len, step_time_s")
+            raise IsoflopError(
+                f"{origin}: missing {key}; every row needs model, gpu, n_gpus, global_batch, seq_len, step_time_s"
+            )
         return None
     try:
         value = float(raw)
@@ -86,9 +88,14 @@ def measurement_from_row(row: dict[str, Any], origin: str, base_dir: Path | None
         raise IsoflopError(f"{origin}: missing gpu (a catalog name, or your entry in a --hardware file)")
     n_gpus = int(_positive(row, "n_gpus", origin))
     return Measurement(
-        spec=spec, gpu=gpu, n_gpus=n_gpus, layout=_layout(row, n_gpus),
-        global_batch=int(_positive(row, "global_batch", origin)), seq_len=int(_positive(row, "seq_len", origin)),
-        step_time_s=float(_positive(row, "step_time_s", origin)), memory_gib=_positive(row, "memory_gib", origin, required=False),
+        spec=spec,
+        gpu=gpu,
+        n_gpus=n_gpus,
+        layout=_layout(row, n_gpus),
+        global_batch=int(_positive(row, "global_batch", origin)),
+        seq_len=int(_positive(row, "seq_len", origin)),
+        step_time_s=float(_positive(row, "step_time_s", origin)),
+        memory_gib=_positive(row, "memory_gib", origin, required=False),
         label=str(row.get("label") or spec.name),
     )
 
@@ -131,11 +138,19 @@ def from_registry(path: str | Path, gpu: str) -> list[Measurement]:
         dtype = "fp32" if dtype == "auto" else dtype
         spec = spec_from_dict(cfg["model"])
         batch = int(cfg["train"]["global_batch"])
-        out.append(Measurement(
-            spec=spec, gpu=gpu, n_gpus=world, layout=Layout(dp=world, micro_batch=max(1, batch // world), dtype=dtype),
-            global_batch=batch, seq_len=int(cfg["train"]["seq_len"]), step_time_s=float(r.step_time_s),
-            memory_gib=r.memory_gib, label=f"d{spec.d_model}xL{spec.n_layers} b{batch}",
-        ))
+        out.append(
+            Measurement(
+                spec=spec,
+                gpu=gpu,
+                n_gpus=world,
+                layout=Layout(dp=world, micro_batch=max(1, batch // world), dtype=dtype),
+                global_batch=batch,
+                seq_len=int(cfg["train"]["seq_len"]),
+                step_time_s=float(r.step_time_s),
+                memory_gib=r.memory_gib,
+                label=f"d{spec.d_model}xL{spec.n_layers} b{batch}",
+            )
+        )
     if not out:
         raise IsoflopError(f"{db} has no finished runs with a measured step time; run the ladder first")
     return out

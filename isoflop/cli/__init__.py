@@ -6,21 +6,21 @@ import sys
 
 from pydantic import ValidationError
 
-from isoflop.cli.app import app
-from isoflop.errors import IsoflopError, describe_validation_error
+from isoflop.cli import calibrate as _calibrate  # noqa: F401,E402
 
 # Each module registers its commands on ``app`` when imported.
 from isoflop.cli import count as _count  # noqa: F401,E402
-from isoflop.cli import hw as _hw  # noqa: F401,E402
 from isoflop.cli import estimate as _estimate  # noqa: F401,E402
-from isoflop.cli import layout as _layout  # noqa: F401,E402
 from isoflop.cli import fit as _fit  # noqa: F401,E402
-from isoflop.cli import plan as _plan  # noqa: F401,E402
-from isoflop.cli import train as _train  # noqa: F401,E402
+from isoflop.cli import hw as _hw  # noqa: F401,E402
 from isoflop.cli import ladder as _ladder  # noqa: F401,E402
-from isoflop.cli import report as _report  # noqa: F401,E402
+from isoflop.cli import layout as _layout  # noqa: F401,E402
+from isoflop.cli import plan as _plan  # noqa: F401,E402
 from isoflop.cli import quickstart as _quickstart  # noqa: F401,E402
-from isoflop.cli import calibrate as _calibrate  # noqa: F401,E402
+from isoflop.cli import report as _report  # noqa: F401,E402
+from isoflop.cli import train as _train  # noqa: F401,E402
+from isoflop.cli.app import app
+from isoflop.errors import IsoflopError, describe_validation_error
 
 
 def main() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
@@ -81,9 +79,9 @@ def _render(report: dict):
 
 @app.command()
 def count(
-    model_arg: Optional[str] = MODEL_ARGUMENT,
-    model: Optional[str] = MODEL_OPTION,
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", "-s", help="Sequence length (default: the model's context)."),
+    model_arg: str | None = MODEL_ARGUMENT,
+    model: str | None = MODEL_OPTION,
+    seq_len: int | None = typer.Option(None, "--seq-len", "-s", help="Sequence length (default: the model's context)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Sequences per step, for the per-step FLOPs."),
     causal: bool = typer.Option(False, "--causal", help="Count only the causal half of attention scores."),
     list_presets: bool = typer.Option(False, "--list", help="List the model presets and exit."),

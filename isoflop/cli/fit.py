@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import typer
@@ -13,9 +13,9 @@ from isoflop.atomic import atomic_write_bytes
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.errors import IsoflopError
-from isoflop.laws.allocation import compute_optimal
 from isoflop.laws import bootstrap as B
 from isoflop.laws import fit as F
+from isoflop.laws.allocation import compute_optimal
 from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, Law, check_param_kind
 from isoflop.laws.intervals import ci95
 from isoflop.laws.io import Runs, read_runs
@@ -31,8 +31,9 @@ def _where(items: list[str]) -> dict[str, str]:
     return out
 
 
-def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, at_flops: float,
-               param_kind: str = "total") -> tuple[dict[str, Any], Law, tuple]:
+def fit_report(
+    runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, at_flops: float, param_kind: str = "total"
+) -> tuple[dict[str, Any], Law, tuple]:
     """Fit ``runs`` and return (the documented JSON dict, the law, the points used). ``param_kind`` records which
     parameters the runs' N counts (``total``, or ``non_embedding`` as in Kaplan et al. 2020, Sec. 1.2)."""
     check_param_kind(param_kind)
@@ -43,11 +44,16 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
     n, d, loss = F.drop_highest_loss(runs.n, runs.d, runs.loss, drop)
     c = 6.0 * n * d
     if approach == 3:
-        law: Law = ChinchillaLaw("fitted", f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022)",
-                                 param_kind=param_kind)
+        law: Law = ChinchillaLaw(
+            "fitted", f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022)", param_kind=param_kind
+        )
     else:
-        law = AllocationLaw(f"approach{approach}", f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}",
-                            approach=approach, param_kind=param_kind)
+        law = AllocationLaw(
+            f"approach{approach}",
+            f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}",
+            approach=approach,
+            param_kind=param_kind,
+        )
     F.fit(law, *((n, d, loss) if approach == 3 else (n, d, loss, c)))
     law.info_["dropped_highest_loss"] = drop
     if bootstrap:
@@ -73,11 +79,20 @@ def fit_report(runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, 
     else:
         report["a_opt"], report["b_opt"] = law.params_["a"], law.params_["b"]
         ci["a_opt"] = ci["a"]
-        report["loss_law"] = None if law.loss_law is None else {"params": law.loss_law.params_, "form": "L_min(C) = L_inf + (x0 / C)^alpha"}
+        report["loss_law"] = (
+            None
+            if law.loss_law is None
+            else {"params": law.loss_law.params_, "form": "L_min(C) = L_inf + (x0 / C)^alpha"}
+        )
         report["minima"] = law.minima_
     ci["n_opt"], ci["d_opt"], ci["loss"] = alloc.n_params_ci95, alloc.tokens_ci95, alloc.loss_ci95
-    report["at_flops"] = {"flops": at_flops, "n_opt": alloc.n_params, "d_opt": alloc.tokens,
-                          "tokens_per_param": alloc.tokens_per_param, "loss": alloc.loss}
+    report["at_flops"] = {
+        "flops": at_flops,
+        "n_opt": alloc.n_params,
+        "d_opt": alloc.tokens,
+        "tokens_per_param": alloc.tokens_per_param,
+        "loss": alloc.loss,
+    }
     return report, law, (n, d, loss)
 
 
@@ -114,7 +129,12 @@ def _plot(law: Law, points: tuple, path: str) -> None:
         sc = axes[1].scatter(n, loss, s=10, c=np.log10(c), cmap="viridis")
         for budget in np.geomspace(c.min(), c.max(), 5):
             ns = np.geomspace(n.min(), n.max(), 100)
-            axes[1].plot(ns, law.predict(ns, budget / (6 * ns)), lw=1, color=plt.cm.viridis((np.log10(budget) - np.log10(c.min())) / max(1e-9, np.log10(c.max() / c.min()))))
+            axes[1].plot(
+                ns,
+                law.predict(ns, budget / (6 * ns)),
+                lw=1,
+                color=plt.cm.viridis((np.log10(budget) - np.log10(c.min())) / max(1e-9, np.log10(c.max() / c.min()))),
+            )
         axes[1].set_xscale("log")
         axes[1].set_ylim(loss.min() - 0.1 * np.ptp(loss), loss.max() + 0.1 * np.ptp(loss))
         axes[1].set_xlabel("parameters N")
@@ -143,13 +163,17 @@ def _render(report: dict[str, Any]):
         at = report["at_flops"]
         loss = f", loss {at['loss']:.4f}" if at["loss"] is not None else ""
         kind = report["param_kind"].replace("_", "-")
-        console.print(f"at {at['flops']:.3g} FLOPs: N_opt {at['n_opt']:.4g} ({kind} parameters), D_opt {at['d_opt']:.4g} "
-                      f"({at['tokens_per_param']:.1f} tokens/param){loss}")
+        console.print(
+            f"at {at['flops']:.3g} FLOPs: N_opt {at['n_opt']:.4g} ({kind} parameters), D_opt {at['d_opt']:.4g} "
+            f"({at['tokens_per_param']:.1f} tokens/param){loss}"
+        )
         for warning in report["fit"].get("warnings", []):
             console.print(f"[yellow]warning:[/] {warning}")
         boot = report["fit"].get("bootstrap")
         if boot:
-            console.print(f"bootstrap: {boot['converged']} of {boot['requested']} resamples converged ({boot['dropped']} dropped)")
+            console.print(
+                f"bootstrap: {boot['converged']} of {boot['requested']} resamples converged ({boot['dropped']} dropped)"
+            )
         for key in ("out", "plot"):
             if report.get(key):
                 console.print(f"wrote {report[key]}")
@@ -160,20 +184,34 @@ def _render(report: dict[str, Any]):
 @app.command()
 def fit(
     file: str = typer.Argument(..., help="Runs as CSV, Parquet or JSONL, one run per row."),
-    approach: int = typer.Option(3, "--approach", help="1 = loss envelope, 2 = IsoFLOP parabolas, 3 = parametric law (Hoffmann et al. 2022)."),
-    n_col: Optional[str] = typer.Option(None, "--n-col", help="Column of parameter counts (default: N, params, 'Model Size', ...)."),
-    d_col: Optional[str] = typer.Option(None, "--d-col", help="Column of training tokens."),
-    c_col: Optional[str] = typer.Option(None, "--c-col", help="Column of training FLOPs (then D = C / 6N)."),
-    loss_col: Optional[str] = typer.Option(None, "--loss-col", help="Column of final losses."),
+    approach: int = typer.Option(
+        3, "--approach", help="1 = loss envelope, 2 = IsoFLOP parabolas, 3 = parametric law (Hoffmann et al. 2022)."
+    ),
+    n_col: str | None = typer.Option(
+        None, "--n-col", help="Column of parameter counts (default: N, params, 'Model Size', ...)."
+    ),
+    d_col: str | None = typer.Option(None, "--d-col", help="Column of training tokens."),
+    c_col: str | None = typer.Option(None, "--c-col", help="Column of training FLOPs (then D = C / 6N)."),
+    loss_col: str | None = typer.Option(None, "--loss-col", help="Column of final losses."),
     where: list[str] = typer.Option([], "--where", help="Keep rows with COLUMN=VALUE (repeatable)."),
     drop: int = typer.Option(0, "--drop-highest-loss", help="Drop the K highest-loss runs (Besiroglu et al. drop 5)."),
-    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap resamples (runs drawn with replacement) for 95% intervals."),
+    bootstrap: int = typer.Option(
+        0, "--bootstrap", help="Bootstrap resamples (runs drawn with replacement) for 95% intervals."
+    ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    at_flops: float = typer.Option(5.76e23, "--at-flops", help="Budget for the derived N_opt, D_opt and loss (default: Chinchilla's)."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure of the fit (PNG/PDF/SVG)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the law as JSON/YAML; `isoflop plan --law FILE` reads it."),
-    param_kind: str = typer.Option("total", "--param-kind", help="What the N column counts: total or non_embedding "
-                                   "(Kaplan et al. 2020); recorded in the law file, `isoflop plan` sizes models in it."),
+    at_flops: float = typer.Option(
+        5.76e23, "--at-flops", help="Budget for the derived N_opt, D_opt and loss (default: Chinchilla's)."
+    ),
+    plot: str | None = typer.Option(None, "--plot", help="Write a figure of the fit (PNG/PDF/SVG)."),
+    out: str | None = typer.Option(
+        None, "--out", help="Write the law as JSON/YAML; `isoflop plan --law FILE` reads it."
+    ),
+    param_kind: str = typer.Option(
+        "total",
+        "--param-kind",
+        help="What the N column counts: total or non_embedding "
+        "(Kaplan et al. 2020); recorded in the law file, `isoflop plan` sizes models in it.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a scaling law to training runs, with bootstrap confidence intervals."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
@@ -14,7 +12,9 @@ from isoflop.hardware import DTYPES, get_gpu, load_catalog
 hw_app = typer.Typer(help="The hardware catalog: GPUs, peaks, memory, links, power, price.", no_args_is_help=True)
 app.add_typer(hw_app, name="hw")
 
-HARDWARE_OPTION = typer.Option(None, "--hardware", help="Extra hardware YAML file (same layout as the built-in catalog).")
+HARDWARE_OPTION = typer.Option(
+    None, "--hardware", help="Extra hardware YAML file (same layout as the built-in catalog)."
+)
 
 
 def _fmt(value: float | None) -> str:
@@ -22,7 +22,7 @@ def _fmt(value: float | None) -> str:
 
 
 @hw_app.command("list")
-def hw_list(hardware: Optional[str] = HARDWARE_OPTION, as_json: bool = JSON_OPTION) -> None:
+def hw_list(hardware: str | None = HARDWARE_OPTION, as_json: bool = JSON_OPTION) -> None:
     """List every GPU in the catalog."""
     catalog = load_catalog(hardware)
 
@@ -32,8 +32,14 @@ def hw_list(hardware: Optional[str] = HARDWARE_OPTION, as_json: bool = JSON_OPTI
             table.add_column(col, justify="left" if col == "name" else "right")
         for gpu in catalog.values():
             table.add_row(
-                gpu.name, *(_fmt(gpu.peak_tflops.get(d)) for d in DTYPES), _fmt(gpu.memory_gib), _fmt(gpu.hbm_gbps),
-                _fmt(gpu.intra_node_gbps), _fmt(gpu.inter_node_gbps), _fmt(gpu.tdp_watts), _fmt(gpu.price_per_hour_usd),
+                gpu.name,
+                *(_fmt(gpu.peak_tflops.get(d)) for d in DTYPES),
+                _fmt(gpu.memory_gib),
+                _fmt(gpu.hbm_gbps),
+                _fmt(gpu.intra_node_gbps),
+                _fmt(gpu.inter_node_gbps),
+                _fmt(gpu.tdp_watts),
+                _fmt(gpu.price_per_hour_usd),
             )
         console.print(table)
 
@@ -43,7 +49,7 @@ def hw_list(hardware: Optional[str] = HARDWARE_OPTION, as_json: bool = JSON_OPTI
 @hw_app.command("show")
 def hw_show(
     name: str = typer.Argument(..., help="GPU name, e.g. h100-sxm."),
-    hardware: Optional[str] = HARDWARE_OPTION,
+    hardware: str | None = HARDWARE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one GPU."""
@@ -55,7 +61,15 @@ def hw_show(
         table.add_column("value", justify="right")
         for dtype in DTYPES:
             table.add_row(f"peak {dtype} TFLOP/s (dense)", _fmt(gpu.peak_tflops.get(dtype)))
-        for field in ("memory_gib", "hbm_gbps", "intra_node_gbps", "inter_node_gbps", "gpus_per_node", "tdp_watts", "price_per_hour_usd"):
+        for field in (
+            "memory_gib",
+            "hbm_gbps",
+            "intra_node_gbps",
+            "inter_node_gbps",
+            "gpus_per_node",
+            "tdp_watts",
+            "price_per_hour_usd",
+        ):
             table.add_row(field, _fmt(getattr(gpu, field)))
         console.print(table)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -12,10 +11,12 @@ from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.errors import IsoflopError
 
-LAUNCHER_HELP = "local (subprocesses), torchrun (each run under torch.distributed.run), slurm (via submitit, if installed)."
+LAUNCHER_HELP = (
+    "local (subprocesses), torchrun (each run under torch.distributed.run), slurm (via submitit, if installed)."
+)
 
 
-def exec_options(workers: Optional[int], threads: int, launcher: str, nproc_per_node: int):
+def exec_options(workers: int | None, threads: int, launcher: str, nproc_per_node: int):
     from isoflop.ladder.runner import ExecOptions
 
     if threads < 1:
@@ -44,7 +45,9 @@ def require_trainer() -> None:
     """The ladder trains models: it needs the training dependencies."""
     missing = missing_modules()
     if missing:
-        raise IsoflopError(f"{', '.join(missing)} not available; install isoflop with training support: pip install -e '.[train]'")
+        raise IsoflopError(
+            f"{', '.join(missing)} not available; install isoflop with training support: pip install -e '.[train]'"
+        )
 
 
 def render_summary(summary: dict):
@@ -55,15 +58,20 @@ def render_summary(summary: dict):
             table.add_column(col, justify="right")
         for p in held["predictions"]:
             ci = p.get("ci95")
-            table.add_row(p["method"] + (" (primary)" if p["method"] == held["method"] else ""), f"{p['predicted_loss']:.4f}",
-                          f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-",
-                          f"{held['actual_loss']:.4f}" if held.get("actual_loss") is not None else "-",
-                          f"{p['error_pct']:+.2f}" if p.get("error_pct") is not None else "-",
-                          str(p.get("inside_ci", "-")))
+            table.add_row(
+                p["method"] + (" (primary)" if p["method"] == held["method"] else ""),
+                f"{p['predicted_loss']:.4f}",
+                f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-",
+                f"{held['actual_loss']:.4f}" if held.get("actual_loss") is not None else "-",
+                f"{p['error_pct']:+.2f}" if p.get("error_pct") is not None else "-",
+                str(p.get("inside_ci", "-")),
+            )
         console.print(table)
         runs = summary["runs"]
-        console.print(f"runs: {runs['finished']} trained, {runs['skipped']} reused, {runs['failed']} failed; "
-                      f"wall {summary['wall_s']:.0f} s")
+        console.print(
+            f"runs: {runs['finished']} trained, {runs['skipped']} reused, {runs['failed']} failed; "
+            f"wall {summary['wall_s']:.0f} s"
+        )
         console.print(f"report: {summary['report']}")
 
     return render
@@ -71,17 +79,27 @@ def render_summary(summary: dict):
 
 @app.command()
 def ladder(
-    preset: str = typer.Option("quick", "--preset", "-p", help="Ladder preset: smoke (machinery check), quick, medium or large."),
+    preset: str = typer.Option(
+        "quick", "--preset", "-p", help="Ladder preset: smoke (machinery check), quick, medium or large."
+    ),
     out: Path = typer.Option(Path("ladder"), "--out", "-o", help="Folder for the registry, runs, fits and report."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Runs at once (default: cores / threads)."),
+    workers: int | None = typer.Option(None, "--workers", help="Runs at once (default: cores / threads)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per run."),
     launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Processes per run under torchrun."),
-    heldout_threads: Optional[int] = typer.Option(None, "--heldout-threads", help="Torch threads for the held-out run (default: --threads)."),
+    heldout_threads: int | None = typer.Option(
+        None, "--heldout-threads", help="Torch threads for the held-out run (default: --threads)."
+    ),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Train the held-out run after predicting it."),
-    primary: Optional[str] = typer.Option(None, "--primary", help="Primary prediction: envelope or approach3 (default: the preset's)."),
-    data: str = typer.Option("stdlib", "--data", help="Corpus for every run: stdlib (the interpreter's own sources), a "
-                             ".txt/.jsonl/.parquet file or folder, or hf:<dataset>; tokenized once with the preset's vocabulary."),
+    primary: str | None = typer.Option(
+        None, "--primary", help="Primary prediction: envelope or approach3 (default: the preset's)."
+    ),
+    data: str = typer.Option(
+        "stdlib",
+        "--data",
+        help="Corpus for every run: stdlib (the interpreter's own sources), a "
+        ".txt/.jsonl/.parquet file or folder, or hf:<dataset>; tokenized once with the preset's vocabulary.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run an IsoFLOP ladder (>= 3 budgets x >= 4 sizes), fit approaches 2 and 3, predict a held-out run and verify it.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,8 +14,12 @@ from isoflop.atomic import json_safe
 from isoflop.errors import IsoflopError
 
 JSON_OPTION = typer.Option(False, "--json", help="Print exact machine-readable JSON instead of a table.")
-MODEL_OPTION = typer.Option(None, "--model", "-m", help="Preset name, spec file (YAML/JSON) or Hugging Face config.json.")
-MODEL_ARGUMENT = typer.Argument(None, help="Preset name, spec file (YAML/JSON) or Hugging Face config.json.", show_default=False)
+MODEL_OPTION = typer.Option(
+    None, "--model", "-m", help="Preset name, spec file (YAML/JSON) or Hugging Face config.json."
+)
+MODEL_ARGUMENT = typer.Argument(
+    None, help="Preset name, spec file (YAML/JSON) or Hugging Face config.json.", show_default=False
+)
 
 # Wide enough for tables when output is piped (rich assumes 80 columns otherwise).
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
@@ -25,42 +23,75 @@ def _render(plan: Plan, out: str | None):
         t = Table(show_header=False)
         t.add_column("what")
         t.add_column("value")
-        t.add_row("budget", f"{b['flops']:.4g} FLOPs" + (f" from {b['n_gpus']} x {b['gpu']} for {b['days']:g} days" if b["kind"] == "hardware" else ""))
+        t.add_row(
+            "budget",
+            f"{b['flops']:.4g} FLOPs"
+            + (f" from {b['n_gpus']} x {b['gpu']} for {b['days']:g} days" if b["kind"] == "hardware" else ""),
+        )
         kind = law["param_kind"].replace("_", "-")
-        t.add_row("model", f"{m.params / 1e9:.3f}B parameters ({m.non_embedding_params / 1e9:.3f}B non-embedding; the law's N "
-                           f"counts {kind}): {m.layers} layers, d_model {m.d_model}, "
-                           f"{m.heads} heads ({m.kv_heads} kv, head_dim {m.head_dim}), ffn {m.ffn}, vocab {m.vocab_size}")
-        t.add_row("data", f"{plan.tokens / 1e9:.4g}B tokens ({plan.tokens_per_param:.1f} per {kind} parameter), "
-                          f"seq_len {plan.seq_len}")
+        t.add_row(
+            "model",
+            f"{m.params / 1e9:.3f}B parameters ({m.non_embedding_params / 1e9:.3f}B non-embedding; the law's N "
+            f"counts {kind}): {m.layers} layers, d_model {m.d_model}, "
+            f"{m.heads} heads ({m.kv_heads} kv, head_dim {m.head_dim}), ffn {m.ffn}, vocab {m.vocab_size}",
+        )
+        t.add_row(
+            "data",
+            f"{plan.tokens / 1e9:.4g}B tokens ({plan.tokens_per_param:.1f} per {kind} parameter), "
+            f"seq_len {plan.seq_len}",
+        )
         opt = plan.law_optimum
         if opt.epochs is not None:
-            t.add_row("repetition", f"{opt.epochs:.2f} epochs of {opt.unique_tokens:.4g} unique tokens, costing "
-                                    f"{opt.repetition_loss_cost:+.4f} loss vs fresh data (Muennighoff et al. 2023)")
+            t.add_row(
+                "repetition",
+                f"{opt.epochs:.2f} epochs of {opt.unique_tokens:.4g} unique tokens, costing "
+                f"{opt.repetition_loss_cost:+.4f} loss vs fresh data (Muennighoff et al. 2023)",
+            )
         if opt.inference_tokens:
             ref = opt.compute_optimal_reference
-            t.add_row("inference", f"{opt.inference_tokens:.3g} tokens served: lifetime {opt.lifetime_flops:.4g} FLOPs, "
-                                   f"{ref['lifetime_saving']:.1%} less than the compute-optimal model of equal loss "
-                                   f"({ref['n_params'] / 1e9:.3g}B)")
+            t.add_row(
+                "inference",
+                f"{opt.inference_tokens:.3g} tokens served: lifetime {opt.lifetime_flops:.4g} FLOPs, "
+                f"{ref['lifetime_saving']:.1%} less than the compute-optimal model of equal loss "
+                f"({ref['n_params'] / 1e9:.3g}B)",
+            )
         loss = plan.predicted_loss
         t.add_row("predicted loss", "-" if loss is None else f"{loss:.4f}{_fmt_ci(plan.predicted_loss_ci95)}")
         t.add_row("learning rate", f"{hp['lr']:.3g} peak, {hp['schedule']}, warmup {hp['warmup_steps']} steps")
-        t.add_row("batch", f"{hp['global_batch']} sequences = {hp['global_batch'] * plan.seq_len:,} tokens, {hp['steps']:,} steps")
+        t.add_row(
+            "batch",
+            f"{hp['global_batch']} sequences = {hp['global_batch'] * plan.seq_len:,} tokens, {hp['steps']:,} steps",
+        )
         if hw is not None:
             lay = hw.layout
-            t.add_row("layout", f"TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} CP{lay['cp']} ZeRO-{lay['zero']}, "
-                                f"recompute {lay['recompute']}, "
-                                f"micro-batch {lay['micro_batch']} ({hw.layout_reason})")
-            t.add_row("speed", f"step {hw.step_time_s:.3f} s, {hw.tokens_per_s:,.0f} tokens/s, MFU {hw.mfu:.2f}, "
-                               f"{hw.memory_gib:.1f} GiB per GPU")
-            t.add_row("time and cost", f"{hw.days:.2f} days, {hw.gpu_hours:,.0f} GPU-hours, ${hw.cost_usd:,.0f} "
-                                       f"at ${hw.price_per_gpu_hour:.2f}/GPU-hour")
-            t.add_row("energy", f"{hw.energy_kwh:,.0f} kWh, {hw.co2_kg / 1000:,.2f} t CO2e "
-                                f"(PUE {hw.assumptions['pue']}, {hw.assumptions['carbon_kg_per_kwh']} kg/kWh)")
+            t.add_row(
+                "layout",
+                f"TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} CP{lay['cp']} ZeRO-{lay['zero']}, "
+                f"recompute {lay['recompute']}, "
+                f"micro-batch {lay['micro_batch']} ({hw.layout_reason})",
+            )
+            t.add_row(
+                "speed",
+                f"step {hw.step_time_s:.3f} s, {hw.tokens_per_s:,.0f} tokens/s, MFU {hw.mfu:.2f}, "
+                f"{hw.memory_gib:.1f} GiB per GPU",
+            )
+            t.add_row(
+                "time and cost",
+                f"{hw.days:.2f} days, {hw.gpu_hours:,.0f} GPU-hours, ${hw.cost_usd:,.0f} "
+                f"at ${hw.price_per_gpu_hour:.2f}/GPU-hour",
+            )
+            t.add_row(
+                "energy",
+                f"{hw.energy_kwh:,.0f} kWh, {hw.co2_kg / 1000:,.2f} t CO2e "
+                f"(PUE {hw.assumptions['pue']}, {hw.assumptions['carbon_kg_per_kwh']} kg/kWh)",
+            )
         console.print(t)
         sources: dict[str, list[str]] = {}
         for key, text in hp["laws"].items():
             sources.setdefault(text, []).append(key)
-        console.print("hyperparameters from: " + "; ".join(f"{' and '.join(keys)}: {text}" for text, keys in sources.items()))
+        console.print(
+            "hyperparameters from: " + "; ".join(f"{' and '.join(keys)}: {text}" for text, keys in sources.items())
+        )
         for note in plan.notes:
             console.print(f"note: {note}")
         if out:
@@ -73,33 +104,63 @@ def _render(plan: Plan, out: str | None):
 
 @app.command()
 def plan(
-    law: str = typer.Option("besiroglu", "--law", help="Law preset (besiroglu, hoffmann, kaplan, muennighoff) or a file from `isoflop fit --out`."),
-    budget_flops: Optional[float] = typer.Option(None, "--budget-flops", help="Training compute budget in FLOPs."),
-    target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Plan the cheapest run reaching this loss instead."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU name (`isoflop hw list`); with --gpus and --days."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs."),
-    days: Optional[float] = typer.Option(None, "--days", help="Wall-clock days available."),
-    price: Optional[float] = typer.Option(None, "--price", help="USD per GPU-hour (default: the catalog's)."),
-    mfu: Optional[float] = typer.Option(None, "--mfu", help="Override the performance model's MFU (0-1)."),
-    unique_tokens: Optional[float] = typer.Option(None, "--unique-tokens", help="Unique tokens available (data-constrained law)."),
-    inference_tokens: Optional[float] = typer.Option(None, "--inference-tokens", help="Tokens to be served (minimise 6ND + 2NT)."),
+    law: str = typer.Option(
+        "besiroglu",
+        "--law",
+        help="Law preset (besiroglu, hoffmann, kaplan, muennighoff) or a file from `isoflop fit --out`.",
+    ),
+    budget_flops: float | None = typer.Option(None, "--budget-flops", help="Training compute budget in FLOPs."),
+    target_loss: float | None = typer.Option(
+        None, "--target-loss", help="Plan the cheapest run reaching this loss instead."
+    ),
+    gpu: str | None = typer.Option(None, "--gpu", help="GPU name (`isoflop hw list`); with --gpus and --days."),
+    gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs."),
+    days: float | None = typer.Option(None, "--days", help="Wall-clock days available."),
+    price: float | None = typer.Option(None, "--price", help="USD per GPU-hour (default: the catalog's)."),
+    mfu: float | None = typer.Option(None, "--mfu", help="Override the performance model's MFU (0-1)."),
+    unique_tokens: float | None = typer.Option(
+        None, "--unique-tokens", help="Unique tokens available (data-constrained law)."
+    ),
+    inference_tokens: float | None = typer.Option(
+        None, "--inference-tokens", help="Tokens to be served (minimise 6ND + 2NT)."
+    ),
     seq_len: int = typer.Option(2048, "--seq-len", help="Sequence length."),
     vocab_size: int = typer.Option(32000, "--vocab-size", help="Vocabulary size of the planned model."),
-    hp_law: str = typer.Option("step", "--hp-law", help="Hyperparameter law: step (Li et al. 2025) or deepseek (Bi et al. 2024)."),
+    hp_law: str = typer.Option(
+        "step", "--hp-law", help="Hyperparameter law: step (Li et al. 2025) or deepseek (Bi et al. 2024)."
+    ),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or wsd."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Training precision (default: bf16, or fp16 where the GPU lacks bf16)."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="Training precision (default: bf16, or fp16 where the GPU lacks bf16)."
+    ),
     pue: float = typer.Option(DEFAULT_PUE, "--pue", help="Data-centre power usage effectiveness."),
     carbon: float = typer.Option(DEFAULT_CARBON_KG_PER_KWH, "--carbon-intensity", help="kg CO2e per kWh."),
-    hardware: Optional[str] = typer.Option(None, "--hardware", help="Extra hardware YAML file (same layout as the catalog)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write plan.yaml (TrainConfig schema) for the trainer."),
+    hardware: str | None = typer.Option(
+        None, "--hardware", help="Extra hardware YAML file (same layout as the catalog)."
+    ),
+    out: str | None = typer.Option(None, "--out", help="Write plan.yaml (TrainConfig schema) for the trainer."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Compute-optimal plan: model size and tokens from a scaling law, architecture, layout, time, cost and energy."""
     req = PlanRequest(
-        law=law, budget_flops=budget_flops, target_loss=target_loss, gpu=gpu, n_gpus=gpus, days=days,
-        price_per_gpu_hour=price, mfu=mfu, unique_tokens=unique_tokens, inference_tokens=inference_tokens,
-        seq_len=seq_len, vocab_size=vocab_size, hp_law=hp_law, schedule=schedule, dtype=dtype, pue=pue,
-        carbon_kg_per_kwh=carbon, hardware_file=hardware,
+        law=law,
+        budget_flops=budget_flops,
+        target_loss=target_loss,
+        gpu=gpu,
+        n_gpus=gpus,
+        days=days,
+        price_per_gpu_hour=price,
+        mfu=mfu,
+        unique_tokens=unique_tokens,
+        inference_tokens=inference_tokens,
+        seq_len=seq_len,
+        vocab_size=vocab_size,
+        hp_law=hp_law,
+        schedule=schedule,
+        dtype=dtype,
+        pue=pue,
+        carbon_kg_per_kwh=carbon,
+        hardware_file=hardware,
     )
     result = make_plan(req)
     data = result.to_dict()

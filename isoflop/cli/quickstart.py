@@ -6,16 +6,23 @@ from pathlib import Path
 
 import typer
 
-from isoflop.cli.app import app
 from isoflop.atomic import atomic_write_json
+from isoflop.cli.app import app
 from isoflop.cli.ladder import missing_modules, render_summary
 from isoflop.cli.output import JSON_OPTION, emit
 
 
 @app.command()
 def quickstart(
-    out: Path = typer.Option(Path("quickstart"), "--out", "-o", help="Output folder (re-running reuses its finished runs)."),
-    preset: str = typer.Option("quick", "--preset", "-p", help="smoke (a 1-minute machinery check), quick (the default, minutes on 2 CPU cores), medium or large."),
+    out: Path = typer.Option(
+        Path("quickstart"), "--out", "-o", help="Output folder (re-running reuses its finished runs)."
+    ),
+    preset: str = typer.Option(
+        "quick",
+        "--preset",
+        "-p",
+        help="smoke (a 1-minute machinery check), quick (the default, minutes on 2 CPU cores), medium or large.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Plan a tiny IsoFLOP ladder, train it, fit the law, predict a 3.5x bigger run, train that run, compare, report."""
@@ -30,11 +37,19 @@ def quickstart(
         from isoflop.ladder.grid import design_grid
 
         points = design_grid(design)
-        plan = {"status": "trainer unavailable", "missing": missing, "ladder": design.name,
-                "runs": [{"budget": p.budget, "n_non_embedding": p.n_params_non_embedding, "tokens": p.tokens} for p in points]}
+        plan = {
+            "status": "trainer unavailable",
+            "missing": missing,
+            "ladder": design.name,
+            "runs": [
+                {"budget": p.budget, "n_non_embedding": p.n_params_non_embedding, "tokens": p.tokens} for p in points
+            ],
+        }
         atomic_write_json(out / "summary.json", plan)
-        note = (f"planned {len(points)} ladder runs; this build lacks {', '.join(missing)}, so nothing was trained; "
-                "install with `pip install -e '.[train]'`")
+        note = (
+            f"planned {len(points)} ladder runs; this build lacks {', '.join(missing)}, so nothing was trained; "
+            "install with `pip install -e '.[train]'`"
+        )
         emit(plan, as_json, lambda c: c.print(note, markup=False))
         return
     say = (lambda msg: None) if as_json else (lambda msg: print(msg, flush=True))
@@ -45,9 +60,11 @@ def quickstart(
         render_summary(summary)(console)
         if held.get("actual_loss") is not None:
             lo, hi = held["ci95"] or (float("nan"), float("nan"))
-            console.print(f"[bold]held-out: predicted {held['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}], actual "
-                          f"{held['actual_loss']:.4f}, error {held['error_pct']:+.2f}% "
-                          f"({'inside' if held['inside_ci'] else 'outside'} the interval)[/]")
+            console.print(
+                f"[bold]held-out: predicted {held['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}], actual "
+                f"{held['actual_loss']:.4f}, error {held['error_pct']:+.2f}% "
+                f"({'inside' if held['inside_ci'] else 'outside'} the interval)[/]"
+            )
         console.print(f"summary: {out / 'summary.json'}")
 
     emit(summary, as_json, render)

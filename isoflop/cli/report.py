@@ -22,7 +22,10 @@ def report(
 
     path = directory / "analysis.json"
     if not path.is_file():
-        raise IsoflopError(f"{path} does not exist; run `isoflop ladder --out {directory}` or `isoflop quickstart --out {directory}` first")
+        raise IsoflopError(
+            f"{path} does not exist; run `isoflop ladder --out {directory}` or `isoflop quickstart --out "
+            f"{directory}` first"
+        )
     try:
         analysis = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -31,9 +30,13 @@ def _overrides(max_steps: int | None, ckpt_every: int | None, seed: int | None, 
 def _render(summary: dict):
     def render(console) -> None:
         if summary.get("status") == "preempted":
-            console.print(f"preempted at step {summary['step']} of {summary['steps']}; checkpoint {summary['checkpoint']}")
+            console.print(
+                f"preempted at step {summary['step']} of {summary['steps']}; checkpoint {summary['checkpoint']}"
+            )
             return
-        table = Table(title=f"isoflop train: {summary['model']} ({summary['world']} x {summary['device']}, {summary['dtype']})")
+        table = Table(
+            title=f"isoflop train: {summary['model']} ({summary['world']} x {summary['device']}, {summary['dtype']})"
+        )
         table.add_column("metric")
         table.add_column("value", justify="right")
 
@@ -41,12 +44,19 @@ def _render(summary: dict):
             return "n/a" if value is None else format(value, spec)
 
         rows = [
-            ("steps", fmt(summary["steps"], ",d")), ("tokens", fmt(summary["tokens"], ",d")),
+            ("steps", fmt(summary["steps"], ",d")),
+            ("tokens", fmt(summary["tokens"], ",d")),
             ("final train loss", fmt(summary["final_train_loss"], ".4f")),
-            ("val loss (start -> end)", f"{fmt(summary['val_loss_initial'], '.4f')} -> {fmt(summary['val_loss'], '.4f')}"),
-            ("tokens/s", fmt(summary["tokens_per_s"], ",.0f")), ("step time s", fmt(summary["step_time_s"])),
-            ("MFU", fmt(summary["mfu"], ".1%")), ("memory GiB", fmt(summary["memory_gib"], ".3f")),
-            ("wall s", fmt(summary["wall_s"], ".1f")), ("export", summary.get("hf_dir") or "n/a"),
+            (
+                "val loss (start -> end)",
+                f"{fmt(summary['val_loss_initial'], '.4f')} -> {fmt(summary['val_loss'], '.4f')}",
+            ),
+            ("tokens/s", fmt(summary["tokens_per_s"], ",.0f")),
+            ("step time s", fmt(summary["step_time_s"])),
+            ("MFU", fmt(summary["mfu"], ".1%")),
+            ("memory GiB", fmt(summary["memory_gib"], ".3f")),
+            ("wall s", fmt(summary["wall_s"], ".1f")),
+            ("export", summary.get("hf_dir") or "n/a"),
         ]
         for key, pred in (summary.get("predicted") or {}).items():
             meas = (summary.get("measured") or {}).get(key)
@@ -61,14 +71,19 @@ def _render(summary: dict):
 
 @app.command()
 def train(
-    config: Optional[str] = typer.Argument(None, help="Training config YAML (e.g. a plan.yaml from `isoflop plan --out`).",
-                                           show_default=False),
+    config: str | None = typer.Argument(
+        None, help="Training config YAML (e.g. a plan.yaml from `isoflop plan --out`).", show_default=False
+    ),
     out: str = typer.Option(..., "--out", "-o", help="Run folder; running again with the same folder resumes."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Built-in config instead of a file (e.g. tiny)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override train.max_steps."),
-    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", min=0, help="Checkpoint every K steps (0 = at the end)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes on this machine (launched by torchrun)."),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="Built-in config instead of a file (e.g. tiny)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Override train.max_steps."),
+    ckpt_every: int | None = typer.Option(
+        None, "--ckpt-every", min=0, help="Checkpoint every K steps (0 = at the end)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Override train.seed."),
+    nproc_per_node: int = typer.Option(
+        1, "--nproc-per-node", min=1, help="Processes on this machine (launched by torchrun)."
+    ),
     sets: list[str] = typer.Option([], "--set", help="Override any field: --set optim.lr=1e-3 (repeatable)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -91,8 +106,11 @@ def train(
         if code:
             raise typer.Exit(code)
         summary_path = Path(out) / "summary.json"
-        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else \
-            {"status": "preempted", "step": None, "steps": cfg.total_steps(), "checkpoint": None}
+        summary = (
+            json.loads(summary_path.read_text(encoding="utf-8"))
+            if summary_path.is_file()
+            else {"status": "preempted", "step": None, "steps": cfg.total_steps(), "checkpoint": None}
+        )
         emit(summary, as_json, _render(summary))
         return
     from isoflop.train.loop import train as run_training

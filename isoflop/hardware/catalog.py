@@ -74,7 +74,9 @@ def _read_file(text: str, origin: str) -> dict[str, GPU]:
     except yaml.YAMLError as exc:
         raise IsoflopError(f"malformed hardware file {origin}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("gpus"), dict):
-        raise IsoflopError(f"hardware file {origin} must map 'gpus:' to entries by name; see `isoflop hw show h100-sxm --json`")
+        raise IsoflopError(
+            f"hardware file {origin} must map 'gpus:' to entries by name; see `isoflop hw show h100-sxm --json`"
+        )
     out: dict[str, GPU] = {}
     for name, entry in data["gpus"].items():
         if not isinstance(entry, dict):

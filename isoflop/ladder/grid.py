@@ -21,8 +21,9 @@ Hyperparameters for tiny models follow one stated rule, identical across sizes b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from isoflop.errors import IsoflopError
 from isoflop.spec import ModelSpec, count_flops, count_params
@@ -57,7 +58,9 @@ class LadderDesign:
 
     def validate(self) -> None:
         if len(self.budgets) < 3 or self.sizes < 4:
-            raise IsoflopError(f"an IsoFLOP ladder needs >= 3 budgets x >= 4 sizes, got {len(self.budgets)} x {self.sizes}")
+            raise IsoflopError(
+                f"an IsoFLOP ladder needs >= 3 budgets x >= 4 sizes, got {len(self.budgets)} x {self.sizes}"
+            )
         if any(b <= 0 for b in self.budgets):
             raise IsoflopError("ladder budgets must be positive FLOP counts")
         if self.primary not in ("envelope", "approach3"):
@@ -124,8 +127,17 @@ def default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -
     d, layers = family_size(n_params, multiple)
     ffn = math.ceil(8 * d / 3 / multiple) * multiple
     exact = layers * (4 * d * d + 3 * d * ffn + 2 * d) + d
-    return shape_for_params(exact, vocab_size=vocab_size, seq_len=seq_len, multiple=multiple, head_dim=multiple,
-                            count="non_embedding", tie_embeddings=True, aspect=d / layers, name="ladder")
+    return shape_for_params(
+        exact,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        multiple=multiple,
+        head_dim=multiple,
+        count="non_embedding",
+        tie_embeddings=True,
+        aspect=d / layers,
+        name="ladder",
+    )
 
 
 ShapeFn = Callable[[int, int, int, int], ModelSpec]
@@ -138,12 +150,21 @@ def ladder_train_config(design: LadderDesign, spec: ModelSpec, steps: int, budge
         model=spec,
         data=DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data),
         train=TrainSection(
-            seq_len=design.seq_len, global_batch=design.batch_seqs, max_steps=steps, tokens=steps * design.batch_tokens,
-            seed=design.seed, dtype="fp32", eval_every=max(1, steps // 2), eval_batches=design.eval_batches,
-            log_every=max(1, steps // 25), ckpt_every=0,
+            seq_len=design.seq_len,
+            global_batch=design.batch_seqs,
+            max_steps=steps,
+            tokens=steps * design.batch_tokens,
+            seed=design.seed,
+            dtype="fp32",
+            eval_every=max(1, steps // 2),
+            eval_batches=design.eval_batches,
+            log_every=max(1, steps // 25),
+            ckpt_every=0,
         ),
         optim=OptimSection(
-            lr=round(ladder_lr(n_ne, design.lr_factor), 6), min_lr_ratio=design.min_lr_ratio, schedule="cosine",
+            lr=round(ladder_lr(n_ne, design.lr_factor), 6),
+            min_lr_ratio=design.min_lr_ratio,
+            schedule="cosine",
             warmup_steps=max(1, round(design.warmup_fraction * steps)),
         ),
         parallel=ParallelSection(strategy="none"),
@@ -158,9 +179,15 @@ def point_for(design: LadderDesign, spec: ModelSpec, budget: float, role: str = 
     tokens = steps * design.batch_tokens
     params = count_params(spec)
     return GridPoint(
-        budget=budget, spec=spec, steps=steps, tokens=tokens, flops=tokens * per_token,
-        n_params=params.total, n_params_non_embedding=params.non_embedding,
-        config=ladder_train_config(design, spec, steps, budget, role), role=role,
+        budget=budget,
+        spec=spec,
+        steps=steps,
+        tokens=tokens,
+        flops=tokens * per_token,
+        n_params=params.total,
+        n_params_non_embedding=params.non_embedding,
+        config=ladder_train_config(design, spec, steps, budget, role),
+        role=role,
     )
 
 
@@ -168,13 +195,22 @@ def family_spec(n_non_embedding: float, design: LadderDesign) -> ModelSpec:
     """The family member nearest ``n_non_embedding``, built directly (cheap; for searching sizes)."""
     d, layers = family_size(n_non_embedding, design.dim_multiple)
     ffn = math.ceil(8 * d / 3 / design.dim_multiple) * design.dim_multiple
-    return ModelSpec(name="ladder", d_model=d, n_layers=layers, n_heads=d // design.dim_multiple, d_ff=ffn,
-                     vocab_size=design.vocab_size, max_seq_len=design.seq_len, tie_embeddings=True)
+    return ModelSpec(
+        name="ladder",
+        d_model=d,
+        n_layers=layers,
+        n_heads=d // design.dim_multiple,
+        d_ff=ffn,
+        vocab_size=design.vocab_size,
+        max_seq_len=design.seq_len,
+        tie_embeddings=True,
+    )
 
 
 def centre_size(design: LadderDesign, budget: float) -> float:
     """Non-embedding size ``N`` whose run at ``budget`` sees ``tokens_per_param`` tokens per parameter (total,
     embeddings included); bisection in log N, FLOPs and embeddings scaled between discrete family members."""
+
     def tokens_per_param(n: float) -> float:
         spec = family_spec(n, design)
         params = count_params(spec)
@@ -215,7 +251,9 @@ def design_grid(design: LadderDesign, shape_fn: ShapeFn | None = None) -> list[G
     return points
 
 
-def edge_extensions(design: LadderDesign, finished: list[tuple[float, int, float]], shape_fn: ShapeFn | None = None) -> list[GridPoint]:
+def edge_extensions(
+    design: LadderDesign, finished: list[tuple[float, int, float]], shape_fn: ShapeFn | None = None
+) -> list[GridPoint]:
     """Extra sizes for budgets whose lowest loss sits at the smallest or largest size tried.
 
     ``finished`` holds ``(budget, non-embedding N, validation loss)`` of finished runs. A budget whose best run is

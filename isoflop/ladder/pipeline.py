@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from isoflop.atomic import atomic_write_json, json_safe
 from isoflop.ladder import verify as V
@@ -30,8 +31,16 @@ def _jobs(reg: Registry, design: LadderDesign, points: list[GridPoint], out_dir:
     jobs = []
     for p in points:
         config = p.config.model_dump(mode="json")
-        run_id = reg.add(design.name, config, role=p.role, budget=p.budget, n_params=p.n_params,
-                         n_params_non_embedding=p.n_params_non_embedding, tokens=p.tokens, flops=p.flops)
+        run_id = reg.add(
+            design.name,
+            config,
+            role=p.role,
+            budget=p.budget,
+            n_params=p.n_params,
+            n_params_non_embedding=p.n_params_non_embedding,
+            tokens=p.tokens,
+            flops=p.flops,
+        )
         jobs.append(Job(run_id, config, out_dir / "runs" / run_id, p.label))
     return jobs
 
@@ -44,9 +53,11 @@ def _progress(say: Say, total: int) -> Callable[[str, Job, dict[str, Any]], None
             say(f"  start    {job.label}")
             return
         done["n"] += 1
-        detail = {"finished": lambda: f"val loss {info.get('val_loss') or float('nan'):.4f} in {info.get('wall_s', 0):.0f} s",
-                  "failed": lambda: f"FAILED: {info.get('error', '')}",
-                  "skipped": lambda: "already finished (reused)"}[event]()
+        detail = {
+            "finished": lambda: f"val loss {info.get('val_loss') or float('nan'):.4f} in {info.get('wall_s', 0):.0f} s",
+            "failed": lambda: f"FAILED: {info.get('error', '')}",
+            "skipped": lambda: "already finished (reused)",
+        }[event]()
         say(f"  [{done['n']}/{total}] {job.label}: {detail}")
 
     return on_event
@@ -76,8 +87,10 @@ def prepare(design: LadderDesign, say: Say) -> int:
     t0 = time.perf_counter()
     say(f"data: preparing the {design.data_source} corpus (tokenized once, then cached)")
     data = prepare_data(DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data))
-    say(f"data: {design.data_source} corpus, vocab {design.vocab_size}: {len(data.train):,} training tokens, "
-        f"{len(data.val):,} validation tokens ({time.perf_counter() - t0:.0f} s)")
+    say(
+        f"data: {design.data_source} corpus, vocab {design.vocab_size}: {len(data.train):,} training tokens, "
+        f"{len(data.val):,} validation tokens ({time.perf_counter() - t0:.0f} s)"
+    )
     return len(data.train)
 
 
@@ -86,16 +99,29 @@ def repetition_note(tokens: int, corpus_tokens: int, what: str) -> str | None:
     2023, Sec. 3), which the ladder's laws do not model."""
     if tokens <= corpus_tokens:
         return None
-    return (f"note: {what} trains {tokens:,} tokens, {tokens / corpus_tokens:.2f} epochs of the corpus's "
-            f"{corpus_tokens:,}; repeated data raises the loss (Muennighoff et al. 2023), which the fits do not model: "
-            "give --data a larger corpus")
+    return (
+        f"note: {what} trains {tokens:,} tokens, {tokens / corpus_tokens:.2f} epochs of the corpus's "
+        f"{corpus_tokens:,}; repeated data raises the loss (Muennighoff et al. 2023), which the fits do not model: "
+        "give --data a larger corpus"
+    )
 
 
 def _point_dict(r: RunRecord) -> dict[str, Any]:
-    return {"run_id": r.run_id, "budget": r.budget, "n": r.n_params_non_embedding, "n_total": r.n_params,
-            "tokens": r.tokens, "flops": r.flops, "loss": r.val_loss, "train_loss": r.final_loss,
-            "step_time_s": r.step_time_s, "memory_gib": r.memory_gib, "status": r.status, "error": r.error,
-            "curve": read_curve(r.out_dir)}
+    return {
+        "run_id": r.run_id,
+        "budget": r.budget,
+        "n": r.n_params_non_embedding,
+        "n_total": r.n_params,
+        "tokens": r.tokens,
+        "flops": r.flops,
+        "loss": r.val_loss,
+        "train_loss": r.final_loss,
+        "step_time_s": r.step_time_s,
+        "memory_gib": r.memory_gib,
+        "status": r.status,
+        "error": r.error,
+        "curve": read_curve(r.out_dir),
+    }
 
 
 def _law_dict(law) -> dict[str, Any]:
@@ -104,8 +130,15 @@ def _law_dict(law) -> dict[str, Any]:
     return data
 
 
-def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | None = None, say: Say = print,
-                 verify: bool = True, shape_fn=None, heldout_threads: int | None = None) -> dict[str, Any]:
+def run_pipeline(
+    design: LadderDesign,
+    out_dir: str | Path,
+    opts: ExecOptions | None = None,
+    say: Say = print,
+    verify: bool = True,
+    shape_fn=None,
+    heldout_threads: int | None = None,
+) -> dict[str, Any]:
     """Run the whole loop and return ``summary.json``'s content (also written to ``out_dir``).
 
     The held-out run trains alone with ``heldout_threads`` torch threads (default: the ladder's thread count;
@@ -116,8 +149,10 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     reg = registry_for(out)
     points = design_grid(design, shape_fn)
     budgets = sorted({p.budget for p in points})
-    say(f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
-        f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)")
+    say(
+        f"ladder {design.name!r}: {len(budgets)} budgets x {design.sizes} sizes = {len(points)} runs "
+        f"({', '.join(f'{b:.2g}' for b in budgets)} FLOPs), {opts.n_workers()} at a time x {opts.threads} thread(s)"
+    )
     jobs = _jobs(reg, design, points, out)
     corpus_tokens = prepare(design, say)
     if note := repetition_note(max(p.tokens for p in points), corpus_tokens, "the largest ladder run"):
@@ -128,12 +163,17 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
     outcome = execute(reg, sorted(jobs, key=lambda j: -steps[j.run_id]), opts, _progress(say, len(jobs)))
     for _ in range(design.max_extensions):
         done = [reg.get(j.run_id) for j in jobs]
-        finished = [(r.budget, r.n_params_non_embedding, r.val_loss) for r in done
-                    if r and r.status == "finished" and r.val_loss is not None and math.isfinite(r.val_loss)]
+        finished = [
+            (r.budget, r.n_params_non_embedding, r.val_loss)
+            for r in done
+            if r and r.status == "finished" and r.val_loss is not None and math.isfinite(r.val_loss)
+        ]
         extra = edge_extensions(design, finished, shape_fn)
         if not extra:
             break
-        say(f"{len(extra)} budget(s) have their lowest loss at an edge size: adding {', '.join(p.label for p in extra)}")
+        say(
+            f"{len(extra)} budget(s) have their lowest loss at an edge size: adding {', '.join(p.label for p in extra)}"
+        )
         new_jobs = _jobs(reg, design, extra, out)
         jobs += new_jobs
         outcome.update(execute(reg, new_jobs, opts, _progress(say, len(new_jobs))))
@@ -148,24 +188,43 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
         say(note)
     preds, interval_note = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
     # The design's primary method; if it has no interval (fragile minima), the first method that has one.
-    primary = next((p for p in preds if p["method"] == design.primary and p["ci95"]),
-                   next((p for p in preds if p["ci95"]), preds[0]))
+    primary = next(
+        (p for p in preds if p["method"] == design.primary and p["ci95"]),
+        next((p for p in preds if p["ci95"]), preds[0]),
+    )
     heldout: dict[str, Any] = {
-        "budget": held_point.budget, "flops": held_point.flops, "n": held_point.n_params_non_embedding,
-        "n_total": held_point.n_params, "tokens": held_point.tokens,
-        "epochs": held_point.tokens / corpus_tokens, "method": primary["method"],
-        "sized_by": "approach2" if fits.approach2 else "approach3", "note": interval_note or fits.note,
-        "predicted_loss": primary["predicted_loss"], "ci95": primary["ci95"], "predictions": preds,
-        "actual_loss": None, "error_pct": None, "inside_ci": None,
+        "budget": held_point.budget,
+        "flops": held_point.flops,
+        "n": held_point.n_params_non_embedding,
+        "n_total": held_point.n_params,
+        "tokens": held_point.tokens,
+        "epochs": held_point.tokens / corpus_tokens,
+        "method": primary["method"],
+        "sized_by": "approach2" if fits.approach2 else "approach3",
+        "note": interval_note or fits.note,
+        "predicted_loss": primary["predicted_loss"],
+        "ci95": primary["ci95"],
+        "predictions": preds,
+        "actual_loss": None,
+        "error_pct": None,
+        "inside_ci": None,
         "shape": {k: getattr(held_point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
     }
     lo, hi = primary["ci95"] or (float("nan"), float("nan"))
-    say(f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
+    say(
+        f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
         f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} "
-        f"[95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})")
+        f"[95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})"
+    )
     if verify:
-        held_opts = ExecOptions(workers=1, threads=heldout_threads or opts.threads,
-                                launcher=opts.launcher, nproc_per_node=opts.nproc_per_node, slurm=opts.slurm, entry=opts.entry)
+        held_opts = ExecOptions(
+            workers=1,
+            threads=heldout_threads or opts.threads,
+            launcher=opts.launcher,
+            nproc_per_node=opts.nproc_per_node,
+            slurm=opts.slurm,
+            entry=opts.entry,
+        )
         say(f"training the held-out run to verify ({held_opts.threads} thread(s))")
         (held_job,) = _jobs(reg, design, [held_point], out)
         outcome.update(execute(reg, [held_job], held_opts, _progress(say, 1)))
@@ -175,25 +234,48 @@ def run_pipeline(design: LadderDesign, out_dir: str | Path, opts: ExecOptions | 
             for p in preds:
                 p["error_pct"] = 100 * (p["predicted_loss"] - actual) / actual
                 p["inside_ci"] = bool(p["ci95"] and p["ci95"][0] <= actual <= p["ci95"][1])
-            heldout.update(actual_loss=actual, error_pct=primary["error_pct"], inside_ci=primary["inside_ci"],
-                           curve=read_curve(rec.out_dir), run_id=rec.run_id, wall_s=rec.wall_s, step_time_s=rec.step_time_s)
-    fit_summary = {"param_kind": "non_embedding", "approach3": _law_dict(fits.approach3),
-                   "approach2": None if fits.approach2 is None else fits.approach2.to_dict(),
-                   "envelope": fits.envelope_dict(), "n_opt_fit": fits.n_opt_fit(), "d_opt_fit": fits.d_opt_fit()}
+            heldout.update(
+                actual_loss=actual,
+                error_pct=primary["error_pct"],
+                inside_ci=primary["inside_ci"],
+                curve=read_curve(rec.out_dir),
+                run_id=rec.run_id,
+                wall_s=rec.wall_s,
+                step_time_s=rec.step_time_s,
+            )
+    fit_summary = {
+        "param_kind": "non_embedding",
+        "approach3": _law_dict(fits.approach3),
+        "approach2": None if fits.approach2 is None else fits.approach2.to_dict(),
+        "envelope": fits.envelope_dict(),
+        "n_opt_fit": fits.n_opt_fit(),
+        "d_opt_fit": fits.d_opt_fit(),
+    }
     analysis = {
-        "ladder": design.name, "design": {k: v for k, v in design.__dict__.items()},
-        "points": [_point_dict(r) for r in runs if r is not None], "parabolas": fits.parabolas(),
-        "n_opt_fit": fits.n_opt_fit(), "d_opt_fit": fits.d_opt_fit(),
-        "curves": V.curves(fits, held_point.flops), "heldout": heldout, "fits": fit_summary,
+        "ladder": design.name,
+        "design": {k: v for k, v in design.__dict__.items()},
+        "points": [_point_dict(r) for r in runs if r is not None],
+        "parabolas": fits.parabolas(),
+        "n_opt_fit": fits.n_opt_fit(),
+        "d_opt_fit": fits.d_opt_fit(),
+        "curves": V.curves(fits, held_point.flops),
+        "heldout": heldout,
+        "fits": fit_summary,
     }
     atomic_write_json(out / "analysis.json", json_safe(analysis))
     from isoflop.report import write_report
 
     report = write_report(analysis, out)
     counts = {s: sum(1 for v in outcome.values() if v == s) for s in ("finished", "failed", "skipped")}
-    summary = {"ladder": design.name, "out_dir": str(out), "runs": {"total": len(outcome), **counts},
-               "corpus_train_tokens": corpus_tokens,
-               "heldout": {k: v for k, v in heldout.items() if k != "curve"}, "fit": fit_summary,
-               "report": str(report), "wall_s": time.perf_counter() - start}
+    summary = {
+        "ladder": design.name,
+        "out_dir": str(out),
+        "runs": {"total": len(outcome), **counts},
+        "corpus_train_tokens": corpus_tokens,
+        "heldout": {k: v for k, v in heldout.items() if k != "curve"},
+        "fit": fit_summary,
+        "report": str(report),
+        "wall_s": time.perf_counter() - start,
+    }
     atomic_write_json(out / "summary.json", json_safe(summary))
     return summary

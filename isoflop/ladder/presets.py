@@ -19,19 +19,39 @@ from isoflop.ladder.grid import LadderDesign
 
 PRESETS: dict[str, LadderDesign] = {
     # A smoke test of the machinery (about a minute; too small to predict well): 3 MB of the corpus.
-    "smoke": LadderDesign(name="smoke", budgets=(2e9, 4e9, 8e9), sizes=4, size_ratio=2.0, eval_batches=4,
-                          bootstrap=30, max_extensions=0, extra_data={"max_bytes": 3_000_000}),
+    "smoke": LadderDesign(
+        name="smoke",
+        budgets=(2e9, 4e9, 8e9),
+        sizes=4,
+        size_ratio=2.0,
+        eval_batches=4,
+        bootstrap=30,
+        max_extensions=0,
+        extra_data={"max_bytes": 3_000_000},
+    ),
     "quick": LadderDesign(name="quick", budgets=(8e10, 1.6e11, 3.2e11), sizes=4, size_ratio=2.0, tokens_per_param=40.0),
-    "medium": LadderDesign(name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8, tokens_per_param=35.0),
-    "large": LadderDesign(name="large", budgets=(1e11, 2e11, 4e11, 8e11, 1.6e12, 3.2e12), sizes=5, size_ratio=1.8,
-                          seq_len=128, batch_seqs=16, tokens_per_param=30.0),
+    "medium": LadderDesign(
+        name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8, tokens_per_param=35.0
+    ),
+    "large": LadderDesign(
+        name="large",
+        budgets=(1e11, 2e11, 4e11, 8e11, 1.6e12, 3.2e12),
+        sizes=5,
+        size_ratio=1.8,
+        seq_len=128,
+        batch_seqs=16,
+        tokens_per_param=30.0,
+    ),
 }
 
 
 def get_preset(name: str) -> LadderDesign:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=2, cutoff=0.3)
-        raise IsoflopError(f"unknown ladder preset {name!r}; {'did you mean ' + ', '.join(close) + '?' if close else 'use ' + ', '.join(PRESETS)}")
+        raise IsoflopError(
+            f"unknown ladder preset {name!r}; "
+            f"{'did you mean ' + ', '.join(close) + '?' if close else 'use ' + ', '.join(PRESETS)}"
+        )
     return PRESETS[name]
 
 
@@ -41,7 +61,9 @@ def with_data(design: LadderDesign, source: str) -> LadderDesign:
     if source != "stdlib" and not source.startswith("hf:"):
         path = Path(source).expanduser().resolve()
         if not path.exists():
-            raise IsoflopError(f"--data {source!r} does not exist; give stdlib, an existing .txt/.jsonl/.parquet file "
-                               "or folder, or hf:<dataset>")
+            raise IsoflopError(
+                f"--data {source!r} does not exist; give stdlib, an existing .txt/.jsonl/.parquet file "
+                "or folder, or hf:<dataset>"
+            )
         source = str(path)
     return dataclasses.replace(design, data_source=source)

@@ -15,13 +15,13 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from isoflop.errors import IsoflopError
-
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -149,7 +149,8 @@ class Registry:
         with self._transaction() as con:
             con.execute(
                 "INSERT OR IGNORE INTO runs (run_id, ladder, role, config, status, created_at, updated_at, "
-                + ", ".join(columns) + ") VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                + ", ".join(columns)
+                + ") VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, ladder, role, json.dumps(config, sort_keys=True), now, now, *values),
             )
         return run_id
@@ -186,11 +187,19 @@ class Registry:
         with self._transaction() as con:
             con.execute(
                 "UPDATE runs SET status='finished', final_loss=?, val_loss=?, step_time_s=?, memory_gib=?, wall_s=?, "
-                "tokens=COALESCE(?, tokens), flops=COALESCE(?, flops), summary=?, error=NULL, updated_at=? WHERE run_id=?",
+                "tokens=COALESCE(?, tokens), flops=COALESCE(?, flops), summary=?, error=NULL, updated_at=? "
+                "WHERE run_id=?",
                 (
-                    result.get("final_loss"), result.get("val_loss"), result.get("step_time_s"),
-                    result.get("memory_gib"), result.get("wall_s"), result.get("tokens"), result.get("flops"),
-                    json.dumps(result.get("summary") or {}, default=str), time.time(), run_id,
+                    result.get("final_loss"),
+                    result.get("val_loss"),
+                    result.get("step_time_s"),
+                    result.get("memory_gib"),
+                    result.get("wall_s"),
+                    result.get("tokens"),
+                    result.get("flops"),
+                    json.dumps(result.get("summary") or {}, default=str),
+                    time.time(),
+                    run_id,
                 ),
             )
 

@@ -16,13 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-from isoflop.atomic import atomic_write_json
 from isoflop import env as isoflop_env
+from isoflop.atomic import atomic_write_json
 from isoflop.errors import IsoflopError
 from isoflop.ladder.registry import Registry
 
@@ -84,8 +85,16 @@ def command(job: Job, opts: ExecOptions) -> list[str]:
     """The command line that runs one job under the local or torchrun launcher."""
     args = [str(job.out_dir / "config.json"), str(job.out_dir)]
     if opts.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={opts.nproc_per_node}", "-m", "isoflop.ladder.worker", *args]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={opts.nproc_per_node}",
+            "-m",
+            "isoflop.ladder.worker",
+            *args,
+        ]
     return [sys.executable, "-m", "isoflop.ladder.worker", *args]
 
 
@@ -106,7 +115,9 @@ def _run_slurm(job: Job, opts: ExecOptions) -> tuple[int, str]:
         raise IsoflopError("launcher 'slurm' needs submitit; `pip install submitit`, or use --launcher local") from None
     executor = submitit.AutoExecutor(folder=str(job.out_dir / "slurm"))
     executor.update_parameters(**{"timeout_min": 60, "cpus_per_task": opts.threads, **opts.slurm})
-    submitted = executor.submit(_submitit_job, str(job.out_dir / "config.json"), str(job.out_dir), opts.threads, opts.entry)
+    submitted = executor.submit(
+        _submitit_job, str(job.out_dir / "config.json"), str(job.out_dir), opts.threads, opts.entry
+    )
     try:
         submitted.result()
     except Exception as exc:  # noqa: BLE001 - any job failure is recorded, not raised
@@ -126,8 +137,12 @@ class _Pool:
         from isoflop.ladder import worker
 
         self.broken = False
-        self.executor = ProcessPoolExecutor(max_workers=opts.n_workers(), mp_context=mp.get_context("spawn"),
-                                            initializer=worker.pool_init, initargs=(opts.threads, opts.entry))
+        self.executor = ProcessPoolExecutor(
+            max_workers=opts.n_workers(),
+            mp_context=mp.get_context("spawn"),
+            initializer=worker.pool_init,
+            initargs=(opts.threads, opts.entry),
+        )
 
     def run(self, job: Job) -> tuple[int, str] | None:
         from concurrent.futures.process import BrokenProcessPool
@@ -137,8 +152,9 @@ class _Pool:
         if self.broken:
             return None
         try:
-            return self.executor.submit(worker.pool_job, str(job.out_dir / "config.json"), str(job.out_dir),
-                                        str(job.out_dir / "log.txt")).result()
+            return self.executor.submit(
+                worker.pool_job, str(job.out_dir / "config.json"), str(job.out_dir), str(job.out_dir / "log.txt")
+            ).result()
         except BrokenProcessPool:
             self.broken = True
             return 1, "the worker process died (see log.txt); the run will be retried"
@@ -161,8 +177,9 @@ def _run_one(job: Job, opts: ExecOptions, pool: _Pool | None = None) -> tuple[in
     return proc.returncode, tail
 
 
-def execute(registry: Registry, jobs: list[Job], opts: ExecOptions | None = None,
-            progress: Progress | None = None) -> dict[str, str]:
+def execute(
+    registry: Registry, jobs: list[Job], opts: ExecOptions | None = None, progress: Progress | None = None
+) -> dict[str, str]:
     """Run every job not yet finished; returns ``run_id -> status`` (finished, failed, or skipped)."""
     opts = opts or ExecOptions()
     if opts.launcher not in ("local", "torchrun", "slurm"):

@@ -14,8 +14,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from isoflop import env
 from isoflop.atomic import atomic_write_json
@@ -49,9 +50,13 @@ def result_from_summary(summary: dict[str, Any], wall_s: float) -> dict[str, Any
     steps = summary.get("steps")
     step_time = summary.get("step_time_s") or (wall_s / steps if steps else None)
     return {
-        "final_loss": summary.get("final_train_loss"), "val_loss": summary.get("val_loss"),
-        "tokens": summary.get("tokens"), "step_time_s": step_time, "memory_gib": memory_gib(),
-        "wall_s": wall_s, "summary": summary,
+        "final_loss": summary.get("final_train_loss"),
+        "val_loss": summary.get("val_loss"),
+        "tokens": summary.get("tokens"),
+        "step_time_s": step_time,
+        "memory_gib": memory_gib(),
+        "wall_s": wall_s,
+        "summary": summary,
     }
 
 

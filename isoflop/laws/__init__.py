@@ -5,11 +5,29 @@ Imports run one way: ``forms`` (pure math) <- ``fit`` (``fit.fit(law, *runs)``) 
 (``bootstrap.bootstrap(law, R)``)."""
 
 from isoflop.laws.forms import (
-    PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, KaplanLaw, Law, PowerLaw, SaturatingPowerLaw,
-    law_from_dict, load_law, preset_law,
+    PRESETS,
+    AllocationLaw,
+    ChinchillaLaw,
+    DataConstrainedLaw,
+    KaplanLaw,
+    Law,
+    PowerLaw,
+    SaturatingPowerLaw,
+    law_from_dict,
+    load_law,
+    preset_law,
 )
 
 __all__ = [
-    "PRESETS", "AllocationLaw", "ChinchillaLaw", "DataConstrainedLaw", "KaplanLaw", "Law", "PowerLaw",
-    "SaturatingPowerLaw", "law_from_dict", "load_law", "preset_law",
+    "PRESETS",
+    "AllocationLaw",
+    "ChinchillaLaw",
+    "DataConstrainedLaw",
+    "KaplanLaw",
+    "Law",
+    "PowerLaw",
+    "SaturatingPowerLaw",
+    "law_from_dict",
+    "load_law",
+    "preset_law",
 ]

@@ -18,8 +18,9 @@ Intervals: when the law carries bootstrap samples, every quantity is recomputed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
@@ -71,9 +72,17 @@ def data_constrained(law: Law) -> DataConstrainedLaw:
         return law
     if isinstance(law, ChinchillaLaw):
         stars = PRESETS["muennighoff"]["params"]
-        return DataConstrainedLaw(law.name, f"{law.citation}; repetition: Muennighoff et al. 2023 R_D*, R_N*",
-                                  param_kind=law.param_kind, **law.params_, R_D_star=stars["R_D_star"], R_N_star=stars["R_N_star"])
-    raise IsoflopError(f"--unique-tokens needs a Chinchilla-form law (E, A, B, alpha, beta); {law.name!r} is a {law.form} law")
+        return DataConstrainedLaw(
+            law.name,
+            f"{law.citation}; repetition: Muennighoff et al. 2023 R_D*, R_N*",
+            param_kind=law.param_kind,
+            **law.params_,
+            R_D_star=stars["R_D_star"],
+            R_N_star=stars["R_N_star"],
+        )
+    raise IsoflopError(
+        f"--unique-tokens needs a Chinchilla-form law (E, A, B, alpha, beta); {law.name!r} is a {law.form} law"
+    )
 
 
 def _loss_fn(law: Law, unique_tokens: float | None) -> LossFn:
@@ -100,8 +109,9 @@ def _on_budget(law: Law, f: LossFn, flops: float, inference_tokens: float, close
     c6 = flops / 6.0
     lo, hi = 0.02 * np.log(c6), 0.98 * np.log(c6)  # keep N and D above ~C^0.02
     if inference_tokens == 0:
-        res = minimize_scalar(lambda x: float(f(np.exp(x), c6 / np.exp(x))), bounds=(lo, hi), method="bounded",
-                              options={"xatol": 1e-10})
+        res = minimize_scalar(
+            lambda x: float(f(np.exp(x), c6 / np.exp(x))), bounds=(lo, hi), method="bounded", options={"xatol": 1e-10}
+        )
         n = float(np.exp(res.x))
         return n, c6 / n
 
@@ -124,7 +134,9 @@ def _on_budget(law: Law, f: LossFn, flops: float, inference_tokens: float, close
     return n, c6 / n
 
 
-def _solve(law: Law, flops: float | None, target_loss: float | None, unique: float | None, inference: float) -> tuple[float, float, float]:
+def _solve(
+    law: Law, flops: float | None, target_loss: float | None, unique: float | None, inference: float
+) -> tuple[float, float, float]:
     """``(C, N, D)`` for one law (no intervals)."""
     if isinstance(law, AllocationLaw):
         if unique is not None or inference:
@@ -134,7 +146,9 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
             )
         if flops is None:
             if law.loss_law is None:
-                raise IsoflopError("this Approach 1/2 law has no loss fit, so it cannot plan for a target loss; give a budget")
+                raise IsoflopError(
+                    "this Approach 1/2 law has no loss fit, so it cannot plan for a target loss; give a budget"
+                )
             flops = law.loss_law.inverse(target_loss)
         n, d = law.optimal(flops)
         return flops, float(n), float(d)
@@ -143,6 +157,7 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
     if flops is not None:
         n, d = _on_budget(law, f, flops, inference, closed)
         return flops, n, d
+
     # Target loss: find the budget whose plan reaches it (loss falls monotonically with budget).
     def gap(log_c: float) -> float:
         c = float(np.exp(log_c))
@@ -163,8 +178,13 @@ def _solve(law: Law, flops: float | None, target_loss: float | None, unique: flo
 
 
 def compute_optimal(
-    law: Law, flops: float | None = None, *, target_loss: float | None = None, unique_tokens: float | None = None,
-    inference_tokens: float | None = None, intervals: bool = True,
+    law: Law,
+    flops: float | None = None,
+    *,
+    target_loss: float | None = None,
+    unique_tokens: float | None = None,
+    inference_tokens: float | None = None,
+    intervals: bool = True,
 ) -> Allocation:
     """Compute-optimal ``N``, ``D``, tokens per parameter and loss for a budget ``flops`` or a ``target_loss``.
 
@@ -187,11 +207,17 @@ def compute_optimal(
         loss = None if loss is None else float(loss)
     else:
         loss = float(f(n, d))
-    out = Allocation(flops=c, n_params=n, tokens=d, tokens_per_param=d / n, loss=loss, law=law.name, param_kind=law.param_kind)
+    out = Allocation(
+        flops=c, n_params=n, tokens=d, tokens_per_param=d / n, loss=loss, law=law.name, param_kind=law.param_kind
+    )
     if unique_tokens is not None:
         out.unique_tokens = float(unique_tokens)
         out.epochs = d / unique_tokens
-        out.repetition_loss_cost = float(f(n, d) - law.predict(n, d)) if not isinstance(law, DataConstrainedLaw) else float(f(n, d) - law.base().predict(n, d))
+        out.repetition_loss_cost = (
+            float(f(n, d) - law.predict(n, d))
+            if not isinstance(law, DataConstrainedLaw)
+            else float(f(n, d) - law.base().predict(n, d))
+        )
     if t:
         out.inference_tokens = t
         out.inference_flops = 2.0 * n * t
@@ -199,7 +225,10 @@ def compute_optimal(
         # The same loss from the compute-optimal (inference-blind) plan, for comparison.
         c_ref, n_ref, d_ref = _solve(law, None, float(f(n, d)), unique_tokens, 0.0)
         out.compute_optimal_reference = {
-            "flops": c_ref, "n_params": n_ref, "tokens": d_ref, "lifetime_flops": c_ref + 2.0 * n_ref * t,
+            "flops": c_ref,
+            "n_params": n_ref,
+            "tokens": d_ref,
+            "lifetime_flops": c_ref + 2.0 * n_ref * t,
             "lifetime_saving": 1.0 - out.lifetime_flops / (c_ref + 2.0 * n_ref * t),
         }
     if intervals and law.samples_ is not None and len(law.samples_) >= 2:

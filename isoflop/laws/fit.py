@@ -25,7 +25,14 @@ from scipy.optimize import minimize
 from isoflop.errors import IsoflopError
 from isoflop.laws import huber as H
 from isoflop.laws.forms import (
-    PRESETS, AllocationLaw, ChinchillaLaw, DataConstrainedLaw, KaplanLaw, Law, PowerLaw, SaturatingPowerLaw,
+    PRESETS,
+    AllocationLaw,
+    ChinchillaLaw,
+    DataConstrainedLaw,
+    KaplanLaw,
+    Law,
+    PowerLaw,
+    SaturatingPowerLaw,
 )
 
 LawT = TypeVar("LawT", bound=Law)
@@ -44,9 +51,13 @@ def check_runs(n: np.ndarray, d: np.ndarray, loss: np.ndarray, minimum: int, wha
         bad = ~np.isfinite(x) | (x <= 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise IsoflopError(f"{name} of run {i} is {x[i]!r}: values must be finite and positive; fix or drop that run")
+            raise IsoflopError(
+                f"{name} of run {i} is {x[i]!r}: values must be finite and positive; fix or drop that run"
+            )
     if len(arrays[0]) < minimum:
-        raise IsoflopError(f"{what} needs at least {minimum} runs, got {len(arrays[0])}; add runs or choose another approach")
+        raise IsoflopError(
+            f"{what} needs at least {minimum} runs, got {len(arrays[0])}; add runs or choose another approach"
+        )
     return tuple(arrays)
 
 
@@ -81,7 +92,10 @@ class Approach3Result:
 
 
 def linear_starts(
-    log_n: np.ndarray, log_d: np.ndarray, loss: np.ndarray, weights: np.ndarray | None = None,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    loss: np.ndarray,
+    weights: np.ndarray | None = None,
     grid: np.ndarray = _ALPHA_GRID,
 ) -> np.ndarray:
     """Starting points ``(a, b, e, alpha, beta)``: for each ``(alpha, beta)`` on ``grid x grid`` solve the
@@ -106,7 +120,11 @@ def linear_starts(
 def _refine(theta0: np.ndarray, log_n, log_d, log_l, weights) -> tuple[np.ndarray, float, bool, bool, int]:
     """One L-BFGS-B run: ``(theta, objective, finite, converged, iterations)``."""
     res = minimize(
-        H.objective_and_grad, theta0, args=(log_n, log_d, log_l, weights), jac=True, method="L-BFGS-B",
+        H.objective_and_grad,
+        theta0,
+        args=(log_n, log_d, log_l, weights),
+        jac=True,
+        method="L-BFGS-B",
         options=_LBFGS_OPTIONS,
     )
     ok = bool(np.all(np.isfinite(res.x)) and np.isfinite(res.fun))
@@ -114,7 +132,12 @@ def _refine(theta0: np.ndarray, log_n, log_d, log_l, weights) -> tuple[np.ndarra
 
 
 def fit_approach3(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, weights: np.ndarray | None = None, n_refine: int = 6,
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    n_refine: int = 6,
     start: np.ndarray | None = None,
 ) -> Approach3Result:
     """Approach 3 (Hoffmann et al. 2022, Eq. 3): Huber (delta 1e-3) on log loss, log-sum-exp form, L-BFGS-B.
@@ -172,8 +195,10 @@ def theta_is_sane(theta: np.ndarray) -> bool:
     Optima outside are what poorly conditioned data produce (A ~ 1e50 with alpha ~ 9): not reported as a law."""
     theta = np.asarray(theta, dtype=float)
     return bool(
-        np.all(np.isfinite(theta)) and np.all(theta[:3] <= MAX_LOG_COEF)
-        and 0 < theta[3] <= MAX_EXPONENT and 0 < theta[4] <= MAX_EXPONENT
+        np.all(np.isfinite(theta))
+        and np.all(theta[:3] <= MAX_LOG_COEF)
+        and 0 < theta[3] <= MAX_EXPONENT
+        and 0 < theta[4] <= MAX_EXPONENT
     )
 
 
@@ -184,7 +209,9 @@ def fit_warnings(params: dict[str, float], loss: np.ndarray) -> list[str]:
         out.append(f"E = {params['E']:.3g} is near zero: the runs do not pin down the irreducible loss")
     for key in ("alpha", "beta"):
         if params[key] > 1.0:
-            out.append(f"{key} = {params[key]:.3g} is far above published values (0.1-0.8): too narrow a range of N or D")
+            out.append(
+                f"{key} = {params[key]:.3g} is far above published values (0.1-0.8): too narrow a range of N or D"
+            )
     return out
 
 
@@ -200,7 +227,9 @@ def fit_saturating(x: np.ndarray, loss: np.ndarray) -> SaturatingPowerLaw:
 
 
 def _fit_saturating(law: SaturatingPowerLaw, x: np.ndarray, loss: np.ndarray) -> SaturatingPowerLaw:
-    x, _, loss = check_runs(x, np.ones_like(np.asarray(x, dtype=float)), loss, 3, "a saturating power law (3 parameters)")
+    x, _, loss = check_runs(
+        x, np.ones_like(np.asarray(x, dtype=float)), loss, 3, "a saturating power law (3 parameters)"
+    )
     lx, ll = np.log(x), np.log(loss)
 
     def sse(p: np.ndarray) -> float:
@@ -293,8 +322,12 @@ def _set_allocation(law: AllocationLaw, points: list[dict[str, float]], runs: tu
 
 
 def _new_allocation(approach: int, param_kind: str) -> AllocationLaw:
-    return AllocationLaw(f"approach{approach}", f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}",
-                         approach=approach, param_kind=param_kind)
+    return AllocationLaw(
+        f"approach{approach}",
+        f"fitted by isoflop, Hoffmann et al. 2022 Approach {approach}",
+        approach=approach,
+        param_kind=param_kind,
+    )
 
 
 def _loss_vs_compute(points: list[dict[str, float]]) -> SaturatingPowerLaw | None:
@@ -307,7 +340,12 @@ def _loss_vs_compute(points: list[dict[str, float]]) -> SaturatingPowerLaw | Non
 
 
 def fit_approach1(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None, *, param_kind: str = "total",
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    c: np.ndarray | None = None,
+    *,
+    param_kind: str = "total",
 ) -> AllocationLaw:
     """Approach 1 (Hoffmann et al. 2022, Sec. 3.1): the lower envelope of loss against FLOPs.
 
@@ -317,7 +355,9 @@ def fit_approach1(
     return fit(_new_allocation(1, param_kind), n, d, loss, c)
 
 
-def _fit_approach1(law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None) -> AllocationLaw:
+def _fit_approach1(
+    law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None
+) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 1")
     c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 1")[0]
     order = np.lexsort((loss, c))
@@ -327,7 +367,7 @@ def _fit_approach1(law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.nd
             best = loss[i]
             points.append({"C": float(c[i]), "N_opt": float(n[i]), "D_opt": float(d[i]), "loss": float(loss[i])})
     if len({p["N_opt"] for p in points}) < 2 or len(points) < 3:
-        sizes = len({p['N_opt'] for p in points})
+        sizes = len({p["N_opt"] for p in points})
         raise IsoflopError(
             f"the loss envelope has only {len(points)} points with {sizes} model sizes; "
             "Approach 1 needs runs of several sizes over a range of compute"
@@ -379,7 +419,11 @@ class IsoflopMinimum:
 
 
 def isoflop_minima(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray, labels: np.ndarray,
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    c: np.ndarray,
+    labels: np.ndarray,
 ) -> tuple[list[IsoflopMinimum], int]:
     """Per group with at least three model sizes, the parabola's vertex when it opens upwards and lies inside the
     sizes tried; ``D_opt`` is the group's tokens interpolated at the vertex (``tokens_at``). Returns the minima
@@ -397,16 +441,29 @@ def isoflop_minima(
             skipped += 1
             continue
         n_opt = float(np.exp(vertex))
-        minima.append(IsoflopMinimum(
-            group=g, flops=float(np.exp(np.mean(np.log(c[idx])))), n_opt=n_opt, d_opt=tokens_at(n_opt, n[idx], d[idx]),
-            loss=float(p0 + p1 * vertex + p2 * vertex**2), runs=int(idx.sum()), coef=(float(p2), float(p1), float(p0)),
-        ))
+        minima.append(
+            IsoflopMinimum(
+                group=g,
+                flops=float(np.exp(np.mean(np.log(c[idx])))),
+                n_opt=n_opt,
+                d_opt=tokens_at(n_opt, n[idx], d[idx]),
+                loss=float(p0 + p1 * vertex + p2 * vertex**2),
+                runs=int(idx.sum()),
+                coef=(float(p2), float(p1), float(p0)),
+            )
+        )
     return minima, skipped
 
 
 def fit_approach2(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None, *, groups: np.ndarray | None = None,
-    tolerance_dex: float = 0.05, param_kind: str = "total",
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    c: np.ndarray | None = None,
+    *,
+    groups: np.ndarray | None = None,
+    tolerance_dex: float = 0.05,
+    param_kind: str = "total",
 ) -> AllocationLaw:
     """Approach 2 (Hoffmann et al. 2022, Sec. 3.2): IsoFLOP profiles.
 
@@ -420,8 +477,13 @@ def fit_approach2(
 
 
 def _fit_approach2(
-    law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None = None,
-    groups: np.ndarray | None = None, tolerance_dex: float = 0.05,
+    law: AllocationLaw,
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    c: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    tolerance_dex: float = 0.05,
 ) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
     c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
@@ -440,7 +502,13 @@ def _fit_approach2(
 
 # One entry point ---------------------------------------------------------------------------------
 def fit_chinchilla(
-    law: ChinchillaLaw, n: Any, d: Any, loss: Any, *, drop_highest: int = 0, weights: Any = None,
+    law: ChinchillaLaw,
+    n: Any,
+    d: Any,
+    loss: Any,
+    *,
+    drop_highest: int = 0,
+    weights: Any = None,
 ) -> ChinchillaLaw:
     """Approach 3 (``fit_approach3``) into ``law``; raises when L-BFGS-B does not converge."""
     n, d, loss = check_runs(n, d, loss, 5, "Approach 3")
@@ -452,8 +520,13 @@ def fit_chinchilla(
             "wider range of N and D"
         )
     law.params_, law.theta_, law.samples_, law.n_iter_ = res.params, res.theta, None, res.n_iter
-    law.info_ = {"approach": 3, "objective": res.objective, "n_points": int(len(n)),
-                 "dropped_highest_loss": int(drop_highest), "warnings": fit_warnings(res.params, loss)}
+    law.info_ = {
+        "approach": 3,
+        "objective": res.objective,
+        "n_points": int(len(n)),
+        "dropped_highest_loss": int(drop_highest),
+        "warnings": fit_warnings(res.params, loss),
+    }
     law.runs_ = (n, d, loss)
     return law
 
@@ -482,7 +555,9 @@ def fit(law: LawT, *runs: Any, **options: Any) -> LawT:
         return _fit_saturating(law, *runs)
     if isinstance(law, AllocationLaw):
         return _fit_approach1(law, *runs) if law.approach == 1 else _fit_approach2(law, *runs, **options)
-    raise IsoflopError(f"{law.form} laws cannot be fitted; fit a Chinchilla, Kaplan, data-constrained, saturating or allocation law")
+    raise IsoflopError(
+        f"{law.form} laws cannot be fitted; fit a Chinchilla, Kaplan, data-constrained, saturating or allocation law"
+    )
 
 
 def refit_params(law: Law, *runs: np.ndarray) -> dict[str, float]:

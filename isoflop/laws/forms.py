@@ -36,14 +36,15 @@ from isoflop.errors import IsoflopError
 from isoflop.laws.intervals import ci95
 from isoflop.structured import read_json_or_yaml
 
-
 PARAM_KINDS = ("total", "non_embedding")
 
 
 def check_param_kind(kind: str) -> str:
     """``kind`` if it is one of ``PARAM_KINDS``, else a one-line ``IsoflopError``."""
     if kind not in PARAM_KINDS:
-        raise IsoflopError(f"param_kind must be 'total' or 'non_embedding' (which parameters the law's N counts), got {kind!r}")
+        raise IsoflopError(
+            f"param_kind must be 'total' or 'non_embedding' (which parameters the law's N counts), got {kind!r}"
+        )
     return kind
 
 
@@ -117,7 +118,10 @@ class Law:
     def to_dict(self) -> dict[str, Any]:
         self._fitted()
         out: dict[str, Any] = {
-            "form": self.form, "name": self.name, "citation": self.citation, "param_kind": self.param_kind,
+            "form": self.form,
+            "name": self.name,
+            "citation": self.citation,
+            "param_kind": self.param_kind,
             "params": dict(self.params_),
         }
         out.update(self._extra_dict())
@@ -181,7 +185,7 @@ class ChinchillaLaw(Law):
         p = self._fitted()
         g = chinchilla_g(p["A"], p["B"], p["alpha"], p["beta"])
         c6 = np.asarray(flops, dtype=float) / 6.0
-        return g * c6 ** self.a_opt, c6 ** self.b_opt / g
+        return g * c6**self.a_opt, c6**self.b_opt / g
 
     def derived(self) -> dict[str, float]:
         return {"a_opt": self.a_opt, "b_opt": self.b_opt}
@@ -220,7 +224,16 @@ class DataConstrainedLaw(Law):
 
     def base(self) -> ChinchillaLaw:
         p = self.params_
-        return ChinchillaLaw(self.name, self.citation, param_kind=self.param_kind, E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
+        return ChinchillaLaw(
+            self.name,
+            self.citation,
+            param_kind=self.param_kind,
+            E=p["E"],
+            A=p["A"],
+            B=p["B"],
+            alpha=p["alpha"],
+            beta=p["beta"],
+        )
 
     def effective(self, n: Any, d: Any, unique_tokens: Any) -> tuple[np.ndarray, np.ndarray]:
         """Effective ``(N', D')`` for ``n`` parameters trained on ``d`` tokens drawn from ``unique_tokens``."""
@@ -262,7 +275,9 @@ class SaturatingPowerLaw(Law):
         """The ``x`` at which the law reaches ``loss`` (must be above ``L_inf``)."""
         p = self.params_
         if loss <= p["L_inf"]:
-            raise IsoflopError(f"target loss {loss} is at or below the irreducible loss {p['L_inf']:.4f}; choose a higher target")
+            raise IsoflopError(
+                f"target loss {loss} is at or below the irreducible loss {p['L_inf']:.4f}; choose a higher target"
+            )
         return p["x0"] * (loss - p["L_inf"]) ** (-1.0 / p["alpha"])
 
 
@@ -285,8 +300,16 @@ class AllocationLaw(Law):
     form = "allocation"
     param_names = ("k_N", "a", "k_D", "b")
 
-    def __init__(self, name: str = "custom", citation: str = "", loss: SaturatingPowerLaw | None = None, *,
-                 approach: int = 2, param_kind: str = "total", **params: float) -> None:
+    def __init__(
+        self,
+        name: str = "custom",
+        citation: str = "",
+        loss: SaturatingPowerLaw | None = None,
+        *,
+        approach: int = 2,
+        param_kind: str = "total",
+        **params: float,
+    ) -> None:
         super().__init__(name, citation, param_kind=param_kind, **params)
         if approach not in (1, 2):
             raise IsoflopError(f"an allocation law comes from Approach 1 or 2, got {approach!r}")
@@ -338,7 +361,9 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     if data.get("bootstrap_samples"):
         samples = np.asarray(data["bootstrap_samples"], dtype=float)
         if samples.ndim != 2 or samples.shape[1] != len(cls.param_names) or not np.all(np.isfinite(samples)):
-            raise IsoflopError("bootstrap_samples in the law file are malformed; refit with `isoflop fit --bootstrap R`")
+            raise IsoflopError(
+                "bootstrap_samples in the law file are malformed; refit with `isoflop fit --bootstrap R`"
+            )
         law.samples_ = samples
     if isinstance(data.get("fit"), dict):
         law.info_ = dict(data["fit"])
@@ -351,7 +376,9 @@ def preset_law(name: str) -> Law:
     """A literature preset by name (``hoffmann``, ``besiroglu``, ``kaplan``, ``muennighoff``)."""
     key = name.strip().lower()
     if key not in PRESETS:
-        raise IsoflopError(f"unknown law preset {name!r}; use one of {', '.join(PRESETS)} or a law file from `isoflop fit --out`")
+        raise IsoflopError(
+            f"unknown law preset {name!r}; use one of {', '.join(PRESETS)} or a law file from `isoflop fit --out`"
+        )
     return law_from_dict({"name": key, **PRESETS[key]})
 
 

@@ -12,7 +12,7 @@ Everything is vectorised over points; ``batch_objective`` also evaluates many ``
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -59,8 +59,12 @@ def log_predict(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.n
 
 
 def objective_and_grad(
-    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
-    weights: np.ndarray | None = None, delta: float = HUBER_DELTA,
+    theta: np.ndarray,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    log_l: np.ndarray,
+    weights: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
 ) -> tuple[float, np.ndarray]:
     """Huber objective and its exact gradient with respect to ``(a, b, e, alpha, beta)``."""
     m, x0, x1, x2, s = _shifted_terms(theta, log_n, log_d)
@@ -77,8 +81,12 @@ def objective_and_grad(
 
 
 def batch_objective(
-    thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
-    weights: np.ndarray | None = None, delta: float = HUBER_DELTA,
+    thetas: np.ndarray,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    log_l: np.ndarray,
+    weights: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
 ) -> np.ndarray:
     """The objective for many parameter vectors at once: ``thetas`` has shape ``(k, 5)``; returns ``(k,)``."""
     a, b, e, alpha, beta = (thetas[:, i : i + 1] for i in range(5))

@@ -23,10 +23,14 @@ from isoflop.errors import IsoflopError
 STEP = {"lr_k": 1.79, "lr_n": -0.713, "lr_d": 0.307, "batch_k": 0.58, "batch_d": 0.571}
 # DeepSeek LLM (Bi et al. 2024, Eq. 1): lr = lr_k C^lr_c, batch = batch_k C^batch_c tokens.
 DEEPSEEK = {"lr_k": 0.3118, "lr_c": -0.125, "batch_k": 0.2920, "batch_c": 0.3271}
-STEP_LAW = (f"Step Law, Li et al. 2025 (Eq. 6-7): lr = {STEP['lr_k']:g} N^{STEP['lr_n']:g} D^{STEP['lr_d']:g}, "
-            f"batch = {STEP['batch_k']:g} D^{STEP['batch_d']:g} tokens")
-DEEPSEEK_LAW = (f"DeepSeek LLM, Bi et al. 2024 (Eq. 1): lr = {DEEPSEEK['lr_k']:g} C^{DEEPSEEK['lr_c']:g}, "
-                f"batch = {DEEPSEEK['batch_k']:.4f} C^{DEEPSEEK['batch_c']:g} tokens")
+STEP_LAW = (
+    f"Step Law, Li et al. 2025 (Eq. 6-7): lr = {STEP['lr_k']:g} N^{STEP['lr_n']:g} D^{STEP['lr_d']:g}, "
+    f"batch = {STEP['batch_k']:g} D^{STEP['batch_d']:g} tokens"
+)
+DEEPSEEK_LAW = (
+    f"DeepSeek LLM, Bi et al. 2024 (Eq. 1): lr = {DEEPSEEK['lr_k']:g} C^{DEEPSEEK['lr_c']:g}, "
+    f"batch = {DEEPSEEK['batch_k']:.4f} C^{DEEPSEEK['batch_c']:g} tokens"
+)
 WARMUP_RULE = "Porian et al. 2024 (Sec. 3.3): warmup for N tokens, capped at 10% of the steps"
 SCHEDULES = {
     "cosine": "Hoffmann et al. 2022: cosine decay to 10% of the peak over the run",
@@ -40,7 +44,12 @@ def warmup_steps(n_params: float, batch_tokens: int, steps: int) -> int:
 
 
 def recommend(
-    n_params: float, tokens: float, *, seq_len: int | None = None, law: str = "step", schedule: str = "cosine",
+    n_params: float,
+    tokens: float,
+    *,
+    seq_len: int | None = None,
+    law: str = "step",
+    schedule: str = "cosine",
 ) -> dict[str, Any]:
     """Peak learning rate, batch size (tokens, and sequences when ``seq_len`` is given), warmup and schedule."""
     for value, name in ((n_params, "N"), (tokens, "D")):
@@ -60,7 +69,10 @@ def recommend(
     else:
         raise IsoflopError(f"unknown hyperparameter law {law!r}; use step or deepseek")
     out: dict[str, Any] = {
-        "lr": lr, "batch_tokens": batch_tokens, "schedule": schedule, "min_lr_ratio": 0.1,
+        "lr": lr,
+        "batch_tokens": batch_tokens,
+        "schedule": schedule,
+        "min_lr_ratio": 0.1,
         "decay_fraction": 0.2 if schedule == "wsd" else None,
         "laws": {"lr": source, "batch_tokens": source, "warmup": WARMUP_RULE, "schedule": SCHEDULES[schedule]},
     }
@@ -69,8 +81,11 @@ def recommend(
             raise IsoflopError(f"seq_len must be a positive integer, got {seq_len}")
         global_batch = max(1, round(batch_tokens / seq_len))
         steps = max(1, math.ceil(tokens / (global_batch * seq_len)))
-        out.update({
-            "global_batch": global_batch, "steps": steps,
-            "warmup_steps": warmup_steps(n_params, global_batch * seq_len, steps),
-        })
+        out.update(
+            {
+                "global_batch": global_batch,
+                "steps": steps,
+                "warmup_steps": warmup_steps(n_params, global_batch * seq_len, steps),
+            }
+        )
     return out

@@ -43,7 +43,9 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise IsoflopError("reading Parquet needs pyarrow; `pip install pyarrow` or convert the file to CSV") from None
+            raise IsoflopError(
+                "reading Parquet needs pyarrow; `pip install pyarrow` or convert the file to CSV"
+            ) from None
         try:
             return pq.read_table(path).to_pydict()
         except Exception as exc:  # pyarrow raises several types for corrupt files
@@ -56,7 +58,9 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise IsoflopError(f"malformed JSONL in {path}, line {i}: {exc.msg}; one JSON object per line") from None
+                raise IsoflopError(
+                    f"malformed JSONL in {path}, line {i}: {exc.msg}; one JSON object per line"
+                ) from None
             if not isinstance(row, dict):
                 raise IsoflopError(f"{path}, line {i} is not a JSON object; one object per run")
             rows.append(row)
@@ -87,17 +91,29 @@ def _numbers(table: dict[str, list[Any]], column: str, source: str) -> np.ndarra
         try:
             out[i] = float(value)
         except (TypeError, ValueError):
-            raise IsoflopError(f"{source}: row {i + 1}, column {column!r} is {value!r}, not a number; fix or drop that row") from None
+            raise IsoflopError(
+                f"{source}: row {i + 1}, column {column!r} is {value!r}, not a number; fix or drop that row"
+            ) from None
         if not (np.isfinite(out[i]) and out[i] > 0):
-            raise IsoflopError(f"{source}: row {i + 1}, column {column!r} is {value!r}; values must be finite and positive")
+            raise IsoflopError(
+                f"{source}: row {i + 1}, column {column!r} is {value!r}; values must be finite and positive"
+            )
     return out
 
 
 def read_runs(
-    path: str | Path, *, n_col: str | None = None, d_col: str | None = None, c_col: str | None = None,
-    loss_col: str | None = None, where: dict[str, str] | None = None,
+    path: str | Path,
+    *,
+    n_col: str | None = None,
+    d_col: str | None = None,
+    c_col: str | None = None,
+    loss_col: str | None = None,
+    where: dict[str, str] | None = None,
 ) -> Runs:
-    """Runs from ``path``. ``where`` keeps rows whose column equals a value (e.g. ``{"train_dataset": "c4_original"}``)."""
+    """Runs from ``path``.
+
+    ``where`` keeps rows whose column equals a value (e.g. ``{"train_dataset": "c4_original"}``).
+    """
     table = read_table(path)
     source = str(path)
     if where:
@@ -106,7 +122,9 @@ def read_runs(
                 raise IsoflopError(f"filter column {col!r} is not in the file; columns are: {', '.join(table)}")
             keep = [str(v) == value for v in table[col]]
             if not any(keep):
-                raise IsoflopError(f"no row has {col} == {value!r}; values are: {', '.join(sorted({str(v) for v in table[col]}))}")
+                raise IsoflopError(
+                    f"no row has {col} == {value!r}; values are: {', '.join(sorted({str(v) for v in table[col]}))}"
+                )
             table = {k: [v for v, ok in zip(vals, keep) if ok] for k, vals in table.items()}
     n_name = _pick(table, n_col, N_NAMES, "parameters", "--n-col")
     loss_name = _pick(table, loss_col, LOSS_NAMES, "loss", "--loss-col")
@@ -116,7 +134,9 @@ def read_runs(
     if d_name is None and c_name is None:
         missing.append("--d-col or --c-col")
     if missing:
-        raise IsoflopError(f"{source}: could not find the column(s) for {', '.join(missing)}; columns are: {', '.join(table)}")
+        raise IsoflopError(
+            f"{source}: could not find the column(s) for {', '.join(missing)}; columns are: {', '.join(table)}"
+        )
     n = _numbers(table, n_name, source)
     loss = _numbers(table, loss_name, source)
     if d_name is not None:

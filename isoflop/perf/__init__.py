@@ -6,6 +6,16 @@ from isoflop.perf.layout import Layout, LayoutArrays, validate
 from isoflop.perf.search import fit_hints, search_layouts
 
 __all__ = [
-    "Estimate", "Layout", "LayoutArrays", "PerfConstants", "calibratable", "calibration_path", "estimate",
-    "evaluate", "fit_hints", "load_constants", "search_layouts", "validate",
+    "Estimate",
+    "Layout",
+    "LayoutArrays",
+    "PerfConstants",
+    "calibratable",
+    "calibration_path",
+    "estimate",
+    "evaluate",
+    "fit_hints",
+    "load_constants",
+    "search_layouts",
+    "validate",
 ]

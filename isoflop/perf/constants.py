@@ -60,7 +60,7 @@ class PerfConstants(BaseModel):
     fixed_overhead_gib: float
     allocator_fraction: float
 
-    def replace(self, **changes: Any) -> "PerfConstants":
+    def replace(self, **changes: Any) -> PerfConstants:
         return PerfConstants(**{**self.model_dump(), **changes})
 
 

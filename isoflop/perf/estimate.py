@@ -73,8 +73,15 @@ class Estimate:
 
 
 def evaluate(
-    spec: ModelSpec, gpu: GPU, n_gpus: int, la: LayoutArrays, global_batch: int, seq_len: int, dtype: str,
-    optimizer: str, constants: PerfConstants,
+    spec: ModelSpec,
+    gpu: GPU,
+    n_gpus: int,
+    la: LayoutArrays,
+    global_batch: int,
+    seq_len: int,
+    dtype: str,
+    optimizer: str,
+    constants: PerfConstants,
 ) -> dict[str, np.ndarray]:
     """Memory (GiB), step-time breakdown, throughput and utilisation for every layout in ``la``."""
     mem = memory_bytes(spec, gpu, la, global_batch, seq_len, dtype, optimizer, constants)
@@ -102,8 +109,10 @@ def overflow_reason(memory: dict[str, float], capacity: float) -> str | None:
         return None
     parts = {k: v for k, v in memory.items() if k != "total_gib"}
     worst = max(parts, key=parts.get)  # type: ignore[arg-type]
-    return (f"needs {total:.1f} GiB of {capacity:.0f} GiB ({total - capacity:.1f} GiB over); "
-            f"largest part: {worst.removesuffix('_gib')} {parts[worst]:.1f} GiB")
+    return (
+        f"needs {total:.1f} GiB of {capacity:.0f} GiB ({total - capacity:.1f} GiB over); "
+        f"largest part: {worst.removesuffix('_gib')} {parts[worst]:.1f} GiB"
+    )
 
 
 def build_estimate(
@@ -112,17 +121,32 @@ def build_estimate(
     memory = {k: float(row[k][i]) for k in MEMORY_KEYS}
     breakdown = {k: float(row[k][i]) for k in STEP_KEYS}
     return Estimate(
-        layout=layout, fits=bool(row["fits"][i]), memory=memory, step_time_s=float(row["step_time_s"][i]),
-        tokens_per_s=float(row["tokens_per_s"][i]), tflops_per_gpu=float(row["tflops_per_gpu"][i]),
-        mfu=float(row["mfu"][i]), hfu=float(row["hfu"][i]), breakdown=breakdown, n_gpus=n_gpus,
-        global_batch=global_batch, seq_len=seq_len, gpu=gpu.name, gpu_memory_gib=gpu.memory_gib,
+        layout=layout,
+        fits=bool(row["fits"][i]),
+        memory=memory,
+        step_time_s=float(row["step_time_s"][i]),
+        tokens_per_s=float(row["tokens_per_s"][i]),
+        tflops_per_gpu=float(row["tflops_per_gpu"][i]),
+        mfu=float(row["mfu"][i]),
+        hfu=float(row["hfu"][i]),
+        breakdown=breakdown,
+        n_gpus=n_gpus,
+        global_batch=global_batch,
+        seq_len=seq_len,
+        gpu=gpu.name,
+        gpu_memory_gib=gpu.memory_gib,
         microbatches=global_batch // (layout.dp * layout.micro_batch),
         overflow=overflow_reason(memory, gpu.memory_gib),
     )
 
 
 def estimate(
-    spec: ModelSpec, gpu: GPU, n_gpus: int, layout: Layout, global_batch: int, seq_len: int,
+    spec: ModelSpec,
+    gpu: GPU,
+    n_gpus: int,
+    layout: Layout,
+    global_batch: int,
+    seq_len: int,
     constants: PerfConstants | None = None,
 ) -> Estimate:
     """Predict memory per GPU, step time and utilisation of ``layout``; bad layouts raise ``IsoflopError``."""
@@ -132,4 +156,3 @@ def estimate(
     la = LayoutArrays.from_layouts([layout])
     row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, layout.dtype, layout.optimizer, const)
     return build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len)
-

@@ -18,8 +18,20 @@ from isoflop.spec.model import ModelSpec
 RECOMPUTE = ("none", "selective", "full")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
-KNOBS = ("tp", "pp", "dp", "cp", "ep", "zero", "recompute", "sequence_parallel", "micro_batch", "interleave",
-         "offload", "replicate")
+KNOBS = (
+    "tp",
+    "pp",
+    "dp",
+    "cp",
+    "ep",
+    "zero",
+    "recompute",
+    "sequence_parallel",
+    "micro_batch",
+    "interleave",
+    "offload",
+    "replicate",
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class Layout:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def replace(self, **changes: Any) -> "Layout":
+    def replace(self, **changes: Any) -> Layout:
         return Layout(**{**asdict(self), **changes})
 
     @classmethod
@@ -99,7 +111,9 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
     if spec.n_heads % lay.tp:
         raise IsoflopError(f"tp={lay.tp} does not divide n_heads={spec.n_heads}; use a divisor of the head count")
     if spec.kv_heads % lay.tp and lay.tp % spec.kv_heads:
-        raise IsoflopError(f"tp={lay.tp} and n_kv_heads={spec.kv_heads} must divide one another (KV heads are split or replicated)")
+        raise IsoflopError(
+            f"tp={lay.tp} and n_kv_heads={spec.kv_heads} must divide one another (KV heads are split or replicated)"
+        )
     if spec.n_layers % lay.pp:
         raise IsoflopError(f"pp={lay.pp} does not divide n_layers={spec.n_layers}; use a divisor of the layer count")
     if lay.interleave > 1 and (lay.pp == 1 or spec.n_layers % (lay.pp * lay.interleave)):
@@ -145,7 +159,7 @@ class LayoutArrays:
         return int(self.tp.shape[0])
 
     @classmethod
-    def from_layouts(cls, layouts: list[Layout]) -> "LayoutArrays":
+    def from_layouts(cls, layouts: list[Layout]) -> LayoutArrays:
         cols: dict[str, np.ndarray] = {}
         for name in KNOBS:
             values = [getattr(lay, name) for lay in layouts]
@@ -157,9 +171,18 @@ class LayoutArrays:
 
     def layout(self, i: int, dtype: str, optimizer: str) -> Layout:
         return Layout(
-            tp=int(self.tp[i]), pp=int(self.pp[i]), dp=int(self.dp[i]), cp=int(self.cp[i]), ep=int(self.ep[i]),
-            zero=int(self.zero[i]), recompute=RECOMPUTE[int(self.recompute[i])],  # type: ignore[arg-type]
-            sequence_parallel=bool(self.sequence_parallel[i]), micro_batch=int(self.micro_batch[i]),
-            interleave=int(self.interleave[i]), offload=bool(self.offload[i]), dtype=dtype,  # type: ignore[arg-type]
-            optimizer=optimizer, replicate=int(self.replicate[i]),  # type: ignore[arg-type]
+            tp=int(self.tp[i]),
+            pp=int(self.pp[i]),
+            dp=int(self.dp[i]),
+            cp=int(self.cp[i]),
+            ep=int(self.ep[i]),
+            zero=int(self.zero[i]),
+            recompute=RECOMPUTE[int(self.recompute[i])],  # type: ignore[arg-type]
+            sequence_parallel=bool(self.sequence_parallel[i]),
+            micro_batch=int(self.micro_batch[i]),
+            interleave=int(self.interleave[i]),
+            offload=bool(self.offload[i]),
+            dtype=dtype,  # type: ignore[arg-type]
+            optimizer=optimizer,
+            replicate=int(self.replicate[i]),  # type: ignore[arg-type]
         )

@@ -12,7 +12,8 @@
   shard Q, K, V, the attention output, the output-projection input, the log-sum-exp and the MLP's
   hidden tensors (GELU 2 ``d_ff``; SwiGLU 4 ``d_ff``). Selective recomputation drops the attention core's
   outputs; full recomputation keeps only each layer's input, ``2 s b h`` (Korthikanti Eq. 6), plus one
-  layer's full set during its backward (alive after the loss buffers are freed, so the peak takes the larger). Context parallelism divides the tokens by ``cp``.
+  layer's full set during its backward (alive after the loss buffers are freed, so the peak takes the larger).
+  Context parallelism divides the tokens by ``cp``.
 * Pipeline parallelism (Narayanan et al. 2021, Sec. 2.2; Korthikanti et al. 2022, Sec. 4.2.3): with 1F1B
   the first stage keeps ``min(p, m)`` microbatches in flight; interleaving multiplies that by
   ``1 + (p - 1) / (p v)``. The last stage holds the logits; the model reports the larger stage.
@@ -31,8 +32,16 @@ from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
 from isoflop.spec.model import ModelSpec
 
 GIB = 2.0**30
-MEMORY_KEYS = ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib", "logits_gib",
-               "comm_buffers_gib", "overhead_gib", "total_gib")
+MEMORY_KEYS = (
+    "weights_gib",
+    "gradients_gib",
+    "optimizer_gib",
+    "activations_gib",
+    "logits_gib",
+    "comm_buffers_gib",
+    "overhead_gib",
+    "total_gib",
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,13 @@ def layer_activation_bytes(
 
 
 def memory_bytes(
-    spec: ModelSpec, gpu: GPU, la: LayoutArrays, global_batch: int, seq_len: int, dtype: str, optimizer: str,
+    spec: ModelSpec,
+    gpu: GPU,
+    la: LayoutArrays,
+    global_batch: int,
+    seq_len: int,
+    dtype: str,
+    optimizer: str,
     const: PerfConstants,
 ) -> dict[str, np.ndarray]:
     """Peak bytes per GPU, by part, for the fuller of the first and the last pipeline stage."""
@@ -150,7 +165,9 @@ def memory_bytes(
     pp, v = la.pp.astype(float), la.interleave.astype(float)
     layers = spec.n_layers / pp
     per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid)
-    kept = np.select([la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"])
+    kept = np.select(
+        [la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"]
+    )
     # full recompute: the layer being recomputed in the backward, plus its MLP's hidden-gradient buffers
     hidden_grad = la.micro_batch * seq_len / la.cp * (2 if spec.gated else 1) * spec.d_ff / la.tp * prec.act
     live = np.where(la.recompute == 2, per_layer["none"] + hidden_grad, 0.0)
@@ -159,7 +176,9 @@ def memory_bytes(
     act_last = layers * kept
     tokens = la.micro_batch * seq_len / la.cp
     rep_div = np.where(la.sequence_parallel, la.tp, 1)
-    head_in = (spec.d_model * (prec.resid + prec.act) + (4.0 if spec.norm == "rmsnorm" else 8.0)) / rep_div  # final norm + head inputs
+    head_in = (
+        spec.d_model * (prec.resid + prec.act) + (4.0 if spec.norm == "rmsnorm" else 8.0)
+    ) / rep_div  # final norm + head inputs
     logits = tokens * (spec.vocab_size / la.tp * const.logits_mem_bytes_per_logit + head_in)
     logits_first = np.where(la.pp == 1, logits, 0.0)
 
@@ -178,7 +197,10 @@ def memory_bytes(
 
     out: dict[str, np.ndarray] = {}
     parts = []
-    for dense, act, lg, cast in ((sp.dense_first, act_first, logits_first, copies), (sp.dense_last, act_last, logits, copies_last)):
+    for dense, act, lg, cast in (
+        (sp.dense_first, act_first, logits_first, copies),
+        (sp.dense_last, act_last, logits, copies_last),
+    ):
         w, g, o = states(dense)
         act = act + np.maximum(0.0, live - lg)  # the recomputed layer lives after the loss buffers are freed
         act = act + cast

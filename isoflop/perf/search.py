@@ -30,8 +30,11 @@ def _divisors(n: int) -> list[int]:
 def _choices(spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int) -> dict[str, list[Any]]:
     gpu_divs = _divisors(n_gpus)
     return {
-        "tp": [t for t in gpu_divs if t <= gpu.gpus_per_node and spec.n_heads % t == 0
-               and (spec.kv_heads % t == 0 or t % spec.kv_heads == 0)],
+        "tp": [
+            t
+            for t in gpu_divs
+            if t <= gpu.gpus_per_node and spec.n_heads % t == 0 and (spec.kv_heads % t == 0 or t % spec.kv_heads == 0)
+        ],
         "pp": [p for p in gpu_divs if spec.n_layers % p == 0],
         "cp": [c for c in gpu_divs if seq_len % c == 0 and (c == 1 or seq_len // c >= 512)],
         "ep": [e for e in gpu_divs if spec.n_experts % e == 0] if spec.is_moe else [1],
@@ -115,7 +118,9 @@ def _reason(best: Estimate, est: Estimate, rank: int) -> str:
     headroom = f"{est.headroom_gib:.1f} GiB free"
     if rank == 0:
         big = max(("bubble_s", "exposed_comm_s", "recompute_s", "memory_bound_s"), key=lambda k: e[k])
-        return f"fastest; largest overhead {big.removesuffix('_s')} {e[big] / est.step_time_s:.0%} of the step; {headroom}"
+        return (
+            f"fastest; largest overhead {big.removesuffix('_s')} {e[big] / est.step_time_s:.0%} of the step; {headroom}"
+        )
     gap = est.tokens_per_s / best.tokens_per_s - 1.0
     keys = ("bubble_s", "exposed_comm_s", "recompute_s", "memory_bound_s", "gemm_s", "attention_s", "optimizer_s")
     worst = max(keys, key=lambda k: e[k] - b[k])
@@ -126,8 +131,14 @@ def _reason(best: Estimate, est: Estimate, rank: int) -> str:
 
 
 def search_layouts(
-    spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int, fixed: dict | None = None,
-    top_k: int = 10, constants: PerfConstants | None = None,
+    spec: ModelSpec,
+    gpu: GPU,
+    n_gpus: int,
+    global_batch: int,
+    seq_len: int,
+    fixed: dict | None = None,
+    top_k: int = 10,
+    constants: PerfConstants | None = None,
 ) -> list[Estimate]:
     """The ``top_k`` fitting layouts, fastest first (each with ``extra['reason']``); ``[]`` when none fits."""
     fixed = dict(fixed or {})
@@ -166,21 +177,31 @@ def _explain_no_candidate(spec: ModelSpec, n_gpus: int, global_batch: int, seq_l
         lay = lay.replace(dp=n_gpus // denom)
     validate(lay, spec, n_gpus, global_batch, seq_len)
     raise IsoflopError(
-        f"no valid layout for {n_gpus} GPUs, global batch {global_batch}, seq_len {seq_len} with {fixed or 'no knobs'} fixed; "
+        f"no valid layout for {n_gpus} GPUs, global batch {global_batch}, seq_len {seq_len} with "
+        f"{fixed or 'no knobs'} fixed; "
         "choose a global batch divisible by the data-parallel degree, or fewer fixed knobs"
     )
 
 
 def fit_hints(
-    spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int, fixed: dict | None = None,
+    spec: ModelSpec,
+    gpu: GPU,
+    n_gpus: int,
+    global_batch: int,
+    seq_len: int,
+    fixed: dict | None = None,
     constants: PerfConstants | None = None,
 ) -> list[str]:
     """What would make something fit when nothing does: relax fixed knobs, add GPUs, shorten the sequence."""
     fixed = dict(fixed or {})
     hints: list[str] = []
     const = constants or load_constants(gpu.name)
-    relax = [("zero", 3, "ZeRO-3 (--zero 3)"), ("recompute", "full", "full recomputation (--recompute full)"),
-             ("offload", True, "optimizer offload (--offload)"), ("micro_batch", 1, "micro-batch 1")]
+    relax = [
+        ("zero", 3, "ZeRO-3 (--zero 3)"),
+        ("recompute", "full", "full recomputation (--recompute full)"),
+        ("offload", True, "optimizer offload (--offload)"),
+        ("micro_batch", 1, "micro-batch 1"),
+    ]
     for key, value, text in relax:
         if key in fixed and fixed[key] != value:
             trial = {**fixed, key: value}
@@ -189,7 +210,9 @@ def fit_hints(
     if not hints:
         free = {k: v for k, v in fixed.items() if k in ("dtype", "optimizer")}
         if free != fixed and _fits_any(spec, gpu, n_gpus, global_batch, seq_len, free, const):
-            hints.append("drop the fixed knobs (" + ", ".join(f"{k}={v}" for k, v in fixed.items() if k not in free) + ")")
+            hints.append(
+                "drop the fixed knobs (" + ", ".join(f"{k}={v}" for k, v in fixed.items() if k not in free) + ")"
+            )
     for factor in (2, 4, 8, 16, 32):
         more = n_gpus * factor
         if _fits_any(spec, gpu, more, global_batch, seq_len, fixed, const):
@@ -202,7 +225,9 @@ def fit_hints(
             hints.append(f"shorten the sequence to {s} tokens (or keep it and add context parallelism with more GPUs)")
             break
     if not hints:
-        hints.append(f"the model states alone exceed {gpu.memory_gib:.0f} GiB x {n_gpus} GPUs; use a GPU with more memory")
+        hints.append(
+            f"the model states alone exceed {gpu.memory_gib:.0f} GiB x {n_gpus} GPUs; use a GPU with more memory"
+        )
     return hints
 
 

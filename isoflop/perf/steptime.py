@@ -34,8 +34,22 @@ from isoflop.perf.layout import LayoutArrays, peak_dtype
 from isoflop.perf.memory import precision, stage_params
 from isoflop.spec.model import ModelSpec
 
-STEP_KEYS = ("compute_s", "gemm_s", "attention_s", "memory_bound_s", "recompute_s", "exposed_comm_s", "comm_tp_s",
-             "comm_cp_s", "comm_ep_s", "comm_pp_s", "comm_dp_s", "bubble_s", "optimizer_s", "overhead_s")
+STEP_KEYS = (
+    "compute_s",
+    "gemm_s",
+    "attention_s",
+    "memory_bound_s",
+    "recompute_s",
+    "exposed_comm_s",
+    "comm_tp_s",
+    "comm_cp_s",
+    "comm_ep_s",
+    "comm_pp_s",
+    "comm_dp_s",
+    "bubble_s",
+    "optimizer_s",
+    "overhead_s",
+)
 
 
 def _gemm(M, N, K, count, peak: float, act: float, gpu: GPU, c: PerfConstants) -> np.ndarray:
@@ -60,7 +74,13 @@ def _collective(nbytes, group, local, factor: float, gpu: GPU, c: PerfConstants)
 
 
 def step_time(
-    spec: ModelSpec, gpu: GPU, la: LayoutArrays, global_batch: int, seq_len: int, dtype: str, optimizer: str,
+    spec: ModelSpec,
+    gpu: GPU,
+    la: LayoutArrays,
+    global_batch: int,
+    seq_len: int,
+    dtype: str,
+    optimizer: str,
     c: PerfConstants,
 ) -> dict[str, np.ndarray]:
     """Seconds per optimizer step, as an additive breakdown (``STEP_KEYS``) plus ``step_time_s``."""
@@ -95,8 +115,11 @@ def step_time(
     a_fwd = a_flops / (attn_peak * c.flash_fwd_eff * seq_eff)
     a_bwd = c.flash_bwd_flop_ratio * a_flops / (attn_peak * c.flash_bwd_eff * seq_eff)
     rep_div = np.where(la.sequence_parallel, tp, 1.0)
-    elems = 10.0 * h / rep_div + 2.0 * (q / tp + kv_local) + (3.0 if spec.gated else 2.0) * f / tp * (
-        (spec.top_k + spec.n_shared_experts) if spec.is_moe else 1.0)
+    elems = (
+        10.0 * h / rep_div
+        + 2.0 * (q / tp + kv_local)
+        + (3.0 if spec.gated else 2.0) * f / tp * ((spec.top_k + spec.n_shared_experts) if spec.is_moe else 1.0)
+    )
     if spec.is_moe:
         elems = elems + 4.0 * spec.top_k * h
     hbm = gpu.hbm_gbps * 1e9 * c.hbm_eff
@@ -107,7 +130,9 @@ def step_time(
     n_tp = 4.0 + np.where(la.recompute == 2, 2.0, 0.0)
     comm_tp = n_tp * _collective(T * h * act, tp, tp_local, 2.0, gpu, c) * (1.0 - c.tp_overlap)
     cp_bytes = T * 2 * kv_local * act * (cp - 1)
-    cp_link = np.where(tp * cp <= G, gpu.intra_node_gbps * c.intra_node_eff, gpu.inter_node_gbps * c.inter_node_eff) * 1e9
+    cp_link = (
+        np.where(tp * cp <= G, gpu.intra_node_gbps * c.intra_node_eff, gpu.inter_node_gbps * c.inter_node_eff) * 1e9
+    )
     cp_time = np.where(cp > 1, 3.0 * cp_bytes / cp_link, 0.0)
     comm_cp = np.maximum(0.0, cp_time - c.cp_overlap * (a_fwd + a_bwd))
     if spec.is_moe:
@@ -126,7 +151,10 @@ def step_time(
     stage_mb = layers * 3.0 * mb_fwd + head_m
     stage_rc = layers * recompute
     stage_comm = layers * (comm_tp + comm_cp + comm_ep)
-    pp_link = np.where(tp * cp * dp >= G, gpu.inter_node_gbps * c.inter_node_eff, gpu.intra_node_gbps * c.intra_node_eff) * 1e9
+    pp_link = (
+        np.where(tp * cp * dp >= G, gpu.inter_node_gbps * c.inter_node_eff, gpu.intra_node_gbps * c.intra_node_eff)
+        * 1e9
+    )
     p2p = np.where(la.pp > 1, 2.0 * v * T * h * act / rep_div / pp_link, 0.0) * (1.0 - c.pp_overlap)
     t_mb = stage_gemm + stage_attn + stage_mb + stage_rc + stage_comm + p2p
     # small models are launch-bound: the host cannot issue kernels faster than kernel_launch_s each
@@ -143,9 +171,11 @@ def step_time(
     zero = la.zero
     ar = _collective(params * prec.grad, group, dp_local, 2.0, gpu, c)
     rs_ag = _collective(params * prec.grad, group, dp_local, 1.0, gpu, c) + _collective(
-        params * prec.weight, group, dp_local, 1.0, gpu, c)
+        params * prec.weight, group, dp_local, 1.0, gpu, c
+    )
     fsdp_mb = 2.0 * _collective(params * prec.weight, shard_group, dp_local, 1.0, gpu, c) + _collective(
-        params * prec.grad, shard_group, dp_local, 1.0, gpu, c)
+        params * prec.grad, shard_group, dp_local, 1.0, gpu, c
+    )
     hsdp = _collective(params * prec.grad / shard_group, la.replicate, 1.0, 2.0, gpu, c)
     bwd_mb = t_mb * 2.0 / 3.0
     dp_exposed = np.select(

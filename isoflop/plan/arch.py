@@ -44,9 +44,20 @@ def _round_up(x: np.ndarray, m: int) -> np.ndarray:
 
 
 def shape_for_params(
-    n_params: float, vocab_size: int = 32000, seq_len: int = 2048, *, multiple: int = 128, head_dim: int | None = None,
-    tp: int = 1, kv_heads: int | None = None, ffn_multiple: int | None = None, count: str = "total",
-    tie_embeddings: bool = False, aspect: float | None = None, max_layers: int = 256, tolerance: float = 0.1,
+    n_params: float,
+    vocab_size: int = 32000,
+    seq_len: int = 2048,
+    *,
+    multiple: int = 128,
+    head_dim: int | None = None,
+    tp: int = 1,
+    kv_heads: int | None = None,
+    ffn_multiple: int | None = None,
+    count: str = "total",
+    tie_embeddings: bool = False,
+    aspect: float | None = None,
+    max_layers: int = 256,
+    tolerance: float = 0.1,
     name: str = "planned",
 ) -> ModelSpec:
     """A ``ModelSpec`` with about ``n_params`` parameters (``count``: ``total`` or ``non_embedding``).
@@ -57,7 +68,13 @@ def shape_for_params(
     """
     if not (math.isfinite(n_params) and n_params > 0):
         raise IsoflopError(f"parameter count must be a positive finite number, got {n_params!r}")
-    for value, label in ((vocab_size, "vocab_size"), (seq_len, "seq_len"), (multiple, "multiple"), (tp, "tp"), (max_layers, "max_layers")):
+    for value, label in (
+        (vocab_size, "vocab_size"),
+        (seq_len, "seq_len"),
+        (multiple, "multiple"),
+        (tp, "tp"),
+        (max_layers, "max_layers"),
+    ):
         if int(value) != value or value <= 0:
             raise IsoflopError(f"{label} must be a positive integer, got {value!r}")
     if count not in ("total", "non_embedding"):
@@ -87,7 +104,9 @@ def shape_for_params(
     fixed = embed + widths + head if count == "total" else widths + head
     small = fixed + per_layer <= 3 * n_params  # widths whose one-layer model is not already far too big
     small[0] = True
-    widths, hd, heads, kv, ffn, per_layer, fixed, valid = (x[small] for x in (widths, hd, heads, kv, ffn, per_layer, fixed, valid))
+    widths, hd, heads, kv, ffn, per_layer, fixed, valid = (
+        x[small] for x in (widths, hd, heads, kv, ffn, per_layer, fixed, valid)
+    )
     layers = np.arange(1, max_layers + 1, dtype=np.int64)
     total = fixed[None, :] + layers[:, None] * per_layer[None, :]  # (layers, widths)
     size_err = np.log(total / n_params)
@@ -100,12 +119,29 @@ def shape_for_params(
     n_layers, d_model = int(layers[li]), int(widths[wi])
     got = int(total[li, wi])
     if abs(got / n_params - 1.0) > tolerance:
-        hint = "use count='non_embedding' with tie_embeddings=True, a smaller vocabulary or a finer multiple" if got > n_params else "raise max_layers"
-        raise IsoflopError(f"no architecture has about {n_params:.3g} parameters (closest {got:.3g}, vocab {vocab_size}, width multiple {multiple}); {hint}")
+        hint = (
+            "use count='non_embedding' with tie_embeddings=True, a smaller vocabulary or a finer multiple"
+            if got > n_params
+            else "raise max_layers"
+        )
+        raise IsoflopError(
+            f"no architecture has about {n_params:.3g} parameters (closest {got:.3g}, vocab {vocab_size}, width "
+            f"multiple {multiple}); {hint}"
+        )
     spec = ModelSpec(
-        name=name, d_model=d_model, n_layers=n_layers, n_heads=int(heads[wi]), n_kv_heads=int(kv[wi]),
-        head_dim=int(hd[wi]) if head_dim is not None else None, d_ff=int(ffn[wi]), vocab_size=int(vocab_size),
-        max_seq_len=int(seq_len), norm="rmsnorm", mlp="swiglu", position="rope", tie_embeddings=tie_embeddings,
+        name=name,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=int(heads[wi]),
+        n_kv_heads=int(kv[wi]),
+        head_dim=int(hd[wi]) if head_dim is not None else None,
+        d_ff=int(ffn[wi]),
+        vocab_size=int(vocab_size),
+        max_seq_len=int(seq_len),
+        norm="rmsnorm",
+        mlp="swiglu",
+        position="rope",
+        tie_embeddings=tie_embeddings,
         bias=False,
     )
     params = count_params(spec)

@@ -37,28 +37,47 @@ def plan_train_config(plan: Plan) -> TrainConfig:
         model=spec,
         data=DataConfig(source="stdlib", vocab_size=spec.vocab_size, tokenizer=None),
         train=TrainSection(
-            seq_len=int(plan.seq_len), global_batch=int(hp["global_batch"]),
-            micro_batch=int(layout["micro_batch"]) if layout else None, tokens=int(round(plan.tokens)),
+            seq_len=int(plan.seq_len),
+            global_batch=int(hp["global_batch"]),
+            micro_batch=int(layout["micro_batch"]) if layout else None,
+            tokens=int(round(plan.tokens)),
             activation_checkpointing=bool(layout and layout.get("recompute", "none") != "none"),
         ),
         optim=OptimSection(
-            lr=float(hp["lr"]), min_lr_ratio=float(hp["min_lr_ratio"]), schedule=hp["schedule"],
-            warmup_steps=int(hp["warmup_steps"]), decay_fraction=float(hp["decay_fraction"] or 0.2),
+            lr=float(hp["lr"]),
+            min_lr_ratio=float(hp["min_lr_ratio"]),
+            schedule=hp["schedule"],
+            warmup_steps=int(hp["warmup_steps"]),
+            decay_fraction=float(hp["decay_fraction"] or 0.2),
         ),
         parallel=ParallelSection(
-            strategy=_strategy(layout), replicate=int(layout.get("replicate", 1)) if layout else 1,
+            strategy=_strategy(layout),
+            replicate=int(layout.get("replicate", 1)) if layout else 1,
             **({k: layout[k] for k in ("tp", "pp", "dp", "zero")} if layout else {}),
         ),
         predicted=PredictedSection(
-            loss=plan.predicted_loss, loss_ci95=plan.predicted_loss_ci95,
-            **({k: getattr(plan.hardware, k) for k in ("step_time_s", "memory_gib", "tokens_per_s", "mfu")}
-               if plan.hardware else {}),
+            loss=plan.predicted_loss,
+            loss_ci95=plan.predicted_loss_ci95,
+            **(
+                {k: getattr(plan.hardware, k) for k in ("step_time_s", "memory_gib", "tokens_per_s", "mfu")}
+                if plan.hardware
+                else {}
+            ),
         ),
         plan={
-            "budget": plan.budget, "law": plan.law, "flops": plan.flops, "tokens_per_param": plan.tokens_per_param,
+            "budget": plan.budget,
+            "law": plan.law,
+            "flops": plan.flops,
+            "tokens_per_param": plan.tokens_per_param,
             "hyperparameter_laws": hp["laws"],
-            **({k: getattr(plan.hardware, k) for k in ("layout", "days", "gpu_hours", "cost_usd", "energy_kwh", "co2_kg")}
-               if plan.hardware else {}),
+            **(
+                {
+                    k: getattr(plan.hardware, k)
+                    for k in ("layout", "days", "gpu_hours", "cost_usd", "energy_kwh", "co2_kg")
+                }
+                if plan.hardware
+                else {}
+            ),
         },
     )
 

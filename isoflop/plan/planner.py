@@ -69,15 +69,21 @@ def _check(req: PlanRequest) -> None:
     given = sum([req.budget_flops is not None, req.target_loss is not None, all(hardware)])
     if given != 1:
         raise IsoflopError("give exactly one budget: --budget-flops, --target-loss, or --gpu/--gpus/--days")
-    for value, name in ((req.budget_flops, "--budget-flops"), (req.days, "--days"), (req.target_loss, "--target-loss"),
-                        (req.unique_tokens, "--unique-tokens")):
+    for value, name in (
+        (req.budget_flops, "--budget-flops"),
+        (req.days, "--days"),
+        (req.target_loss, "--target-loss"),
+        (req.unique_tokens, "--unique-tokens"),
+    ):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise IsoflopError(f"{name} must be a positive finite number, got {value!r}")
     if req.n_gpus is not None and req.n_gpus < 1:
         raise IsoflopError(f"--gpus must be a positive integer, got {req.n_gpus}")
     if req.mfu is not None and not 0 < req.mfu <= 1:
         raise IsoflopError(f"--mfu must be in (0, 1], got {req.mfu}")
-    if req.price_per_gpu_hour is not None and not (math.isfinite(req.price_per_gpu_hour) and req.price_per_gpu_hour >= 0):
+    if req.price_per_gpu_hour is not None and not (
+        math.isfinite(req.price_per_gpu_hour) and req.price_per_gpu_hour >= 0
+    ):
         raise IsoflopError(f"--price must be >= 0, got {req.price_per_gpu_hour}")
     if req.seq_len < 1 or req.vocab_size < 1:
         raise IsoflopError("--seq-len and --vocab-size must be positive integers")
@@ -88,7 +94,9 @@ def _check(req: PlanRequest) -> None:
 def _model(alloc: Allocation, req: PlanRequest) -> ModelSpec:
     """The architecture with about ``alloc.n_params`` parameters of the law's kind (``alloc.param_kind``)."""
     try:
-        return shape_for_params(alloc.n_params, req.vocab_size, req.seq_len, tp=1, count=alloc.param_kind, name="planned")
+        return shape_for_params(
+            alloc.n_params, req.vocab_size, req.seq_len, tp=1, count=alloc.param_kind, name="planned"
+        )
     except IsoflopError:
         raise IsoflopError(
             f"the budget is too small for any sensible model: the law asks for {alloc.n_params:.3g} "
@@ -122,12 +130,25 @@ class PlannedModel:
     @classmethod
     def of(cls, spec: ModelSpec) -> PlannedModel:
         p = count_params(spec)
-        return cls(params=p.total, non_embedding_params=p.non_embedding, layers=spec.n_layers, d_model=spec.d_model,
-                   heads=spec.n_heads, kv_heads=spec.kv_heads, head_dim=spec.dim_per_head, ffn=spec.d_ff,
-                   vocab_size=spec.vocab_size, seq_len=spec.max_seq_len, spec=spec)
+        return cls(
+            params=p.total,
+            non_embedding_params=p.non_embedding,
+            layers=spec.n_layers,
+            d_model=spec.d_model,
+            heads=spec.n_heads,
+            kv_heads=spec.kv_heads,
+            head_dim=spec.dim_per_head,
+            ffn=spec.d_ff,
+            vocab_size=spec.vocab_size,
+            seq_len=spec.max_seq_len,
+            spec=spec,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}, "spec": self.spec.model_dump()}
+        return {
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"},
+            "spec": self.spec.model_dump(),
+        }
 
 
 @dataclass
@@ -178,8 +199,13 @@ class Plan:
 
 
 def _allocate(law: Law, req: PlanRequest, flops: float | None) -> Allocation:
-    return compute_optimal(law, flops, target_loss=None if flops is not None else req.target_loss,
-                           unique_tokens=req.unique_tokens, inference_tokens=req.inference_tokens)
+    return compute_optimal(
+        law,
+        flops,
+        target_loss=None if flops is not None else req.target_loss,
+        unique_tokens=req.unique_tokens,
+        inference_tokens=req.inference_tokens,
+    )
 
 
 def _loss(law: Law, req: PlanRequest, n: float, d: float) -> float | None:
@@ -216,10 +242,15 @@ def make_plan(req: PlanRequest) -> Plan:
         spec = _model(alloc, req)
         n = _law_count(spec, law)
         tokens = alloc.flops / (6.0 * n)
-        hp = recommend(count_params(spec).non_embedding, tokens, seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule)
+        hp = recommend(
+            count_params(spec).non_embedding, tokens, seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule
+        )
         plan = _common(law, req, alloc, spec, tokens, hp)
-        plan.budget = {"kind": "target_loss" if req.target_loss is not None else "flops", "flops": alloc.flops,
-                       "target_loss": req.target_loss}
+        plan.budget = {
+            "kind": "target_loss" if req.target_loss is not None else "flops",
+            "flops": alloc.flops,
+            "target_loss": req.target_loss,
+        }
         return plan
     return _hardware_plan(law, req, gpu)
 
@@ -227,8 +258,13 @@ def make_plan(req: PlanRequest) -> Plan:
 def _common(law: Law, req: PlanRequest, alloc: Allocation, spec: ModelSpec, tokens: float, hp: dict[str, Any]) -> Plan:
     n = _law_count(spec, law)
     return Plan(
-        law={"name": law.name, "form": law.form, "citation": law.citation, "param_kind": law.param_kind,
-             "params": law.params_},
+        law={
+            "name": law.name,
+            "form": law.form,
+            "citation": law.citation,
+            "param_kind": law.param_kind,
+            "params": law.params_,
+        },
         model=PlannedModel.of(spec),
         tokens=tokens,
         tokens_per_param=tokens / n,
@@ -256,16 +292,28 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> Plan:
         spec = _model(alloc, req)
         counts = count_params(spec)
         n = _law_count(spec, law)
-        hp = recommend(counts.non_embedding, flops / (6.0 * n), seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule)
+        hp = recommend(
+            counts.non_embedding, flops / (6.0 * n), seq_len=req.seq_len, law=req.hp_law, schedule=req.schedule
+        )
         global_batch = _batch(hp, req.n_gpus)
         layouts = search_layouts(spec, gpu, req.n_gpus, global_batch, req.seq_len, fixed={"dtype": req.dtype}, top_k=3)
         if not layouts:
             hints = fit_hints(spec, gpu, req.n_gpus, global_batch, req.seq_len, {"dtype": req.dtype})
-            raise IsoflopError(f"no parallel layout of the {counts.total / 1e9:.3g}B-parameter model fits {req.n_gpus} x {gpu.name}; " + "; ".join(hints))
+            raise IsoflopError(
+                f"no parallel layout of the {counts.total / 1e9:.3g}B-parameter model fits {req.n_gpus} x {gpu.name}; "
+                + "; ".join(hints)
+            )
         best = layouts[0]
         tokens_per_s = best.tokens_per_s if req.mfu is None else best.tokens_per_s * req.mfu / best.mfu
         new_flops = 6.0 * n * tokens_per_s * seconds
-        history.append({"flops": flops, "n_params": n, "tokens_per_s": tokens_per_s, "mfu": best.mfu if req.mfu is None else req.mfu})
+        history.append(
+            {
+                "flops": flops,
+                "n_params": n,
+                "tokens_per_s": tokens_per_s,
+                "mfu": best.mfu if req.mfu is None else req.mfu,
+            }
+        )
         done = abs(new_flops / flops - 1.0) < 0.005
         flops = new_flops
         if done:
@@ -284,16 +332,29 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> Plan:
     mfu_used = best.mfu if req.mfu is None else req.mfu
     step_time = best.step_time_s if req.mfu is None else best.step_time_s * best.mfu / req.mfu
     steps = max(1, math.ceil(tokens / (global_batch * req.seq_len)))
-    hp = {**hp, "global_batch": global_batch, "steps": steps,
-          "warmup_steps": warmup_steps(counts.non_embedding, global_batch * req.seq_len, steps)}
+    hp = {
+        **hp,
+        "global_batch": global_batch,
+        "steps": steps,
+        "warmup_steps": warmup_steps(counts.non_embedding, global_batch * req.seq_len, steps),
+    }
     hp["batch_tokens"] = global_batch * req.seq_len
     plan = _common(law, req, alloc, spec, tokens, hp)
     days = steps * step_time / 86400.0
     gpu_hours = req.n_gpus * days * 24.0
     price = gpu.price_per_hour_usd if req.price_per_gpu_hour is None else req.price_per_gpu_hour
     energy = gpu_hours * gpu.tdp_watts / 1000.0 * req.pue
-    plan.budget = {"kind": "hardware", "gpu": gpu.name, "n_gpus": req.n_gpus, "days": req.days, "flops": flops,
-                   "dtype": req.dtype, "mfu_override": req.mfu, "iterations": history, "converged": done}
+    plan.budget = {
+        "kind": "hardware",
+        "gpu": gpu.name,
+        "n_gpus": req.n_gpus,
+        "days": req.days,
+        "flops": flops,
+        "dtype": req.dtype,
+        "mfu_override": req.mfu,
+        "iterations": history,
+        "converged": done,
+    }
     plan.hardware = HardwarePlan(
         layout=best.layout.to_dict(),
         layout_reason=best.extra.get("reason"),
@@ -308,8 +369,10 @@ def _hardware_plan(law: Law, req: PlanRequest, gpu: GPU) -> Plan:
         cost_usd=gpu_hours * price,
         energy_kwh=energy,
         co2_kg=energy * req.carbon_kg_per_kwh,
-        assumptions={"pue": req.pue, "carbon_kg_per_kwh": req.carbon_kg_per_kwh,
-                     "power": f"{gpu.tdp_watts:.0f} W per GPU (TDP) for the whole run; host and network not counted"},
+        assumptions={
+            "pue": req.pue,
+            "carbon_kg_per_kwh": req.carbon_kg_per_kwh,
+            "power": f"{gpu.tdp_watts:.0f} W per GPU (TDP) for the whole run; host and network not counted",
+        },
     )
     return plan
-

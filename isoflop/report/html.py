@@ -59,24 +59,35 @@ def _verdict(held: dict[str, Any]) -> str:
     if not held.get("predicted_loss"):
         return "<p class='verdict miss'>No held-out prediction yet (the ladder has not been fitted).</p>"
     lo, hi = held.get("ci95") or (None, None)
-    text = (f"Held-out run at C = {held['budget']:.3g} FLOPs (N = {held.get('n', 0):,}, D = {held.get('tokens', 0):,}): "
-            f"predicted <b>{held['predicted_loss']:.4f}</b> [95% CI {_fmt(lo)}, {_fmt(hi)}] by {html.escape(held.get('method', ''))}")
+    text = (
+        f"Held-out run at C = {held['budget']:.3g} FLOPs (N = {held.get('n', 0):,}, D = {held.get('tokens', 0):,}): "
+        f"predicted <b>{held['predicted_loss']:.4f}</b> [95% CI {_fmt(lo)}, {_fmt(hi)}] by "
+        f"{html.escape(held.get('method', ''))}"
+    )
     if held.get("actual_loss") is None:
         return f"<p class='verdict miss'>{text}; not trained yet.</p>"
     inside = lo is not None and lo <= held["actual_loss"] <= hi
-    text += f", actual <b>{held['actual_loss']:.4f}</b>, error {held['error_pct']:+.2f}% ({'inside' if inside else 'outside'} the interval)."
+    where = "inside" if inside else "outside"
+    text += f", actual <b>{held['actual_loss']:.4f}</b>, error {held['error_pct']:+.2f}% ({where} the interval)."
     return f"<p class='verdict{'' if inside else ' miss'}'>{text}</p>"
 
 
 def _predictions_table(held: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td style='text-align:left'>{html.escape(p['method'])}{' (primary)' if p['method'] == held.get('method') else ''}</td>"
+        f"<tr><td style='text-align:left'>{html.escape(p['method'])}"
+        f"{' (primary)' if p['method'] == held.get('method') else ''}</td>"
         f"<td>{p['predicted_loss']:.4f}</td><td>{_fmt((p.get('ci95') or [None])[0])}</td>"
         f"<td>{_fmt((p.get('ci95') or [None, None])[1])}</td><td>{_fmt(p.get('error_pct'), '+.2f')}</td></tr>"
         for p in held.get("predictions", [])
     )
-    return ("<table><tr><th>method</th><th>predicted</th><th>CI low</th><th>CI high</th><th>error %</th></tr>"
-            f"{rows}</table>") if rows else ""
+    return (
+        (
+            "<table><tr><th>method</th><th>predicted</th><th>CI low</th><th>CI high</th><th>error %</th></tr>"
+            f"{rows}</table>"
+        )
+        if rows
+        else ""
+    )
 
 
 def _runs_table(analysis: dict[str, Any]) -> str:
@@ -86,8 +97,10 @@ def _runs_table(analysis: dict[str, Any]) -> str:
         f"<td>{html.escape(str(p.get('status', '')))}</td></tr>"
         for p in analysis["points"]
     )
-    return ("<table><tr><th>budget C</th><th>N (non-emb.)</th><th>N (total)</th><th>tokens D</th><th>FLOPs</th>"
-            f"<th>val loss</th><th>s/step</th><th>status</th></tr>{rows}</table>")
+    return (
+        "<table><tr><th>budget C</th><th>N (non-emb.)</th><th>N (total)</th><th>tokens D</th><th>FLOPs</th>"
+        f"<th>val loss</th><th>s/step</th><th>status</th></tr>{rows}</table>"
+    )
 
 
 def write_report(analysis: dict[str, Any], out_dir: str | Path) -> Path:
@@ -98,19 +111,21 @@ def write_report(analysis: dict[str, Any], out_dir: str | Path) -> Path:
         data = _png(draw(analysis))
         atomic_write_bytes(out / "plots" / f"{key}.png", data)
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        sections.append(f"<figure id='{key}'><figcaption><h3>{html.escape(title)}</h3></figcaption>"
-                        f"<img class='plot' alt='{html.escape(title)}' src='{uri}'></figure>")
+        sections.append(
+            f"<figure id='{key}'><figcaption><h3>{html.escape(title)}</h3></figcaption>"
+            f"<img class='plot' alt='{html.escape(title)}' src='{uri}'></figure>"
+        )
     held = analysis.get("heldout") or {}
     fits = json.dumps(analysis.get("fits", {}), indent=2, default=str)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>isoflop ladder report: {html.escape(analysis.get('ladder', ''))}</title>
+<html><head><meta charset="utf-8"><title>isoflop ladder report: {html.escape(analysis.get("ladder", ""))}</title>
 <style>{_STYLE}</style></head>
 <body>
-<h1>isoflop ladder report: {html.escape(analysis.get('ladder', ''))}</h1>
+<h1>isoflop ladder report: {html.escape(analysis.get("ladder", ""))}</h1>
 {_verdict(held)}
 {f"<p><i>Note: {html.escape(held['note'])}</i></p>" if held.get("note") else ""}
 {_predictions_table(held)}
-{''.join(sections)}
+{"".join(sections)}
 <h2>Runs</h2>
 {_runs_table(analysis)}
 <h2>Fitted laws</h2>

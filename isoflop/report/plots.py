@@ -48,7 +48,9 @@ def isoflop_curves(analysis: dict[str, Any]) -> Figure:
     budgets = _budgets(analysis)
     parabolas = {p["budget"]: p for p in analysis.get("parabolas", [])}
     for color, budget in zip(_colors(len(budgets)), budgets):
-        pts = sorted((p for p in analysis["points"] if p["budget"] == budget and p.get("loss") is not None), key=lambda p: p["n"])
+        pts = sorted(
+            (p for p in analysis["points"] if p["budget"] == budget and p.get("loss") is not None), key=lambda p: p["n"]
+        )
         if not pts:
             continue
         n = np.array([p["n"] for p in pts], dtype=float)
@@ -61,8 +63,12 @@ def isoflop_curves(analysis: dict[str, Any]) -> Figure:
     held = analysis.get("heldout") or {}
     if held.get("actual_loss") is not None:
         ax.scatter([held["n"]], [held["actual_loss"]], label=f"held-out C = {held['budget']:.2g}", **HELDOUT_STYLE)
-    _finish_axes(ax, "IsoFLOP curves and fitted parabolas (minima: triangles)",
-                 f"parameters N ({analysis.get('param_kind', 'non-embedding')})", "final validation loss (nats/token)")
+    _finish_axes(
+        ax,
+        "IsoFLOP curves and fitted parabolas (minima: triangles)",
+        f"parameters N ({analysis.get('param_kind', 'non-embedding')})",
+        "final validation loss (nats/token)",
+    )
     fig.tight_layout()
     return fig
 
@@ -74,8 +80,15 @@ def loss_vs_compute(analysis: dict[str, Any]) -> Figure:
     ax.scatter([p["flops"] for p in pts], [p["loss"] for p in pts], color="grey", s=18, alpha=0.7, label="ladder runs")
     pars = analysis.get("parabolas", [])
     if pars:
-        ax.scatter([p["budget"] for p in pars], [p["loss_opt"] for p in pars], color="black", marker="v", s=50,
-                   label="IsoFLOP minima", zorder=4)
+        ax.scatter(
+            [p["budget"] for p in pars],
+            [p["loss_opt"] for p in pars],
+            color="black",
+            marker="v",
+            s=50,
+            label="IsoFLOP minima",
+            zorder=4,
+        )
     for curve, color in zip(analysis.get("curves", []), ("tab:blue", "tab:orange", "tab:green")):
         c = np.array(curve["compute"], dtype=float)
         ax.plot(c, curve["loss"], color=color, lw=1.8, label=curve["label"])
@@ -84,8 +97,12 @@ def loss_vs_compute(analysis: dict[str, Any]) -> Figure:
     held = analysis.get("heldout") or {}
     if held.get("actual_loss") is not None:
         ax.scatter([held["flops"]], [held["actual_loss"]], label="held-out (actual)", **HELDOUT_STYLE)
-    _finish_axes(ax, "Loss vs compute: fitted laws and 95% intervals", "training compute C (FLOPs)",
-                 "final validation loss (nats/token)")
+    _finish_axes(
+        ax,
+        "Loss vs compute: fitted laws and 95% intervals",
+        "training compute C (FLOPs)",
+        "final validation loss (nats/token)",
+    )
     fig.tight_layout()
     return fig
 
@@ -101,13 +118,22 @@ def optimal_allocation(analysis: dict[str, Any]) -> Figure:
         fit = analysis.get(fit_key)
         if fit and c_all:
             grid = np.logspace(np.log10(min(c_all)) - 0.2, np.log10(max(c_all)) + 0.2, 50)
-            ax.plot(grid, fit["coef"] * grid ** fit["exponent"], color="tab:blue",
-                    label=f"{name} = {fit['coef']:.3g} C^{fit['exponent']:.3f}")
+            ax.plot(
+                grid,
+                fit["coef"] * grid ** fit["exponent"],
+                color="tab:blue",
+                label=f"{name} = {fit['coef']:.3g} C^{fit['exponent']:.3f}",
+            )
         held_key = {"n_opt": "n", "d_opt": "tokens"}[key]
         if held.get(held_key):
             ax.scatter([held["budget"]], [held[held_key]], label="held-out run", **HELDOUT_STYLE)
-        _finish_axes(ax, f"{name}(C)", "training compute C (FLOPs)",
-                     f"{name} ({'parameters' if key == 'n_opt' else 'tokens'})", log="xy")
+        _finish_axes(
+            ax,
+            f"{name}(C)",
+            "training compute C (FLOPs)",
+            f"{name} ({'parameters' if key == 'n_opt' else 'tokens'})",
+            log="xy",
+        )
     fig.tight_layout()
     return fig
 
@@ -121,14 +147,27 @@ def predicted_vs_actual(analysis: dict[str, Any]) -> Figure:
         lo, hi = pred.get("ci95") or (pred["predicted_loss"], pred["predicted_loss"])
         err = [[pred["predicted_loss"] - lo], [hi - pred["predicted_loss"]]]
         primary = pred["method"] == held.get("method")
-        ax.errorbar([i], [pred["predicted_loss"]], yerr=err, fmt="o", capsize=8, ms=8,
-                    color="tab:blue" if primary else "tab:grey", label=f"{pred['method']}{' (primary)' if primary else ''}")
+        ax.errorbar(
+            [i],
+            [pred["predicted_loss"]],
+            yerr=err,
+            fmt="o",
+            capsize=8,
+            ms=8,
+            color="tab:blue" if primary else "tab:grey",
+            label=f"{pred['method']}{' (primary)' if primary else ''}",
+        )
     if held.get("actual_loss") is not None:
         ax.axhline(held["actual_loss"], color="crimson", lw=2, label=f"actual {held['actual_loss']:.3f}")
     ax.set_xticks(range(len(preds)), [p["method"] for p in preds])
     ax.set_xlim(-0.6, max(len(preds), 1) - 0.4)
-    _finish_axes(ax, f"Held-out run at C = {held.get('budget', float('nan')):.2g}: predicted (95% CI) vs actual", None,
-                 "validation loss (nats/token)", log="")
+    _finish_axes(
+        ax,
+        f"Held-out run at C = {held.get('budget', float('nan')):.2g}: predicted (95% CI) vs actual",
+        None,
+        "validation loss (nats/token)",
+        log="",
+    )
     fig.tight_layout()
     return fig
 

@@ -5,6 +5,13 @@ from isoflop.spec.loader import load_spec, preset, preset_names, spec_from_dict
 from isoflop.spec.model import ModelSpec
 
 __all__ = [
-    "FlopCount", "ModelSpec", "ParamCount", "count_flops", "count_params",
-    "load_spec", "preset", "preset_names", "spec_from_dict",
+    "FlopCount",
+    "ModelSpec",
+    "ParamCount",
+    "count_flops",
+    "count_params",
+    "load_spec",
+    "preset",
+    "preset_names",
+    "spec_from_dict",
 ]

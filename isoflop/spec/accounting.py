@@ -81,9 +81,16 @@ def count_params(spec: ModelSpec) -> ParamCount:
     total = embedding + L * per_layer + final_norm + lm_head
     active = embedding + L * per_layer_active + final_norm + lm_head
     return ParamCount(
-        total=total, embedding=embedding, non_embedding=total - embedding, active=active,
-        attention=L * attn, mlp=L * experts_total * one_mlp, router=L * router,
-        norms=L * norms_layer + final_norm, lm_head=lm_head, per_layer=per_layer,
+        total=total,
+        embedding=embedding,
+        non_embedding=total - embedding,
+        active=active,
+        attention=L * attn,
+        mlp=L * experts_total * one_mlp,
+        router=L * router,
+        norms=L * norms_layer + final_norm,
+        lm_head=lm_head,
+        per_layer=per_layer,
     )
 
 
@@ -128,9 +135,17 @@ def count_flops(spec: ModelSpec, seq_len: int | None = None, causal: bool = Fals
     forward = L * (attn_proj + attn_core + mlp) + logits
     active_non_embedding = params.active - params.embedding
     return FlopCount(
-        seq_len=s, causal=causal, attention_proj=float(L * attn_proj), attention_scores=float(L * attn_core),
-        mlp=float(L * mlp), logits=float(logits), forward=float(forward), backward=float(2 * forward),
-        training=float(3 * forward), six_n=float(6 * params.active), six_n_non_embedding=float(6 * active_non_embedding),
+        seq_len=s,
+        causal=causal,
+        attention_proj=float(L * attn_proj),
+        attention_scores=float(L * attn_core),
+        mlp=float(L * mlp),
+        logits=float(logits),
+        forward=float(forward),
+        backward=float(2 * forward),
+        training=float(3 * forward),
+        six_n=float(6 * params.active),
+        six_n_non_embedding=float(6 * active_non_embedding),
     )
 
 

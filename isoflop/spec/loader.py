@@ -72,7 +72,9 @@ def load_spec(model: str | Path | ModelSpec) -> ModelSpec:
     if not path.suffix and not path.exists():
         return preset(text_model)
     if not path.is_file():
-        raise IsoflopError(f"model file {text_model!r} does not exist; give a preset name or an existing YAML/JSON file")
+        raise IsoflopError(
+            f"model file {text_model!r} does not exist; give a preset name or an existing YAML/JSON file"
+        )
     data = read_json_or_yaml(path, "model file", "fix the file's syntax")
     name = path.parent.name if path.name == "config.json" else path.stem
     return spec_from_dict(data, name=name)
@@ -84,7 +86,7 @@ _LLAMA_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "inter
 
 
 def _looks_like_hf(data: dict[str, Any]) -> bool:
-    return "model_type" in data or _GPT2_KEYS <= data.keys() or _LLAMA_KEYS <= data.keys()
+    return "model_type" in data or data.keys() >= _GPT2_KEYS or data.keys() >= _LLAMA_KEYS
 
 
 def _require(data: dict[str, Any], keys: list[str], kind: str) -> None:
@@ -94,7 +96,7 @@ def _require(data: dict[str, Any], keys: list[str], kind: str) -> None:
 
 
 def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
-    model_type = data.get("model_type", "gpt2" if _GPT2_KEYS <= data.keys() else "llama")
+    model_type = data.get("model_type", "gpt2" if data.keys() >= _GPT2_KEYS else "llama")
     if model_type == "gpt2":
         _require(data, ["n_embd", "n_layer", "n_head", "vocab_size"], "GPT-2")
         d_model = data["n_embd"]
@@ -102,10 +104,18 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
         if "gelu" not in str(act):
             raise IsoflopError(f"GPT-2 config uses activation {act!r}; isoflop models GELU MLPs only")
         return ModelSpec(
-            name=name, d_model=d_model, n_layers=data["n_layer"], n_heads=data["n_head"],
-            d_ff=data.get("n_inner") or 4 * d_model, vocab_size=data["vocab_size"],
-            max_seq_len=data.get("n_positions", 1024), norm="layernorm", mlp="gelu", position="learned",
-            tie_embeddings=data.get("tie_word_embeddings", True), bias=True,
+            name=name,
+            d_model=d_model,
+            n_layers=data["n_layer"],
+            n_heads=data["n_head"],
+            d_ff=data.get("n_inner") or 4 * d_model,
+            vocab_size=data["vocab_size"],
+            max_seq_len=data.get("n_positions", 1024),
+            norm="layernorm",
+            mlp="gelu",
+            position="learned",
+            tie_embeddings=data.get("tie_word_embeddings", True),
+            bias=True,
             norm_eps=data.get("layer_norm_epsilon", 1e-5),
         )
     if model_type in {"llama", "mistral", "mixtral"}:
@@ -114,12 +124,23 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
             raise IsoflopError("Llama configs with attention_bias/mlp_bias are not modelled; set them to false")
         n_experts = data.get("num_local_experts", 0) or 0
         return ModelSpec(
-            name=name, d_model=data["hidden_size"], n_layers=data["num_hidden_layers"],
-            n_heads=data["num_attention_heads"], n_kv_heads=data.get("num_key_value_heads"),
-            head_dim=data.get("head_dim"), d_ff=data["intermediate_size"], vocab_size=data["vocab_size"],
-            max_seq_len=data.get("max_position_embeddings", 2048), norm="rmsnorm", mlp="swiglu",
-            position="rope", tie_embeddings=data.get("tie_word_embeddings", False), bias=False,
-            norm_eps=data.get("rms_norm_eps", 1e-6), rope_theta=data.get("rope_theta", 10000.0),
-            n_experts=n_experts, top_k=data.get("num_experts_per_tok", 2) if n_experts else 0,
+            name=name,
+            d_model=data["hidden_size"],
+            n_layers=data["num_hidden_layers"],
+            n_heads=data["num_attention_heads"],
+            n_kv_heads=data.get("num_key_value_heads"),
+            head_dim=data.get("head_dim"),
+            d_ff=data["intermediate_size"],
+            vocab_size=data["vocab_size"],
+            max_seq_len=data.get("max_position_embeddings", 2048),
+            norm="rmsnorm",
+            mlp="swiglu",
+            position="rope",
+            tie_embeddings=data.get("tie_word_embeddings", False),
+            bias=False,
+            norm_eps=data.get("rms_norm_eps", 1e-6),
+            rope_theta=data.get("rope_theta", 10000.0),
+            n_experts=n_experts,
+            top_k=data.get("num_experts_per_tok", 2) if n_experts else 0,
         )
     raise IsoflopError(f"config.json model_type {model_type!r} is not supported; use gpt2, llama, mistral or mixtral")

@@ -34,7 +34,9 @@ class ModelSpec(BaseModel):
     d_model: int = Field(..., description="Residual stream width (hidden size).")
     n_layers: int = Field(..., description="Number of transformer blocks.")
     n_heads: int = Field(..., description="Number of query heads.")
-    n_kv_heads: int | None = Field(None, description="Key/value heads; fewer than n_heads is GQA, 1 is MQA. Default: n_heads.")
+    n_kv_heads: int | None = Field(
+        None, description="Key/value heads; fewer than n_heads is GQA, 1 is MQA. Default: n_heads."
+    )
     head_dim: int | None = Field(None, description="Per-head width. Default: d_model // n_heads.")
     d_ff: int = Field(..., description="MLP (or each expert's) hidden width.")
     vocab_size: int = Field(..., description="Vocabulary size (rows of the embedding table).")
@@ -51,7 +53,7 @@ class ModelSpec(BaseModel):
     n_shared_experts: int = Field(0, description="Experts every token runs through (DeepSeekMoE).")
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelSpec":
+    def _check(self) -> ModelSpec:
         for field in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
             value = getattr(self, field)
             if value is None or value <= 0:
@@ -66,7 +68,8 @@ class ModelSpec(BaseModel):
             raise IsoflopError(f"rope_theta must be a positive finite number, got {self.rope_theta}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise IsoflopError(
-                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; choose a head count that divides the width or set head_dim"
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; choose a head count that "
+                f"divides the width or set head_dim"
             )
         if self.kv_heads > self.n_heads or self.n_heads % self.kv_heads:
             raise IsoflopError(
@@ -115,6 +118,6 @@ class ModelSpec(BaseModel):
         """SwiGLU has three weight matrices (gate, up, down); GELU has two."""
         return self.mlp == "swiglu"
 
-    def replace(self, **changes: object) -> "ModelSpec":
+    def replace(self, **changes: object) -> ModelSpec:
         """A copy with some fields changed, validated again."""
         return ModelSpec(**{**self.model_dump(), **changes})

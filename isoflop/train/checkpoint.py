@@ -28,9 +28,10 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,14 +54,23 @@ _NAME = re.compile(r"^step-(\d+)$")
 
 _ALLOWED_MODULE_PREFIXES = ("torch.distributed.checkpoint.",)
 _ALLOWED = {
-    ("torch", "Size"), ("torch", "device"), ("torch", "layout"), ("torch", "memory_format"),
-    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
-    ("builtins", "complex"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch", "layout"),
+    ("torch", "memory_format"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
 }
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Admits DCP metadata dataclasses/enums and plain torch descriptors (dtype, Size, layout); nothing callable else."""
+    """Admits DCP metadata dataclasses/enums and plain torch descriptors (dtype, Size, layout); nothing else."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith(_ALLOWED_MODULE_PREFIXES) and not name.startswith("__"):
@@ -86,7 +96,9 @@ class SafeFileSystemReader(FileSystemReader):
             try:
                 metadata = _MetadataUnpickler(io.BytesIO(stream.read())).load()
             except (pickle.UnpicklingError, EOFError, AttributeError) as exc:
-                raise IsoflopError(f"checkpoint {self.path} has unreadable metadata ({exc}); delete that checkpoint folder") from None
+                raise IsoflopError(
+                    f"checkpoint {self.path} has unreadable metadata ({exc}); delete that checkpoint folder"
+                ) from None
         if not isinstance(metadata, Metadata):
             raise IsoflopError(f"checkpoint {self.path} metadata is not DCP metadata; delete that checkpoint folder")
         if getattr(metadata, "storage_meta", None) is None:
@@ -104,6 +116,7 @@ def _quiet() -> Iterator[None]:
 
 
 # Finding checkpoints ------------------------------------------------------------------------------
+
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints under ``root``, oldest first (``.tmp`` folders and ones without a marker ignored)."""
@@ -137,6 +150,7 @@ def _fsync_dir(path: Path) -> None:
 
 # Saving and loading --------------------------------------------------------------------------------
 
+
 class Checkpointer:
     """Saves and loads the training state of one run under ``root``, keeping the last ``keep`` checkpoints."""
 
@@ -150,7 +164,9 @@ class Checkpointer:
         self._async_group = None
 
     # -- save --
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any]) -> None:
+    def save(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any]
+    ) -> None:
         """Start writing checkpoint ``step`` (finished at once when synchronous; see ``wait``)."""
         self.wait()
         final = self.root / f"step-{step:08d}"
@@ -237,7 +253,9 @@ class Checkpointer:
         try:
             return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise IsoflopError(f"checkpoint {path} has an unreadable {STATE_FILE} ({exc}); delete that folder") from None
+            raise IsoflopError(
+                f"checkpoint {path} has an unreadable {STATE_FILE} ({exc}); delete that folder"
+            ) from None
 
     def close(self) -> None:
         self.wait()

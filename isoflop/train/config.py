@@ -43,9 +43,13 @@ class TrainSection(_Section):
 
     seq_len: int = Field(256, gt=0)
     global_batch: int = Field(32, gt=0, description="Sequences per optimizer step, over all processes.")
-    micro_batch: int | None = Field(None, gt=0, description="Sequences per process per forward; null = global_batch / world.")
+    micro_batch: int | None = Field(
+        None, gt=0, description="Sequences per process per forward; null = global_batch / world."
+    )
     max_steps: int | None = Field(None, gt=0)
-    tokens: int | None = Field(None, gt=0, description="Total training tokens; max_steps = ceil(tokens / (global_batch * seq_len)).")
+    tokens: int | None = Field(
+        None, gt=0, description="Total training tokens; max_steps = ceil(tokens / (global_batch * seq_len))."
+    )
     seed: int = 0
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -56,7 +60,9 @@ class TrainSection(_Section):
     log_every: int = Field(10, gt=0)
     ckpt_every: int = Field(0, ge=0, description="0 = checkpoint only at the end and on preemption.")
     keep_checkpoints: int = Field(2, gt=0)
-    max_bad_steps: int = Field(5, gt=0, description="Consecutive non-finite steps before rolling back to the last checkpoint.")
+    max_bad_steps: int = Field(
+        5, gt=0, description="Consecutive non-finite steps before rolling back to the last checkpoint."
+    )
     loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Used only if installed.")
 
     @field_validator("seq_len", "global_batch", "micro_batch", "max_steps", "tokens", "seed", mode="before")
@@ -150,7 +156,7 @@ class TrainConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.train.seq_len > self.model.max_seq_len:
             raise IsoflopError(
                 f"train.seq_len={self.train.seq_len} exceeds the model's max_seq_len={self.model.max_seq_len}; "
@@ -183,7 +189,9 @@ class TrainConfig(_Section):
         """(per-process micro batch, accumulation steps) for ``world`` processes."""
         gb = self.train.global_batch
         if gb % world:
-            raise IsoflopError(f"train.global_batch={gb} does not divide over {world} processes; use a multiple of {world}")
+            raise IsoflopError(
+                f"train.global_batch={gb} does not divide over {world} processes; use a multiple of {world}"
+            )
         per_rank = gb // world
         mb = self.train.micro_batch or per_rank
         if per_rank % mb:
@@ -203,7 +211,9 @@ PRESETS_PACKAGE = "isoflop.train.presets"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _preset_dict(name: str) -> dict[str, Any]:

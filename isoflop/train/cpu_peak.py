@@ -44,8 +44,9 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def measure_matmul_flops(dtype: torch.dtype | str, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 6,
-                         budget_s: float = 1.5) -> float:
+def measure_matmul_flops(
+    dtype: torch.dtype | str, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 6, budget_s: float = 1.5
+) -> float:
     """Best FLOP/s over square ``n x n`` matmuls in ``dtype`` (``2 n^3`` FLOPs each), over ``sizes`` and
     up to ``repeats`` timed runs per size (fewer once ``budget_s`` is spent on a size, at least 2)."""
     dt = _dtype(dtype)
@@ -70,7 +71,8 @@ def measure_matmul_flops(dtype: torch.dtype | str, sizes: tuple[int, ...] = (102
 def measured_peak_flops(dtype: torch.dtype | str = "fp32", refresh: bool = False) -> float:
     """The CPU's matmul peak in FLOP/s for ``dtype``: cached, measured once per machine/threads/torch."""
     dt = _dtype(dtype)
-    key = f"v2|{_cpu_model()}|threads={torch.get_num_threads()}|torch={torch.__version__}|{str(dt).removeprefix('torch.')}"
+    dtype_name = str(dt).removeprefix("torch.")
+    key = f"v2|{_cpu_model()}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
     path = cache_dir() / "cpu_peak.json"
     table: dict[str, float] = {}
     if path.is_file():

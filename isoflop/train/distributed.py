@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -105,8 +105,14 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         blocks[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
-def wrap_model(model: nn.Module, strategy: str, env: DistEnv, replicate: int, reshard_after_forward: bool,
-               bf16_params: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module,
+    strategy: str,
+    env: DistEnv,
+    replicate: int,
+    reshard_after_forward: bool,
+    bf16_params: bool = False,
+) -> nn.Module:
     """Wrap ``model`` for ``strategy`` (none, ddp, fsdp, hsdp); FSDP2 shards in place and returns the model."""
     if strategy == "none":
         return model
@@ -127,11 +133,17 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv, replicate: int, re
     if strategy == "hsdp":
         if env.world % replicate:
             raise IsoflopError(f"parallel.replicate={replicate} does not divide {env.world} processes; pick a divisor")
-        mesh = init_device_mesh(env.device.type, (replicate, env.world // replicate), mesh_dim_names=("replicate", "shard"))
+        mesh = init_device_mesh(
+            env.device.type, (replicate, env.world // replicate), mesh_dim_names=("replicate", "shard")
+        )
     else:
         mesh = init_device_mesh(env.device.type, (env.world,), mesh_dim_names=("shard",))
     # On GPU with bf16: bf16 parameters and gathers, fp32 gradient reduction (torchtitan's default policy).
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params else MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if bf16_params
+        else MixedPrecisionPolicy()
+    )
     for block in transformer_blocks(model):
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
@@ -204,7 +216,9 @@ def launch(nproc_per_node: int, module_args: list[str]) -> int:
         raise IsoflopError("--nproc-per-node inside a torchrun job; drop the option or run without torchrun")
     # Workers import isoflop from where this process did, whatever their working directory.
     os.environ["PYTHONPATH"] = repo_pythonpath()
-    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc_per_node), "-m", "isoflop", *module_args])
+    args = get_args_parser().parse_args(
+        ["--standalone", "--nproc-per-node", str(nproc_per_node), "-m", "isoflop", *module_args]
+    )
     try:
         run(args)
     except ChildFailedError as exc:
@@ -214,6 +228,8 @@ def launch(nproc_per_node: int, module_args: list[str]) -> int:
         return 2 if code == 2 else 1
     except SignalException as exc:
         # torchrun has forwarded the signal and waited for the workers, which save a checkpoint and stop.
-        print(f"[isoflop train] launcher got signal {exc.sigval}; workers saved a checkpoint and stopped", file=sys.stderr)
+        print(
+            f"[isoflop train] launcher got signal {exc.sigval}; workers saved a checkpoint and stopped", file=sys.stderr
+        )
         return 0
     return 0

@@ -38,7 +38,9 @@ def hf_architecture(spec: ModelSpec) -> str:
         raise IsoflopError("MoE models cannot be exported (MoE training is not supported yet); export a dense model")
     if spec.norm == "layernorm" and spec.mlp == "gelu" and spec.position == "learned" and spec.bias:
         if spec.kv_heads != spec.n_heads or spec.dim_per_head * spec.n_heads != spec.d_model:
-            raise IsoflopError("GPT-2 export needs n_kv_heads = n_heads and head_dim = d_model / n_heads; drop those fields")
+            raise IsoflopError(
+                "GPT-2 export needs n_kv_heads = n_heads and head_dim = d_model / n_heads; drop those fields"
+            )
         return "gpt2"
     if spec.norm == "rmsnorm" and spec.mlp == "swiglu" and spec.position == "rope" and not spec.bias:
         return "llama"
@@ -55,20 +57,48 @@ def hf_config(spec: ModelSpec, dtype: str = "float32", eos_id: int = 0) -> dict[
     arch = hf_architecture(spec)
     if arch == "gpt2":
         return {
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": spec.d_model,
-            "n_layer": spec.n_layers, "n_head": spec.n_heads, "n_inner": spec.d_ff, "vocab_size": spec.vocab_size,
-            "n_positions": spec.max_seq_len, "activation_function": "gelu_new", "layer_norm_epsilon": spec.norm_eps,
-            "tie_word_embeddings": spec.tie_embeddings, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-            "scale_attn_weights": True, "use_cache": True, "bos_token_id": eos_id, "eos_token_id": eos_id, "torch_dtype": dtype,
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "n_embd": spec.d_model,
+            "n_layer": spec.n_layers,
+            "n_head": spec.n_heads,
+            "n_inner": spec.d_ff,
+            "vocab_size": spec.vocab_size,
+            "n_positions": spec.max_seq_len,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": spec.norm_eps,
+            "tie_word_embeddings": spec.tie_embeddings,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "scale_attn_weights": True,
+            "use_cache": True,
+            "bos_token_id": eos_id,
+            "eos_token_id": eos_id,
+            "torch_dtype": dtype,
         }
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.n_layers, "num_attention_heads": spec.n_heads,
-        "num_key_value_heads": spec.kv_heads, "intermediate_size": spec.d_ff,
-        "vocab_size": spec.vocab_size, "max_position_embeddings": spec.max_seq_len, "hidden_act": "silu",
-        "rms_norm_eps": spec.norm_eps, "rope_theta": spec.rope_theta, "tie_word_embeddings": spec.tie_embeddings,
-        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
-        "use_cache": True, "bos_token_id": eos_id, "eos_token_id": eos_id, "torch_dtype": dtype,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": spec.n_heads,
+        "num_key_value_heads": spec.kv_heads,
+        "intermediate_size": spec.d_ff,
+        "vocab_size": spec.vocab_size,
+        "max_position_embeddings": spec.max_seq_len,
+        "hidden_act": "silu",
+        "rms_norm_eps": spec.norm_eps,
+        "rope_theta": spec.rope_theta,
+        "tie_word_embeddings": spec.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": dtype,
     }
     if spec.head_dim is not None:  # only when set: Hugging Face derives hidden_size / heads otherwise
         config["head_dim"] = spec.head_dim
@@ -91,9 +121,12 @@ def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor
         if arch == "gpt2":
             h = f"transformer.h.{i}."
             for ours, theirs, transpose in [
-                ("attn.qkv", "attn.c_attn", True), ("attn.out", "attn.c_proj", True),
-                ("mlp.up", "mlp.c_fc", True), ("mlp.down", "mlp.c_proj", True),
-                ("attn_norm", "ln_1", False), ("mlp_norm", "ln_2", False),
+                ("attn.qkv", "attn.c_attn", True),
+                ("attn.out", "attn.c_proj", True),
+                ("mlp.up", "mlp.c_fc", True),
+                ("mlp.down", "mlp.c_proj", True),
+                ("attn_norm", "ln_1", False),
+                ("mlp_norm", "ln_2", False),
             ]:
                 weight = state[p + ours + ".weight"]
                 out[h + theirs + ".weight"] = weight.t() if transpose else weight
@@ -103,14 +136,19 @@ def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor
             wq, wk, wv = state[p + "attn.qkv.weight"].split([q, kv, kv], dim=0)
             wq, wk = _interleaved_to_half_split(wq, spec.n_heads), _interleaved_to_half_split(wk, spec.kv_heads)
             gate, up = state[p + "mlp.gate_up.weight"].split([ff, ff], dim=0)
-            out.update({
-                h + "self_attn.q_proj.weight": wq, h + "self_attn.k_proj.weight": wk,
-                h + "self_attn.v_proj.weight": wv, h + "self_attn.o_proj.weight": state[p + "attn.out.weight"],
-                h + "mlp.gate_proj.weight": gate, h + "mlp.up_proj.weight": up,
-                h + "mlp.down_proj.weight": state[p + "mlp.down.weight"],
-                h + "input_layernorm.weight": state[p + "attn_norm.weight"],
-                h + "post_attention_layernorm.weight": state[p + "mlp_norm.weight"],
-            })
+            out.update(
+                {
+                    h + "self_attn.q_proj.weight": wq,
+                    h + "self_attn.k_proj.weight": wk,
+                    h + "self_attn.v_proj.weight": wv,
+                    h + "self_attn.o_proj.weight": state[p + "attn.out.weight"],
+                    h + "mlp.gate_proj.weight": gate,
+                    h + "mlp.up_proj.weight": up,
+                    h + "mlp.down_proj.weight": state[p + "mlp.down.weight"],
+                    h + "input_layernorm.weight": state[p + "attn_norm.weight"],
+                    h + "post_attention_layernorm.weight": state[p + "mlp_norm.weight"],
+                }
+            )
     if arch == "gpt2":
         out["transformer.wte.weight"] = state["embed.weight"]
         out["transformer.wpe.weight"] = state["pos_embed.weight"]
@@ -124,8 +162,13 @@ def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def export_hf(model: torch.nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None,
-              tokenizer: "Tokenizer | None" = None, eos_id: int | None = None) -> Path:
+def export_hf(
+    model: torch.nn.Module,
+    out_dir: str | Path,
+    dtype: torch.dtype | None = None,
+    tokenizer: Tokenizer | None = None,
+    eos_id: int | None = None,
+) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` (and the tokenizer's files when
     ``tokenizer`` is given, with ``eos_id`` its end-of-document token); returns ``out_dir``.
 
@@ -149,14 +192,16 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, dtype: torch.dtype | 
     return target
 
 
-def export_tokenizer(tokenizer: "Tokenizer", out_dir: Path, max_len: int, eos_id: int | None) -> None:
+def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_len: int, eos_id: int | None) -> None:
     """``tokenizer.json`` and the ``tokenizer_config.json`` with which ``transformers.AutoTokenizer`` builds a
     ``PreTrainedTokenizerFast`` around it (end-of-document token as EOS and BOS, as in GPT-2)."""
     atomic_write_text(out_dir / "tokenizer.json", tokenizer.to_str())
-    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
-                              "clean_up_tokenization_spaces": False}
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_len,
+        "clean_up_tokenization_spaces": False,
+    }
     if eos_id is not None:
         eos = tokenizer.id_to_token(eos_id)
         config.update(eos_token=eos, bos_token=eos)
     atomic_write_json(out_dir / "tokenizer_config.json", config)
-

@@ -38,11 +38,24 @@ from isoflop.spec.accounting import count_params, flops_per_step
 from isoflop.train.checkpoint import Checkpointer, latest_checkpoint
 from isoflop.train.config import TrainConfig, build_config, load_train_config
 from isoflop.train.distributed import (
-    DistEnv, all_reduce, apply_activation_checkpointing, broadcast_object, init_distributed,
-    no_grad_sync, resolve_strategy, shutdown, wrap_model,
+    DistEnv,
+    all_reduce,
+    apply_activation_checkpointing,
+    broadcast_object,
+    init_distributed,
+    no_grad_sync,
+    resolve_strategy,
+    shutdown,
+    wrap_model,
 )
 from isoflop.train.metrics import (
-    MetricsLog, Progress, StepTimer, memory_gib, note, peak_flops_per_process, relative_errors,
+    MetricsLog,
+    Progress,
+    StepTimer,
+    memory_gib,
+    note,
+    peak_flops_per_process,
+    relative_errors,
 )
 from isoflop.train.schedule import lr_at
 
@@ -96,8 +109,11 @@ class _StopFlag:
 def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """What a resumed run must share with the checkpointed one."""
     return {
-        "model": cfg.model.model_dump(), "data": cfg.data.model_dump(), "seq_len": cfg.train.seq_len,
-        "global_batch": cfg.train.global_batch, "seed": cfg.train.seed,
+        "model": cfg.model.model_dump(),
+        "data": cfg.data.model_dump(),
+        "seq_len": cfg.train.seq_len,
+        "global_batch": cfg.train.global_batch,
+        "seed": cfg.train.seed,
     }
 
 
@@ -124,7 +140,9 @@ def _can_compile(device: torch.device) -> str | None:
             return "torch.compile does not support this Python"
     except ImportError:
         return "torch._dynamo is unavailable"
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+    if device.type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
+    ):
         return "no C++ compiler was found for inductor's CPU backend"
     return None
 
@@ -151,8 +169,10 @@ class _Run:
 
         cfg, env = self.cfg, self.env
         if cfg.parallel.tp > 1 or cfg.parallel.pp > 1 or cfg.parallel.cp > 1 or cfg.parallel.ep > 1:
-            self._say(f"note: the plan's layout (tp={cfg.parallel.tp}, pp={cfg.parallel.pp}, cp={cfg.parallel.cp}, "
-                      f"ep={cfg.parallel.ep}) is recorded only; this trainer runs {self.strategy} data parallelism")
+            self._say(
+                f"note: the plan's layout (tp={cfg.parallel.tp}, pp={cfg.parallel.pp}, cp={cfg.parallel.cp}, "
+                f"ep={cfg.parallel.ep}) is recorded only; this trainer runs {self.strategy} data parallelism"
+            )
         meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp")
         if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
             with torch.device("meta"):
@@ -171,7 +191,11 @@ class _Run:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         model = wrap_model(
-            model, self.strategy, env, cfg.parallel.replicate, cfg.parallel.fsdp_reshard(),
+            model,
+            self.strategy,
+            env,
+            cfg.parallel.replicate,
+            cfg.parallel.fsdp_reshard(),
             bf16_params=env.device.type == "cuda" and self.dtype == "bf16",
         )
         if meta_init:
@@ -204,13 +228,29 @@ class _Run:
                 f"set data.vocab_size <= {self.spec.vocab_size} or enlarge the model's vocab_size"
             )
         model = self._build_model()
-        optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2),
-                                    cfg.optim.eps)
-        sampler = PackedSampler(data.train, cfg.train.seq_len, self.micro_batch, cfg.train.seed, env.rank, env.world,
-                                global_batch=cfg.train.global_batch)
+        optimizer = build_optimizer(
+            model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps
+        )
+        sampler = PackedSampler(
+            data.train,
+            cfg.train.seq_len,
+            self.micro_batch,
+            cfg.train.seed,
+            env.rank,
+            env.world,
+            global_batch=cfg.train.global_batch,
+        )
         ckpt = Checkpointer(out / "checkpoints", cfg.train.keep_checkpoints, env)
-        state: dict[str, Any] = {"step": 0, "tokens": 0, "val_history": [], "skipped_steps": 0, "rollbacks": 0,
-                                 "resumed_from": None, "last_loss": None, "last_grad_norm": None}
+        state: dict[str, Any] = {
+            "step": 0,
+            "tokens": 0,
+            "val_history": [],
+            "skipped_steps": 0,
+            "rollbacks": 0,
+            "resumed_from": None,
+            "last_loss": None,
+            "last_grad_norm": None,
+        }
         latest = broadcast_object(latest_checkpoint(ckpt.root), env)
         if latest is not None:
             loaded = ckpt.load(Path(latest), model, optimizer)
@@ -228,7 +268,9 @@ class _Run:
         peak, peak_source = peak_flops_per_process(env.device, self.dtype)
         step_flops = flops_per_step(self.spec, cfg.train.global_batch, cfg.train.seq_len).model
         val_sets = data.val_batches(cfg.train.seq_len, cfg.train.global_batch, cfg.train.eval_batches)
-        metrics = MetricsLog(out, cfg.train.loggers, cfg.model_dump(mode="json"), state["step"]) if env.is_main else None
+        metrics = (
+            MetricsLog(out, cfg.train.loggers, cfg.model_dump(mode="json"), state["step"]) if env.is_main else None
+        )
         progress = Progress(self.total_steps, state["step"], env.is_main)
         timer = StepTimer(env.device)
         if state["step"] == 0 and not state["val_history"]:
@@ -243,8 +285,15 @@ class _Run:
                     preempted = True
                     break
                 step = state["step"]
-                lr = lr_at(step, self.total_steps, cfg.optim.lr, self.warmup, cfg.optim.schedule,
-                           cfg.optim.min_lr_ratio, cfg.optim.decay_fraction)
+                lr = lr_at(
+                    step,
+                    self.total_steps,
+                    cfg.optim.lr,
+                    self.warmup,
+                    cfg.optim.schedule,
+                    cfg.optim.min_lr_ratio,
+                    cfg.optim.decay_fraction,
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 timer.start()
@@ -254,8 +303,10 @@ class _Run:
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     bad += 1
                     state["skipped_steps"] += 1
-                    self._say(f"step {step + 1}: non-finite loss {loss} / grad norm {grad_norm}; update skipped "
-                              f"({bad} in a row, rollback after {cfg.train.max_bad_steps})")
+                    self._say(
+                        f"step {step + 1}: non-finite loss {loss} / grad norm {grad_norm}; update skipped "
+                        f"({bad} in a row, rollback after {cfg.train.max_bad_steps})"
+                    )
                     if bad >= cfg.train.max_bad_steps:
                         self._rollback(ckpt, model, optimizer, state)
                         bad = 0
@@ -273,8 +324,13 @@ class _Run:
                 if log_now:
                     tps = window_tokens / window_time if window_time else float("nan")
                     row = {
-                        "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
-                        "tokens_per_s": tps, "step_time_s": window_time / max(1, round(window_tokens / tokens)),
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens": state["tokens"],
+                        "tokens_per_s": tps,
+                        "step_time_s": window_time / max(1, round(window_tokens / tokens)),
                         "mfu": (step_flops * tps / tokens) / (peak * env.world) if peak else None,
                         "memory_gib": memory_gib(env.device),
                     }
@@ -289,10 +345,16 @@ class _Run:
             if preempted:
                 ckpt.save(state["step"], model, optimizer, self._trainer_state(state, sampler))
                 ckpt.close()
-                self._say(f"stopped by signal {self.stop.signal} at step {state['step']}; checkpoint saved, "
-                          "run the same command again to resume")
-                return {"status": "preempted", "step": state["step"], "steps": self.total_steps,
-                        "checkpoint": str(latest_checkpoint(ckpt.root))}
+                self._say(
+                    f"stopped by signal {self.stop.signal} at step {state['step']}; checkpoint saved, "
+                    "run the same command again to resume"
+                )
+                return {
+                    "status": "preempted",
+                    "step": state["step"],
+                    "steps": self.total_steps,
+                    "checkpoint": str(latest_checkpoint(ckpt.root)),
+                }
             final_val = self._evaluate(model, val_sets)
             if not state["val_history"] or state["val_history"][-1][0] != state["step"]:
                 state["val_history"].append([state["step"], final_val])
@@ -316,7 +378,11 @@ class _Run:
             mfu = (step_flops / step_time) / (peak * env.world)
         mem = memory_gib(env.device)
         measured = {
-            "loss": final_val, "step_time_s": step_time, "memory_gib": mem, "tokens_per_s": tokens_per_s, "mfu": mfu,
+            "loss": final_val,
+            "step_time_s": step_time,
+            "memory_gib": mem,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
         }
         summary: dict[str, Any] = {
             "status": "complete",
@@ -356,8 +422,11 @@ class _Run:
         if env.is_main:
             atomic_write_json(out / SUMMARY_FILE, json_safe(summary))
             train_loss = summary["final_train_loss"]
-            self._say(f"done: {state['step']} steps, train loss {train_loss if train_loss is None else round(train_loss, 4)}, "
-                      f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}")
+            self._say(
+                f"done: {state['step']} steps, train loss "
+                f"{train_loss if train_loss is None else round(train_loss, 4)}, "
+                f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}"
+            )
         return summary
 
     # -- pieces -----------------------------------------------------------------------------------
@@ -377,8 +446,10 @@ class _Run:
                     old = None
             if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
                 diff = sorted(k for k in ident if ident.get(k) != old.get(k))
-                problem = (f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
-                           "use another --out, or delete that folder to start over")
+                problem = (
+                    f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
+                    "use another --out, or delete that folder to start over"
+                )
             else:
                 atomic_write_json(marker, {"identity": ident})
                 atomic_write_text(out / "config.yaml", cfg.to_yaml())
@@ -419,11 +490,11 @@ class _Run:
         total = torch.zeros(2, device=env.device, dtype=torch.float64)
         rows = self.cfg.train.global_batch // env.world
         for x, y in val_sets:
-            xs = x[env.rank * rows:(env.rank + 1) * rows]
-            ys = y[env.rank * rows:(env.rank + 1) * rows]
+            xs = x[env.rank * rows : (env.rank + 1) * rows]
+            ys = y[env.rank * rows : (env.rank + 1) * rows]
             for lo in range(0, rows, self.micro_batch):
-                xb = xs[lo:lo + self.micro_batch].to(env.device)
-                yb = ys[lo:lo + self.micro_batch].to(env.device)
+                xb = xs[lo : lo + self.micro_batch].to(env.device)
+                yb = ys[lo : lo + self.micro_batch].to(env.device)
                 with self._autocast():
                     loss = model(xb, yb)
                 total[0] += loss.double() * yb.numel()
@@ -441,14 +512,21 @@ class _Run:
 
     def _trainer_state(self, state: dict[str, Any], sampler: Any) -> dict[str, Any]:
         return {
-            "tokens": state["tokens"], "val_history": state["val_history"], "skipped_steps": state["skipped_steps"],
-            "rollbacks": state["rollbacks"], "sampler": sampler.state_dict(), "rng": _rng_state(),
-            "last_loss": state["last_loss"], "last_grad_norm": state["last_grad_norm"],
-            "world": self.env.world, "total_steps": self.total_steps,
+            "tokens": state["tokens"],
+            "val_history": state["val_history"],
+            "skipped_steps": state["skipped_steps"],
+            "rollbacks": state["rollbacks"],
+            "sampler": sampler.state_dict(),
+            "rng": _rng_state(),
+            "last_loss": state["last_loss"],
+            "last_grad_norm": state["last_grad_norm"],
+            "world": self.env.world,
+            "total_steps": self.total_steps,
         }
 
-    def _rollback(self, ckpt: Checkpointer, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  state: dict[str, Any]) -> None:
+    def _rollback(
+        self, ckpt: Checkpointer, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
         """Restore weights, optimizer and step from the last checkpoint; the data position moves on."""
         ckpt.wait()
         latest = broadcast_object(latest_checkpoint(ckpt.root), self.env)
@@ -464,10 +542,12 @@ class _Run:
         state["tokens"] = int(loaded.get("tokens", state["tokens"]))
         state["val_history"] = [v for v in state["val_history"] if v[0] <= state["step"]]
         state["rollbacks"] += 1
-        self._say(f"ROLLBACK: {k} consecutive non-finite steps at step {before}; restored {latest} "
-                  f"(step {state['step']}) and continuing with the next data")
+        self._say(
+            f"ROLLBACK: {k} consecutive non-finite steps at step {before}; restored {latest} "
+            f"(step {state['step']}) and continuing with the next data"
+        )
 
-    def _export(self, model: nn.Module, data: "TokenData") -> Path | None:
+    def _export(self, model: nn.Module, data: TokenData) -> Path | None:
         """Gather the full weights and write ``out/hf`` (safetensors, config.json, the tokenizer) on rank 0."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

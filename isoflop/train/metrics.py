@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from isoflop.atomic import atomic_write_text
 from isoflop import env
+from isoflop.atomic import atomic_write_text
 from isoflop.errors import IsoflopError
 
 _GPU_CODES = ("v100", "a100", "h100", "h200", "b200", "l40s", "mi250x", "mi300x")
@@ -116,8 +116,9 @@ class MetricsLog:
             try:
                 import wandb
 
-                self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "isoflop"), dir=str(out_dir),
-                                         config=config, resume="allow")
+                self._wandb = wandb.init(
+                    project=os.environ.get("WANDB_PROJECT", "isoflop"), dir=str(out_dir), config=config, resume="allow"
+                )
             except ImportError:
                 note("wandb is not installed; skipping the Weights & Biases logger")
 
@@ -168,11 +169,24 @@ class Progress:
         self._bar = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
 
             self._bar = RichProgress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"), console=Console(file=sys.stderr), transient=False,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(file=sys.stderr),
+                transient=False,
             )
             self._task = self._bar.add_task("train", total=total, completed=start, info="")
             self._bar.start()
@@ -219,5 +233,3 @@ def relative_errors(predicted: dict[str, Any], measured: dict[str, Any]) -> dict
         if isinstance(pred, (int, float)) and isinstance(meas, (int, float)) and pred:
             out[key] = (meas - pred) / pred
     return out
-
-

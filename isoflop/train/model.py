@@ -49,7 +49,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from isoflop.errors import IsoflopError
@@ -134,7 +133,9 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+def rope_tables(
+    head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """RoPE angles (Su et al. 2021, Eq. 34) as ``cos`` and ``sin`` tables of shape ``(max_seq_len, head_dim / 2)``.
 
     Frequency ``i`` is ``theta^(-2i/d)``; it rotates the pair of dimensions ``(2i, 2i + 1)`` of each head
@@ -300,7 +301,7 @@ class Transformer(nn.Module):
     def hidden_states(self, idx: Tensor) -> Tensor:
         """The final-norm output ``(B, T, d)``, before the output head."""
         T = idx.shape[1]
-        if T > self.spec.max_seq_len:
+        if self.spec.max_seq_len < T:
             raise IsoflopError(f"sequence length {T} exceeds max_seq_len={self.spec.max_seq_len}; shorten seq_len")
         x = self.embed(idx)
         if self.pos_embed is not None:

@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from isoflop.errors import IsoflopError
 from isoflop.train.data.config import DataConfig
@@ -77,14 +78,17 @@ def list_files(cfg: DataConfig) -> tuple[Path, list[Path]]:
         return root, _walk(root, {".py"}, STDLIB_EXCLUDED_DIRS)
     path = Path(cfg.source).expanduser()
     if not path.exists():
-        raise IsoflopError(f"data source {cfg.source!r} does not exist; give 'stdlib', an existing file or folder, "
-                           "or 'hf:<dataset>'")
+        raise IsoflopError(
+            f"data source {cfg.source!r} does not exist; give 'stdlib', an existing file or folder, or 'hf:<dataset>'"
+        )
     if path.is_file():
         return path.parent, [path]
     files = _walk(path, CORPUS_SUFFIXES, frozenset({"__pycache__", ".git"}))
     if not files:
-        raise IsoflopError(f"folder {cfg.source!r} holds no {', '.join(sorted(CORPUS_SUFFIXES))} files; "
-                           "point data.source at a folder of text, JSONL or Parquet files")
+        raise IsoflopError(
+            f"folder {cfg.source!r} holds no {', '.join(sorted(CORPUS_SUFFIXES))} files; "
+            "point data.source at a folder of text, JSONL or Parquet files"
+        )
     return path, files
 
 
@@ -120,7 +124,7 @@ def fingerprint(cfg: DataConfig) -> str:
         h.update(sys.version.encode("utf-8"))
     for p in files:
         st = p.stat()
-        h.update(f"\0{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8"))
+        h.update(f"\0{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -162,8 +166,10 @@ def _split(records: Iterator[Document | Skipped], cfg: DataConfig) -> Corpus:
             if len(full) == 2:
                 break
     if not corpus.train and not corpus.val:
-        raise IsoflopError(f"data source {cfg.source!r} yielded no usable text ({len(corpus.skipped)} files "
-                           "skipped); check the source path and the text_field setting")
+        raise IsoflopError(
+            f"data source {cfg.source!r} yielded no usable text ({len(corpus.skipped)} files "
+            "skipped); check the source path and the text_field setting"
+        )
     return corpus
 
 
@@ -265,8 +271,10 @@ def _hf_offline(datasets_module: Any) -> Iterator[None]:
     """
     saved_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
     patched: list[tuple[Any, str, Any]] = []
-    targets = [(getattr(datasets_module, "config", None), "HF_DATASETS_OFFLINE"),
-               (getattr(datasets_module, "config", None), "HF_HUB_OFFLINE")]
+    targets = [
+        (getattr(datasets_module, "config", None), "HF_DATASETS_OFFLINE"),
+        (getattr(datasets_module, "config", None), "HF_HUB_OFFLINE"),
+    ]
     try:
         import huggingface_hub.constants as hub_constants
 
@@ -309,12 +317,16 @@ def _hf_records(cfg: DataConfig) -> Iterator[Document | Skipped]:
             else:
                 ds = datasets.load_dataset(name, split=cfg.hf_split)
     except Exception as exc:
-        raise IsoflopError(f"Hugging Face dataset {name!r} (split {cfg.hf_split!r}) is not available offline "
-                           f"({type(exc).__name__}: {exc}); download it once with datasets.load_dataset or "
-                           "use a local folder") from exc
+        raise IsoflopError(
+            f"Hugging Face dataset {name!r} (split {cfg.hf_split!r}) is not available offline "
+            f"({type(exc).__name__}: {exc}); download it once with datasets.load_dataset or "
+            "use a local folder"
+        ) from exc
     if cfg.text_field not in ds.column_names:
-        raise IsoflopError(f"dataset {name!r} has no column {cfg.text_field!r} (columns: "
-                           f"{', '.join(ds.column_names)}); set data.text_field")
+        raise IsoflopError(
+            f"dataset {name!r} has no column {cfg.text_field!r} (columns: "
+            f"{', '.join(ds.column_names)}); set data.text_field"
+        )
     texts = (text for batch in ds.iter(batch_size=1024) for text in batch[cfg.text_field])
     for row, text in enumerate(texts):  # ids independent of where a local copy lives
         yield _field_record(f"{cfg.hf_split}:{row}", text, f"column {cfg.text_field!r} is not a string")

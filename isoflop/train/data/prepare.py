@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from isoflop.atomic import atomic_write_json, atomic_write_bytes
 from isoflop import env
+from isoflop.atomic import atomic_write_bytes, atomic_write_json
 from isoflop.errors import IsoflopError
 from isoflop.train.data import shards
 from isoflop.train.data.config import FORMAT_VERSION, DataConfig
@@ -54,7 +54,7 @@ def cache_dir_for(cfg: DataConfig, cache_dir: str | os.PathLike[str] | None = No
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     where = cfg.source if cfg.source == "stdlib" or cfg.source.startswith("hf:") else str(Path(cfg.source).resolve())
-    key = hashlib.sha256(f"{cfg.cache_key()}\0{where}".encode("utf-8")).hexdigest()[:16]
+    key = hashlib.sha256(f"{cfg.cache_key()}\0{where}".encode()).hexdigest()[:16]
     return root / key
 
 
@@ -65,7 +65,7 @@ class TokenData:
     train: np.ndarray
     val: np.ndarray
     vocab_size: int
-    tokenizer: "Tokenizer"
+    tokenizer: Tokenizer
     eot_id: int | None
     cache_dir: Path
     manifest: dict[str, Any] = field(repr=False)
@@ -81,12 +81,19 @@ class TokenData:
     def decode(self, ids: Any) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def sampler(self, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                global_batch: int | None = None) -> "PackedSampler":
+    def sampler(
+        self,
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        global_batch: int | None = None,
+    ) -> PackedSampler:
         """A ``PackedSampler`` over the training split (see ``isoflop.train.data.sampler``)."""
         return PackedSampler(self.train, seq_len, batch_size, seed, rank=rank, world=world, global_batch=global_batch)
 
-    def val_batches(self, seq_len: int, batch: int, n: int) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
+    def val_batches(self, seq_len: int, batch: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``n`` validation batches ``(x, y)`` of shape (batch, seq_len), int64, the same on every call.
 
         Windows of ``seq_len + 1`` tokens start at multiples of ``seq_len`` and are spread evenly over the
@@ -99,8 +106,10 @@ class TokenData:
             raise IsoflopError(f"val_batches needs positive seq_len, batch and n (got {seq_len}, {batch}, {n})")
         windows = (len(self.val) - 1) // seq_len
         if windows < 1:
-            raise IsoflopError(f"the validation split has {len(self.val)} tokens, fewer than seq_len + 1 = "
-                               f"{seq_len + 1}; use a shorter seq_len, a larger corpus or a larger val_fraction")
+            raise IsoflopError(
+                f"the validation split has {len(self.val)} tokens, fewer than seq_len + 1 = "
+                f"{seq_len + 1}; use a shorter seq_len, a larger corpus or a larger val_fraction"
+            )
         total = n * batch
         if windows >= total:
             picks = (np.arange(total, dtype=np.int64) * windows) // total
@@ -108,11 +117,12 @@ class TokenData:
             picks = np.arange(total, dtype=np.int64) % windows
         offsets = picks[:, None] * seq_len + np.arange(seq_len + 1, dtype=np.int64)[None, :]
         rows = torch.from_numpy(np.asarray(self.val[offsets], dtype=np.int64))
-        return [(rows[i * batch:(i + 1) * batch, :-1], rows[i * batch:(i + 1) * batch, 1:]) for i in range(n)]
+        return [(rows[i * batch : (i + 1) * batch, :-1], rows[i * batch : (i + 1) * batch, 1:]) for i in range(n)]
 
 
-def prepare_data(cfg: DataConfig | dict[str, Any] | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None) -> TokenData:
+def prepare_data(
+    cfg: DataConfig | dict[str, Any] | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> TokenData:
     """Tokenize ``cfg``'s corpus once into ``cache_dir_for(cfg, cache_dir)`` and return the cached ``TokenData``.
 
     A cache is reused only when its manifest, every shard checksum, the tokenizer and the input fingerprint
@@ -126,8 +136,10 @@ def prepare_data(cfg: DataConfig | dict[str, Any] | None = None,
     try:
         return _prepare_locked(cfg, folder, source_fp, given_sha)
     except OSError as exc:
-        raise IsoflopError(f"cannot write the data cache in {folder} ({exc.strerror or exc}); free disk space "
-                           "or point $ISOFLOP_CACHE (or cache_dir) at a writable folder") from exc
+        raise IsoflopError(
+            f"cannot write the data cache in {folder} ({exc.strerror or exc}); free disk space "
+            "or point $ISOFLOP_CACHE (or cache_dir) at a writable folder"
+        ) from exc
 
 
 def _as_config(cfg: DataConfig | dict[str, Any] | None) -> DataConfig:
@@ -159,8 +171,10 @@ def _prepare_locked(cfg: DataConfig, folder: Path, source_fp: str, given_sha: st
             _build(cfg, folder, source_fp, given_sha, _reusable_tokenizer(folder, cfg, source_fp))
             manifest, why = shards.verify(folder)
             if manifest is None:
-                raise IsoflopError(f"the data cache {folder} failed verification right after writing ({why}); "
-                                   "check the disk, or set $ISOFLOP_CACHE to another folder")
+                raise IsoflopError(
+                    f"the data cache {folder} failed verification right after writing ({why}); "
+                    "check the disk, or set $ISOFLOP_CACHE to another folder"
+                )
     return _open(folder, manifest)
 
 
@@ -184,8 +198,12 @@ def _reusable_tokenizer(folder: Path, cfg: DataConfig, source_fp: str) -> bool:
     try:
         old = json.loads((folder / shards.MANIFEST).read_text("utf-8"))
         tok = old["tokenizer"]
-        return (old.get("config") == cfg.model_dump() and old.get("fingerprint") == source_fp and tok["trained"]
-                and shards.sha256_file(folder / TOKENIZER_FILE) == tok["sha256"])
+        return (
+            old.get("config") == cfg.model_dump()
+            and old.get("fingerprint") == source_fp
+            and tok["trained"]
+            and shards.sha256_file(folder / TOKENIZER_FILE) == tok["sha256"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -199,8 +217,12 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None,
     t_read = time.perf_counter()
     if corpus.skipped:
         reasons = Counter(s.reason.split(" (")[0] for s in corpus.skipped)
-        log.warning("skipped %d input(s) (%s); the list is in %s", len(corpus.skipped),
-                    ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), folder / shards.MANIFEST)
+        log.warning(
+            "skipped %d input(s) (%s); the list is in %s",
+            len(corpus.skipped),
+            ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())),
+            folder / shards.MANIFEST,
+        )
     if reuse_tokenizer:
         tok, trained = load_tokenizer(str(folder / TOKENIZER_FILE)), True
         log.info("reusing the trained tokenizer in %s", folder)
@@ -247,11 +269,16 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None,
         "seconds": {"read": t_read - t0, "tokenizer": t_tok - t_read, "encode": t_end - t_tok, "total": t_end - t0},
     }
     atomic_write_json(folder / shards.MANIFEST, manifest)
-    log.info("prepared %s: %d train / %d val tokens in %.2f s", folder, entries["train"]["tokens"],
-             entries["val"]["tokens"], t_end - t0)
+    log.info(
+        "prepared %s: %d train / %d val tokens in %.2f s",
+        folder,
+        entries["train"]["tokens"],
+        entries["val"]["tokens"],
+        t_end - t0,
+    )
 
 
-def _tokenizer(cfg: DataConfig, corpus: Corpus) -> tuple["Tokenizer", bool]:
+def _tokenizer(cfg: DataConfig, corpus: Corpus) -> tuple[Tokenizer, bool]:
     """The given tokenizer, or a byte-level BPE trained on (a sample of) the training documents, never on val."""
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer), False
@@ -262,7 +289,7 @@ def _tokenizer(cfg: DataConfig, corpus: Corpus) -> tuple["Tokenizer", bool]:
     return train_bpe(sample, cfg.vocab_size, length=len(sample)), True
 
 
-def _encode_into(tok: "Tokenizer", docs: list[Document], eot_id: int | None, writer: shards.ShardWriter) -> None:
+def _encode_into(tok: Tokenizer, docs: list[Document], eot_id: int | None, writer: shards.ShardWriter) -> None:
     """Encode documents in parallel chunks and append them, each followed by the end-of-text token."""
     eot = np.array([] if eot_id is None else [eot_id], dtype=writer.dtype)
     chunk: list[str] = []

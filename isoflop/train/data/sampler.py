@@ -30,8 +30,16 @@ STATE_VERSION = 1
 class PackedSampler:
     """Batches ``(x, y)`` of int64 tensors shaped (batch_size, seq_len); ``y`` is ``x`` shifted by one token."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, world: int = 1, global_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        global_batch: int | None = None,
+    ) -> None:
         """``batch_size`` sequences per call on this rank; ``global_batch`` sequences per optimizer step over all
         ranks and accumulation micro-steps (default ``world * batch_size``, i.e. no accumulation)."""
         if seq_len < 1 or batch_size < 1:
@@ -45,14 +53,17 @@ class PackedSampler:
         self.seed, self.rank, self.world = int(seed), int(rank), int(world)
         self.global_batch = int(global_batch) if global_batch is not None else self.world * self.batch_size
         if self.global_batch < 1 or self.global_batch % self.per_call:
-            raise IsoflopError(f"global_batch {self.global_batch} is not a multiple of world x batch_size = "
-                               f"{self.per_call}; make each optimizer step a whole number of micro-batches")
+            raise IsoflopError(
+                f"global_batch {self.global_batch} is not a multiple of world x batch_size = "
+                f"{self.per_call}; make each optimizer step a whole number of micro-batches"
+            )
         # Every epoch must hold at least one global batch whatever its offset (offset <= seq_len - 1).
         min_windows = (len(tokens) - self.seq_len) // self.seq_len
         if min_windows < self.global_batch:
             raise IsoflopError(
                 f"{len(tokens)} training tokens hold {max(min_windows, 0)} windows of seq_len {seq_len}, fewer "
-                f"than one global batch of {self.global_batch}; use a larger corpus (max_bytes) or a smaller batch")
+                f"than one global batch of {self.global_batch}; use a larger corpus (max_bytes) or a smaller batch"
+            )
         self.epoch = 0
         self.pos = 0  # windows of the current epoch's permutation already consumed (all ranks together)
         self._cache: tuple[int, int, np.ndarray] | None = None
@@ -84,11 +95,11 @@ class PackedSampler:
             self.epoch, self.pos = self.epoch + 1, 0
             offset, perm = self._epoch_plan(self.epoch)
         lo = self.pos + self.rank * self.batch_size
-        starts = offset + perm[lo:lo + self.batch_size].astype(np.int64) * self.seq_len
+        starts = offset + perm[lo : lo + self.batch_size].astype(np.int64) * self.seq_len
         self.pos += self.per_call
         return starts
 
-    def next_batch(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next ``(x, y)``, int64 tensors of shape (batch_size, seq_len)."""
         import torch
 
@@ -97,27 +108,39 @@ class PackedSampler:
         rows = torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))
         return rows[:, :-1], rows[:, 1:]
 
-    def __iter__(self) -> "PackedSampler":
+    def __iter__(self) -> PackedSampler:
         return self
 
-    def __next__(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.next_batch()
 
     def state_dict(self) -> dict[str, Any]:
         """Plain ints describing the data position (goes into checkpoints)."""
-        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "pos": self.pos,
-                "seq_len": self.seq_len, "n_tokens": int(len(self.tokens)),
-                "batch_size": self.batch_size, "world": self.world, "global_batch": self.global_batch}
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "seq_len": self.seq_len,
+            "n_tokens": int(len(self.tokens)),
+            "batch_size": self.batch_size,
+            "world": self.world,
+            "global_batch": self.global_batch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the position. The token count, seq_len and seed must match; world and batch_size may differ."""
         for key in ("seq_len", "n_tokens", "seed"):
             mine = self.seq_len if key == "seq_len" else len(self.tokens) if key == "n_tokens" else self.seed
             if int(state[key]) != int(mine):
-                raise IsoflopError(f"sampler state has {key}={int(state[key])} but this run has {key}={mine}; "
-                                   "resume with the same data, seq_len and seed, or start a fresh run")
+                raise IsoflopError(
+                    f"sampler state has {key}={int(state[key])} but this run has {key}={mine}; "
+                    "resume with the same data, seq_len and seed, or start a fresh run"
+                )
         epoch, pos = int(state["epoch"]), int(state["pos"])
         if epoch < 0 or pos < 0 or pos > len(self._epoch_plan(epoch)[1]):
-            raise IsoflopError(f"sampler state position (epoch {epoch}, pos {pos}) is out of range; "
-                               "the checkpoint does not belong to this data")
+            raise IsoflopError(
+                f"sampler state position (epoch {epoch}, pos {pos}) is out of range; "
+                "the checkpoint does not belong to this data"
+            )
         self.epoch, self.pos = epoch, pos

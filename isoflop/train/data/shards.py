@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ def split_tail(train: ShardWriter, val: ShardWriter, fraction: float, min_tokens
     data = np.fromfile(train.tmp, dtype=train.dtype)
     n_val = max(min_tokens, int(round(len(data) * fraction)))
     n_val = min(n_val, len(data) // 2)
-    val.append(data[len(data) - n_val:])
+    val.append(data[len(data) - n_val :])
     with open(train.tmp, "r+b") as handle:
         handle.truncate((len(data) - n_val) * train.dtype.itemsize)
         handle.flush()

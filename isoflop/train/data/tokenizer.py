@@ -9,8 +9,9 @@ One special token, ``<|endoftext|>``, separates packed documents.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from isoflop.errors import IsoflopError
 
@@ -22,7 +23,7 @@ EOT = "<|endoftext|>"
 EOT_CANDIDATES = (EOT, "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", "[SEP]")
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None) -> "Tokenizer":
+def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None) -> Tokenizer:
     """Train a byte-level BPE with ``vocab_size`` entries (256 bytes + merges + ``<|endoftext|>``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -46,12 +47,14 @@ def tokenizer_file(spec: str) -> Path:
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
-        raise IsoflopError(f"tokenizer {spec!r} is not a tokenizer.json file nor a folder holding one; "
-                           "give a Hugging Face tokenizer.json or its folder, or leave data.tokenizer empty")
+        raise IsoflopError(
+            f"tokenizer {spec!r} is not a tokenizer.json file nor a folder holding one; "
+            "give a Hugging Face tokenizer.json or its folder, or leave data.tokenizer empty"
+        )
     return path
 
 
-def load_tokenizer(spec: str) -> "Tokenizer":
+def load_tokenizer(spec: str) -> Tokenizer:
     """Load a tokenizer.json or a Hugging Face tokenizer folder (its ``tokenizer.json``)."""
     from tokenizers import Tokenizer
 
@@ -62,9 +65,7 @@ def load_tokenizer(spec: str) -> "Tokenizer":
         raise IsoflopError(f"cannot load tokenizer {str(path)!r} ({exc}); give a valid tokenizer.json") from exc
 
 
-
-
-def find_eot(tok: "Tokenizer", folder: Path | None = None) -> int | None:
+def find_eot(tok: Tokenizer, folder: Path | None = None) -> int | None:
     """Id of the end-of-document token: the folder's tokenizer_config ``eos_token``, else a known name."""
     names: list[str] = []
     if folder is not None and (folder / "tokenizer_config.json").is_file():
@@ -83,7 +84,7 @@ def find_eot(tok: "Tokenizer", folder: Path | None = None) -> int | None:
     return None
 
 
-def encode_batch(tok: "Tokenizer", texts: list[str]) -> list[list[int]]:
+def encode_batch(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of ``texts`` without special tokens, encoded in parallel in Rust."""
     fast = getattr(tok, "encode_batch_fast", None)  # tokenizers >= 0.20: skips offset tracking
     encodings = (fast or tok.encode_batch)(texts, add_special_tokens=False)
