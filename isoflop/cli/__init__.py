@@ -15,6 +15,7 @@ from isoflop.cli import fit as _fit  # noqa: F401,E402
 from isoflop.cli import hw as _hw  # noqa: F401,E402
 from isoflop.cli import ladder as _ladder  # noqa: F401,E402
 from isoflop.cli import layout as _layout  # noqa: F401,E402
+from isoflop.cli import merge as _merge  # noqa: F401,E402
 from isoflop.cli import plan as _plan  # noqa: F401,E402
 from isoflop.cli import quickstart as _quickstart  # noqa: F401,E402
 from isoflop.cli import report as _report  # noqa: F401,E402
