@@ -129,7 +129,8 @@ def resolve(scopes: list[dict[str, Setting]], key: str, name: str, t: float, def
     else:
         value = default
     if value is None:
-        raise IsoflopError(f"no {key} given for tensor {name}; set parameters.{key} (or --{key.replace('_', '-')})")
+        flag = {"weight": "--weights", "density": "--density"}.get(key, f"--{key}")
+        raise IsoflopError(f"no {key} given for tensor {name}; set parameters.{key} in the config (or {flag})")
     if not math.isfinite(value):
         raise IsoflopError(f"{key} for tensor {name} is {value}; give a finite number")
     return value
