@@ -17,11 +17,10 @@ import torch
 from isoflop.errors import IsoflopError
 from isoflop.merge.methods import Method, TensorParams, get_method, merge_tensor
 from isoflop.merge.recipe import MergeRecipe, layer_t, resolve
-from isoflop.merge.sources import ModelSource, check_compatible, open_model
-from isoflop.merge.writer import DTYPE_CODES, Planned, ShardWriter, plan_shards
+from isoflop.merge.sources import ST_DTYPES, ModelSource, check_compatible, open_model
+from isoflop.merge.writer import Planned, ShardWriter, plan_shards
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 # Carried from the base (or first) model: the tokenizer in any of its formats, and generation defaults.
 CARRIED = (
     "tokenizer.json",
@@ -178,9 +177,9 @@ def run_merge(
 
 
 def _out_dtype(recipe: MergeRecipe, stored: str) -> torch.dtype:
-    if stored not in _ST_DTYPES:  # integer buffers are copied from the base as they are
-        return {v: k for k, v in DTYPE_CODES.items()}[stored]
-    return DTYPES[recipe.dtype] if recipe.dtype else _ST_DTYPES[stored]
+    """The recipe's dtype for floating-point tensors; integer buffers keep theirs (copied from the base)."""
+    dtype = ST_DTYPES[stored]
+    return DTYPES[recipe.dtype] if recipe.dtype and dtype.is_floating_point else dtype
 
 
 def _merge_one(

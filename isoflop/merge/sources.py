@@ -4,16 +4,40 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from isoflop.errors import IsoflopError
 
 _ARCH_KEYS = ("architectures", "model_type")
+ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where one tensor's bytes are: its shard, the byte range in it, its shape and dtype."""
+
+    shard: Path
+    start: int
+    end: int
+    shape: tuple[int, ...]
+    dtype: str
 
 
 @dataclass
@@ -22,23 +46,32 @@ class ModelSource:
 
     path: Path
     config: dict[str, Any]
-    files: dict[str, Path]  # tensor name -> shard
-    shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, str]
-    _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
+    stored: dict[str, Stored]
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: s.shape for name, s in self.stored.items()}
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {name: s.dtype for name, s in self.stored.items()}
 
     def tensor(self, name: str) -> torch.Tensor:
-        """Load one tensor (the shard is memory-mapped; only this tensor is read)."""
-        shard = self.files[name]
+        """Read one tensor with a plain positioned read (no memory map, so pages of tensors already merged do
+        not stay resident): memory holds this tensor only."""
+        s = self.stored[name]
+        buf = bytearray(s.end - s.start)
         try:
-            handle = self._handles.get(shard)
-            if handle is None:
-                handle = self._handles[shard] = safe_open(str(shard), framework="pt")
-            return handle.get_tensor(name)
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise IsoflopError(
-                f"cannot read tensor {name} from {shard} ({_first(exc)}); re-export that model"
-            ) from None
+            with open(s.shard, "rb") as handle:
+                handle.seek(s.start)
+                got = handle.readinto(buf)
+        except OSError as exc:
+            raise IsoflopError(f"cannot read tensor {name} from {s.shard} ({_first(exc)}); check the file") from None
+        if got != len(buf):
+            raise IsoflopError(f"corrupted safetensors shard {s.shard} (truncated at {name}); re-export that model")
+        if not buf:
+            return torch.empty(s.shape, dtype=ST_DTYPES[s.dtype])
+        return torch.frombuffer(buf, dtype=ST_DTYPES[s.dtype]).reshape(s.shape)
 
     @property
     def n_layers(self) -> int:
@@ -82,6 +115,37 @@ def _shards(folder: Path) -> dict[str, Path]:
     return {"": single}
 
 
+def _parse_header(shard: Path) -> dict[str, Stored]:
+    size = shard.stat().st_size
+    with open(shard, "rb") as handle:
+        head = handle.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 2 <= n <= min(size - 8, 100_000_000):
+            raise ValueError("bad header length")
+        header = json.loads(handle.read(n))
+    out: dict[str, Stored] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = (int(x) for x in info["data_offsets"])
+        shape = tuple(int(d) for d in info["shape"])
+        if info["dtype"] not in ST_DTYPES:
+            raise ValueError(f"unsupported dtype {info['dtype']} for {name}")
+        width = torch.empty((), dtype=ST_DTYPES[info["dtype"]]).element_size()
+        if not 0 <= start <= end <= size - 8 - n or end - start != math.prod(shape) * width:
+            raise ValueError(f"byte range of {name} outside the file")
+        out[name] = Stored(shard, 8 + n + start, 8 + n + end, shape, info["dtype"])
+    return out
+
+
+def read_header(shard: Path) -> dict[str, Stored]:
+    """Parse a safetensors header (``u64`` length, JSON) and check every byte range lies inside the file."""
+    try:
+        return _parse_header(shard)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+        raise IsoflopError(f"corrupted safetensors shard {shard} ({_first(exc)}); re-export that model") from None
+
+
 def open_model(path: str | Path) -> ModelSource:
     """Read ``config.json`` and every shard's header (names, shapes, dtypes); no tensor data is loaded."""
     folder = model_dir(path)
@@ -89,25 +153,16 @@ def open_model(path: str | Path) -> ModelSource:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise IsoflopError(f"{folder}/config.json is unreadable ({_first(exc)}); fix or re-export it") from None
-    files: dict[str, Path] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, str] = {}
+    stored: dict[str, Stored] = {}
     listed = _shards(folder)
     for shard in sorted(set(listed.values())):
-        try:
-            with safe_open(str(shard), framework="pt") as handle:
-                for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
-                    sl = handle.get_slice(name)
-                    files[name] = shard
-                    shapes[name] = tuple(sl.get_shape())
-                    dtypes[name] = sl.get_dtype()
-        except (SafetensorError, OSError) as exc:
-            raise IsoflopError(f"corrupted safetensors shard {shard} ({_first(exc)}); re-export that model") from None
+        for name, entry in read_header(shard).items():
+            stored[name] = entry
     if "" not in listed:
-        missing = sorted(set(listed) - set(files))
+        missing = sorted(set(listed) - set(stored))
         if missing:
             raise IsoflopError(f"{folder}: index lists {missing[0]} but no shard holds it; re-export that model")
-    return ModelSource(folder, config, files, shapes, dtypes)
+    return ModelSource(folder, config, stored)
 
 
 def check_compatible(reference: ModelSource, others: list[ModelSource]) -> None:

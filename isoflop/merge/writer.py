@@ -14,18 +14,9 @@ from typing import BinaryIO
 
 import torch
 
-DTYPE_CODES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+from isoflop.merge.sources import ST_DTYPES
+
+DTYPE_CODES = {dtype: code for code, dtype in ST_DTYPES.items()}
 
 
 @dataclass(frozen=True)
