@@ -321,5 +321,10 @@ def test_lawa_average_of_a_run(tmp_path, tmp_path_factory, monkeypatch, cli) -> 
     assert set(got) == set(expected)
     for k in got:
         assert torch.allclose(got[k], expected[k], atol=1e-6), k
+    # a run folder is a model too (its hf/ export): soup of the run's final weights and the LAWA average
+    r = cli("merge", "--method", "linear", "--models", str(run), str(tmp_path / "last3"), "--out", str(tmp_path / "s"))
+    assert r.code == 0, r.err
+    soup = _tensors(tmp_path / "s")
+    assert all(torch.allclose(soup[k], (final[k] + got[k]) / 2, atol=1e-6) for k in got)
     r = cli("merge", "--average", str(run), "--last", "4", "--out", str(tmp_path / "last4"))
     assert r.code == 2 and "has 3 complete checkpoints" in r.err and not (tmp_path / "last4").exists()
