@@ -5,7 +5,8 @@ Run: ``python benchmarks/merge_lawa.py [--steps 120 --every 10 --keep 8 --schedu
 --batch 16]``. Trains the ``tiny`` training preset (about 1M parameters, stdlib corpus) for ``--steps`` steps with
 a checkpoint every ``--every`` steps, keeping the last ``--keep``; then evaluates, on the run's fixed validation
 batches, the last checkpoint and the uniform average of the last K checkpoints for K = 2, 4, ... up to ``--keep``
-(the weights ``isoflop merge --average`` exports). Negative ``delta`` = the average is better. The last printed line is one JSON object.
+(the weights ``isoflop merge --average`` exports). Negative ``delta`` = the average is better. The last printed
+line is one JSON object.
 """
 
 from __future__ import annotations
