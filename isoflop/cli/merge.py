@@ -101,7 +101,8 @@ def merge_cmd(
 
     isoflop merge --average RUN --last 4 --out DIR   (LAWA: mean of a run's last 4 checkpoints)
 
-    Models are Hugging Face folders or isoflop run folders (their hf/ export). Tensors stream one at a time.
+    List options take several values: --models PATH..., --weights W... and --density D... (one per model, or one
+    for all). Models are Hugging Face folders or isoflop run folders (their hf/ export). Tensors stream one at a time.
     """
     lists, rest = _split_lists(list(ctx.args))
     if out is None:
