@@ -10,6 +10,7 @@ import torch
 
 from isoflop.merge.ties import elect
 
+CHUNK = 1 << 20  # elements per chunk of the elementwise combination
 Sparsify = Callable[[torch.Tensor, int], torch.Tensor]  # (task vector, model index) -> sparse task vector
 
 
@@ -24,21 +25,25 @@ def task_arithmetic(
     consensus: bool = False,
 ) -> torch.Tensor:
     dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
-    b = base.to(dtype)
-    deltas = torch.stack(
-        [(t.to(dtype) - b) if sparsify is None else sparsify(t.to(dtype) - b, i) for i, t in enumerate(tensors)]
-    )
-    w = torch.tensor(weights, dtype=dtype).reshape(-1, *([1] * base.ndim))
-    deltas.mul_(w)
-    if consensus:
-        agree = elect(deltas).to(dtype)
-        mixed = (deltas * agree).sum(dim=0)
-        divisor = (w * agree).sum(dim=0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = deltas.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    if normalize:
-        mixed = mixed / divisor
-    return b + lam * mixed
+    b = base.to(dtype).reshape(-1)
+    deltas = []
+    for i, t in enumerate(tensors):
+        delta = t.to(dtype).reshape(-1) - b
+        deltas.append(delta if sparsify is None else sparsify(delta.reshape(base.shape), i).reshape(-1))
+    w = torch.tensor(weights, dtype=dtype).reshape(-1, 1)
+    out = torch.empty_like(b)
+    for lo in range(0, b.numel(), CHUNK):  # elementwise from here: chunks bound the scratch memory
+        d = torch.stack([x[lo : lo + CHUNK] for x in deltas]) * w
+        if consensus:
+            agree = elect(d).to(dtype)
+            mixed = (d * agree).sum(dim=0)
+            divisor = (w * agree).sum(dim=0)
+            divisor[divisor == 0] = 1
+        else:
+            mixed = d.sum(dim=0)
+            divisor = w.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+        if normalize:
+            mixed = mixed / divisor
+        out[lo : lo + CHUNK] = b[lo : lo + CHUNK] + lam * mixed
+    return out.reshape(base.shape)
