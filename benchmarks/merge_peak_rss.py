@@ -4,8 +4,8 @@ Run: ``python benchmarks/merge_peak_rss.py [--hidden 768 --layers 6 --vocab 1600
 three random Llama-shaped fp32 models (safetensors) to a temporary folder, then runs each merge in a fresh child
 process that reports its own peak RSS (``VmHWM``): a 3-model linear soup and a 3-model TIES merge over the base
 (4 inputs), with the output in 1 shard (and in 256 MiB shards for the soup). ``baseline`` is the peak of a child
-that only imports the same modules, so ``peak - baseline`` is what the merge itself holds. With ``--mergekit`` the same linear soup is also run
-through mergekit (if installed) for comparison. The last printed line is one JSON object.
+that only imports the same modules, so ``peak - baseline`` is what the merge itself holds. With ``--mergekit`` the
+same linear soup is also run through mergekit (if installed) for comparison. The last printed line is one JSON object.
 """
 
 from __future__ import annotations
