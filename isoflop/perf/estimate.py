@@ -17,7 +17,7 @@ from isoflop.perf.constants import PerfConstants, load_constants
 from isoflop.perf.layout import RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
 from isoflop.perf.memory import GIB, MEMORY_KEYS, memory_bytes
 from isoflop.perf.steptime import STEP_KEYS, step_time
-from isoflop.spec.accounting import count_flops, recompute_flops_per_token
+from isoflop.spec.accounting import FlopCount, count_flops, recompute_flops_per_token
 from isoflop.spec.model import ModelSpec
 
 
@@ -72,6 +72,14 @@ class Estimate:
         }
 
 
+def _recompute_flops(flops: FlopCount, policy: str) -> float:
+    """Recomputed FLOPs per token; ``op`` (torchtitan's op-level SAC) redoes every other matmul but not the
+    attention core."""
+    if policy == "op":
+        return 0.5 * (flops.forward - flops.logits - flops.attention_scores)
+    return recompute_flops_per_token(flops, policy)  # type: ignore[arg-type]
+
+
 def evaluate(
     spec: ModelSpec,
     gpu: GPU,
@@ -89,7 +97,7 @@ def evaluate(
     flops = count_flops(spec, seq_len)
     tokens = global_batch * seq_len
     model_flops = tokens * flops.training
-    extra = np.array([recompute_flops_per_token(flops, p) for p in RECOMPUTE])[la.recompute] * tokens
+    extra = np.array([_recompute_flops(flops, p) for p in RECOMPUTE])[la.recompute] * tokens
     step = times["step_time_s"]
     peak = gpu.peak_flops(peak_dtype(dtype)) * n_gpus
     out = {k: v / GIB for k, v in mem.items()}
