@@ -43,10 +43,10 @@ def test_builtin_constants_stay_within_bounds_on_every_source(runs) -> None:
     for run in runs:
         errors.setdefault(run.source, []).append(abs(vp.predict(run) / run.published - 1.0))
     every = [e for errs in errors.values() for e in errs]
-    assert statistics.median(every) <= 0.08, errors
-    assert max(every) <= 0.30, errors
+    assert statistics.median(every) <= 0.05, errors
+    assert max(every) <= 0.25, errors
     for source, errs in errors.items():
-        assert statistics.median(errs) <= 0.20, (source, errs)
+        assert statistics.median(errs) <= 0.12, (source, errs)
 
 
 def test_loso_never_fits_on_the_held_out_source(monkeypatch) -> None:
@@ -54,14 +54,14 @@ def test_loso_never_fits_on_the_held_out_source(monkeypatch) -> None:
 
     def fake_fit(train, start=None):
         seen.append({r.source for r in train})
-        return vp.builtin_params()
+        return {}
 
     monkeypatch.setattr(vp, "fit", fake_fit)
     out = vp.report(held_out=["bloom2022", "llama3_2024"])
     assert seen[0] == set(vp.sources())  # the in-sample fit
     assert "bloom2022" not in seen[1] and "llama3_2024" not in seen[2]
     assert {row["source"] for row in out["runs"]} == {"bloom2022", "llama3_2024"}
-    lo, hi = out["ci90_log_ratio"]
+    lo, hi = out["step_time_ci90_log_ratio"]
     assert lo <= hi
 
 

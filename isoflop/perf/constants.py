@@ -54,6 +54,8 @@ class PerfConstants(BaseModel):
     pcie_gbps: float
     cpu_adam_params_per_s: float
     step_overhead_s: float
+    ci90_log_lo: float = 0.0
+    ci90_log_hi: float = 0.0
     kernel_launch_s: float
     kernels_per_layer: float
     kernels_head: float

@@ -7,6 +7,7 @@ HFU adds the FLOPs of recomputation (Korthikanti et al. 2022, Sec. 6).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,14 @@ class Estimate:
     gpu_memory_gib: float
     microbatches: int
     overflow: str | None = None
+    step_time_s_ci90: tuple[float, float] = (0.0, 0.0)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mfu_ci90(self) -> tuple[float, float]:
+        """The MFU band matching ``step_time_s_ci90`` (a slower step is a lower MFU)."""
+        lo, hi = self.step_time_s_ci90
+        return (self.mfu * self.step_time_s / hi, self.mfu * self.step_time_s / lo)
 
     @property
     def headroom_gib(self) -> float:
@@ -62,10 +70,12 @@ class Estimate:
             "headroom_gib": self.headroom_gib,
             "memory": dict(self.memory),
             "step_time_s": self.step_time_s,
+            "step_time_s_ci90": list(self.step_time_s_ci90),
             "tokens_per_s": self.tokens_per_s,
             "tokens_per_s_per_gpu": self.tokens_per_s / self.n_gpus,
             "tflops_per_gpu": self.tflops_per_gpu,
             "mfu": self.mfu,
+            "mfu_ci90": list(self.mfu_ci90),
             "hfu": self.hfu,
             "breakdown": dict(self.breakdown),
             **self.extra,
@@ -124,8 +134,17 @@ def overflow_reason(memory: dict[str, float], capacity: float) -> str | None:
 
 
 def build_estimate(
-    row: dict[str, np.ndarray], i: int, layout: Layout, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int
+    row: dict[str, np.ndarray],
+    i: int,
+    layout: Layout,
+    gpu: GPU,
+    n_gpus: int,
+    global_batch: int,
+    seq_len: int,
+    constants: PerfConstants,
 ) -> Estimate:
+    """One row of ``evaluate`` as an ``Estimate``; the 90% band is the cross-validated residual spread
+    (``ci90_log_lo``/``ci90_log_hi`` in constants.yaml, from benchmarks/validate_published.py)."""
     memory = {k: float(row[k][i]) for k in MEMORY_KEYS}
     breakdown = {k: float(row[k][i]) for k in STEP_KEYS}
     return Estimate(
@@ -133,6 +152,10 @@ def build_estimate(
         fits=bool(row["fits"][i]),
         memory=memory,
         step_time_s=float(row["step_time_s"][i]),
+        step_time_s_ci90=(
+            float(row["step_time_s"][i]) * math.exp(constants.ci90_log_lo),
+            float(row["step_time_s"][i]) * math.exp(constants.ci90_log_hi),
+        ),
         tokens_per_s=float(row["tokens_per_s"][i]),
         tflops_per_gpu=float(row["tflops_per_gpu"][i]),
         mfu=float(row["mfu"][i]),
@@ -163,4 +186,4 @@ def estimate(
     const = constants or load_constants(gpu.name)
     la = LayoutArrays.from_layouts([layout])
     row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, layout.dtype, layout.optimizer, const)
-    return build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len)
+    return build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len, const)

@@ -169,7 +169,9 @@ def search_layouts(
     order = _ranked(row, row["fits"])[:top_k]
     out: list[Estimate] = []
     for rank, i in enumerate(order):
-        est = build_estimate(row, int(i), la.layout(int(i), dtype, optimizer), gpu, n_gpus, global_batch, seq_len)
+        est = build_estimate(
+            row, int(i), la.layout(int(i), dtype, optimizer), gpu, n_gpus, global_batch, seq_len, const
+        )
         est.extra["rank"] = rank + 1
         est.extra["reason"] = _reason(out[0] if out else est, est, rank)
         out.append(est)
