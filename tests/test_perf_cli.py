@@ -38,6 +38,19 @@ def test_estimate_json_keys(cli) -> None:
     assert table.code == 0 and "does not fit" in table.out and "MFU" in table.out
 
 
+def test_estimate_framework_profile_and_band(cli) -> None:
+    """--framework changes the constants (Megatron-LM 2021: unfused attention, DP gradients not overlapped:
+    slower); the 90% band brackets the point estimate."""
+    args = ("estimate", "llama3-8b", "--gpu", "h100-sxm", "--gpus", "16", "--tp", "8", "--pp", "2", "--json")
+    plain = cli(*args, "--global-batch", "32").json()
+    megatron = cli(*args, "--global-batch", "32", "--framework", "megatron").json()
+    assert megatron["step_time_s"] > plain["step_time_s"]
+    lo, hi = plain["step_time_s_ci90"]
+    assert lo < plain["step_time_s"] < hi
+    mlo, mhi = plain["mfu_ci90"]
+    assert mlo < plain["mfu"] < mhi
+
+
 def test_layout_json_list(cli) -> None:
     res = cli(
         "layout",
