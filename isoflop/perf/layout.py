@@ -94,6 +94,12 @@ def stage_layers(n_layers: int | np.ndarray, pp: int | np.ndarray) -> np.ndarray
     return -(-np.asarray(n_layers) // np.asarray(pp))
 
 
+def hsdp_ok(replicate, zero, dpc):
+    """The HSDP rule, for scalars or arrays (``validate`` and the search's filter both use it): ``replicate``
+    > 1 needs ZeRO-3 and must divide the data x context group (``dpc = dp * cp``) into equal shard groups."""
+    return (replicate == 1) | ((zero == 3) & (dpc % replicate == 0))
+
+
 def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, seq_len: int) -> None:
     """Raise ``IsoflopError`` naming the first violated constraint of ``layout``."""
     lay = layout
@@ -141,7 +147,7 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
             raise IsoflopError(f"ep={lay.ep} must divide n_experts={spec.n_experts} and dp*cp={lay.dp * lay.cp}")
     if lay.sequence_parallel and lay.tp == 1:
         raise IsoflopError("sequence parallel needs tp > 1; drop --sequence-parallel or raise --tp")
-    if lay.replicate > 1 and (lay.zero != 3 or (lay.dp * lay.cp) % lay.replicate):
+    if not hsdp_ok(lay.replicate, lay.zero, lay.dp * lay.cp):
         raise IsoflopError(f"replicate={lay.replicate} (HSDP) needs zero=3 and must divide dp*cp={lay.dp * lay.cp}")
     if global_batch % (lay.dp * lay.micro_batch):
         raise IsoflopError(

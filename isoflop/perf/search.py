@@ -24,6 +24,7 @@ from isoflop.perf.layout import (
     RECOMPUTE,
     Layout,
     LayoutArrays,
+    hsdp_ok,
     peak_dtype,
     stage_layers,
     validate,
@@ -92,7 +93,7 @@ def candidates(
     dpc = dp * base["cp"]
     ok &= global_batch % np.maximum(dp * base["micro_batch"], 1) == 0
     ok &= (dpc % base["ep"] == 0) & ((spec.n_experts % base["ep"] == 0) if spec.is_moe else (base["ep"] == 1))
-    ok &= (base["replicate"] == 1) | ((dpc % base["replicate"] == 0) & (dpc > base["replicate"]))
+    ok &= hsdp_ok(base["replicate"], 3, dpc)  # the rule with the most permissive ZeRO stage; stage 2 applies it
     keep = np.nonzero(ok)[0]
     base = {k: v[keep] for k, v in base.items()}
     base["dp"] = dp[keep]
@@ -107,7 +108,7 @@ def candidates(
     ok = ~(cols["sequence_parallel"] & (cols["tp"] == 1))
     per_stage = stage_layers(spec.n_layers, cols["pp"])
     ok &= (cols["interleave"] == 1) | ((cols["pp"] > 1) & (per_stage % cols["interleave"] == 0))
-    ok &= (cols["replicate"] == 1) | (cols["zero"] == 3)
+    ok &= hsdp_ok(cols["replicate"], cols["zero"], dpc)
     ok &= ~((cols["zero"] >= 1) & (dpc == 1) & ("zero" not in fix))  # sharding over one replica is a no-op
     ok &= ~(cols["offload"] & (cols["zero"] == 0) & ("offload" not in fix))
     idx = np.nonzero(ok)[0]
