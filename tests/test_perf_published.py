@@ -17,7 +17,7 @@ import pytest
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, load_constants
-from isoflop.spec import preset
+from isoflop.spec import get_model_preset as preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import validate_published as vp  # noqa: E402

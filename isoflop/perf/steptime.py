@@ -82,7 +82,7 @@ def _attention(
     full ``s x s`` square, the scores materialised in HBM (``attn_score_bytes`` read+written per score
     element over forward and backward: scale-mask-softmax, dropout and their gradients).
     """
-    q, hd = spec.q_dim, spec.dim_per_head
+    q, hd = spec.q_dim, spec.head_dim
     seq_eff = seq_len / (seq_len + c.flash_half_seq)
     a_flops = 4.0 * T * (seq_len + 1) / 2.0 * q / tp
     flash_fwd = a_flops / (attn_peak * c.flash_fwd_eff * seq_eff)
@@ -158,7 +158,7 @@ def step_time(
     m = (global_batch // (la.dp * la.micro_batch)).astype(float)
     T = la.micro_batch * seq_len / cp  # tokens per GPU per microbatch
     h, q, f = spec.d_model, spec.q_dim, spec.d_ff
-    kv_local = np.maximum(spec.kv_heads / tp, 1.0) * spec.dim_per_head
+    kv_local = np.maximum(spec.n_kv_heads / tp, 1.0) * spec.head_dim
 
     # --- one layer, one microbatch, forward ------------------------------------------------------------
     gemm = lambda M, N, K, n=1.0: _gemm(M, N, K, n, peak, act, gpu, c)  # noqa: E731
