@@ -17,7 +17,7 @@ import pytest
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, load_constants
-from isoflop.spec import get_model_preset as preset
+from isoflop.spec import get_model_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import validate_published as vp  # noqa: E402
@@ -68,7 +68,7 @@ def test_loso_never_fits_on_the_held_out_source(monkeypatch) -> None:
 def test_uneven_stages_keep_interleaving_and_beat_no_interleave() -> None:
     """Llama 3 405B: 126 layers on 16 stages (8 on the fullest); interleave 4 divides 8 and cuts the bubble
     by 4 (Narayanan et al. 2021, Sec. 2.2.2)."""
-    spec = preset("llama3-405b")
+    spec = get_model_preset("llama3-405b")
     base = Layout(tp=8, pp=16, dp=4, sequence_parallel=True, recompute="selective")
     plain = estimate(spec, H100, 512, base, 128, 8192)
     inter = estimate(spec, H100, 512, base.replace(interleave=4), 128, 8192)
@@ -80,7 +80,7 @@ def test_uneven_stages_keep_interleaving_and_beat_no_interleave() -> None:
 def test_rebalanced_last_stage_is_never_slower() -> None:
     """Moving layers off the head's stage (Llama 3) never lengthens the tick; with equal stages the head
     stage is the slowest."""
-    spec = preset("llama3-405b")
+    spec = get_model_preset("llama3-405b")
     lay = Layout(tp=8, pp=16, dp=1, sequence_parallel=True, recompute="selective")
     even = load_constants("h100-sxm", "megatron")
     moved = even.replace(pipeline_rebalance=1.0)
