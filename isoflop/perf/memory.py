@@ -135,8 +135,10 @@ def layer_activation_bytes(
     none = tokens * (replicated + attn_in + core_out + proj_in + mlp)
     selective = none - tokens * core_out
     full = tokens * h * resid / rep_div
-    # op-level SAC keeps every other matmul output: between selective and full (an approximation)
-    return {"none": none, "selective": selective, "full": full, "op": 0.5 * (selective + full)}
+    # op-level SAC (torchtitan): the layer input, the attention output and every other matmul output are
+    # saved; norms, RoPE and the activation function are recomputed
+    op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
+    return {"none": none, "selective": selective, "full": full, "op": op}
 
 
 def memory_bytes(
