@@ -1,6 +1,7 @@
 """Performance-model constants: built-in data (``constants.yaml``) merged with a calibration file.
 
-``load_constants(gpu)`` = ``defaults`` <- ``gpus[gpu]`` <- calibration file ``[gpu]``. The calibration file
+``load_constants(gpu, framework)`` = ``defaults`` <- ``gpus[gpu]`` <- ``frameworks[framework]`` <- calibration
+file ``[gpu]``. The calibration file
 is ``$ISOFLOP_CALIBRATION`` if set, else ``~/.config/isoflop/calibration.yaml``; it maps a GPU name to
 ``{constant: value}``. ``isoflop calibrate`` writes it; this module only reads it.
 """
