@@ -13,12 +13,16 @@ from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, load_constants
 from isoflop.perf import estimate as run_estimate
+from isoflop.perf.constants import frameworks
 from isoflop.perf.layout import OPTIMIZERS, PRECISIONS, RECOMPUTE
 from isoflop.spec import load_spec
 
 GPU_OPTION = typer.Option(..., "--gpu", help="GPU name from the catalog (`isoflop hw list`).")
 GPUS_OPTION = typer.Option(..., "--gpus", help="Total number of GPUs.")
 HARDWARE_OPTION = typer.Option(None, "--hardware", help="Extra hardware YAML file (same layout as the catalog).")
+FRAMEWORK_OPTION = typer.Option(
+    None, "--framework", help=f"Framework profile ({', '.join(frameworks())}); default: generic constants."
+)
 
 
 def knob_options() -> dict[str, Any]:
@@ -149,6 +153,7 @@ def estimate(
     optimizer: str | None = _K["optimizer"],
     replicate: int | None = _K["replicate"],
     hardware: str | None = HARDWARE_OPTION,
+    framework: str | None = FRAMEWORK_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Predict memory per GPU (and whether it fits), step time with its breakdown, tokens/s and MFU."""
@@ -192,6 +197,8 @@ def estimate(
         replicate=replicate or 1,
     )
     batch = global_batch or dp * mb
-    est = run_estimate(spec, device, gpus, layout, batch, seq_len or spec.max_seq_len, load_constants(device.name))
+    est = run_estimate(
+        spec, device, gpus, layout, batch, seq_len or spec.max_seq_len, load_constants(device.name, framework)
+    )
     data = {"model": spec.name, **est.to_dict()}
     emit(data, as_json, render_estimate(data, spec.name))

@@ -27,7 +27,7 @@ import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
-from isoflop.perf.layout import LayoutArrays
+from isoflop.perf.layout import LayoutArrays, stage_layers
 from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
 from isoflop.spec.model import ModelSpec
 
@@ -100,7 +100,7 @@ def stage_params(spec: ModelSpec, la: LayoutArrays) -> StageParams:
     dense_mlp = (spec.n_shared_experts * one_mlp) if spec.is_moe else one_mlp
     layer_dense = (_attention_params(spec) + dense_mlp) / tp + norms + router
     layer_expert = (spec.n_experts * one_mlp) / (tp * ep) if spec.is_moe else np.zeros_like(tp)
-    layers = spec.n_layers / pp
+    layers = stage_layers(spec.n_layers, pp).astype(float)  # the fullest stage
     embedding = V * d + (spec.max_seq_len * d if spec.position == "learned" else 0)
     final_norm = _norm_params(spec)
     single = pp == 1
@@ -114,7 +114,7 @@ def layer_activation_bytes(
     spec: ModelSpec, la: LayoutArrays, seq_len: int, act: float, resid: float | None = None
 ) -> dict[str, np.ndarray]:
     """Bytes autograd keeps for one layer and one microbatch, by recompute policy (``none``,
-    ``selective``, ``full`` = kept input only) on one GPU. ``resid``: bytes per residual-stream element
+    ``selective``, ``full`` = kept input only, ``op``) on one GPU. ``resid``: bytes per residual-stream element
     (the two norm inputs; default ``act``)."""
     resid = act if resid is None else resid
     tp = la.tp.astype(float)
@@ -135,7 +135,10 @@ def layer_activation_bytes(
     none = tokens * (replicated + attn_in + core_out + proj_in + mlp)
     selective = none - tokens * core_out
     full = tokens * h * resid / rep_div
-    return {"none": none, "selective": selective, "full": full}
+    # op-level SAC (torchtitan): the layer input, the attention output and every other matmul output are
+    # saved; norms, RoPE and the activation function are recomputed
+    op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
+    return {"none": none, "selective": selective, "full": full, "op": op}
 
 
 def memory_bytes(
@@ -163,10 +166,12 @@ def memory_bytes(
 
     m = global_batch // (la.dp * la.micro_batch)
     pp, v = la.pp.astype(float), la.interleave.astype(float)
-    layers = spec.n_layers / pp
+    layers = stage_layers(spec.n_layers, pp).astype(float)  # the fullest stage
     per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid)
     kept = np.select(
-        [la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"]
+        [la.recompute == 0, la.recompute == 1, la.recompute == 3],
+        [per_layer["none"], per_layer["selective"], per_layer["op"]],
+        per_layer["full"],
     )
     # full recompute: the layer being recomputed in the backward, plus its MLP's hidden-gradient buffers
     hidden_grad = la.micro_batch * seq_len / la.cp * (2 if spec.gated else 1) * spec.d_ff / la.tp * prec.act
