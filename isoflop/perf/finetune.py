@@ -13,12 +13,14 @@
   stay in the base dtype.
 * Activations (Korthikanti et al. 2022, Sec. 4, counted per tensor autograd saves in Hugging Face's Llama
   block with SDPA attention). A frozen linear layer saves no input (its weight gets no gradient); a LoRA
-  layer saves its input for ``A`` and the ``r`` outputs of ``A`` for ``B``; DoRA also keeps the base output
+  layer saves its input for ``A`` (with dropout, the dropped copy and its 1-byte mask) and the ``r`` outputs of
+  ``A`` for ``B``; DoRA also keeps the base output
   and the adapter output (``2 out``). Per layer: RMSNorm's input and fp32 ``1/rms`` (its normalised output too
   when its weight trains), RoPE'd Q, K, V, the attention output (which is also ``o_proj``'s input) and the
   log-sum-exp per head, and SwiGLU's gate, SiLU output and up projection (their product too when
   ``down_proj`` trains). The first layer's input needs no gradient unless the embeddings train, so its norm
-  saves nothing. The loss holds the logits, their log-softmax and, in the backward, two gradients of that size.
+  saves nothing. The loss keeps the log-softmax of the logits and, in its backward, two gradients of that size
+  (the trainer keeps only the loss, not the logits).
   Gradient checkpointing (Chen et al. 2016) keeps each layer's input and rebuilds one layer at a time (a full
   fine-tune writes that layer's weight gradients while its activations are alive).
 """
@@ -162,7 +164,8 @@ def _activation_bytes(spec: ModelSpec, setup: FinetuneSetup) -> float:
         for name in names & targets:
             fan_out = shapes[name][0][1]
             out += setup.rank + (2 * fan_out if setup.method == "dora" else 0)
-            out += d if name != "down_proj" and setup.dropout > 0 else 0  # dropout's output feeds A
+            if setup.dropout > 0:  # dropout's output feeds A; its boolean mask is 1 byte per element
+                out += (ff if name == "down_proj" else d) * (1.0 + 1.0 / act)
         return out
 
     def norm(input_grad: bool) -> float:
@@ -179,10 +182,10 @@ def _activation_bytes(spec: ModelSpec, setup: FinetuneSetup) -> float:
     first = norm(full) + inner
     rope = 2 * spec.dim_per_head * setup.seq_len  # cos and sin, shared by the batch
     head = norm(True) + (d if full else 0)
-    loss = 4 * V * tokens
+    loss = 3 * V * tokens
     if setup.grad_checkpointing:
         kept = spec.n_layers * d * tokens
-        rebuild = (middle + 2 * ff + 2 * d) * tokens + V * tokens
+        rebuild = (middle + 2 * ff + 2 * d) * tokens
         # a full fine-tune writes the rebuilt layer's weight gradients while its activations are alive
         layer_grads = 4.0 * _layer_params(spec) if full else 0.0
         return act * (kept + rope + max(loss + head * tokens, rebuild)) + layer_grads
