@@ -61,10 +61,16 @@ def load_base(folder: Path, dtype: str, quant: str) -> Any:
         )
         kwargs["device_map"] = "cpu"
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IsoflopError(f"cannot load the model in {str(folder)!r} ({first}); is it a causal-LM folder?") from None
+    for module in model.modules():
+        # bitsandbytes repacks 4-bit weights for AVX512-BF16 inference on the first eval forward (the held-out
+        # loss before training); the packed kernel has no autograd, so the input gradient would be dropped.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def quant_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
