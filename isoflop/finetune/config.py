@@ -71,8 +71,11 @@ def base_spec(folder: Path) -> ModelSpec | None:
 def predict(cfg: FinetuneConfig, folder: Path) -> tuple[FinetuneSetup, dict[str, Any] | None]:
     """The setup (with the family's default targets filled in) and its predicted memory, ``None`` when the
     model is outside the memory model (activations are modelled for the Llama family)."""
+    return predict_spec(cfg, base_spec(folder))
+
+
+def predict_spec(cfg: FinetuneConfig, spec: ModelSpec | None) -> tuple[FinetuneSetup, dict[str, Any] | None]:
     check_config(cfg)
-    spec = base_spec(folder)
     targets = cfg.targets or (DEFAULT_TARGETS[family(spec)] if spec is not None else ())
     setup = FinetuneSetup(
         method=cfg.method,  # type: ignore[arg-type]
@@ -94,10 +97,13 @@ def predict(cfg: FinetuneConfig, folder: Path) -> tuple[FinetuneSetup, dict[str,
 
 
 def predict_only(cfg: FinetuneConfig) -> tuple[FinetuneSetup, dict[str, Any]]:
-    folder = resolve_base(cfg.base)
-    setup, predicted = predict(cfg, folder)
+    """``--dry-run``: the prediction for a model folder, or any model ``isoflop count`` takes (a preset name,
+    a spec file or a ``config.json``), without loading weights."""
+    path = Path(cfg.base)
+    if path.is_dir() or not (path.is_file() or not path.suffix):
+        setup, predicted = predict(cfg, resolve_base(cfg.base))
+    else:
+        setup, predicted = predict_spec(cfg, load_spec(cfg.base))
     if predicted is None:
-        raise IsoflopError(
-            f"no memory model for the architecture in {folder}/config.json; the prediction covers the Llama family"
-        )
+        raise IsoflopError(f"no memory model for {cfg.base!r}; the prediction covers the Llama family")
     return setup, predicted

@@ -150,7 +150,7 @@ def _activation_bytes(spec: ModelSpec, setup: FinetuneSetup) -> float:
     """Peak activation bytes of one micro-batch (Llama family), as described in the module docstring."""
     if family(spec) != "llama":
         raise IsoflopError("the fine-tuning activation model covers the Llama family (Llama, Mistral, Qwen2) only")
-    act = _BYTES[setup.dtype] if setup.quantisation == "none" else 4.0
+    act = _BYTES[setup.dtype]  # QLoRA computes in the dtype too (bnb_4bit_compute_dtype)
     d, q, kv, ff, V = spec.d_model, spec.q_dim, spec.kv_dim, spec.d_ff, spec.vocab_size
     tokens = setup.micro_batch * setup.seq_len
     full = setup.method == "full"
