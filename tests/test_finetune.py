@@ -175,17 +175,29 @@ def test_loss_counts_completion_tokens_only(base, tmp_path, kind):
             assert text.startswith("def ") and "#" not in text
 
 
-def test_isoflop_run_folder_as_base(base, tmp_path, cli):
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_isoflop_run_folder_as_base(data, tmp_path, cli, method):
+    """An isoflop model (tied Llama) exported to RUN/hf with its tokenizer: predicted, then fine-tuned."""
+    from isoflop.spec.model import ModelSpec
+    from isoflop.train.data.tokenizer import EOT, train_bpe
+    from isoflop.train.export import export_hf
+    from isoflop.train.model import build_model
+
+    tok = train_bpe(bench.TEXTS * 4, vocab_size=300)
+    spec = ModelSpec(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160, vocab_size=tok.get_vocab_size(),
+                     max_seq_len=64, tie_embeddings=True)  # fmt: skip
     run = tmp_path / "myrun"
-    (run / "hf").mkdir(parents=True)
-    for f in base.iterdir():
-        (run / "hf" / f.name).write_bytes(f.read_bytes())
+    export_hf(build_model(spec, seed=0), run / "hf", tokenizer=tok, eos_id=tok.token_to_id(EOT))
     assert resolve_base(run) == run / "hf"
-    r = cli("finetune", str(run), "--dry-run", "--rank", "4", "--batch", "2", "--seq-len", "16", "--json")
+    r = cli("finetune", str(run), "--dry-run", "--method", method, "--rank", "4", "--batch", "2", "--seq-len", "16",
+            "--json")  # fmt: skip
     assert r.code == 0, r.err
-    spec = spec_from_dict(json.loads((base / "config.json").read_text()))
-    setup = FinetuneSetup(method="lora", rank=4, targets=("q_proj", "v_proj"), micro_batch=2, seq_len=16)
-    assert r.json()["predicted"]["total_gib"] == finetune_memory(spec, setup).total_gib
+    setup = FinetuneSetup(method=method, rank=4, targets=("q_proj", "v_proj"), micro_batch=2, seq_len=16)
+    assert r.json()["predicted"]["total_gib"] == finetune_memory(spec_from_dict(json.loads(
+        (run / "hf" / "config.json").read_text())), setup).total_gib  # fmt: skip
+    case = {"method": method, "rank": 4} if method == "lora" else {"method": method}
+    row = bench.run_case(run, data, tmp_path / "ft", case, batch=2, seq_len=32)
+    assert row["trainable_params"] == row["predicted_trainable_params"] and abs(row["error"]) < 0.05, row
 
 
 @pytest.mark.parametrize(

@@ -180,7 +180,7 @@ def _activation_bytes(spec: ModelSpec, setup: FinetuneSetup) -> float:
     inner = rest + norm(True)  # the norm after attention always sees a gradient-carrying input
     middle = norm(True) + inner
     first = norm(full) + inner
-    rope = 2 * spec.dim_per_head * setup.seq_len  # cos and sin, shared by the batch
+    rope = 2 * spec.head_dim * setup.seq_len  # cos and sin, shared by the batch
     head = norm(True) + (d if full else 0)
     loss = 3 * V * tokens
     if setup.grad_checkpointing:
