@@ -215,6 +215,16 @@ def test_bad_input_one_line_no_output(base, data, tmp_path, cli, args, needle):
     assert not out.exists()
 
 
+def test_corrupted_weights_one_line(base, data, tmp_path, cli):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in base.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes()[:3000] if f.name == "model.safetensors" else f.read_bytes())
+    r = cli("finetune", str(bad), "--data", str(data), "--out", str(tmp_path / "o"), "--max-steps", "1")
+    assert r.code == 2 and r.err.startswith("error: cannot load the model") and r.err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_model_dir_and_extra(tmp_path, cli, monkeypatch):
     r = cli("finetune", str(tmp_path / "absent"), "--data", "x.jsonl", "--out", str(tmp_path / "o"))
     assert r.code == 2 and "does not exist" in r.err and not (tmp_path / "o").exists()

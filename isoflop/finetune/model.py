@@ -60,9 +60,11 @@ def load_base(folder: Path, dtype: str, quant: str) -> Any:
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = "cpu"
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IsoflopError(f"cannot load the model in {str(folder)!r} ({first}); is it a causal-LM folder?") from None
     for module in model.modules():
