@@ -21,8 +21,9 @@
   ``down_proj`` trains). The first layer's input needs no gradient unless the embeddings train, so its norm
   saves nothing. The loss keeps the log-softmax of the logits and, in its backward, two gradients of that size
   (the trainer keeps only the loss, not the logits).
-  Gradient checkpointing (Chen et al. 2016) keeps each layer's input and rebuilds one layer at a time (a full
-  fine-tune writes that layer's weight gradients while its activations are alive).
+  Gradient checkpointing (Chen et al. 2016) keeps each layer's input and rebuilds one layer at a time; the
+  rebuilt layer's backward adds two SwiGLU hidden gradients and two residual ones (a LoRA ``down_proj`` has freed
+  its saved input by then; a full fine-tune writes that layer's weight gradients while its activations live).
 """
 
 from __future__ import annotations
@@ -185,8 +186,10 @@ def _activation_bytes(spec: ModelSpec, setup: FinetuneSetup) -> float:
     loss = 3 * V * tokens
     if setup.grad_checkpointing:
         kept = spec.n_layers * d * tokens
-        rebuild = (middle + 2 * ff + 2 * d) * tokens
-        # a full fine-tune writes the rebuilt layer's weight gradients while its activations are alive
+        # the rebuilt layer's backward: SwiGLU's two hidden gradients appear once a LoRA down_proj has released
+        # its saved input (a full fine-tune also writes this layer's weight gradients)
+        freed = ff if "down_proj" in targets and not full else 0
+        rebuild = (middle + 2 * ff + 2 * d - freed) * tokens
         layer_grads = 4.0 * _layer_params(spec) if full else 0.0
         return act * (kept + rope + max(loss + head * tokens, rebuild)) + layer_grads
     layers = (first + (spec.n_layers - 1) * middle) * tokens
