@@ -14,7 +14,7 @@ from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, load_constants
 from isoflop.perf import estimate as run_estimate
 from isoflop.perf.constants import frameworks
-from isoflop.perf.layout import OPTIMIZERS, PRECISIONS, RECOMPUTE
+from isoflop.perf.layout import KNOBS, OPTIMIZERS, PRECISIONS, RECOMPUTE
 from isoflop.spec import load_spec
 
 GPU_OPTION = typer.Option(..., "--gpu", help="GPU name from the catalog (`isoflop hw list`).")
@@ -63,24 +63,8 @@ def _gib(x: float) -> str:
 def render_estimate(est_dict: dict[str, Any], title: str):
     def render(console) -> None:
         e = est_dict
-        knobs = " ".join(
-            f"{k}={e[k]}"
-            for k in (
-                "tp",
-                "pp",
-                "dp",
-                "cp",
-                "ep",
-                "zero",
-                "recompute",
-                "sequence_parallel",
-                "micro_batch",
-                "interleave",
-                "offload",
-                "dtype",
-                "optimizer",
-            )
-        )
+        shown = [k for k in KNOBS if k != "replicate"] + ["dtype", "optimizer"]
+        knobs = " ".join(f"{k}={e[k]}" for k in shown)
         console.print(
             f"[bold]{title}[/]  {e['n_gpus']} x {e['gpu']}, global batch {e['global_batch']} x {e['seq_len']} "
             f"({e['microbatches']} microbatches)\n{knobs}"
