@@ -72,8 +72,12 @@ class TrainSection(_Section):
 
 
 class OptimSection(_Section):
-    """AdamW (Loshchilov & Hutter 2019) and its learning-rate schedule."""
+    """The optimizer (AdamW, Loshchilov & Hutter 2019, unless ``name`` says otherwise) and its schedule."""
 
+    name: Literal["adamw", "sgd", "adafactor", "adam8bit", "lion", "galore"] = "adamw"
+    galore_rank: int = Field(128, gt=0, description="GaLore: projection rank of each linear weight.")
+    galore_update_gap: int = Field(200, gt=0, description="GaLore: steps between projection updates.")
+    galore_scale: float = Field(0.25, gt=0, description="GaLore: scale of the projected update.")
     lr: float = Field(3.0e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd"] = "cosine"

@@ -211,7 +211,7 @@ class _Run:
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from isoflop.train.data import PackedSampler, prepare_data
-        from isoflop.train.optim import build_optimizer
+        from isoflop.train.optim import build_named_optimizer
 
         cfg, env, out = self.cfg, self.env, self.out
         wall0 = time.perf_counter()
@@ -228,9 +228,7 @@ class _Run:
                 f"set data.vocab_size <= {self.spec.vocab_size} or enlarge the model's vocab_size"
             )
         model = self._build_model()
-        optimizer = build_optimizer(
-            model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps
-        )
+        optimizer = build_named_optimizer(model, cfg.optim)
         sampler = PackedSampler(
             data.train,
             cfg.train.seq_len,
