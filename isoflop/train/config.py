@@ -125,6 +125,35 @@ class ParallelSection(_Section):
         return not (self.zero is not None and self.zero <= 2)
 
 
+class SyncSection(_Section):
+    """How data-parallel workers synchronise (``isoflop.train.lowcomm``): every step through DDP, optionally with
+    one of torch's gradient-compression comm hooks, or every ``inner_steps`` steps with DiLoCo
+    (Douillard et al. 2023), optionally streaming ``fragments`` (Douillard et al. 2025) and quantised."""
+
+    mode: Literal["allreduce", "diloco"] = "allreduce"
+    comm_hook: Literal["default", "allreduce", "fp16", "bf16", "powersgd"] = Field(
+        "default", description="DDP: default = the built-in all-reduce; the others are torch's ddp_comm_hooks."
+    )
+    powersgd_rank: int = Field(1, gt=0, description="PowerSGD matrix approximation rank (Vogels et al. 2019).")
+    powersgd_start_iter: int = Field(2, ge=2, description="PowerSGD: plain all-reduce for the first N steps.")
+    inner_steps: int = Field(8, gt=0, description="DiLoCo H: inner AdamW steps between outer steps.")
+    outer_lr: float = Field(0.7, gt=0)
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum of the outer SGD; 0 = plain SGD.")
+    outer_dtype: Literal["fp32", "bf16", "int4"] = Field("fp32", description="Pseudo-gradient wire format.")
+    fragments: int = Field(1, gt=0, description="Streaming DiLoCo: fragments synchronised at staggered steps.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SyncSection:
+        if self.mode == "diloco" and self.comm_hook != "default":
+            raise IsoflopError(f"sync.comm_hook={self.comm_hook} applies to DDP, not DiLoCo; drop one of them")
+        if self.fragments > self.inner_steps:
+            raise IsoflopError(
+                f"sync.fragments={self.fragments} exceeds sync.inner_steps={self.inner_steps}; "
+                "use at most one fragment per inner step"
+            )
+        return self
+
+
 class PredictedSection(BaseModel):
     """What the planner predicted; copied into ``summary.json`` beside the measured values."""
 
@@ -147,6 +176,7 @@ class TrainConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     parallel: ParallelSection = Field(default_factory=ParallelSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
     predicted: PredictedSection | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
@@ -270,7 +300,13 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
 
 def _explain(exc: ValidationError, origin: str) -> IsoflopError:
     """One line per config problem; unknown keys get a 'did you mean' from the section's fields."""
-    sections = {"train": TrainSection, "optim": OptimSection, "parallel": ParallelSection, "data": DataConfig}
+    sections = {
+        "train": TrainSection,
+        "optim": OptimSection,
+        "parallel": ParallelSection,
+        "sync": SyncSection,
+        "data": DataConfig,
+    }
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]

@@ -155,7 +155,8 @@ class _Run:
         self.warmup = cfg.warmup_steps()
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
-        self.strategy = resolve_strategy(cfg.parallel.strategy, env)
+        # DiLoCo workers train unwrapped copies of the model (isoflop.train.lowcomm / diloco)
+        self.strategy = "diloco" if cfg.sync.mode == "diloco" else resolve_strategy(cfg.parallel.strategy, env)
         self.stop = _StopFlag()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ class _Run:
             torch.backends.cudnn.allow_tf32 = True
         model = wrap_model(
             model,
-            self.strategy,
+            "none" if self.strategy == "diloco" else self.strategy,
             env,
             cfg.parallel.replicate,
             cfg.parallel.fsdp_reshard(),
@@ -211,6 +212,7 @@ class _Run:
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from isoflop.train.data import PackedSampler, prepare_data
+        from isoflop.train.lowcomm import LowComm
         from isoflop.train.optim import build_named_optimizer
 
         cfg, env, out = self.cfg, self.env, self.out
@@ -258,6 +260,8 @@ class _Run:
                 state[key] = loaded.get(key, state[key])
             state["resumed_from"] = state["step"]
             self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+        lowcomm = LowComm(cfg, env, self.strategy)
+        lowcomm.attach(model, resumed=state["resumed_from"] is not None)
         params = count_params(self.spec)
         self._say(
             f"{self.spec.name}: {params.total:,} parameters, {self.total_steps} steps of {cfg.train.global_batch} x "
@@ -311,6 +315,7 @@ class _Run:
                     continue
                 bad = 0
                 state["step"] = step = step + 1
+                lowcomm.after_step(step)
                 tokens = cfg.train.global_batch * cfg.train.seq_len
                 state["tokens"] += tokens
                 window_tokens += tokens
@@ -362,6 +367,7 @@ class _Run:
             ckpt.close()
             hf_dir = self._export(model, data)
         finally:
+            comm = lowcomm.close()
             self.stop.restore()
             progress.close()
             if metrics is not None:
@@ -411,6 +417,7 @@ class _Run:
             "skipped_steps": state["skipped_steps"],
             "rollbacks": state["rollbacks"],
             "hf_dir": str(hf_dir) if hf_dir else None,
+            "comm": comm.to_dict(),
         }
         if cfg.predicted is not None:
             predicted = cfg.predicted.model_dump(exclude_none=True)
