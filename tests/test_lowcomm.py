@@ -76,13 +76,13 @@ def test_powersgd_bytes_match_prediction(tmp_path, cache_dir):
     assert predicted < STEPS * ddp_bytes(SHAPES) / 2
 
 
-def test_streaming_int4_diloco_trains_and_bytes_match(tmp_path, cache_dir):
+def test_streaming_int4_non_iid_diloco_trains_and_bytes_match(tmp_path, cache_dir):
     _, got = _run(
         tmp_path,
         cache_dir,
         "stream",
         {"lr": 0.01},
-        ["sync.mode=diloco", "sync.inner_steps=4", "sync.fragments=2", "sync.outer_dtype=int4"],
+        ["sync.mode=diloco", "sync.inner_steps=4", "sync.fragments=2", "sync.outer_dtype=int4", "sync.non_iid=true"],
     )
     assert got["comm"]["bytes_total"] == diloco_run_bytes(SHAPES, 4, 2, "int4", STEPS)
     assert got["val_loss"] < got["val_loss_initial"]

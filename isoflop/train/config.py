@@ -141,6 +141,7 @@ class SyncSection(_Section):
     outer_momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum of the outer SGD; 0 = plain SGD.")
     outer_dtype: Literal["fp32", "bf16", "int4"] = Field("fp32", description="Pseudo-gradient wire format.")
     fragments: int = Field(1, gt=0, description="Streaming DiLoCo: fragments synchronised at staggered steps.")
+    non_iid: bool = Field(False, description="Federated: each worker samples only its own slice of the corpus.")
 
     @model_validator(mode="after")
     def _check(self) -> SyncSection:

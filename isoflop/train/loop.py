@@ -262,6 +262,7 @@ class _Run:
             self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
         lowcomm = LowComm(cfg, env, self.strategy)
         lowcomm.attach(model, resumed=state["resumed_from"] is not None)
+        sampler = lowcomm.wrap_sampler(sampler)
         params = count_params(self.spec)
         self._say(
             f"{self.spec.name}: {params.total:,} parameters, {self.total_steps} steps of {cfg.train.global_batch} x "

@@ -94,6 +94,30 @@ def tensor_shapes(model: nn.Module) -> list[ParamShape]:
     ]
 
 
+class _DomainSampler:
+    """Federated data (Sani et al. 2024): rank ``r`` of ``w`` reads the ``r``-th contiguous ``1/w`` of the token
+    stream (the corpus in document order, so each worker has its own mix of sources); window starts drawn by the
+    wrapped sampler are folded into that slice, so every worker still takes ``batch_size`` windows per call."""
+
+    def __init__(self, inner: Any, rank: int, world: int) -> None:
+        self.inner, self.rank = inner, rank
+        self.span = len(inner.tokens) // world
+        if self.span <= inner.seq_len + 1:
+            raise IsoflopError(f"the corpus is too small to give {world} workers a slice each; use more data")
+
+    def next_batch(self) -> tuple[Any, Any]:
+        import numpy as np
+        import torch
+
+        starts = self.inner.next_window_starts() % (self.span - self.inner.seq_len - 1) + self.rank * self.span
+        idx = starts[:, None] + np.arange(self.inner.seq_len + 1, dtype=np.int64)[None, :]
+        rows = torch.from_numpy(np.asarray(self.inner.tokens[idx], dtype=np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class LowComm:
     """The trainer's hook: set up the chosen scheme, run DiLoCo's outer steps, report the bytes counted."""
 
@@ -147,6 +171,10 @@ class LowComm:
             self.counter.install([diloco])
         elif hook != "default":
             self.counter.install([default_hooks, powerSGD_hook])
+
+    def wrap_sampler(self, sampler: Any) -> Any:
+        """``sync.non_iid``: the worker's windows come only from its own contiguous slice of the corpus."""
+        return _DomainSampler(sampler, self.env.rank, self.env.world) if self.sync.non_iid else sampler
 
     def after_step(self, step: int) -> None:
         """Called after every accepted optimizer step (1-based ``step``)."""
