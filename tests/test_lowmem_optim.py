@@ -67,3 +67,16 @@ def test_every_optimizer_trains_the_micro_model(name, tmp_path, tmp_path_factory
     got = train(build_config(cfg), tmp_path / name)
     assert got["status"] == "complete"
     assert got["val_loss"] < got["val_loss_initial"]
+
+
+def test_perf_memory_prices_the_measured_optimizer_state():
+    """``isoflop estimate``'s optimizer bytes per parameter (fp32, one GPU) are the exact per-tensor count."""
+    from isoflop.perf.constants import load_constants
+    from isoflop.perf.memory import precision
+
+    spec = spec_from_dict(dict(GPT))
+    shapes = param_shapes(spec)
+    params = sum(p.numel for p in shapes)
+    for name in ("adafactor", "adam8bit"):
+        per_param = precision(spec, "fp32", name, load_constants()).optimizer
+        assert per_param * params == pytest.approx(optimizer_state_bytes(shapes, name), rel=1e-12)
