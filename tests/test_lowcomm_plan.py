@@ -55,6 +55,7 @@ def test_plan_picks_diloco_for_slow_sites(cli):
     # the saving is the DDP step's cross-site all-reduce minus DiLoCo's amortised sync
     expect = cross["ddp_comm_s"] - cross["diloco_comm_s"]
     assert cross["ddp_step_time_s"] - cross["diloco_step_time_s"] == pytest.approx(expect)
+    assert cross["ddp_step_time_s"] > cross["powersgd_step_time_s"] > cross["step_time_s"]
 
 
 def test_plan_bad_sites_is_one_line(cli):

@@ -9,6 +9,7 @@ from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.errors import IsoflopError
 from isoflop.perf.lowcomm import SyncChoice, choose_sync
+from isoflop.perf.optimizer_state import param_shapes
 from isoflop.plan.plan_file import write_plan
 from isoflop.plan.planner import DEFAULT_CARBON_KG_PER_KWH, DEFAULT_PUE, Plan, PlanRequest, make_plan
 
@@ -26,7 +27,11 @@ def _cross_site(plan: Plan, sites: int | None, gbps: float | None) -> SyncChoice
     gpus = plan.budget["n_gpus"]
     if gpus % sites:
         raise IsoflopError(f"--sites {sites} does not divide --gpus {gpus}; give a divisor")
-    return choose_sync(plan.model.params, plan.hardware.step_time_s, plan.hyperparameters["steps"], sites, gbps)
+    spec = plan.model.spec
+    shapes = None if spec.is_moe else param_shapes(spec)
+    return choose_sync(
+        plan.model.params, plan.hardware.step_time_s, plan.hyperparameters["steps"], sites, gbps, shapes=shapes
+    )
 
 
 def _render(plan: Plan, out: str | None, cross: SyncChoice | None = None):
@@ -106,7 +111,13 @@ def _render(plan: Plan, out: str | None, cross: SyncChoice | None = None):
                 f"({cross.ddp_days:.2f} days); chosen {cross.choice}"
                 + (f" H={cross.inner_steps}" if cross.choice == "diloco" else "")
                 + f", step {cross.diloco_step_time_s:.3f} s ({cross.chosen_days:.2f} days, saves "
-                f"{cross.saved_days:.2f} days = {cross.saved_fraction:.0%}); {cross.reason}",
+                f"{cross.saved_days:.2f} days = {cross.saved_fraction:.0%}); {cross.reason}"
+                + (
+                    f"; PowerSGD rank {cross.powersgd_rank} would step in {cross.powersgd_step_time_s:.3f} s "
+                    "(communication only, not chosen)"
+                    if cross.powersgd_step_time_s is not None
+                    else ""
+                ),
             )
         console.print(t)
         sources: dict[str, list[str]] = {}

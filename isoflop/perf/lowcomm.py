@@ -114,6 +114,9 @@ class SyncChoice:
     diloco_bytes_per_step: float
     diloco_comm_s: float  # per step, the sync amortised over H
     diloco_step_time_s: float
+    powersgd_rank: int
+    powersgd_bytes_per_step: float | None  # reported beside the choice, never chosen (its compute is not priced)
+    powersgd_step_time_s: float | None
     ddp_days: float
     chosen_days: float
     saved_days: float
@@ -130,10 +133,19 @@ def cross_site_seconds(payload_bytes: float, sites: int, inter_site_gbit_s: floa
 
 
 def choose_sync(
-    params: int, step_time_s: float, steps: int, sites: int, inter_site_gbit_s: float, outer_dtype: str = "fp32"
+    params: int,
+    step_time_s: float,
+    steps: int,
+    sites: int,
+    inter_site_gbit_s: float,
+    outer_dtype: str = "fp32",
+    shapes: list[ParamShape] | None = None,
+    powersgd_rank: int = 4,
 ) -> SyncChoice:
     """DDP across sites, or DiLoCo with the smallest ``H`` whose amortised sync is within ``COMM_BUDGET`` of the
-    step time (H = 1 is plain DDP: chosen when the network is fast enough)."""
+    step time (H = 1 is plain DDP: chosen when the network is fast enough). With the model's ``shapes``, PowerSGD
+    at ``powersgd_rank`` is priced too (communication only: its compression compute and quality cost are not
+    modelled, so it is reported, not chosen)."""
     if sites < 2:
         raise IsoflopError(f"--sites {sites}: cross-site planning needs at least 2 sites")
     if not (inter_site_gbit_s > 0 and math.isfinite(inter_site_gbit_s)):
@@ -153,6 +165,10 @@ def choose_sync(
             f"a cross-site all-reduce takes {ddp_comm:.3g} s per step against a {step_time_s:.3g} s step; "
             f"DiLoCo with H={h} amortises its {sync_comm:.3g} s sync to {comm:.3g} s per step"
         )
+    psgd_bytes = psgd_time = None
+    if shapes is not None:
+        psgd_bytes = float(powersgd_step_bytes(shapes, powersgd_rank))
+        psgd_time = step_time_s + cross_site_seconds(psgd_bytes, sites, inter_site_gbit_s)
     ddp_days = steps * ddp_time / 86400.0
     chosen_days = steps * chosen_time / 86400.0
     return SyncChoice(
@@ -169,6 +185,9 @@ def choose_sync(
         diloco_bytes_per_step=payload,
         diloco_comm_s=comm,
         diloco_step_time_s=chosen_time,
+        powersgd_rank=powersgd_rank,
+        powersgd_bytes_per_step=psgd_bytes,
+        powersgd_step_time_s=psgd_time,
         ddp_days=ddp_days,
         chosen_days=chosen_days,
         saved_days=ddp_days - chosen_days,
