@@ -8,14 +8,19 @@ the new outer weights, keeping its inner optimizer state. With streaming, fragme
 parameter tensors) is synchronised at steps ``(j + 1) H / F (mod H)``, spreading the traffic. The pseudo-gradient
 travels in fp32, bf16 (all-reduce) or int4 (absmax-scaled blocks of 64, all-gathered and dequantised).
 With ``H = 1``, outer lr 1, no momentum and a linear inner update (SGD, no clipping) this is exactly DDP.
+``WorkerState`` checkpoints what differs between workers, so a resumed run continues bitwise.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from isoflop.errors import IsoflopError
 from isoflop.perf.lowcomm import INT4_BLOCK, fragment_index
 from isoflop.train.config import SyncSection
 
@@ -27,10 +32,10 @@ def _distributed() -> bool:
 class DiLoCo:
     """The outer weights and optimizer of one worker; ``after_inner_step`` synchronises when due."""
 
-    def __init__(self, model: nn.Module, sync: SyncSection) -> None:
+    def __init__(self, model: nn.Module, sync: SyncSection, fresh: bool = True) -> None:
         self.sync = sync
         self.params = [p for p in model.parameters() if p.requires_grad]
-        if _distributed():  # every worker starts from rank 0's weights
+        if fresh and _distributed():  # every worker starts from rank 0's weights
             with torch.no_grad():
                 for p in self.params:
                     dist.broadcast(p.data, src=0)
@@ -86,6 +91,55 @@ class DiLoCo:
         dist.all_gather(all_scales, scales)
         total = sum(dequantize_int4(q, s, delta.numel()) for q, s in zip(all_packed, all_scales))
         return total / world
+
+
+class WorkerState:
+    """What DiLoCo keeps per worker and the trainer's (replicated, rank-0) checkpoint cannot hold: this worker's
+    weights and inner optimizer state, and the outer weights and momentum. One file per checkpointed step and
+    rank, ``DIR/diloco/step-NNNNNNNN-rank-R.pt``, written atomically and read with ``weights_only=True``; a resume
+    restores it after the trainer's checkpoint, so a killed run continues bitwise."""
+
+    def __init__(self, root: Path, rank: int, keep: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.root, self.rank, self.keep = root, rank, keep
+        self.model, self.optimizer = model, optimizer
+
+    def _path(self, step: int) -> Path:
+        return self.root / f"step-{step:08d}-rank-{self.rank}.pt"
+
+    def save(self, step: int, dl: DiLoCo) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "params": [p.detach().clone() for p in dl.params],
+            "inner": self.optimizer.state_dict(),
+            "outer": [t.clone() for t in dl.outer],
+            "outer_optimizer": dl.optimizer.state_dict(),
+        }
+        path = self._path(step)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        mine = sorted(self.root.glob(f"step-*-rank-{self.rank}.pt"))
+        for old in mine[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+    @torch.no_grad()
+    def load(self, step: int, dl: DiLoCo) -> None:
+        path = self._path(step)
+        if not path.is_file():
+            raise IsoflopError(
+                f"resuming DiLoCo at step {step} needs {path} (each worker's weights and optimizers), which is "
+                "missing (a checkpoint saved by a signal between ckpt_every steps); start a new --out"
+            )
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        for p, saved in zip(dl.params, payload["params"]):
+            p.copy_(saved)
+        for t, saved in zip(dl.outer, payload["outer"]):
+            t.copy_(saved)
+        dl.optimizer.load_state_dict(payload["outer_optimizer"])
+        self.optimizer.load_state_dict(payload["inner"])
 
 
 def quantize_int4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

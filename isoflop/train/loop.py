@@ -261,7 +261,7 @@ class _Run:
             state["resumed_from"] = state["step"]
             self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
         lowcomm = LowComm(cfg, env, self.strategy)
-        lowcomm.attach(model, resumed=state["resumed_from"] is not None)
+        lowcomm.attach(model, optimizer, out, state["resumed_from"])
         sampler = lowcomm.wrap_sampler(sampler)
         params = count_params(self.spec)
         self._say(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -138,8 +139,9 @@ class LowComm:
             return "diloco"
         return "ddp" if self.sync.comm_hook in ("default", "allreduce") else self.sync.comm_hook
 
-    def attach(self, model: nn.Module, resumed: bool) -> None:
-        """Register the DDP comm hook, or build DiLoCo's outer state from the (identical) initial weights."""
+    def attach(self, model: nn.Module, optimizer: Any, out: Path, resumed_step: int | None) -> None:
+        """Register the DDP comm hook, or build DiLoCo's outer state (from the identical initial weights, or from
+        this worker's state file of the checkpoint being resumed)."""
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
         hook = self.sync.comm_hook
@@ -160,14 +162,14 @@ class LowComm:
             }[hook]
             model.register_comm_hook(None, fn)
         if self.sync.mode == "diloco":
-            if resumed:
-                raise IsoflopError(
-                    "resuming a DiLoCo run is not supported (each worker's weights and inner optimizer differ "
-                    "between outer steps); start a new --out"
-                )
             from isoflop.train import diloco
 
-            self.diloco = diloco.DiLoCo(model, self.sync)
+            self.diloco = diloco.DiLoCo(model, self.sync, resumed_step is None)
+            self.worker_state = diloco.WorkerState(
+                out / "diloco", self.env.rank, self.cfg.train.keep_checkpoints + 1, model, optimizer
+            )
+            if resumed_step is not None:
+                self.worker_state.load(resumed_step, self.diloco)
             self.counter.install([diloco])
         elif hook != "default":
             self.counter.install([default_hooks, powerSGD_hook])
@@ -181,6 +183,9 @@ class LowComm:
         self.steps += 1
         if self.diloco is not None:
             self.diloco.after_inner_step(step)
+            every = self.cfg.train.ckpt_every
+            if (every and step % every == 0) or step == self.cfg.total_steps():
+                self.worker_state.save(step, self.diloco)  # beside the trainer's checkpoint of the same step
 
     def close(self) -> CommReport:
         self.counter.remove()
