@@ -13,13 +13,14 @@ With ``H = 1``, outer lr 1, no momentum and a linear inner update (SGD, no clipp
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from isoflop.atomic import atomic_write_bytes
 from isoflop.errors import IsoflopError
 from isoflop.perf.lowcomm import INT4_BLOCK, fragment_index
 from isoflop.train.config import SyncSection
@@ -114,13 +115,9 @@ class WorkerState:
             "outer": [t.clone() for t in dl.outer],
             "outer_optimizer": dl.optimizer.state_dict(),
         }
-        path = self._path(step)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self._path(step), buffer.getvalue())
         mine = sorted(self.root.glob(f"step-*-rank-{self.rank}.pt"))
         for old in mine[: -self.keep]:
             old.unlink(missing_ok=True)
