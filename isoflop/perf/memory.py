@@ -4,7 +4,9 @@
   weights, 2 of gradients and K = 12 of fp32 master weights, momentum and variance per parameter; ZeRO-1
   shards the K bytes over the data-parallel group, ZeRO-2 also the gradients, ZeRO-3 also the weights.
   SGD-momentum keeps 4 (+4 master), Adafactor a factored second moment (Shazeer & Stern 2018, Sec. 3:
-  rows + columns per matrix), 8-bit Adam 2 bytes plus block statistics (Dettmers et al. 2022).
+  rows + columns per matrix), 8-bit Adam 2 bytes plus block statistics (Dettmers et al. 2022); for dense models
+  these two come from the exact per-tensor count of ``isoflop.perf.optimizer_state`` (checked against the real
+  optimizers), averaged per parameter.
 * Activations per layer (Korthikanti et al. 2022, Sec. 4, Eq. 1-2): ``s b h (34 + 5 a s / h)`` for GPT with
   dropout and unfused attention. isoflop assumes FlashAttention (no ``s^2`` term) and no dropout, and
   counts the tensors autograd saves in a Llama/GPT block: 4 replicated ``h`` vectors per token (both norm
@@ -28,6 +30,7 @@ import numpy as np
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
 from isoflop.perf.layout import LayoutArrays, stage_layers
+from isoflop.perf.optimizer_state import ADAM8BIT_BLOCK, optimizer_state_bytes, param_shapes
 from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
 from isoflop.spec.model import ModelSpec
 
@@ -61,12 +64,16 @@ def precision(spec: ModelSpec, dtype: str, optimizer: str, const: PerfConstants)
     """The bytes of a mixed-precision (bf16/fp16/fp8), autocast (amp) or fp32 recipe with ``optimizer``."""
     mixed = dtype not in ("fp32", "amp")
     master = 4.0 if mixed else 0.0
-    states = {
-        "adamw": 8.0,
-        "sgd": 4.0,
-        "adafactor": 4.0 * (1.0 / spec.d_model + 1.0 / max(spec.d_ff, spec.d_model)),
-        "adam8bit": 2.0 + 8.0 / 2048.0,
-    }[optimizer]
+    if optimizer in ("adafactor", "adam8bit") and not spec.is_moe:
+        # the exact per-tensor state of the trainer's optimizers (isoflop.perf.optimizer_state), per parameter
+        states = optimizer_state_bytes(param_shapes(spec), optimizer) / sum(p.numel for p in param_shapes(spec))
+    else:
+        states = {
+            "adamw": 8.0,
+            "sgd": 4.0,
+            "adafactor": 4.0 * (1.0 / spec.d_model + 1.0 / max(spec.d_ff, spec.d_model)),
+            "adam8bit": 2.0 + 8.0 / ADAM8BIT_BLOCK,
+        }[optimizer]
     weight = 2.0 if mixed else 4.0
     if dtype == "fp8":
         weight += const.fp8_weight_copy_bytes
