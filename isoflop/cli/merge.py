@@ -105,6 +105,11 @@ def merge_cmd(
     for all). Models are Hugging Face folders or isoflop run folders (their hf/ export). Tensors stream one at a time.
     """
     lists, rest = _split_lists(list(ctx.args))
+    try:
+        import safetensors  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise IsoflopError("merging needs the 'train' extra (torch, safetensors); pip install isoflop[train]") from None
     if out is None:
         raise IsoflopError("no output folder; pass --out DIR")
     if average is not None:
