@@ -98,7 +98,7 @@ def test_layout_nothing_fits_says_what_would(cli) -> None:
     "args, needle",
     [
         (["--gpus", "24", "--tp", "3"], "does not divide n_heads"),
-        (["--gpus", "5", "--pp", "5"], "does not divide n_layers"),
+        (["--gpus", "64", "--pp", "64"], "exceeds n_layers"),
         (["--gpus", "8", "--tp", "2", "--dp", "2"], "must equal the GPU count"),
         (["--gpus", "8", "--global-batch", "12", "--micro-batch", "2"], "not divisible"),
         (["--gpus", "8", "--zero", "5"], "zero must be"),

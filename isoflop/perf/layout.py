@@ -74,6 +74,36 @@ class Layout:
         return tuple(f.name for f in fields(cls))
 
 
+def stage_layers(n_layers: int, stages: int) -> tuple[int, ...]:
+    """Transformer blocks per pipeline stage (virtual stages when interleaved), in stage order.
+
+    As even as possible; when ``stages`` does not divide ``n_layers`` the extra blocks go to the middle
+    stages, so the first (embedding) and last (output head, loss) stages carry fewer, as Llama 3 did with
+    126 layers over 16 stages (Dubey et al. 2024, Sec. 3.3.2). The trainer cuts its stages with this
+    function and the performance model costs them with it.
+    """
+    if not 1 <= stages <= n_layers:
+        raise IsoflopError(f"{stages} pipeline stages cannot split {n_layers} layers; use 1 to {n_layers} stages")
+    base, extra = divmod(n_layers, stages)
+    # stages nearest the middle first; ties go to the later stage
+    order = sorted(range(stages), key=lambda i: (abs(2 * i - (stages - 1)), -i))
+    bigger = set(order[:extra])
+    return tuple(base + (i in bigger) for i in range(stages))
+
+
+def rank_layers(n_layers: int, pp: int, interleave: int = 1) -> tuple[int, ...]:
+    """Blocks held by each pipeline rank: virtual stage ``s`` of ``pp * interleave`` runs on rank ``s % pp``
+    (the looped placement of Narayanan et al. 2021, Sec. 2.2.2)."""
+    per_stage = stage_layers(n_layers, pp * interleave)
+    return tuple(sum(per_stage[r::pp]) for r in range(pp))
+
+
+def first_last_layers(n_layers: int, pp: np.ndarray, interleave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rank_layers`` of the first and the last pipeline rank, for arrays of layouts."""
+    pairs = [rank_layers(n_layers, int(p), int(v)) for p, v in zip(pp, interleave, strict=True)]
+    return np.array([r[0] for r in pairs], dtype=float), np.array([r[-1] for r in pairs], dtype=float)
+
+
 def peak_dtype(dtype: str) -> str:
     """The dtype whose tensor-core peak the GEMMs run at (``amp`` computes in bf16)."""
     return "bf16" if dtype == "amp" else dtype
@@ -114,12 +144,13 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
         raise IsoflopError(
             f"tp={lay.tp} and n_kv_heads={spec.kv_heads} must divide one another (KV heads are split or replicated)"
         )
-    if spec.n_layers % lay.pp:
-        raise IsoflopError(f"pp={lay.pp} does not divide n_layers={spec.n_layers}; use a divisor of the layer count")
-    if lay.interleave > 1 and (lay.pp == 1 or spec.n_layers % (lay.pp * lay.interleave)):
+    if lay.pp * lay.interleave > spec.n_layers:
         raise IsoflopError(
-            f"interleave={lay.interleave} needs pp > 1 and pp*interleave dividing n_layers={spec.n_layers}"
+            f"pp*interleave = {lay.pp}*{lay.interleave} exceeds n_layers={spec.n_layers}; "
+            "use at most one (virtual) stage per layer"
         )
+    if lay.interleave > 1 and lay.pp == 1:
+        raise IsoflopError(f"interleave={lay.interleave} needs pp > 1; set --pp or drop --interleave")
     if seq_len % lay.cp:
         raise IsoflopError(f"cp={lay.cp} does not divide seq_len={seq_len}; use a divisor of the sequence length")
     if lay.ep > 1:

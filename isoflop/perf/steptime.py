@@ -30,7 +30,7 @@ import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
-from isoflop.perf.layout import LayoutArrays, peak_dtype
+from isoflop.perf.layout import LayoutArrays, first_last_layers, peak_dtype
 from isoflop.perf.memory import precision, stage_params
 from isoflop.spec.model import ModelSpec
 
@@ -142,7 +142,7 @@ def step_time(
         comm_ep = np.zeros_like(tp)
 
     recompute = np.select([la.recompute == 2, la.recompute == 1], [g_fwd + a_fwd + mb_fwd, a_fwd], 0.0)
-    layers = spec.n_layers / pp
+    layers = first_last_layers(spec.n_layers, la.pp, la.interleave)[1]  # the pipeline's split (stage_layers)
     # --- the last stage also runs the output head and the loss -----------------------------------------------
     head_g = gemm(T, spec.vocab_size / tp, h, 3.0)
     head_m = T * spec.vocab_size / tp * c.loss_bytes_per_logit / hbm
