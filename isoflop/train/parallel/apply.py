@@ -234,7 +234,9 @@ class ParallelModel:
 
         from isoflop.train.parallel.tensor import fused_state_dict
 
-        part = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # not cpu_offload: with full_state_dict it keeps the values on global rank 0 only, and every stage sends
+        part = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True))
+        part = {k: v.detach().cpu() for k, v in part.items()}
         if self.layout.pp > 1:
             parts: list[Any] = [None] * self.env.world if self.env.rank == 0 else None
             dist.gather_object(part, parts, dst=0)

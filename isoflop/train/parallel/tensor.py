@@ -26,7 +26,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from isoflop.train.model import Attention, MLP, Transformer
+from isoflop.train.model import MLP, Attention, Transformer
 
 
 class _Concat(nn.Module):
