@@ -40,13 +40,12 @@ def plan_layout(cfg: TrainConfig, world: int) -> tuple[MeshLayout, str, int, int
         )
     if p.ep > 1:
         raise IsoflopError("ep > 1 needs a mixture-of-experts trainer, which isoflop does not have; set parallel.ep: 1")
-    if p.strategy in ("none", "ddp") and world // (p.tp * p.pp) > 1:
-        raise IsoflopError(
-            f"parallel.strategy {p.strategy} does not compose with tp/pp; use fsdp, hsdp or auto for the data dimension"
-        )
-    layout = resolve_layout(
-        world, p.tp, p.pp, p.cp, p.dp, p.replicate if p.strategy == "hsdp" else 1, spec, cfg.train.seq_len
-    )
+    data = world // (p.tp * p.pp * p.cp) if world % (p.tp * p.pp * p.cp) == 0 else 1
+    if p.strategy == "none" and data > 1:
+        raise IsoflopError(f"parallel.strategy is none but the layout leaves dp={data}; use ddp, fsdp, hsdp or auto")
+    # ddp: FSDP2 over a (dp, 1) mesh, i.e. replicated parameters with an all-reduce of the gradients (ZeRO-0)
+    replicate = {"hsdp": p.replicate, "ddp": data}.get(p.strategy, 1)
+    layout = resolve_layout(world, p.tp, p.pp, p.cp, p.dp, replicate, spec, cfg.train.seq_len)
     micro_batch, accum = cfg.micro_batch_for(layout.dp)
     v = p.interleave or 1
     schedule = p.pp_schedule or ("1f1b" if v == 1 else "interleaved-1f1b")
