@@ -4,6 +4,7 @@ processes, fp32, CPU), the shared stage split, and the one-line refusals of layo
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from _train_common import micro_config, run_cli, run_torchrun, shared_cache, write_config
@@ -19,7 +20,7 @@ REL = 1e-5
 # 3 layers: a 2-stage pipeline is uneven (1 + 2); untied head so the embedding and the head sit on different stages
 CFG = micro_config(
     model={"n_layers": 3, "tie_embeddings": False},
-    train={"max_steps": 5, "eval_every": 0, "ckpt_every": 0, "log_every": 1, "micro_batch": 2},
+    train={"max_steps": 5, "eval_every": 0, "ckpt_every": 2, "log_every": 1, "micro_batch": 2},
 )
 
 
@@ -122,6 +123,15 @@ def test_uneven_pipeline_two_stages_match_one(reference, cache_dir, tmp_path, sc
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["strategy"] == f"tp1 x pp2 {schedule} x dp1"
     _assert_same_training(ref_out, out)
+    if schedule == "1f1b":  # lose the final checkpoint (as a SIGKILL would): the resumed run ends bitwise the same
+        final = json.loads((out / "summary.json").read_text())
+        shutil.rmtree(out / "checkpoints" / "step-00000005")
+        (out / "summary.json").unlink()
+        result = run_cli([*args, "--set", "parallel.pp=2", "--set", f"parallel.pp_schedule={schedule}"], cache_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        again = json.loads((out / "summary.json").read_text())
+        assert again["resumed_from"] == 4
+        assert (again["final_train_loss"], again["grad_norm"]) == (final["final_train_loss"], final["grad_norm"])
 
 
 def test_world_size_mismatch_is_one_line_exit_2(reference, cache_dir, tmp_path):
