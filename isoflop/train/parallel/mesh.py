@@ -68,9 +68,9 @@ def resolve_layout(
         )
     if derived % replicate:
         raise IsoflopError(f"parallel.replicate={replicate} does not divide dp={derived}; pick a divisor of dp")
-    if spec.n_heads % tp or spec.kv_heads % tp:
+    if spec.n_heads % tp or spec.n_kv_heads % tp:
         raise IsoflopError(
-            f"tp={tp} must divide n_heads={spec.n_heads} and n_kv_heads={spec.kv_heads}; use a common divisor"
+            f"tp={tp} must divide n_heads={spec.n_heads} and n_kv_heads={spec.n_kv_heads}; use a common divisor"
         )
     if spec.d_ff % tp or spec.vocab_size % tp:
         raise IsoflopError(f"tp={tp} must divide d_ff={spec.d_ff} and vocab_size={spec.vocab_size}")

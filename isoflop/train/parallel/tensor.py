@@ -136,5 +136,5 @@ def apply_tensor_parallel(model: Transformer, tp_mesh) -> Transformer:
         else:
             block_plan["mlp.up"] = ColwiseParallel()
         parallelize_module(block, tp_mesh, block_plan)
-        block.attn.n_heads, block.attn.n_kv = spec.n_heads // tp, spec.kv_heads // tp
+        block.attn.n_heads, block.attn.n_kv = spec.n_heads // tp, spec.n_kv_heads // tp
     return model
