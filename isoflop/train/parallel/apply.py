@@ -115,6 +115,7 @@ class ParallelModel:
         v = cfg.parallel.interleave or 1
         stages, module = build_stages(model, lay.pp, self.pp_rank, v)
         for _, stage in stages:
+            stage.seq_shards = lay.tp
             self._shard(stage, list(stage.layers.values()))
         schedule = build_schedule(
             stages, lay.pp * v, self.schedule_name, self.accum, env.device, self.groups.pp.get_group()

@@ -29,6 +29,7 @@ class Stage(nn.Module):
         super().__init__()
         spec = model.spec
         self.spec, self.first, self.last = spec, first, last
+        self.seq_shards = 1  # the tensor-parallel degree once sequence parallelism is applied
         self.embed = model.embed if first else None
         self.pos_embed = model.pos_embed if first else None
         self.layers = nn.ModuleDict({str(i): model.layers[i] for i in layer_ids})
@@ -44,7 +45,8 @@ class Stage(nn.Module):
             x = self.embed(x)
             if self.pos_embed is not None:
                 x = x + self.pos_embed.weight[:T]
-        T = x.shape[1]
+        else:  # under sequence parallelism stages pass on their sequence shard
+            T = x.shape[1] * self.seq_shards
         rope = None
         if self.spec.rope:
             rope = torch.complex(self.rope_cos[:T, None].float(), self.rope_sin[:T, None].float())
