@@ -139,3 +139,15 @@ def test_world_size_mismatch_is_one_line_exit_2(reference, cache_dir, tmp_path):
     result = run_cli(["train", str(cfg), "--out", str(tmp_path / "x"), "--set", "parallel.tp=2"], cache_dir)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: tp*pp*cp") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_tensor_and_pipeline_parallel_four_processes_match_one(reference, cache_dir, tmp_path):
+    """TP2 x PP2 on 4 processes: sequence-parallel shards travel between the stages."""
+    cfg, ref_out = reference
+    out = tmp_path / "tp2pp2"
+    sets = ["--set", "parallel.tp=2", "--set", "parallel.pp=2"]
+    result = run_torchrun(4, ["train", str(cfg), "--out", str(out), *sets], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["strategy"] == "tp2 x pp2 1f1b x dp1"
+    _assert_same_training(ref_out, out)
