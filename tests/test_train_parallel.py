@@ -10,7 +10,7 @@ import pytest
 from _train_common import micro_config, run_cli, run_torchrun, shared_cache, write_config
 
 from isoflop.errors import IsoflopError
-from isoflop.perf.layout import rank_layers, stage_layers
+from isoflop.perf.layout import rank_layers, stage_layers, stage_split
 from isoflop.train.config import build_config
 from isoflop.train.data import DataConfig, prepare_data
 from isoflop.train.parallel.apply import plan_layout
@@ -25,12 +25,14 @@ CFG = micro_config(
 
 
 def test_stage_split_matches_llama3_and_sums():
-    split = stage_layers(126, 16)  # Llama 3 405B: 126 layers over 16 stages, one fewer on the first and last
+    split = stage_split(126, 16)  # Llama 3 405B: 126 layers over 16 stages, one fewer on the first and last
     assert split[0] == split[-1] == 7 and set(split[1:-1]) == {8} and sum(split) == 126
-    assert stage_layers(3, 2) == (1, 2) and stage_layers(8, 4) == (2, 2, 2, 2)
+    assert stage_split(3, 2) == (1, 2) and stage_split(8, 4) == (2, 2, 2, 2)
+    for n, pp in ((126, 16), (70, 12), (3, 2), (32, 5)):  # the performance model costs the fullest stage
+        assert stage_layers(n, pp) == max(stage_split(n, pp))
     assert rank_layers(10, 2, 2) == (5, 5) and sum(rank_layers(126, 16, 2)) == 126
     with pytest.raises(IsoflopError, match="cannot split"):
-        stage_layers(3, 4)
+        stage_split(3, 4)
 
 
 def test_mesh_coordinates_put_tp_innermost():

@@ -27,7 +27,7 @@ import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
-from isoflop.perf.layout import LayoutArrays, first_last_layers
+from isoflop.perf.layout import LayoutArrays, stage_layers
 from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
 from isoflop.spec.model import ModelSpec
 
@@ -100,21 +100,21 @@ def stage_params(spec: ModelSpec, la: LayoutArrays) -> StageParams:
     dense_mlp = (spec.n_shared_experts * one_mlp) if spec.is_moe else one_mlp
     layer_dense = (_attention_params(spec) + dense_mlp) / tp + norms + router
     layer_expert = (spec.n_experts * one_mlp) / (tp * ep) if spec.is_moe else np.zeros_like(tp)
-    first, last = first_last_layers(spec.n_layers, la.pp, la.interleave)
+    layers = stage_layers(spec.n_layers, pp).astype(float)  # the fullest stage
     embedding = V * d + (spec.max_seq_len * d if spec.position == "learned" else 0)
     final_norm = _norm_params(spec)
     single = pp == 1
     head_first = np.where(single, final_norm + (0 if spec.tie_embeddings else V * d) / tp, 0.0)
-    dense_first = first * layer_dense + embedding / tp + head_first
-    dense_last = np.where(single, dense_first, last * layer_dense + V * d / tp + final_norm)
-    return StageParams(dense_first, dense_last, np.maximum(first, last) * layer_expert, layer_dense, layer_expert)
+    dense_first = layers * layer_dense + embedding / tp + head_first
+    dense_last = np.where(single, dense_first, layers * layer_dense + V * d / tp + final_norm)
+    return StageParams(dense_first, dense_last, layers * layer_expert, layer_dense, layer_expert)
 
 
 def layer_activation_bytes(
     spec: ModelSpec, la: LayoutArrays, seq_len: int, act: float, resid: float | None = None
 ) -> dict[str, np.ndarray]:
     """Bytes autograd keeps for one layer and one microbatch, by recompute policy (``none``,
-    ``selective``, ``full`` = kept input only) on one GPU. ``resid``: bytes per residual-stream element
+    ``selective``, ``full`` = kept input only, ``op``) on one GPU. ``resid``: bytes per residual-stream element
     (the two norm inputs; default ``act``)."""
     resid = act if resid is None else resid
     tp = la.tp.astype(float)
@@ -135,7 +135,10 @@ def layer_activation_bytes(
     none = tokens * (replicated + attn_in + core_out + proj_in + mlp)
     selective = none - tokens * core_out
     full = tokens * h * resid / rep_div
-    return {"none": none, "selective": selective, "full": full}
+    # op-level SAC (torchtitan): the layer input, the attention output and every other matmul output are
+    # saved; norms, RoPE and the activation function are recomputed
+    op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
+    return {"none": none, "selective": selective, "full": full, "op": op}
 
 
 def memory_bytes(
@@ -163,17 +166,19 @@ def memory_bytes(
 
     m = global_batch // (la.dp * la.micro_batch)
     pp, v = la.pp.astype(float), la.interleave.astype(float)
-    first, last = first_last_layers(spec.n_layers, la.pp, la.interleave)
+    layers = stage_layers(spec.n_layers, pp).astype(float)  # the fullest stage
     per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid)
     kept = np.select(
-        [la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"]
+        [la.recompute == 0, la.recompute == 1, la.recompute == 3],
+        [per_layer["none"], per_layer["selective"], per_layer["op"]],
+        per_layer["full"],
     )
     # full recompute: the layer being recomputed in the backward, plus its MLP's hidden-gradient buffers
     hidden_grad = la.micro_batch * seq_len / la.cp * (2 if spec.gated else 1) * spec.d_ff / la.tp * prec.act
     live = np.where(la.recompute == 2, per_layer["none"] + hidden_grad, 0.0)
     inflight = np.minimum(pp, m) * np.where(la.interleave > 1, 1.0 + (pp - 1) / (pp * v), 1.0)
-    act_first = first * kept * inflight
-    act_last = last * kept
+    act_first = layers * kept * inflight
+    act_last = layers * kept
     tokens = la.micro_batch * seq_len / la.cp
     rep_div = np.where(la.sequence_parallel, la.tp, 1)
     head_in = (
@@ -184,11 +189,11 @@ def memory_bytes(
 
     # autocast keeps a bf16 cast of every matmul weight (and bias) for the backward; ZeRO-3 casts per layer
     norms_layer = 2 * _norm_params(spec)
-    matmul_layer = sp.layer_dense - norms_layer + sp.layer_expert
+    matmul_layers = layers * (sp.layer_dense - norms_layer + sp.layer_expert)
     head_w = spec.vocab_size * spec.d_model / la.tp
     keep = np.where(zero >= 3, 0.0, prec.weight_copy)
-    copies = keep * (first * matmul_layer + np.where(la.pp == 1, head_w, 0.0))
-    copies_last = keep * (last * matmul_layer + head_w)
+    copies = keep * (matmul_layers + np.where(la.pp == 1, head_w, 0.0))
+    copies_last = keep * (matmul_layers + head_w)
     unsharded_layer = sp.layer_dense + sp.layer_expert
     fsdp = const.fsdp_prefetch_layers * unsharded_layer * prec.weight + unsharded_layer * prec.grad
     ddp = np.where(la.dp * la.cp > 1, 2 * const.ddp_bucket_mib * 2**20, 0.0)

@@ -1,6 +1,6 @@
 """Pipeline stages and schedules from ``torch.distributed.pipelining`` (Huang et al. 2019; Narayanan et al. 2021).
 
-Each rank keeps the blocks of its (virtual) stages, cut by ``isoflop.perf.layout.stage_layers`` (the split the
+Each rank keeps the blocks of its (virtual) stages, cut by ``isoflop.perf.layout.stage_split`` (the split the
 performance model costs); the embedding sits on the first stage, the final norm and output head on the last.
 A stage keeps the original parameter names (``layers.7.attn...``), so checkpoints and exports are keyed as
 for the whole model. Schedules: ``gpipe``, ``1f1b``, ``interleaved-1f1b`` (``interleave`` > 1, looped
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, Replicate
 
 from isoflop.errors import IsoflopError
-from isoflop.perf.layout import stage_layers
+from isoflop.perf.layout import stage_split
 from isoflop.train.model import Transformer
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
@@ -90,10 +90,10 @@ def check_pipeline(model_layers: int, tied: bool, pp: int, interleave: int, sche
 
 
 def build_stages(model: Transformer, pp: int, pp_rank: int, interleave: int) -> tuple[list[tuple[int, Stage]], Stage]:
-    """This rank's ``(stage index, Stage)`` pairs under the looped placement, cut by ``stage_layers``, and one
+    """This rank's ``(stage index, Stage)`` pairs under the looped placement, cut by ``stage_split``, and one
     ``Stage`` holding all of this rank's parameters (what the optimizer and the checkpoints see)."""
     n = pp * interleave
-    sizes = stage_layers(model.spec.n_layers, n)
+    sizes = stage_split(model.spec.n_layers, n)
     bounds = [sum(sizes[:i]) for i in range(n + 1)]
     mine = list(range(pp_rank, n, pp))
     stages = [(s, Stage(model, list(range(bounds[s], bounds[s + 1])), s == 0, s == n - 1)) for s in mine]
