@@ -94,6 +94,30 @@ def stage_layers(n_layers: int | np.ndarray, pp: int | np.ndarray) -> np.ndarray
     return -(-np.asarray(n_layers) // np.asarray(pp))
 
 
+def stage_split(n_layers: int, stages: int) -> tuple[int, ...]:
+    """Transformer blocks on each pipeline stage (virtual stages when interleaved), in stage order: the split
+    the trainer cuts (``isoflop.train.parallel.pipeline``); its largest entry is ``stage_layers``.
+
+    As even as possible; when ``stages`` does not divide ``n_layers`` the extra blocks go to the middle
+    stages, so the first (embedding) and last (output head, loss) stages carry fewer, as Llama 3 did with
+    126 layers over 16 stages (Dubey et al. 2024, Sec. 3.3.2).
+    """
+    if not 1 <= stages <= n_layers:
+        raise IsoflopError(f"{stages} pipeline stages cannot split {n_layers} layers; use 1 to {n_layers} stages")
+    base, extra = divmod(n_layers, stages)
+    # stages nearest the middle first; ties go to the later stage
+    order = sorted(range(stages), key=lambda i: (abs(2 * i - (stages - 1)), -i))
+    bigger = set(order[:extra])
+    return tuple(base + (i in bigger) for i in range(stages))
+
+
+def rank_layers(n_layers: int, pp: int, interleave: int = 1) -> tuple[int, ...]:
+    """Blocks held by each pipeline rank: virtual stage ``s`` of ``pp * interleave`` runs on rank ``s % pp``
+    (the looped placement of Narayanan et al. 2021, Sec. 2.2.2)."""
+    per_stage = stage_split(n_layers, pp * interleave)
+    return tuple(sum(per_stage[r::pp]) for r in range(pp))
+
+
 def hsdp_ok(replicate, zero, dpc):
     """The HSDP rule, for scalars or arrays (``validate`` and the search's filter both use it): ``replicate``
     > 1 needs ZeRO-3 and must divide the data x context group (``dpc = dp * cp``) into equal shard groups."""

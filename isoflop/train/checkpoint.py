@@ -39,7 +39,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from isoflop.atomic import atomic_write_json
 from isoflop.errors import IsoflopError
@@ -148,6 +148,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Optimizer states keyed by parameter name, not by group index: pipeline stages hold different groups' members,
+# and index-keyed groups (``param_groups.0.params``) would collide across ranks (torchtitan flattens too).
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
+
 # Saving and loading --------------------------------------------------------------------------------
 
 
@@ -177,7 +181,7 @@ class Checkpointer:
                 shutil.rmtree(tmp)
         if dist.is_initialized():
             dist.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_FLAT)
         state = {"model": model_sd, "optim": optim_sd}
         writer = dcp.FileSystemWriter(str(tmp))
         meta = {"step": step, **trainer_state}
@@ -245,11 +249,13 @@ class Checkpointer:
         """Restore model and optimizer from ``path`` (resharding as needed); returns the trainer state."""
         reader = SafeFileSystemReader(str(path))
         reader.read_metadata()  # vet the metadata first: a clean one-line error instead of DCP's wrapped one
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_FLAT)
         state = {"model": model_sd, "optim": optim_sd}
         with _quiet():
             dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_FLAT
+        )
         try:
             return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:

@@ -96,8 +96,9 @@ class OptimSection(_Section):
 
 
 class ParallelSection(_Section):
-    """How processes share the model. ``tp``, ``pp``, ``cp``, ``ep``, ``dp`` and the other layout fields come from
-    the planner for information; this trainer runs data parallelism (DDP, FSDP2, HSDP) only."""
+    """How processes share the model: data parallelism (DDP, FSDP2, HSDP) and, with ``tp``/``pp`` > 1, tensor +
+    sequence and pipeline parallelism on one DeviceMesh (``isoflop.train.parallel``). The other layout fields
+    come from the planner for information."""
 
     strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
     replicate: int = Field(1, gt=0, description="HSDP replica groups (the outer mesh dimension).")
@@ -116,6 +117,9 @@ class ParallelSection(_Section):
     sequence_parallel: bool | None = None
     micro_batch: int | None = Field(None, gt=0)
     interleave: int | None = Field(None, gt=0)
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved-1f1b", "zero-bubble"] | None = Field(
+        None, description="Pipeline schedule; null: 1f1b, or interleaved-1f1b when interleave > 1."
+    )
     offload: bool | None = None
     dtype: str | None = None
 

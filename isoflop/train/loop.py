@@ -57,6 +57,7 @@ from isoflop.train.metrics import (
     peak_flops_per_process,
     relative_errors,
 )
+from isoflop.train.parallel.apply import ParallelModel, plan_layout, uses_model_parallelism
 from isoflop.train.schedule import lr_at
 
 if TYPE_CHECKING:
@@ -155,8 +156,19 @@ class _Run:
         self.warmup = cfg.warmup_steps()
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
-        # DiLoCo workers train unwrapped copies of the model (isoflop.train.lowcomm / diloco)
-        self.strategy = "diloco" if cfg.sync.mode == "diloco" else resolve_strategy(cfg.parallel.strategy, env)
+        self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
+        if uses_model_parallelism(cfg):
+            if cfg.sync.mode == "diloco" or cfg.sync.comm_hook != "default":
+                raise IsoflopError(
+                    "sync.mode=diloco and DDP comm hooks run with data parallelism only; "
+                    "drop parallel.tp/pp/cp/interleave or the sync settings"
+                )
+            plan_layout(cfg, env.world)  # one-line errors before any work
+            self.strategy = "model-parallel"
+        elif cfg.sync.mode == "diloco":  # DiLoCo workers train unwrapped copies (isoflop.train.lowcomm / diloco)
+            self.strategy = "diloco"
+        else:
+            self.strategy = resolve_strategy(cfg.parallel.strategy, env)
         self.stop = _StopFlag()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -169,11 +181,10 @@ class _Run:
         from isoflop.train.model import Transformer, build_model, compile_blocks
 
         cfg, env = self.cfg, self.env
-        if cfg.parallel.tp > 1 or cfg.parallel.pp > 1 or cfg.parallel.cp > 1 or cfg.parallel.ep > 1:
-            self._say(
-                f"note: the plan's layout (tp={cfg.parallel.tp}, pp={cfg.parallel.pp}, cp={cfg.parallel.cp}, "
-                f"ep={cfg.parallel.ep}) is recorded only; this trainer runs {self.strategy} data parallelism"
-            )
+        if self.strategy == "model-parallel":
+            self.par = ParallelModel(cfg, env, self.dtype)
+            self.micro_batch, self.accum, self.strategy = self.par.micro_batch, self.par.accum, self.par.description
+            return self.par.module
         meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp")
         if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
             with torch.device("meta"):
@@ -236,8 +247,8 @@ class _Run:
             cfg.train.seq_len,
             self.micro_batch,
             cfg.train.seed,
-            env.rank,
-            env.world,
+            self.par.dp_rank if self.par else env.rank,
+            self.par.dp_world if self.par else env.world,
             global_batch=cfg.train.global_batch,
         )
         ckpt = Checkpointer(out / "checkpoints", cfg.train.keep_checkpoints, env)
@@ -465,6 +476,8 @@ class _Run:
 
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any) -> tuple[float, float]:
         """One optimizer step over the global batch; returns (mean loss, gradient norm before clipping)."""
+        if self.par is not None:
+            return self.par.step(optimizer, sampler)
         device = self.env.device
         total = torch.zeros((), device=device, dtype=torch.float32)
         for micro in range(self.accum):
@@ -490,6 +503,8 @@ class _Run:
     @torch.no_grad()
     def _evaluate(self, model: nn.Module, val_sets: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Mean token loss over the fixed validation batches; each process takes its rows of every batch."""
+        if self.par is not None:
+            return self.par.evaluate(val_sets)
         env = self.env
         was_training = model.training
         model.eval()
@@ -560,7 +575,10 @@ class _Run:
         from isoflop.train.export import export_hf
         from isoflop.train.model import build_model
 
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.par is not None:
+            full = self.par.full_state_dict()
+        else:
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.env.is_main:
             return None
         clean = build_model(self.spec, "cpu")
