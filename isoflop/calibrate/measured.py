@@ -10,12 +10,12 @@ any ``isoflop.perf.Layout`` field (``tp``, ``pp``, ``dp``, ``cp``, ``zero``, ``r
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 from isoflop.perf import Layout
 from isoflop.spec import ModelSpec, load_spec, spec_from_dict
@@ -105,12 +105,9 @@ def from_file(path: str | Path) -> list[Measurement]:
     path = Path(path)
     if not path.is_file():
         raise IsoflopError(f"measurement file {path} does not exist; give a CSV or JSON file of measured runs")
-    text = path.read_text(encoding="utf-8")
+    text = structured.read_text(path, "measurement file", "give a UTF-8 CSV or JSON file")
     if path.suffix.lower() == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise IsoflopError(f"malformed JSON in {path}: {exc.msg} (line {exc.lineno}); fix the file") from None
+        rows = structured.loads(text, "json", str(path), "measurement file", "fix the file")
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise IsoflopError(f"{path} must hold a JSON list of objects, one per measured run")
     else:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from isoflop import structured
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.errors import IsoflopError
@@ -26,10 +26,7 @@ def report(
             f"{path} does not exist; run `isoflop ladder --out {directory}` or `isoflop quickstart --out "
             f"{directory}` first"
         )
-    try:
-        analysis = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IsoflopError(f"{path} is not valid JSON ({exc.msg}); re-run the ladder to rewrite it") from None
+    analysis = structured.read(path, "analysis", "re-run the ladder to rewrite it", "json")
     page = write_report(analysis, directory)
     plots = sorted(str(p) for p in (directory / "plots").glob("*.png"))
     emit({"report": str(page), "plots": plots}, as_json, lambda c: c.print(f"report: {page} ({len(plots)} plots)"))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 
 _SCHEMA = """
@@ -232,8 +233,10 @@ class Registry:
 
 def _record(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
-    data["config"] = json.loads(data["config"])
-    data["summary"] = json.loads(data["summary"]) if data.get("summary") else {}
+    origin = f"registry row {data.get('run_id')}"
+    fix = "move registry.sqlite aside; the runs' folders are intact"
+    data["config"] = structured.loads(data["config"], "json", origin, "run config", fix)
+    data["summary"] = structured.loads(data["summary"], "json", origin, "summary", fix) if data.get("summary") else {}
     for key in ("created_at", "updated_at"):
         data.pop(key, None)
     return RunRecord(**data)

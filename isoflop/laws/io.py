@@ -8,13 +8,13 @@ a bad value is an error naming its row.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 
 N_NAMES = ("N", "n", "params", "n_params", "parameters", "Model Size", "model_size")
@@ -51,19 +51,10 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise IsoflopError(f"malformed Parquet file {path}: {exc}") from None
     if suffix in (".jsonl", ".ndjson", ".json"):
-        rows: list[dict[str, Any]] = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise IsoflopError(
-                    f"malformed JSONL in {path}, line {i}: {exc.msg}; one JSON object per line"
-                ) from None
+        rows: list[dict[str, Any]] = structured.read_jsonl(path, "JSONL file", "one JSON object per line")
+        for i, row in enumerate(rows, 1):
             if not isinstance(row, dict):
-                raise IsoflopError(f"{path}, line {i} is not a JSON object; one object per run")
-            rows.append(row)
+                raise IsoflopError(f"{path}, record {i} is not a JSON object; one object per run")
         keys = list(dict.fromkeys(k for row in rows for k in row))
         return {k: [row.get(k) for row in rows] for k in keys}
     with path.open(newline="", encoding="utf-8") as handle:

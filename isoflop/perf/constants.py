@@ -13,10 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
-from isoflop import env
+from isoflop import env, structured
 from isoflop.errors import IsoflopError
 
 CALIBRATION_ENV = env.CALIBRATION
@@ -67,7 +66,7 @@ class PerfConstants(BaseModel):
 @lru_cache(maxsize=1)
 def _builtin() -> dict[str, Any]:
     text = resources.files("isoflop.perf").joinpath("constants.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return structured.loads(text, "yaml", "constants.yaml", "built-in constants", "reinstall isoflop")
 
 
 def calibratable() -> list[str]:
@@ -96,10 +95,7 @@ def read_calibration_file(path: Path) -> dict[str, Any]:
     """The calibration file's mapping of GPU name -> constants ({} when the file does not exist)."""
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise IsoflopError(f"malformed calibration file {path}: {str(exc).splitlines()[0]}; fix or delete it") from None
+    data = structured.read(path, "calibration file", "fix or delete it", "yaml") or {}
     if not isinstance(data, dict):
         raise IsoflopError(f"calibration file {path} must map GPU names to {{constant: value}}; fix or delete it")
     return data

@@ -12,9 +12,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from isoflop import structured
 from isoflop.errors import IsoflopError, describe_validation_error
 from isoflop.spec.model import ModelSpec
 from isoflop.structured import read_json_or_yaml
@@ -23,7 +23,7 @@ from isoflop.structured import read_json_or_yaml
 @lru_cache(maxsize=1)
 def _preset_table() -> dict[str, Any]:
     text = resources.files("isoflop.spec").joinpath("presets.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return structured.loads(text, "yaml", "presets.yaml", "model presets", "reinstall isoflop")
 
 
 def preset_names() -> list[str]:
