@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from isoflop import structured
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, quote
 from isoflop.perf import Layout
 from isoflop.spec import ModelSpec, load_spec, spec_from_dict
 
@@ -39,13 +39,13 @@ class Measurement:
     label: str = ""
 
 
-def _layout(row: dict[str, Any], n_gpus: int) -> Layout:
+def _layout(row: dict[str, Any], n_gpus: int, origin: str) -> Layout:
     values: dict[str, Any] = {}
     for key, raw in row.items():
         if key not in _LAYOUT_FIELDS or raw in (None, ""):
             continue
         if key in _INT_FIELDS:
-            values[key] = int(raw)
+            values[key] = _count(raw, key, origin)
         elif key in ("sequence_parallel", "offload"):
             values[key] = str(raw).lower() in ("1", "true", "yes")
         else:
@@ -53,6 +53,17 @@ def _layout(row: dict[str, Any], n_gpus: int) -> Layout:
     if "dp" not in values:
         values["dp"] = max(1, n_gpus // (values.get("tp", 1) * values.get("pp", 1) * values.get("cp", 1)))
     return Layout(**values)
+
+
+def _count(raw: Any, key: str, origin: str) -> int:
+    """A whole number >= 0 from a CSV cell or JSON value (``"2"``, ``2``, ``2.0``); anything else is one line."""
+    try:
+        value = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0 and value == int(value)):
+        raise IsoflopError(f"{origin}: {key} must be a whole number >= 0, got {quote(raw, 40)}; fix the row")
+    return int(value)
 
 
 def _positive(row: dict[str, Any], key: str, origin: str, required: bool = True) -> float | None:
@@ -66,9 +77,9 @@ def _positive(row: dict[str, Any], key: str, origin: str, required: bool = True)
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise IsoflopError(f"{origin}: {key} must be a number, got {raw!r}") from None
+        raise IsoflopError(f"{origin}: {key} must be a number, got {quote(raw, 40)}") from None
     if not (math.isfinite(value) and value > 0):
-        raise IsoflopError(f"{origin}: {key} must be positive, got {raw!r}")
+        raise IsoflopError(f"{origin}: {key} must be positive, got {quote(raw, 40)}")
     return value
 
 
@@ -91,7 +102,7 @@ def measurement_from_row(row: dict[str, Any], origin: str, base_dir: Path | None
         spec=spec,
         gpu=gpu,
         n_gpus=n_gpus,
-        layout=_layout(row, n_gpus),
+        layout=_layout(row, n_gpus, origin),
         global_batch=int(_positive(row, "global_batch", origin)),
         seq_len=int(_positive(row, "seq_len", origin)),
         step_time_s=float(_positive(row, "step_time_s", origin)),

@@ -25,7 +25,7 @@ ENV_VAR = env.HARDWARE
 class GPU(BaseModel):
     """One accelerator. Bandwidths are one-direction GB/s (1e9 B/s); peaks are dense TFLOP/s."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str
     display: str = ""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from isoflop import structured
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, first_line
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -122,9 +122,15 @@ class Registry:
         except sqlite3.Error as exc:
             raise IsoflopError(f"cannot open registry {self.path}: {exc}; check the path and its permissions") from None
         con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         try:
+            con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
             yield con
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise IsoflopError(
+                f"registry {self.path} is corrupt ({first_line(str(exc))}); move it aside; the runs' folders are intact"
+            ) from None
         finally:
             con.close()
 

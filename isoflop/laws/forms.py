@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from isoflop.atomic import atomic_write_text
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, first_line
 from isoflop.laws.intervals import ci95
 from isoflop.structured import read_json_or_yaml
 
@@ -59,6 +59,9 @@ class Law:
 
     form: ClassVar[str] = ""
     param_names: ClassVar[tuple[str, ...]] = ()
+    # Parameters a law file must give > 0 (scales, exponents) and >= 0 (loss floors): the form's physical range.
+    positive: ClassVar[tuple[str, ...]] = ()
+    nonnegative: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str = "custom", citation: str = "", *, param_kind: str = "total", **params: float) -> None:
         missing = [p for p in self.param_names if p not in params]
@@ -159,6 +162,8 @@ class ChinchillaLaw(Law):
 
     form = "chinchilla"
     param_names = ("E", "A", "B", "alpha", "beta")
+    positive = ("A", "B", "alpha", "beta")
+    nonnegative = ("E",)
 
     def __init__(self, name: str = "custom", citation: str = "", *, param_kind: str = "total", **params: float) -> None:
         super().__init__(name, citation, param_kind=param_kind, **params)
@@ -197,6 +202,7 @@ class KaplanLaw(Law):
 
     form = "kaplan"
     param_names = ("N_c", "D_c", "alpha_N", "alpha_D")
+    positive = param_names
 
     def predict(self, n: Any, d: Any) -> np.ndarray:
         p = self._fitted()
@@ -221,6 +227,8 @@ class DataConstrainedLaw(Law):
 
     form = "data_constrained"
     param_names = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+    positive = ("A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+    nonnegative = ("E",)
 
     def base(self) -> ChinchillaLaw:
         p = self.params_
@@ -266,6 +274,8 @@ class SaturatingPowerLaw(Law):
 
     form = "saturating"
     param_names = ("L_inf", "x0", "alpha")
+    positive = ("x0", "alpha")
+    nonnegative = ("L_inf",)
 
     def predict(self, x: Any, d: Any = None) -> np.ndarray:  # noqa: ARG002 (one variable)
         p = self._fitted()
@@ -287,6 +297,7 @@ class PowerLaw(Law):
 
     form = "power"
     param_names = ("k", "exponent")
+    positive = ("k",)
 
     def predict(self, x: Any, d: Any = None) -> np.ndarray:  # noqa: ARG002 (one variable)
         p = self._fitted()
@@ -298,6 +309,7 @@ class AllocationLaw(Law):
     ``loss`` (optional) is a ``SaturatingPowerLaw`` of the minimum loss against compute."""
 
     form = "allocation"
+    positive = ("k_N", "a", "k_D", "b")
     param_names = ("k_N", "a", "k_D", "b")
 
     def __init__(
@@ -357,12 +369,17 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     try:
         law = cls(str(data.get("name", "custom")), str(data.get("citation", "")), **kwargs, **data["params"])
     except (TypeError, ValueError) as exc:
-        raise IsoflopError(f"invalid law parameters: {exc}") from None
+        raise IsoflopError(f"invalid law parameters: {first_line(str(exc))}") from None
+    _check_range(law)
     if data.get("bootstrap_samples"):
-        samples = np.asarray(data["bootstrap_samples"], dtype=float)
+        try:
+            samples = np.asarray(data["bootstrap_samples"], dtype=float)
+        except (TypeError, ValueError):
+            samples = np.empty(0)
         if samples.ndim != 2 or samples.shape[1] != len(cls.param_names) or not np.all(np.isfinite(samples)):
             raise IsoflopError(
-                "bootstrap_samples in the law file are malformed; refit with `isoflop fit --bootstrap R`"
+                f"bootstrap_samples in the law file must be a list of rows of {len(cls.param_names)} finite numbers "
+                f"({', '.join(cls.param_names)}); refit with `isoflop fit --bootstrap R`"
             )
         law.samples_ = samples
     if isinstance(data.get("fit"), dict):
@@ -370,6 +387,19 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     if isinstance(law, AllocationLaw) and isinstance(data.get("minima"), list):
         law.minima_ = list(data["minima"])
     return law
+
+
+def _check_range(law: Law) -> None:
+    """Refuse parameters outside the form's range (a zero or negative exponent makes the law meaningless)."""
+    for key in law.positive:
+        if law.params_[key] <= 0:
+            raise IsoflopError(
+                f"{law.form} law parameter {key} is {law.params_[key]:g}; it must be > 0 "
+                "(fit the law again with `isoflop fit --out`)"
+            )
+    for key in law.nonnegative:
+        if law.params_[key] < 0:
+            raise IsoflopError(f"{law.form} law parameter {key} is {law.params_[key]:g}; it must be >= 0")
 
 
 def preset_law(name: str) -> Law:

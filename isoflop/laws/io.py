@@ -8,6 +8,7 @@ a bad value is an error naming its row.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from isoflop import structured
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, first_line
+from isoflop.laws.fit import training_flops
 
 N_NAMES = ("N", "n", "params", "n_params", "parameters", "Model Size", "model_size")
 D_NAMES = ("D", "d", "tokens", "n_tokens", "train_tokens", "Training Tokens")
@@ -57,14 +59,17 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
                 raise IsoflopError(f"{path}, record {i} is not a JSON object; one object per run")
         keys = list(dict.fromkeys(k for row in rows for k in row))
         return {k: [row.get(k) for row in rows] for k in keys}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    text = structured.read_text(path, "runs file", "save it as UTF-8 CSV")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
             raise IsoflopError(f"{path} has no header row; the first line must name the columns")
         table: dict[str, list[Any]] = {k: [] for k in reader.fieldnames}
         for row in reader:
             for k in reader.fieldnames:
                 table[k].append(row.get(k))
+    except csv.Error as exc:
+        raise IsoflopError(f"malformed CSV {path}: {first_line(str(exc))}; fix the file") from None
     return table
 
 
@@ -132,7 +137,7 @@ def read_runs(
     loss = _numbers(table, loss_name, source)
     if d_name is not None:
         d = _numbers(table, d_name, source)
-        c = 6.0 * n * d
+        c = training_flops(n, d)
     else:
         c = _numbers(table, c_name, source)
         d = c / (6.0 * n)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from isoflop import structured
-from isoflop.errors import IsoflopError, describe_validation_error
+from isoflop.errors import IsoflopError, describe_validation_error, quote
 from isoflop.spec.model import ModelSpec
 from isoflop.structured import read_json_or_yaml
 
@@ -122,7 +122,13 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
         _require(data, sorted(_LLAMA_KEYS | {"vocab_size"}), model_type)
         if data.get("attention_bias") or data.get("mlp_bias"):
             raise IsoflopError("Llama configs with attention_bias/mlp_bias are not modelled; set them to false")
-        n_experts = data.get("num_local_experts", 0) or 0
+        n_experts = data.get("num_local_experts")
+        if n_experts is not None and (isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1):
+            raise IsoflopError(
+                f"num_local_experts is {quote(n_experts, 40)}; an MoE config needs >= 1 experts "
+                "(drop the key for a dense model)"
+            )
+        n_experts = n_experts or 0
         return ModelSpec(
             name=name,
             d_model=data["hidden_size"],

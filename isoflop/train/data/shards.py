@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from isoflop import structured
+from isoflop.atomic import umask
 from isoflop.errors import IsoflopError
 
 MANIFEST = "manifest.json"
@@ -44,6 +45,7 @@ class ShardWriter:
     def __init__(self, folder: Path, name: str, dtype: np.dtype) -> None:
         self.folder, self.name, self.dtype = folder, name, dtype
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~umask())  # as a plain open() would; mkstemp alone gives 0600
         self.tmp = Path(tmp)
         self._handle = os.fdopen(fd, "wb")
         self.tokens = 0
