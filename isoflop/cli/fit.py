@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,9 @@ def fit_report(
     return report, law, (n, d, loss)
 
 
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
 def _plot(law: Law, points: tuple, path: str) -> None:
     import matplotlib
 
@@ -143,7 +147,7 @@ def _plot(law: Law, points: tuple, path: str) -> None:
         fig.colorbar(sc, ax=axes[1], label="log10 FLOPs")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format=path.rsplit(".", 1)[-1] if "." in path else "png", dpi=110)
+    fig.savefig(buf, format=Path(path).suffix[1:].lower() or "png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -215,6 +219,10 @@ def fit(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a scaling law to training runs, with bootstrap confidence intervals."""
+    if plot and "." in Path(plot).name and Path(plot).suffix[1:].lower() not in PLOT_FORMATS:
+        raise IsoflopError(
+            f"--plot {plot}: unknown figure format {Path(plot).suffix!r}; use one of .{', .'.join(PLOT_FORMATS)}"
+        )
     runs = read_runs(file, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, where=_where(where))
     report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind)
     if out:
