@@ -130,5 +130,5 @@ def read_jsonl(path: Path, what: str, fix: str) -> list[Any]:
     rows = []
     for number, line in enumerate(read_text(Path(path), what, fix).splitlines(), start=1):
         if line.strip():
-            rows.append(loads(line, "json", f"{path}:{number}", what, fix))
+            rows.append(loads(line, "json", f"{path}, line {number}", what, fix))
     return rows
