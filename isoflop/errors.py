@@ -49,6 +49,16 @@ def first_line(text: str, limit: int = QUOTE_LIMIT) -> str:
     return line if len(line) <= limit else f"{line[: limit - 1]}…"
 
 
+def clip(message: str, limit: int = 3 * QUOTE_LIMIT) -> str:
+    """``message`` on one line, its middle cut when longer than ``limit`` (the start names the problem, the end
+    the fix): the last guard before a message reaches the terminal."""
+    text = " ".join(str(message).split())
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    return f"{text[: limit - tail - 3]} … {text[-tail:]}"
+
+
 def describe_validation_error(exc: ValidationError) -> str:  # noqa: F821 (pydantic type, imported lazily)
     """One line out of a pydantic ``ValidationError``: ``field: message; field: message`` (inputs quoted briefly)."""
     parts = []

@@ -85,3 +85,19 @@ def test_validation_error_quotes_briefly(cli, tmp_path) -> None:
     path.write_text("d_model: '" + "9" * 5000 + "x'\nn_layers: 2\nn_heads: 2\nvocab_size: 10\n")
     result = cli("count", str(path))
     assert result.code == 2 and result.err.count("\n") == 1 and len(result.err) < 400
+
+
+def test_clip_keeps_start_and_fix_on_one_line() -> None:
+    from isoflop.errors import clip
+
+    message = "bad value " + "x" * 5000 + "\nmore; fix it like this"
+    line = clip(message)
+    assert "\n" not in line and len(line) <= 3 * 200 + 3
+    assert line.startswith("bad value") and line.endswith("fix it like this")
+
+
+def test_jsonl_error_names_the_line(tmp_path) -> None:
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"a": 1}\n\n{oops\n')
+    with pytest.raises(IsoflopError, match=r"runs.jsonl, line 3"):
+        structured.read_jsonl(path, "JSONL file", "fix")

@@ -91,6 +91,22 @@ def base_constants(gpu_name: str) -> PerfConstants:
     return load_constants(gpu_name)
 
 
+def _identifiable(ms: list[Measurement], gpu, base: PerfConstants, names: list[str]) -> tuple[list[str], list[str]]:
+    """``(fit, hold)``: all of ``names`` when there are at least as many runs; else the ``len(ms)`` constants with
+    the largest effect on the runs' log step times (finite-difference column norms of the Jacobian in log space,
+    as the fit sees them), in ``names`` order."""
+    if len(ms) >= len(names):
+        return list(names), []
+    log_t0 = np.log(_predict(ms, gpu, base)[0])
+    step = 1e-3
+    effect = {}
+    for name in names:
+        moved = base.replace(**{name: max(getattr(base, name), 1e-4) * math.exp(step)})
+        effect[name] = float(np.linalg.norm(np.log(_predict(ms, gpu, moved)[0]) - log_t0)) / step
+    keep = set(sorted(names, key=lambda n: -effect[n])[: len(ms)])
+    return [n for n in names if n in keep], [n for n in names if n not in keep]
+
+
 def calibrate_gpu(
     ms: list[Measurement], gpu_name: str, hardware: str | None = None, names: list[str] | None = None
 ) -> GpuCalibration:
@@ -98,9 +114,9 @@ def calibrate_gpu(
     gpu = get_gpu(gpu_name, hardware)
     base = base_constants(gpu.name)
     names = names or calibratable()
-    # Least squares cannot pin more constants than there are measurements: fit the leading ones (the list is
-    # in the order of `calibratable` in constants.yaml) and keep the rest at their current values.
-    names, held = names[: len(ms)], names[len(ms) :]
+    # Least squares cannot pin more constants than there are measurements: fit the ones these runs are most
+    # sensitive to and keep the rest at their current values.
+    names, held = _identifiable(ms, gpu, base, names)
     meas_t = np.array([m.step_time_s for m in ms])
     has_mem = [i for i, m in enumerate(ms) if m.memory_gib]
     meas_m = np.array([ms[i].memory_gib for i in has_mem])

@@ -115,6 +115,8 @@ def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0) -> LawT:
         raise IsoflopError("bootstrap needs the fitted runs; fit the law first (isoflop.laws.fit.fit)")
     if n_samples < 2:
         raise IsoflopError(f"--bootstrap needs at least 2 resamples, got {n_samples}")
+    if seed < 0:
+        raise IsoflopError(f"--seed must be a whole number >= 0, got {seed}")
     approach3 = isinstance(law, ChinchillaLaw) and law.theta_ is not None
     refit = _approach3_refit(law) if approach3 else _generic_refit(law)
     with H.single_threaded_blas():

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from isoflop.atomic import atomic_write_text
-from isoflop.errors import IsoflopError, first_line
+from isoflop.errors import IsoflopError, first_line, quote
 from isoflop.laws.intervals import ci95
 from isoflop.structured import read_json_or_yaml
 
@@ -72,7 +72,7 @@ class Law:
             )
         for key, value in params.items():
             if value is None or not math.isfinite(float(value)):
-                raise IsoflopError(f"{self.form} law parameter {key} is {value!r}; it must be a finite number")
+                raise IsoflopError(f"{self.form} law parameter {key} is {quote(value, 40)}; it must be a finite number")
         self.name = name
         self.citation = citation
         self.param_kind = check_param_kind(param_kind)
@@ -359,7 +359,7 @@ def law_from_dict(data: dict[str, Any]) -> Law:
         raise IsoflopError("a law file must map 'form' and 'params' (as written by `isoflop fit --out`)")
     cls = FORMS.get(str(data["form"]))
     if cls is None:
-        raise IsoflopError(f"unknown law form {data['form']!r}; use one of {', '.join(FORMS)}")
+        raise IsoflopError(f"unknown law form {quote(data['form'], 40)}; use one of {', '.join(FORMS)}")
     kwargs: dict[str, Any] = {"param_kind": str(data.get("param_kind", "total"))}
     if cls is AllocationLaw:
         if data.get("loss_law"):

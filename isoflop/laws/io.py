@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from isoflop import structured
-from isoflop.errors import IsoflopError, first_line
+from isoflop.errors import IsoflopError, first_line, quote
 from isoflop.laws.fit import training_flops
 
 N_NAMES = ("N", "n", "params", "n_params", "parameters", "Model Size", "model_size")
@@ -88,11 +88,11 @@ def _numbers(table: dict[str, list[Any]], column: str, source: str) -> np.ndarra
             out[i] = float(value)
         except (TypeError, ValueError):
             raise IsoflopError(
-                f"{source}: row {i + 1}, column {column!r} is {value!r}, not a number; fix or drop that row"
+                f"{source}: row {i + 1}, column {column!r} is {quote(value, 40)}, not a number; fix or drop that row"
             ) from None
         if not (np.isfinite(out[i]) and out[i] > 0):
             raise IsoflopError(
-                f"{source}: row {i + 1}, column {column!r} is {value!r}; values must be finite and positive"
+                f"{source}: row {i + 1}, column {column!r} is {quote(value, 40)}; values must be finite and positive"
             )
     return out
 
@@ -119,7 +119,7 @@ def read_runs(
             keep = [str(v) == value for v in table[col]]
             if not any(keep):
                 raise IsoflopError(
-                    f"no row has {col} == {value!r}; values are: {', '.join(sorted({str(v) for v in table[col]}))}"
+                    f"no row has {col} == {value!r}; values are: {quote(sorted({str(v) for v in table[col]}))}"
                 )
             table = {k: [v for v, ok in zip(vals, keep) if ok] for k, vals in table.items()}
     n_name = _pick(table, n_col, N_NAMES, "parameters", "--n-col")

@@ -102,7 +102,7 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
         d_model = data["n_embd"]
         act = data.get("activation_function", "gelu_new")
         if "gelu" not in str(act):
-            raise IsoflopError(f"GPT-2 config uses activation {act!r}; isoflop models GELU MLPs only")
+            raise IsoflopError(f"GPT-2 config uses activation {quote(act, 40)}; isoflop models GELU MLPs only")
         return ModelSpec(
             name=name,
             d_model=d_model,
@@ -149,4 +149,6 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
             n_experts=n_experts,
             top_k=data.get("num_experts_per_tok", 2) if n_experts else 0,
         )
-    raise IsoflopError(f"config.json model_type {model_type!r} is not supported; use gpt2, llama, mistral or mixtral")
+    raise IsoflopError(
+        f"config.json model_type {quote(model_type, 40)} is not supported; use gpt2, llama, mistral or mixtral"
+    )
