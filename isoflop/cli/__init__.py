@@ -30,5 +30,5 @@ def main() -> None:
         print(f"error: {clip(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except ValidationError as exc:
-        print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
+        print(f"error: {clip(describe_validation_error(exc))}", file=sys.stderr)
         sys.exit(2)
