@@ -73,8 +73,12 @@ class TrainSection(_Section):
 
 
 class OptimSection(_Section):
-    """AdamW (Loshchilov & Hutter 2019) and its learning-rate schedule."""
+    """The optimizer (AdamW, Loshchilov & Hutter 2019, unless ``name`` says otherwise) and its schedule."""
 
+    name: Literal["adamw", "sgd", "adafactor", "adam8bit", "lion", "galore"] = "adamw"
+    galore_rank: int = Field(128, gt=0, description="GaLore: projection rank of each linear weight.")
+    galore_update_gap: int = Field(200, gt=0, description="GaLore: steps between projection updates.")
+    galore_scale: float = Field(0.25, gt=0, description="GaLore: scale of the projected update.")
     lr: float = Field(3.0e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd"] = "cosine"
@@ -122,6 +126,36 @@ class ParallelSection(_Section):
         return not (self.zero is not None and self.zero <= 2)
 
 
+class SyncSection(_Section):
+    """How data-parallel workers synchronise (``isoflop.train.lowcomm``): every step through DDP, optionally with
+    one of torch's gradient-compression comm hooks, or every ``inner_steps`` steps with DiLoCo
+    (Douillard et al. 2023), optionally streaming ``fragments`` (Douillard et al. 2025) and quantised."""
+
+    mode: Literal["allreduce", "diloco"] = "allreduce"
+    comm_hook: Literal["default", "allreduce", "fp16", "bf16", "powersgd"] = Field(
+        "default", description="DDP: default = the built-in all-reduce; the others are torch's ddp_comm_hooks."
+    )
+    powersgd_rank: int = Field(1, gt=0, description="PowerSGD matrix approximation rank (Vogels et al. 2019).")
+    powersgd_start_iter: int = Field(2, ge=2, description="PowerSGD: plain all-reduce for the first N steps.")
+    inner_steps: int = Field(8, gt=0, description="DiLoCo H: inner AdamW steps between outer steps.")
+    outer_lr: float = Field(0.7, gt=0)
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum of the outer SGD; 0 = plain SGD.")
+    outer_dtype: Literal["fp32", "bf16", "int4"] = Field("fp32", description="Pseudo-gradient wire format.")
+    fragments: int = Field(1, gt=0, description="Streaming DiLoCo: fragments synchronised at staggered steps.")
+    non_iid: bool = Field(False, description="Federated: each worker samples only its own slice of the corpus.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SyncSection:
+        if self.mode == "diloco" and self.comm_hook != "default":
+            raise IsoflopError(f"sync.comm_hook={self.comm_hook} applies to DDP, not DiLoCo; drop one of them")
+        if self.fragments > self.inner_steps:
+            raise IsoflopError(
+                f"sync.fragments={self.fragments} exceeds sync.inner_steps={self.inner_steps}; "
+                "use at most one fragment per inner step"
+            )
+        return self
+
+
 class PredictedSection(BaseModel):
     """What the planner predicted; copied into ``summary.json`` beside the measured values."""
 
@@ -144,6 +178,7 @@ class TrainConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     parallel: ParallelSection = Field(default_factory=ParallelSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
     predicted: PredictedSection | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
@@ -264,7 +299,13 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
 
 def _explain(exc: ValidationError, origin: str) -> IsoflopError:
     """One line per config problem; unknown keys get a 'did you mean' from the section's fields."""
-    sections = {"train": TrainSection, "optim": OptimSection, "parallel": ParallelSection, "data": DataConfig}
+    sections = {
+        "train": TrainSection,
+        "optim": OptimSection,
+        "parallel": ParallelSection,
+        "sync": SyncSection,
+        "data": DataConfig,
+    }
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
