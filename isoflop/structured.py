@@ -2,9 +2,9 @@
 run records): bounded, code-free, one error style.
 
 Bounds: a file over ``MAX_BYTES`` is refused before it is read; nesting deeper than ``MAX_DEPTH`` is refused;
-YAML aliases (``*name``) are refused, so a few hundred bytes cannot expand into gigabytes (the "billion laughs"
-attack); YAML is parsed with the safe loader, which builds no Python objects. Every failure is an
-``IsoflopError`` of one line that quotes at most ``errors.QUOTE_LIMIT`` characters of the input.
+YAML aliases (``*name``) may add at most ``MAX_ALIAS_NODES`` nodes, so a few hundred bytes cannot expand into
+gigabytes (the "billion laughs" attack); YAML is parsed with the safe loader, which builds no Python objects.
+Every failure is an ``IsoflopError`` of one line that quotes at most ``errors.QUOTE_LIMIT`` characters of the input.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from isoflop.errors import IsoflopError, first_line
 
 MAX_BYTES = 64 * 2**20
 MAX_DEPTH = 64
+MAX_ALIAS_NODES = 10_000
 
 Format = Literal["json", "yaml"]
 
@@ -34,23 +35,44 @@ class ParseError(IsoflopError):
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses aliases and nesting deeper than ``MAX_DEPTH``."""
+    """``yaml.SafeLoader`` that caps what aliases expand to and refuses nesting deeper than ``MAX_DEPTH``.
+
+    Every composed node is counted, an alias as the size of the node it repeats; the nodes added through aliases
+    may not exceed ``MAX_ALIAS_NODES``, so a "billion laughs" file stops after a few levels."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
+        self._alias_nodes = 0
+        self._sizes: dict[int, int] = {}
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(AliasEvent):
             event = self.peek_event()
-            raise ComposerError(None, None, f"YAML alias *{event.anchor} is not allowed", event.start_mark)
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node), 1)
+            self._nodes += size
+            self._alias_nodes += size
+            if self._alias_nodes > MAX_ALIAS_NODES:
+                raise ComposerError(
+                    None,
+                    None,
+                    f"YAML aliases expand to over {MAX_ALIAS_NODES} nodes (*{event.anchor})",
+                    event.start_mark,
+                )
+            return node
         self._depth += 1
+        start = self._nodes
         try:
             if self._depth > MAX_DEPTH:
                 raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        self._nodes += 1
+        self._sizes[id(node)] = self._nodes - start
+        return node
 
 
 def _depth_ok(value: Any) -> bool:

@@ -41,6 +41,11 @@ def test_nesting_is_capped(text: str, fmt: structured.Format) -> None:
         structured.loads(text, fmt, "f", "model file", "fix it")
 
 
+def test_small_aliases_are_read() -> None:
+    data = structured.loads("a: &x {k: 1, j: [1, 2]}\nb: *x\n", "yaml", "f", "x", "y")
+    assert data["b"] == {"k": 1, "j": [1, 2]}
+
+
 def test_nesting_at_the_cap_parses() -> None:
     depth = structured.MAX_DEPTH
     assert structured.loads("[" * depth + "]" * depth, "json", "f", "x", "y") is not None
