@@ -22,15 +22,15 @@ from isoflop.cli import quickstart as _quickstart  # noqa: F401,E402
 from isoflop.cli import report as _report  # noqa: F401,E402
 from isoflop.cli import train as _train  # noqa: F401,E402
 from isoflop.cli.app import app
-from isoflop.errors import IsoflopError, describe_validation_error
+from isoflop.errors import IsoflopError, clip, describe_validation_error
 
 
 def main() -> None:
     try:
         app()
     except IsoflopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except ValidationError as exc:
-        print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
+        print(f"error: {clip(describe_validation_error(exc))}", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,7 @@ from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, load_constants
 from isoflop.perf import estimate as run_estimate
 from isoflop.perf.constants import frameworks
-from isoflop.perf.layout import KNOBS, OPTIMIZERS, PRECISIONS, RECOMPUTE
+from isoflop.perf.layout import KNOBS, OPTIMIZERS, PRECISIONS, RECOMPUTE, check_counts
 from isoflop.spec import load_spec
 
 GPU_OPTION = typer.Option(..., "--gpu", help="GPU name from the catalog (`isoflop hw list`).")
@@ -51,9 +51,8 @@ _K = knob_options()
 
 
 def check_positive(**values: int | None) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise IsoflopError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    """Every count flag is a positive integer within ``isoflop.perf.layout.MAX_COUNT``."""
+    check_counts(**values)
 
 
 def _gib(x: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,9 @@ def fit_report(
     return report, law, (n, d, loss)
 
 
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
 def _plot(law: Law, points: tuple, path: str) -> None:
     import matplotlib
 
@@ -187,7 +191,7 @@ def _plot(law: Law, points: tuple, path: str) -> None:
         fig.colorbar(sc, ax=axes[1], label="log10 FLOPs")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format=path.rsplit(".", 1)[-1] if "." in path else "png", dpi=110)
+    fig.savefig(buf, format=Path(path).suffix[1:].lower() or "png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -292,6 +296,10 @@ def fit(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a scaling law to training runs, with bootstrap confidence intervals."""
+    if plot and "." in Path(plot).name and Path(plot).suffix[1:].lower() not in PLOT_FORMATS:
+        raise IsoflopError(
+            f"--plot {plot}: unknown figure format {Path(plot).suffix!r}; use one of .{', .'.join(PLOT_FORMATS)}"
+        )
     filters, points_at = parse_filters(where), [parse_point(p) for p in predict_at]
     if objective not in OBJECTIVES:
         raise IsoflopError(f"unknown --objective {objective!r:.80}; use one of {', '.join(OBJECTIVES)}")

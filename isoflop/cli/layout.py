@@ -72,6 +72,7 @@ def layout(
     spec = load_spec(pick_model(model_arg, model))
     device = get_gpu(gpu, hardware)
     seq = seq_len or spec.max_seq_len
+    spec.check_seq_len(seq)
     fixed = {
         k: v
         for k, v in dict(

@@ -9,7 +9,6 @@ default ``<|role|>\\ncontent\\n`` per message. A seeded shuffle holds out ``val_
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 
 IGNORE = -100
@@ -73,13 +73,14 @@ def read_jsonl(path: str | Path, tokenizer: Any) -> list[Example]:
     if not file.is_file():
         raise IsoflopError(f"data file {str(file)!r} does not exist; pass a JSONL file with --data")
     examples = []
-    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    text = structured.read_text(file, "data file", "write UTF-8 JSONL, one JSON object per line")
+    for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise IsoflopError(f"{file}:{i}: invalid JSON ({exc.msg}); write one JSON object per line") from None
+            obj = structured.loads(line, "json", f"{file}:{i}", "JSONL", "")
+        except structured.ParseError as exc:
+            raise IsoflopError(f"{file}:{i}: invalid JSON ({exc.reason}); write one JSON object per line") from None
         examples.append(parse_line(obj, f"{file}:{i}", tokenizer))
     if len(examples) < 2:
         raise IsoflopError(f"{file} holds {len(examples)} example(s); fine-tuning needs at least 2 (train and val)")

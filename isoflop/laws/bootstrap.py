@@ -152,6 +152,8 @@ def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0, method: str = "ru
         raise IsoflopError("bootstrap needs the fitted runs; fit the law first (isoflop.laws.fit.fit)")
     if n_samples < 2:
         raise IsoflopError(f"--bootstrap needs at least 2 resamples, got {n_samples}")
+    if seed < 0:
+        raise IsoflopError(f"--seed must be a whole number >= 0, got {seed}")
     if method not in BOOTSTRAP_METHODS:
         raise IsoflopError(f"unknown bootstrap method {method!r}; use one of {', '.join(BOOTSTRAP_METHODS)}")
     approach3 = isinstance(law, ChinchillaLaw) and getattr(law, "theta_", None) is not None

@@ -63,6 +63,30 @@ def check_runs(n: np.ndarray, d: np.ndarray, loss: np.ndarray, minimum: int, wha
     return tuple(arrays)
 
 
+def training_flops(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``C = 6 N D`` (Kaplan et al. 2020, Sec. 2.1), refused when it overflows a float (e.g. N = D = 1e200)."""
+    with np.errstate(over="ignore"):
+        c = 6.0 * np.asarray(n, dtype=float) * np.asarray(d, dtype=float)
+    if not np.all(np.isfinite(c)):
+        i = int(np.flatnonzero(~np.isfinite(c))[0])
+        raise IsoflopError(
+            f"run {i}: C = 6 N D overflows (N={float(np.ravel(n)[i]):.3g}, D={float(np.ravel(d)[i]):.3g}); "
+            "give N in parameters and D in tokens"
+        )
+    return c
+
+
+def check_distinct(n: np.ndarray, d: np.ndarray, n_params: int, what: str) -> None:
+    """Refuse a fit with fewer distinct (N, D) points than free parameters: repeated rows pin nothing down
+    (50 copies of one run would otherwise "fit" five parameters)."""
+    distinct = np.unique(np.stack([np.asarray(n, dtype=float), np.asarray(d, dtype=float)]), axis=1).shape[1]
+    if distinct < n_params:
+        raise IsoflopError(
+            f"{what} fits {n_params} parameters but the runs hold only {distinct} distinct (N, D) point(s); "
+            "add runs of other sizes or token counts"
+        )
+
+
 def drop_highest_loss(n: np.ndarray, d: np.ndarray, loss: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     """Drop the ``k`` runs with the highest loss (Besiroglu et al. 2024 drop the 5 highest-loss points)."""
     if k < 0:
@@ -148,7 +172,9 @@ def fit_approach3(
     full-data optimum during a bootstrap). The result is polished by restarting L-BFGS-B from the best point
     until the objective stops improving. Raises ``IsoflopError`` when no start reaches a finite optimum.
     """
-    with H.single_threaded_blas():
+    n, d, loss = check_runs(n, d, loss, 5, "Approach 3 (five parameters)")
+    check_distinct(n, d, 5, "Approach 3")
+    with H.single_threaded_blas(), np.errstate(all="ignore"):  # extreme runs: an inf start is dropped, not shown
         return _fit_approach3(n, d, loss, weights, n_refine, start)
 
 
@@ -361,7 +387,7 @@ def _fit_approach1(
     law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None
 ) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 1")
-    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 1")[0]
+    c = training_flops(n, d) if c is None else check_runs(c, n, loss, 3, "Approach 1")[0]
     order = np.lexsort((loss, c))
     points, best = [], np.inf
     for i in order:
@@ -505,7 +531,7 @@ def _fit_approach2(
     tolerance_dex: float = 0.05,
 ) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
-    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
+    c = training_flops(n, d) if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
     if groups is None:
         labels = group_budgets(c, tolerance_dex)
         _check_isoflop_grid(labels, tolerance_dex)

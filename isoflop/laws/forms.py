@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from isoflop.atomic import atomic_write_text
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, first_line, quote
 from isoflop.laws.intervals import ci95
 from isoflop.structured import read_json_or_yaml
 
@@ -59,6 +59,9 @@ class Law:
 
     form: ClassVar[str] = ""
     param_names: ClassVar[tuple[str, ...]] = ()
+    # Parameters a law file must give > 0 (scales, exponents) and >= 0 (loss floors): the form's physical range.
+    positive: ClassVar[tuple[str, ...]] = ()
+    nonnegative: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -77,7 +80,7 @@ class Law:
             )
         for key, value in params.items():
             if value is None or not math.isfinite(float(value)):
-                raise IsoflopError(f"{self.form} law parameter {key} is {value!r}; it must be a finite number")
+                raise IsoflopError(f"{self.form} law parameter {key} is {quote(value, 40)}; it must be a finite number")
         self.name = name
         self.citation = citation
         self.param_kind = check_param_kind(param_kind)
@@ -176,6 +179,8 @@ class ChinchillaLaw(Law):
 
     form = "chinchilla"
     param_names = ("E", "A", "B", "alpha", "beta")
+    positive = ("A", "B", "alpha", "beta")
+    nonnegative = ("E",)
 
     def __init__(self, name: str = "custom", citation: str = "", **kwargs: Any) -> None:
         super().__init__(name, citation, **kwargs)
@@ -214,6 +219,7 @@ class KaplanLaw(Law):
 
     form = "kaplan"
     param_names = ("N_c", "D_c", "alpha_N", "alpha_D")
+    positive = param_names
 
     def predict(self, n: Any, d: Any) -> np.ndarray:
         p = self._fitted()
@@ -238,6 +244,8 @@ class DataConstrainedLaw(Law):
 
     form = "data_constrained"
     param_names = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+    positive = ("A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+    nonnegative = ("E",)
 
     def base(self) -> ChinchillaLaw:
         p = self.params_
@@ -283,6 +291,8 @@ class SaturatingPowerLaw(Law):
 
     form = "saturating"
     param_names = ("L_inf", "x0", "alpha")
+    positive = ("x0", "alpha")
+    nonnegative = ("L_inf",)
 
     def predict(self, x: Any, d: Any = None) -> np.ndarray:  # noqa: ARG002 (one variable)
         p = self._fitted()
@@ -304,6 +314,7 @@ class PowerLaw(Law):
 
     form = "power"
     param_names = ("k", "exponent")
+    positive = ("k",)
 
     def predict(self, x: Any, d: Any = None) -> np.ndarray:  # noqa: ARG002 (one variable)
         p = self._fitted()
@@ -315,6 +326,7 @@ class AllocationLaw(Law):
     ``loss`` (optional) is a ``SaturatingPowerLaw`` of the minimum loss against compute."""
 
     form = "allocation"
+    positive = ("k_N", "a", "k_D", "b")
     param_names = ("k_N", "a", "k_D", "b")
 
     def __init__(
@@ -421,7 +433,7 @@ def law_from_dict(data: dict[str, Any]) -> Law:
         raise IsoflopError("a law file must map 'form' and 'params' (as written by `isoflop fit --out`)")
     cls = FORMS.get(str(data["form"]))
     if cls is None:
-        raise IsoflopError(f"unknown law form {data['form']!r}; use one of {', '.join(FORMS)}")
+        raise IsoflopError(f"unknown law form {quote(data['form'], 40)}; use one of {', '.join(FORMS)}")
     kwargs: dict[str, Any] = {
         "param_kind": str(data.get("param_kind", "total")),
         "objective": str(data.get("objective", "huber_log")),
@@ -434,12 +446,17 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     try:
         law = cls(str(data.get("name", "custom")), str(data.get("citation", "")), **kwargs, **data["params"])
     except (TypeError, ValueError) as exc:
-        raise IsoflopError(f"invalid law parameters: {exc}") from None
+        raise IsoflopError(f"invalid law parameters: {first_line(str(exc))}") from None
+    _check_range(law)
     if data.get("bootstrap_samples"):
-        samples = np.asarray(data["bootstrap_samples"], dtype=float)
+        try:
+            samples = np.asarray(data["bootstrap_samples"], dtype=float)
+        except (TypeError, ValueError):
+            samples = np.empty(0)
         if samples.ndim != 2 or samples.shape[1] != len(cls.param_names) or not np.all(np.isfinite(samples)):
             raise IsoflopError(
-                "bootstrap_samples in the law file are malformed; refit with `isoflop fit --bootstrap R`"
+                f"bootstrap_samples in the law file must be a list of rows of {len(cls.param_names)} finite numbers "
+                f"({', '.join(cls.param_names)}); refit with `isoflop fit --bootstrap R`"
             )
         law.samples_ = samples
     if isinstance(data.get("fit"), dict):
@@ -447,6 +464,19 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     if isinstance(law, AllocationLaw) and isinstance(data.get("minima"), list):
         law.minima_ = list(data["minima"])
     return law
+
+
+def _check_range(law: Law) -> None:
+    """Refuse parameters outside the form's range (a zero or negative exponent makes the law meaningless)."""
+    for key in law.positive:
+        if law.params_[key] <= 0:
+            raise IsoflopError(
+                f"{law.form} law parameter {key} is {law.params_[key]:g}; it must be > 0 "
+                "(fit the law again with `isoflop fit --out`)"
+            )
+    for key in law.nonnegative:
+        if law.params_[key] < 0:
+            raise IsoflopError(f"{law.form} law parameter {key} is {law.params_[key]:g}; it must be >= 0")
 
 
 def get_law_preset(name: str) -> Law:

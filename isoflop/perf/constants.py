@@ -8,17 +8,17 @@ is ``$ISOFLOP_CALIBRATION`` if set, else ``~/.config/isoflop/calibration.yaml``;
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
-from isoflop import env
-from isoflop.errors import IsoflopError
+from isoflop import env, structured
+from isoflop.errors import IsoflopError, quote
 
 CALIBRATION_ENV = env.CALIBRATION
 DEFAULT_CALIBRATION = Path("~/.config/isoflop/calibration.yaml")
@@ -75,7 +75,7 @@ class PerfConstants(BaseModel):
 @lru_cache(maxsize=1)
 def _builtin() -> dict[str, Any]:
     text = resources.files("isoflop.perf").joinpath("constants.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return structured.loads(text, "yaml", "constants.yaml", "built-in constants", "reinstall isoflop")
 
 
 def calibratable() -> list[str]:
@@ -94,20 +94,41 @@ def _check_values(values: dict[str, Any], origin: str) -> dict[str, float]:
     for key, value in values.items():
         if key not in known:
             raise IsoflopError(f"{origin}: unknown constant {key!r}; use one of {', '.join(sorted(known))}")
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot, unsigned exponent) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise IsoflopError(f"{origin}: constant {key} must be a finite number >= 0, got {value!r}")
+            raise IsoflopError(f"{origin}: constant {key} must be a finite number >= 0, got {quote(value, 40)}")
+        low, high = constant_range(key)
+        if not low <= value <= high or (key.endswith(_RATES) and value == 0):
+            shown = f"in [{low:g}, {high:g}]" if high < math.inf else "> 0"
+            raise IsoflopError(
+                f"{origin}: constant {key} must be {shown}, got {value!r}; fix the file or run `isoflop calibrate`"
+            )
         out[key] = float(value)
     return out
+
+
+# Efficiencies are fractions of a datasheet peak: (0, 1], floored at 1e-5 (a 100,000x slowdown is no measurement;
+# `isoflop calibrate` fits within the same range). Overlaps are fractions of communication hidden behind compute.
+EFF_RANGE = (1e-5, 1.0)
+_RATES = ("_gbps", "_per_s")
+
+
+def constant_range(key: str) -> tuple[float, float]:
+    """The physical range of constant ``key`` (rates must also be non-zero)."""
+    if key.endswith(("_eff", "_eff_max")):
+        return EFF_RANGE
+    if key.endswith("_overlap"):
+        return (0.0, 1.0)
+    return (0.0, math.inf)
 
 
 def read_calibration_file(path: Path) -> dict[str, Any]:
     """The calibration file's mapping of GPU name -> constants ({} when the file does not exist)."""
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise IsoflopError(f"malformed calibration file {path}: {str(exc).splitlines()[0]}; fix or delete it") from None
+    data = structured.read(path, "calibration file", "fix or delete it", "yaml") or {}
     if not isinstance(data, dict):
         raise IsoflopError(f"calibration file {path} must map GPU names to {{constant: value}}; fix or delete it")
     return data

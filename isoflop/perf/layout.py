@@ -15,6 +15,25 @@ import numpy as np
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
 
+# Upper limits on counts: far beyond any real run (the largest clusters hold ~1e5 GPUs), low enough that no
+# product of them overflows int64 or a float's exact integers.
+MAX_COUNT = {"gpus": 2**24, "global_batch": 2**30, "batch_size": 2**30, "seq_len": 2**24}
+DEFAULT_MAX_COUNT = 2**24
+
+
+def check_counts(**values: int | None) -> None:
+    """Refuse a count flag below 1 or above its ``MAX_COUNT`` (one line naming the flag)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if value < 1:
+            raise IsoflopError(f"{flag} must be a positive integer, got {value}")
+        limit = MAX_COUNT.get(name, DEFAULT_MAX_COUNT)
+        if value > limit:
+            raise IsoflopError(f"{flag} {value:.3g} is beyond any real run; use at most {limit:,}")
+
+
 RECOMPUTE = ("none", "selective", "full", "op")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
@@ -130,10 +149,7 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
     for name in ("tp", "pp", "dp", "cp", "ep", "micro_batch", "interleave", "replicate"):
         if not isinstance(getattr(lay, name), (int, np.integer)) or getattr(lay, name) < 1:
             raise IsoflopError(f"{name} must be a positive integer, got {getattr(lay, name)!r}")
-    if n_gpus < 1:
-        raise IsoflopError(f"--gpus must be a positive integer, got {n_gpus}")
-    if global_batch < 1 or seq_len < 1:
-        raise IsoflopError(f"global batch and sequence length must be positive, got {global_batch} and {seq_len}")
+    check_counts(gpus=n_gpus, global_batch=global_batch, seq_len=seq_len)
     if lay.zero not in (0, 1, 2, 3):
         raise IsoflopError(f"zero must be 0, 1, 2 or 3, got {lay.zero!r}")
     if lay.recompute not in RECOMPUTE:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 from isoflop.spec.loader import load_spec, spec_from_dict
 from isoflop.spec.model import ModelSpec
@@ -265,10 +266,7 @@ def _preset_dict(name: str) -> dict[str, Any]:
 
 
 def _safe_yaml(text: str, origin: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise IsoflopError(f"malformed YAML in {origin}: {str(exc).splitlines()[0]}; fix the file's syntax") from None
+    data = structured.loads(text, "yaml", origin, "YAML in", "fix the file's syntax")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -282,8 +280,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise IsoflopError(f"override {item!r} is not KEY=VALUE; write e.g. train.max_steps=40")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = structured.loads(raw, "yaml", key, "override", "") if raw.strip() else None
+    except IsoflopError:
         value = raw
     return [part for part in key.strip().split(".") if part], value
 
