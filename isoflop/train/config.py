@@ -61,8 +61,13 @@ class TrainSection(_Section):
     ckpt_every: int = Field(0, ge=0, description="0 = checkpoint only at the end and on preemption.")
     keep_checkpoints: int = Field(2, gt=0)
     max_bad_steps: int = Field(
-        5, gt=0, description="Consecutive non-finite steps before rolling back to the last checkpoint."
+        5, gt=0, description="Consecutive bad (non-finite or spiking) steps before rolling back to a checkpoint."
     )
+    spike_factor: float = Field(
+        2.0, ge=0, description="A loss above this x the median of the last 16 is a bad step (0 = only non-finite)."
+    )
+    max_rollbacks: int = Field(3, ge=0, description="Rollbacks before a divergence stops the run (exit code 3).")
+    rollback_lr_factor: float = Field(1.0, gt=0, le=1, description="Learning-rate multiplier at each rollback.")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Used only if installed.")
 
     @field_validator("seq_len", "global_batch", "micro_batch", "max_steps", "tokens", "seed", mode="before")
