@@ -48,6 +48,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -146,6 +147,17 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _first_error(exc: BaseException) -> str:
+    """The innermost error of a DCP ``CheckpointException`` (one per failed rank), else ``exc`` itself."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) and inner else inner
+        if isinstance(inner, BaseException):
+            return _short(inner)
+    return _short(exc)
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     """DCP warns that a process without a process group saves/loads 'in a single process': expected here."""
@@ -234,8 +246,8 @@ def verify(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check checkpoint ``path`` before loading it; returns its trainer state or raises ``CheckpointInvalid``.
 
     Every file the manifest lists must exist with its size and (streamed) sha256; the trainer state must have
-    ``STATE_KEYS`` and ``required``; the metadata must unpickle through the allow-list, declare no byte items and point only
-    inside listed shards."""
+    ``STATE_KEYS`` and ``required``; the metadata must unpickle through the allow-list, declare no byte items
+    and point only inside listed shards."""
     path = Path(path)
     files = _manifest_files(path)
     for name, entry in files.items():
@@ -336,12 +348,14 @@ class Checkpointer:
         async_save: bool | None = None,
         log: Callable[[str], None] | None = None,
         required: tuple[str, ...] = (),
+        identity: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)
         self.keep = keep
         self.env = env
         self.log = log or (lambda message: None)
         self.required = required
+        self.identity = identity
         use_async = env.device.type == "cuda" if async_save is None else async_save
         self.async_save = bool(use_async and hasattr(dcp, "async_save"))
         self._pending: tuple[Any, Path, Path, dict[str, Any]] | None = None
@@ -376,8 +390,14 @@ class Checkpointer:
                 future.staging_completion.result()
             self._pending = (future, tmp, final, meta)
         else:
-            with _quiet():
-                dcp.save(state, storage_writer=writer)
+            try:
+                with _quiet():
+                    dcp.save(state, storage_writer=writer)
+            except CheckpointException as exc:
+                raise IsoflopError(
+                    f"cannot write checkpoint {tmp} ({_first_error(exc)}); "
+                    "free disk space or fix the folder's permissions"
+                ) from None
             self._finish(tmp, final, meta)
 
     def wait(self) -> None:
@@ -452,8 +472,8 @@ class Checkpointer:
             )
         except CheckpointInvalid:
             raise
-        except Exception as exc:  # DCP wraps reader errors in CheckpointException: name the first line
-            raise CheckpointInvalid(path, "load", _short(str(exc).splitlines()[0] if str(exc) else exc)) from None
+        except (Exception, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
+            raise CheckpointInvalid(path, "load", _first_error(exc)) from None
         return trainer
 
     def restore(
@@ -465,18 +485,21 @@ class Checkpointer:
         recorded in ``self.set_aside``. Rank 0 verifies; every rank loads. None when no checkpoint is left."""
         while True:
             choice: str | None = None
+            problem: str | None = None
             if self.env.is_main:
                 for step, path in reversed(complete_checkpoints(self.root)):
                     if at_most is not None and step > at_most:
                         continue
                     try:
-                        verify(path, self.required)
+                        trainer = verify(path, self.required)
                     except CheckpointInvalid as exc:
                         self._set_aside(exc)
                         continue
-                    choice = str(path)
+                    choice, problem = str(path), self._other_run(path, trainer)
                     break
-            choice = broadcast_object(choice, self.env)
+            choice, problem = broadcast_object((choice, problem), self.env)
+            if problem:
+                raise IsoflopError(problem)
             if choice is None:
                 return None
             failure: CheckpointInvalid | None = None
@@ -489,6 +512,20 @@ class Checkpointer:
                 return Path(choice), trainer
             if self.env.is_main:
                 self._set_aside(failure or CheckpointInvalid(Path(choice), "load", "another process failed to load it"))
+
+    def _other_run(self, path: Path, trainer: dict[str, Any]) -> str | None:
+        """Why checkpoint ``path`` (intact) belongs to another run, or None: it is refused, never set aside."""
+        saved = trainer.get("identity")
+        if self.identity is None or saved is None:
+            return None
+        now = json.loads(json.dumps(self.identity))
+        if saved == now:
+            return None
+        diff = sorted(k for k in now if now.get(k) != (saved.get(k) if isinstance(saved, dict) else None))
+        return (
+            f"{path} is a checkpoint of a different run ({', '.join(diff) or 'identity'} differ); "
+            "use another --out, or the config that wrote it"
+        )
 
     def _set_aside(self, exc: CheckpointInvalid) -> None:
         try:

@@ -254,7 +254,12 @@ class _Run:
             global_batch=cfg.train.global_batch,
         )
         ckpt = Checkpointer(
-            out / "checkpoints", cfg.train.keep_checkpoints, env, log=self._say, required=("tokens", "sampler")
+            out / "checkpoints",
+            cfg.train.keep_checkpoints,
+            env,
+            log=self._say,
+            required=("tokens", "sampler"),
+            identity=json_safe(_identity(cfg)),
         )
         state: dict[str, Any] = {
             "step": 0,
@@ -583,6 +588,7 @@ class _Run:
             "last_grad_norm": state["last_grad_norm"],
             "world": self.env.world,
             "total_steps": self.total_steps,
+            "identity": json_safe(_identity(self.cfg)),
         }
 
     def _rollback(
