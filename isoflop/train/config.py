@@ -251,16 +251,48 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return [part for part in key.strip().split(".") if part], value
+    parts = key.strip().split(".")
+    if not all(part.strip() for part in parts):
+        raise IsoflopError(f"override key {key.strip()[:80]!r} has an empty part; write e.g. train.max_steps=40")
+    return [part.strip() for part in parts], value
+
+
+# Sections that hold fields: an override names a field inside, never the whole section (``model`` may be a
+# preset name or a spec path, so ``model=tiny-llama`` is allowed).
+_FIELD_SECTIONS = ("data", "train", "optim", "parallel", "predicted")
+
+
+def _check_override_path(path: list[str]) -> None:
+    if not path:
+        raise IsoflopError("an override has an empty key; write e.g. --set train.max_steps=40")
+    if len(path) == 1 and path[0] in _FIELD_SECTIONS:
+        raise IsoflopError(
+            f"--set {path[0]}=... would replace the whole {path[0]} section; set one field, "
+            f"e.g. --set {path[0]}.{_example_field(path[0])}=..."
+        )
+
+
+def _example_field(section: str) -> str:
+    owner = {"train": TrainSection, "optim": OptimSection, "parallel": ParallelSection, "data": DataConfig}
+    fields = list(owner[section].model_fields) if section in owner else ["loss"]
+    return fields[0]
 
 
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node = data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if depth == 0 and part == "model" and isinstance(child, str):  # a preset/spec file: its fields, then set
+            child = load_spec(child).model_dump(mode="json")
+            node[part] = child
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            raise IsoflopError(
+                f"override {'.'.join(path)[:80]} goes inside {'.'.join(path[: depth + 1])}, which is not a section; "
+                f"set {'.'.join(path[: depth + 1])} itself"
+            )
         node = child
     node[path[-1]] = value
 
@@ -326,5 +358,7 @@ def load_train_config(
         data, origin = _preset_dict(name), f"preset {name}"
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for key, value in items:
-        _set_path(data, key.split(".") if isinstance(key, str) else list(key), value)
+        path = key.split(".") if isinstance(key, str) else list(key)
+        _check_override_path(path)
+        _set_path(data, path, value)
     return build_config(data, origin)

@@ -129,6 +129,11 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _at_most_one(mfu: float | None) -> float | None:
+    """An MFU above 1 means the peak was measured too low: not reported."""
+    return mfu if mfu is not None and mfu <= 1 else None
+
+
 def _rng_state() -> dict[str, str]:
     state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -380,7 +385,7 @@ class _Run:
                         "tokens": state["tokens"],
                         "tokens_per_s": tps,
                         "step_time_s": window_time / max(1, round(window_tokens / tokens)),
-                        "mfu": (step_flops * tps / tokens) / (peak * env.world) if peak else None,
+                        "mfu": _at_most_one((step_flops * tps / tokens) / (peak * env.world) if peak else None),
                         "memory_gib": memory_gib(env.device),
                     }
                     if state["val_history"] and state["val_history"][-1][0] == step:
@@ -425,6 +430,11 @@ class _Run:
         if mfu is not None and mfu > 1 and env.device.type == "cpu":  # the cached CPU peak was measured under load
             peak, peak_source = peak_flops_per_process(env.device, self.dtype, refresh=True)
             mfu = (step_flops / step_time) / (peak * env.world)
+        if mfu is not None and mfu > 1:
+            self._say(
+                f"note: MFU {mfu:.2f} > 1 against the peak ({peak_source}); the peak is too low, MFU not reported"
+            )
+            mfu = None
         mem = memory_gib(env.device)
         measured = {
             "loss": final_val,
