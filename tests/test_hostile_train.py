@@ -62,6 +62,8 @@ def test_rollback_goes_to_a_checkpoint_from_before_the_spike_and_lowers_the_lr(t
     assert "ROLLBACK 1/3: 2 consecutive bad steps at step 8" in err and "step-00000004 (step 4)" in err
     assert "learning rate x0.5" in err
     assert s["status"] == "complete" and s["steps"] == 16 and s["rollbacks"] == 1 and s["skipped_steps"] == 2
+    # The checkpoint of the diverged weights is set aside, not resumed from later.
+    assert (tmp_path / "run" / "checkpoints" / "step-00000008.rolled-back-diverged").is_dir()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     warmup = build_config(cfg).warmup_steps()
     after, previous = False, 0

@@ -285,12 +285,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def set_aside(path: Path, reason: str) -> Path:
-    """Rename a failed checkpoint to ``<name>.corrupt-<reason>`` (``.corrupt-<reason>.2`` etc. when taken)."""
-    target = path.with_name(f"{path.name}.corrupt-{reason}")
+def set_aside(path: Path, reason: str, kind: str = "corrupt") -> Path:
+    """Rename a checkpoint to ``<name>.<kind>-<reason>`` (``...-<reason>.2`` etc. when taken); never deleted."""
+    target = path.with_name(f"{path.name}.{kind}-{reason}")
     n = 2
     while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{reason}.{n}")
+        target = path.with_name(f"{path.name}.{kind}-{reason}.{n}")
         n += 1
     os.replace(path, target)
     return target
@@ -512,6 +512,16 @@ class Checkpointer:
                 return Path(choice), trainer
             if self.env.is_main:
                 self._set_aside(failure or CheckpointInvalid(Path(choice), "load", "another process failed to load it"))
+
+    def set_aside_after(self, step: int) -> list[Path]:
+        """Rank 0: rename the checkpoints saved after ``step`` to ``<name>.rolled-back-diverged`` (a rollback found
+        their weights diverging), so that no later resume returns to them."""
+        moved = []
+        if self.env.is_main:
+            for saved, path in complete_checkpoints(self.root):
+                if saved > step:
+                    moved.append(set_aside(path, "diverged", kind="rolled-back"))
+        return moved
 
     def _other_run(self, path: Path, trainer: dict[str, Any]) -> str | None:
         """Why checkpoint ``path`` (intact) belongs to another run, or None: it is refused, never set aside."""

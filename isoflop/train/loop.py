@@ -630,6 +630,7 @@ class _Run:
                 f"{fix}, or set train.ckpt_every"
             )
         path, loaded = restored
+        ckpt.set_aside_after(int(loaded["step"]))
         state["step"] = int(loaded["step"])
         state["tokens"] = int(loaded.get("tokens", state["tokens"]))
         state["val_history"] = [v for v in state["val_history"] if v[0] <= state["step"]]
