@@ -278,11 +278,11 @@ class _Run:
             "lr_scale": 1.0,
         }
         restored = ckpt.restore(model, optimizer)
-        if restored is None and ckpt.set_aside:
+        aside = broadcast_object([p.name for p in ckpt.set_aside], env)  # rank 0 verified and renamed
+        if restored is None and aside:
             raise IsoflopError(
-                f"no checkpoint in {ckpt.root} passed verification ({len(ckpt.set_aside)} set aside as "
-                f"{', '.join(p.name for p in ckpt.set_aside[:3])}); move one back to inspect it, "
-                "or use another --out to start over"
+                f"no checkpoint in {ckpt.root} passed verification ({len(aside)} set aside as "
+                f"{', '.join(aside[:3])}); move one back to inspect it, or use another --out to start over"
             )
         if restored is not None:
             latest, loaded = restored
