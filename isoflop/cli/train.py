@@ -93,6 +93,10 @@ def train(
         1, "--nproc-per-node", min=1, help="Processes on this machine (launched by torchrun)."
     ),
     sets: list[str] = typer.Option([], "--set", help="Override any field: --set optim.lr=1e-3 (repeatable)."),
+    sync: str | None = typer.Option(None, "--sync", help="allreduce (DDP) or diloco (sets sync.mode)."),
+    inner_steps: int | None = typer.Option(None, "--inner-steps", help="DiLoCo H: inner steps per outer step."),
+    outer_lr: float | None = typer.Option(None, "--outer-lr", help="DiLoCo outer learning rate."),
+    outer_momentum: float | None = typer.Option(None, "--outer-momentum", help="DiLoCo outer Nesterov momentum."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a decoder-only transformer: one process, or several through torchrun (DDP / FSDP2).
@@ -100,6 +104,8 @@ def train(
     Exit codes: 0 done (or preempted and checkpointed), 2 bad input, 3 diverged (after train.max_rollbacks)."""
     from isoflop.train.config import load_train_config
 
+    lowcomm = {"mode": sync, "inner_steps": inner_steps, "outer_lr": outer_lr, "outer_momentum": outer_momentum}
+    sets = list(sets) + [f"sync.{key}={value}" for key, value in lowcomm.items() if value is not None]
     overrides = _overrides(max_steps, ckpt_every, seed, sets, micro_batch)
     cfg = load_train_config(config, preset or (None if config else "tiny"), overrides)
     if nproc_per_node > 1:

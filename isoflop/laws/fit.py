@@ -31,8 +31,10 @@ from isoflop.laws.forms import (
     DataConstrainedLaw,
     KaplanLaw,
     Law,
+    OvertrainingLaw,
     PowerLaw,
     SaturatingPowerLaw,
+    TiedChinchillaLaw,
 )
 
 LawT = TypeVar("LawT", bound=Law)
@@ -521,6 +523,86 @@ def _fit_approach2(
     return law
 
 
+# Sums of powers under either objective (tied or free exponents) ---------------------------------------
+def _objective(theta: np.ndarray, log_n, log_d, loss, log_l, tied: bool, objective: str) -> float:
+    """``theta = (log A, log B, log E, alpha[, beta])``; Huber (delta 1e-3) on log loss or squares on raw loss."""
+    a, b, e, alpha = theta[:4]
+    beta = alpha if tied else theta[4]
+    pred = np.exp(e) + np.exp(a - alpha * log_n) + np.exp(b - beta * log_d)
+    if objective == "ls_raw":
+        return float(np.sum((pred - loss) ** 2))
+    return float(np.sum(H.huber(np.log(pred) - log_l)))
+
+
+def fit_sum_of_powers(
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    *,
+    tied: bool,
+    objective: str,
+    n_refine: int = 6,
+    start: dict[str, float] | None = None,
+) -> tuple[dict[str, float], float, bool, int]:
+    """``L = E + A / N^alpha + B / D^beta`` (``beta = alpha`` when ``tied``) under ``objective``: starts from the
+    linear least squares of ``linear_starts`` (the diagonal of its grid when tied), the best ``n_refine`` refined by
+    L-BFGS-B (numerical gradient; exponents bounded to ``(0, MAX_EXPONENT]``). Returns ``(params, objective,
+    converged, iterations)``. With ``start`` (e.g. the full-data optimum, in a bootstrap) only it and the best
+    linear start are refined."""
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
+    cand = linear_starts(log_n, log_d, loss)
+    if tied:
+        cand = cand[np.isclose(cand[:, 3], cand[:, 4])][:, :4]
+    args = (log_n, log_d, loss, log_l, tied, objective)
+    values = np.array([_objective(t, *args) for t in cand])
+    order = np.argsort(np.where(np.isfinite(values), values, np.inf))
+    cand = cand[order[: 1 if start else n_refine]]
+    if start:
+        first = [np.log(start["A"]), np.log(start["B"]), np.log(start["E"]), start["alpha"]]
+        cand = np.vstack([first + ([] if tied else [start["beta"]]), cand])
+    bounds = [(None, MAX_LOG_COEF)] * 3 + [(1e-4, MAX_EXPONENT)] * (1 if tied else 2)
+    best, best_f, converged, iters = None, np.inf, False, 0
+    for theta0 in cand:
+        res = minimize(_objective, theta0, args=args, method="L-BFGS-B", bounds=bounds)
+        iters += int(res.nit)
+        if np.all(np.isfinite(res.x)) and np.isfinite(res.fun) and res.fun < best_f:
+            best, best_f, converged = res.x, float(res.fun), bool(res.success)
+    if best is None:
+        raise IsoflopError("the fit did not reach a finite optimum; check the runs (too few, or loss not decreasing)")
+    a, b, e, alpha = (float(x) for x in best[:4])
+    params = {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha}
+    if not tied:
+        params["beta"] = float(best[4])
+    return params, best_f, converged, iters
+
+
+def _fit_powers_into(law: Law, n: Any, d: Any, loss: Any, tied: bool) -> Law:
+    minimum = len(law.param_names)
+    n, d, loss = check_runs(n, d, loss, minimum, f"a {law.form} fit ({len(law.param_names)} parameters)")
+    start = None
+    if law.params_:  # a refit (bootstrap): start from the current optimum, in (E, A, B, alpha[, beta])
+        start = dict(law.params_)
+        if isinstance(law, OvertrainingLaw):
+            eta = start["eta"]
+            start = {"E": start["E"], "A": start["a"] / 6.0**eta, "B": start["b"] / 6.0**eta, "alpha": 2 * eta}
+    params, value, converged, iters = fit_sum_of_powers(n, d, loss, tied=tied, objective=law.objective, start=start)
+    if isinstance(law, OvertrainingLaw):
+        params = OvertrainingLaw.tied_to_overtraining(params)
+    law.params_, law.samples_, law.n_iter_, law.runs_ = params, None, iters, (n, d, loss)
+    if hasattr(law, "theta_"):
+        law.theta_ = None  # the Huber-specific bootstrap path does not apply
+    law.info_ = {
+        "objective": law.objective,
+        "objective_value": value,
+        "converged": converged,
+        "n_points": int(len(n)),
+        "warnings": fit_warnings(
+            {"E": params["E"], "alpha": params.get("alpha", 0), "beta": params.get("beta", 0)}, loss
+        ),
+    }
+    return law
+
+
 # One entry point ---------------------------------------------------------------------------------
 def fit_chinchilla(
     law: ChinchillaLaw,
@@ -563,8 +645,10 @@ def fit(law: LawT, *runs: Any, **options: Any) -> LawT:
     * ``AllocationLaw``: ``(N, D, loss[, C])`` by its ``approach`` (1 or 2); Approach 2 options ``groups``,
       ``tolerance_dex``.
     """
-    if isinstance(law, ChinchillaLaw):
+    if isinstance(law, ChinchillaLaw) and law.objective == "huber_log":
         return fit_chinchilla(law, *runs, **options)
+    if isinstance(law, (ChinchillaLaw, TiedChinchillaLaw, OvertrainingLaw)):
+        return _fit_powers_into(law, *runs, tied=not isinstance(law, ChinchillaLaw))
     if isinstance(law, KaplanLaw):
         return _fit_log_least_squares(law, *runs)
     if isinstance(law, DataConstrainedLaw):

@@ -60,7 +60,15 @@ class Law:
     form: ClassVar[str] = ""
     param_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, name: str = "custom", citation: str = "", *, param_kind: str = "total", **params: float) -> None:
+    def __init__(
+        self,
+        name: str = "custom",
+        citation: str = "",
+        *,
+        param_kind: str = "total",
+        objective: str = "huber_log",
+        **params: float,
+    ) -> None:
         missing = [p for p in self.param_names if p not in params]
         extra = [p for p in params if p not in self.param_names]
         if params and missing or extra:
@@ -73,6 +81,9 @@ class Law:
         self.name = name
         self.citation = citation
         self.param_kind = check_param_kind(param_kind)
+        if objective not in OBJECTIVES:
+            raise IsoflopError(f"unknown fit objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        self.objective = objective
         # No parameters at all: an unfitted law (``isoflop.laws.fit.fit(ChinchillaLaw(), N, D, L)``).
         self.params_: dict[str, float] = {k: float(params[k]) for k in self.param_names} if params else {}
         self.samples_: np.ndarray | None = None
@@ -122,6 +133,7 @@ class Law:
             "name": self.name,
             "citation": self.citation,
             "param_kind": self.param_kind,
+            "objective": self.objective,
             "params": dict(self.params_),
         }
         out.update(self._extra_dict())
@@ -148,6 +160,11 @@ class Law:
         raise AttributeError(f"{self.form} law does not predict loss from (N, D)")
 
 
+# Fit objectives: Huber (delta 1e-3) on log loss (Hoffmann et al. 2022, Eq. 3; Besiroglu et al. 2024) or least
+# squares on raw loss (Gadre et al. 2024, Sec. 3, scipy curve_fit). A law file records the one it was fitted with.
+OBJECTIVES = ("huber_log", "ls_raw")
+
+
 def chinchilla_g(a: Any, b: Any, alpha: Any, beta: Any) -> Any:
     """``G = (alpha A / (beta B))^(1 / (alpha + beta))`` (Hoffmann et al. 2022, Eq. 4): ``N_opt = G (C/6)^a``,
     ``D_opt = G^-1 (C/6)^b``. Vectorised over arrays of parameters (one per bootstrap draw)."""
@@ -160,8 +177,8 @@ class ChinchillaLaw(Law):
     form = "chinchilla"
     param_names = ("E", "A", "B", "alpha", "beta")
 
-    def __init__(self, name: str = "custom", citation: str = "", *, param_kind: str = "total", **params: float) -> None:
-        super().__init__(name, citation, param_kind=param_kind, **params)
+    def __init__(self, name: str = "custom", citation: str = "", **kwargs: Any) -> None:
+        super().__init__(name, citation, **kwargs)
         self.theta_: np.ndarray | None = None  # the fitted optimum as (log A, log B, log E, alpha, beta)
 
     def predict(self, n: Any, d: Any) -> np.ndarray:
@@ -307,10 +324,9 @@ class AllocationLaw(Law):
         loss: SaturatingPowerLaw | None = None,
         *,
         approach: int = 2,
-        param_kind: str = "total",
-        **params: float,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name, citation, param_kind=param_kind, **params)
+        super().__init__(name, citation, **kwargs)
         if approach not in (1, 2):
             raise IsoflopError(f"an allocation law comes from Approach 1 or 2, got {approach!r}")
         self.loss_law = loss
@@ -332,8 +348,66 @@ class AllocationLaw(Law):
         return out
 
 
+class TiedChinchillaLaw(Law):
+    """``L(N, D) = E + A / N^alpha + B / D^alpha``: Chinchilla's form with one exponent for N and D (Gadre et al.
+    2024, Sec. 2.1, who tie them; Muennighoff et al. 2023's fitted alpha and beta also coincide). Then
+    ``N_opt = G (C/6)^(1/2)``, ``D_opt = G^-1 (C/6)^(1/2)`` with ``G = (A / B)^(1 / (2 alpha))`` (Hoffmann Eq. 4)."""
+
+    form = "chinchilla_tied"
+    param_names = ("E", "A", "B", "alpha")
+
+    def predict(self, n: Any, d: Any) -> np.ndarray:
+        p = self._fitted()
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["alpha"]
+
+    def optimal(self, flops: Any) -> tuple[np.ndarray, np.ndarray]:
+        p = self._fitted()
+        g = chinchilla_g(p["A"], p["B"], p["alpha"], p["alpha"])
+        c6 = np.asarray(flops, dtype=float) / 6.0
+        return g * np.sqrt(c6), np.sqrt(c6) / g
+
+
+class OvertrainingLaw(Law):
+    """``L(C, M) = E + (a M^eta + b M^-eta) C^-eta`` with ``M = D / N`` tokens per parameter and ``C = 6 N D``
+    (Gadre et al. 2024, Eq. 4). It is the tied Chinchilla form rewritten: ``N = (C / 6M)^(1/2)``,
+    ``D = (C M / 6)^(1/2)`` give ``eta = alpha / 2``, ``a = A 6^eta``, ``b = B 6^eta`` (``from_tied``). For a
+    given C the best ratio is ``M* = (b / a)^(1 / (2 eta))``, where ``d/dM (a M^eta + b M^-eta) = 0``."""
+
+    form = "overtraining"
+    param_names = ("E", "a", "b", "eta")
+
+    def predict(self, n: Any, d: Any) -> np.ndarray:
+        p = self._fitted()
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        c, m = 6.0 * n * d, d / n
+        return p["E"] + (p["a"] * m ** p["eta"] + p["b"] * m ** -p["eta"]) * c ** -p["eta"]
+
+    def optimal(self, flops: Any) -> tuple[np.ndarray, np.ndarray]:
+        p = self._fitted()
+        m = (p["b"] / p["a"]) ** (1.0 / (2.0 * p["eta"]))
+        c = np.asarray(flops, dtype=float)
+        return np.sqrt(c / (6.0 * m)), np.sqrt(c * m / 6.0)
+
+    @staticmethod
+    def tied_to_overtraining(params: dict[str, float]) -> dict[str, float]:
+        """``(E, A, B, alpha)`` of ``TiedChinchillaLaw`` as ``(E, a, b, eta)``."""
+        eta = params["alpha"] / 2.0
+        return {"E": params["E"], "a": params["A"] * 6.0**eta, "b": params["B"] * 6.0**eta, "eta": eta}
+
+
 FORMS: dict[str, type[Law]] = {
-    cls.form: cls for cls in (ChinchillaLaw, KaplanLaw, DataConstrainedLaw, SaturatingPowerLaw, PowerLaw, AllocationLaw)
+    cls.form: cls
+    for cls in (
+        ChinchillaLaw,
+        TiedChinchillaLaw,
+        OvertrainingLaw,
+        KaplanLaw,
+        DataConstrainedLaw,
+        SaturatingPowerLaw,
+        PowerLaw,
+        AllocationLaw,
+    )
 }
 
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
@@ -348,7 +422,10 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     cls = FORMS.get(str(data["form"]))
     if cls is None:
         raise IsoflopError(f"unknown law form {data['form']!r}; use one of {', '.join(FORMS)}")
-    kwargs: dict[str, Any] = {"param_kind": str(data.get("param_kind", "total"))}
+    kwargs: dict[str, Any] = {
+        "param_kind": str(data.get("param_kind", "total")),
+        "objective": str(data.get("objective", "huber_log")),
+    }
     if cls is AllocationLaw:
         if data.get("loss_law"):
             kwargs["loss"] = law_from_dict(data["loss_law"])

@@ -1,6 +1,7 @@
 """Performance-model constants: built-in data (``constants.yaml``) merged with a calibration file.
 
-``load_constants(gpu)`` = ``defaults`` <- ``gpus[gpu]`` <- calibration file ``[gpu]``. The calibration file
+``load_constants(gpu, framework)`` = ``defaults`` <- ``gpus[gpu]`` <- ``frameworks[framework]`` <- calibration
+file ``[gpu]``. The calibration file
 is ``$ISOFLOP_CALIBRATION`` if set, else ``~/.config/isoflop/calibration.yaml``; it maps a GPU name to
 ``{constant: value}``. ``isoflop calibrate`` writes it; this module only reads it.
 """
@@ -29,12 +30,16 @@ class PerfConstants(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     gpu_name: str | None = None
+    framework: str | None = None
     gemm_eff_max: float
     gemm_half_dim: float
     flash_fwd_eff: float
     flash_bwd_eff: float
     flash_half_seq: float
     flash_bwd_flop_ratio: float
+    flash_attention: float
+    attn_score_bytes: float
+    framework_eff: float
     hbm_eff: float
     elementwise_passes: float
     loss_bytes_per_logit: float
@@ -46,9 +51,12 @@ class PerfConstants(BaseModel):
     fsdp_overlap: float
     cp_overlap: float
     pp_overlap: float
+    pipeline_rebalance: float
     pcie_gbps: float
     cpu_adam_params_per_s: float
     step_overhead_s: float
+    ci90_log_lo: float = 0.0
+    ci90_log_hi: float = 0.0
     kernel_launch_s: float
     kernels_per_layer: float
     kernels_head: float
@@ -81,7 +89,7 @@ def calibration_path() -> Path:
 
 
 def _check_values(values: dict[str, Any], origin: str) -> dict[str, float]:
-    known = set(PerfConstants.model_fields) - {"gpu_name"}
+    known = set(PerfConstants.model_fields) - {"gpu_name", "framework"}
     out: dict[str, float] = {}
     for key, value in values.items():
         if key not in known:
@@ -115,12 +123,29 @@ def _calibration(gpu_name: str) -> dict[str, float]:
     return _check_values(entry, f"calibration file {path} [{gpu_name}]")
 
 
-def load_constants(gpu_name: str | None = None) -> PerfConstants:
-    """Built-in defaults, then the GPU's built-in overrides, then the calibration file's entry for it."""
+def frameworks() -> list[str]:
+    """Names of the framework profiles (``frameworks`` in constants.yaml)."""
+    return sorted(_builtin()["frameworks"])
+
+
+def framework_profile(name: str) -> dict[str, float]:
+    """The constants a framework profile overrides; an unknown name is an error naming the known ones."""
+    profiles = _builtin()["frameworks"]
+    key = name.strip().lower()
+    if key not in profiles:
+        raise IsoflopError(f"unknown framework profile {name!r}; use one of {', '.join(frameworks())}")
+    return _check_values(profiles[key] or {}, f"framework profile {key}")
+
+
+def load_constants(gpu_name: str | None = None, framework: str | None = None) -> PerfConstants:
+    """Built-in defaults, then the GPU's built-in overrides, then the framework profile, then the
+    calibration file's entry for the GPU."""
     data = _builtin()
     values = dict(data["defaults"])
+    profile = framework_profile(framework) if framework is not None else {}
     if gpu_name is not None:
-        key = gpu_name.strip().lower()
-        values.update(data.get("gpus", {}).get(key, {}))
-        values.update(_calibration(key))
-    return PerfConstants(gpu_name=gpu_name, **values)
+        values.update(data.get("gpus", {}).get(gpu_name.strip().lower(), {}))
+    values.update(profile)
+    if gpu_name is not None:
+        values.update(_calibration(gpu_name.strip().lower()))
+    return PerfConstants(gpu_name=gpu_name, framework=framework, **values)

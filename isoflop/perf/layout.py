@@ -15,7 +15,7 @@ import numpy as np
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
 
-RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE = ("none", "selective", "full", "op")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
 KNOBS = (
@@ -41,7 +41,11 @@ class Layout:
     ``zero``: 0 = plain data parallel (DDP), 1 = optimizer states sharded, 2 = + gradients, 3 = + weights
     (Rajbhandari et al. 2020; FSDP NO_SHARD / SHARD_GRAD_OP / FULL_SHARD). ``replicate`` > 1 with ZeRO-3 is
     HSDP: shards within groups of ``dp*cp/replicate`` GPUs, replicated across ``replicate`` groups.
-    ``interleave`` is the number of virtual pipeline stages per GPU (Narayanan et al. 2021, Sec. 2.2.2).
+    ``interleave`` is the number of virtual pipeline stages per GPU (Narayanan et al. 2021, Sec. 2.2.2); it
+    must divide the layers of the fullest stage, ``ceil(n_layers / pp)`` (``pp`` need not divide the layers).
+    ``recompute``: ``selective`` recomputes the attention core (Korthikanti et al. 2022, Sec. 5); ``op`` is
+    torchtitan's per-op selective checkpointing (saves every other matmul output and the attention output,
+    recomputes the rest); ``full`` recomputes each layer from its input.
     ``offload`` moves the optimizer states (fp32 master, moments) to the CPU (ZeRO-Offload, Ren et al. 2021).
     ``dtype``: ``bf16``/``fp16`` = low-precision weights and gradients with fp32 master weights (ZeRO's
     recipe); ``fp8`` = bf16 plus fp8 weight copies and fp8 GEMMs; ``amp`` = ``torch.autocast`` to bf16 over
@@ -54,7 +58,7 @@ class Layout:
     cp: int = 1
     ep: int = 1
     zero: Literal[0, 1, 2, 3] = 0
-    recompute: Literal["none", "selective", "full"] = "none"
+    recompute: Literal["none", "selective", "full", "op"] = "none"
     sequence_parallel: bool = False
     micro_batch: int = 1
     interleave: int = 1
@@ -82,6 +86,18 @@ def peak_dtype(dtype: str) -> str:
 def microbatches(layout: Layout, global_batch: int) -> int:
     """Microbatches per pipeline per step, ``m = B / (dp * micro_batch)``."""
     return global_batch // (layout.dp * layout.micro_batch)
+
+
+def stage_layers(n_layers: int | np.ndarray, pp: int | np.ndarray) -> np.ndarray:
+    """Layers on the fullest pipeline stage, ``ceil(n_layers / pp)``: stages need not be equal (BLOOM's 70
+    layers on 12 stages; Llama 3 405B's 126 on 16, Dubey et al. 2024, Sec. 3.3.2)."""
+    return -(-np.asarray(n_layers) // np.asarray(pp))
+
+
+def hsdp_ok(replicate, zero, dpc):
+    """The HSDP rule, for scalars or arrays (``validate`` and the search's filter both use it): ``replicate``
+    > 1 needs ZeRO-3 and must divide the data x context group (``dpc = dp * cp``) into equal shard groups."""
+    return (replicate == 1) | ((zero == 3) & (dpc % replicate == 0))
 
 
 def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, seq_len: int) -> None:
@@ -114,11 +130,13 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
         raise IsoflopError(
             f"tp={lay.tp} and n_kv_heads={spec.n_kv_heads} must divide one another (KV heads are split or replicated)"
         )
-    if spec.n_layers % lay.pp:
-        raise IsoflopError(f"pp={lay.pp} does not divide n_layers={spec.n_layers}; use a divisor of the layer count")
-    if lay.interleave > 1 and (lay.pp == 1 or spec.n_layers % (lay.pp * lay.interleave)):
+    if lay.pp > spec.n_layers:
+        raise IsoflopError(f"pp={lay.pp} exceeds n_layers={spec.n_layers}; use at most one pipeline stage per layer")
+    per_stage = int(stage_layers(spec.n_layers, lay.pp))
+    if lay.interleave > 1 and (lay.pp == 1 or per_stage % lay.interleave):
         raise IsoflopError(
-            f"interleave={lay.interleave} needs pp > 1 and pp*interleave dividing n_layers={spec.n_layers}"
+            f"interleave={lay.interleave} does not divide the {per_stage} layers per pipeline stage "
+            f"(n_layers={spec.n_layers}, pp={lay.pp}); use pp > 1 and an interleave that divides {per_stage}"
         )
     if seq_len % lay.cp:
         raise IsoflopError(f"cp={lay.cp} does not divide seq_len={seq_len}; use a divisor of the sequence length")
@@ -129,7 +147,7 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
             raise IsoflopError(f"ep={lay.ep} must divide n_experts={spec.n_experts} and dp*cp={lay.dp * lay.cp}")
     if lay.sequence_parallel and lay.tp == 1:
         raise IsoflopError("sequence parallel needs tp > 1; drop --sequence-parallel or raise --tp")
-    if lay.replicate > 1 and (lay.zero != 3 or (lay.dp * lay.cp) % lay.replicate):
+    if not hsdp_ok(lay.replicate, lay.zero, lay.dp * lay.cp):
         raise IsoflopError(f"replicate={lay.replicate} (HSDP) needs zero=3 and must divide dp*cp={lay.dp * lay.cp}")
     if global_batch % (lay.dp * lay.micro_batch):
         raise IsoflopError(
@@ -148,7 +166,7 @@ class LayoutArrays:
     cp: np.ndarray
     ep: np.ndarray
     zero: np.ndarray
-    recompute: np.ndarray  # 0 none, 1 selective, 2 full
+    recompute: np.ndarray  # 0 none, 1 selective, 2 full, 3 op
     sequence_parallel: np.ndarray
     micro_batch: np.ndarray
     interleave: np.ndarray

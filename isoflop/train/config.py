@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -77,8 +78,12 @@ class TrainSection(_Section):
 
 
 class OptimSection(_Section):
-    """AdamW (Loshchilov & Hutter 2019) and its learning-rate schedule."""
+    """The optimizer (AdamW, Loshchilov & Hutter 2019, unless ``name`` says otherwise) and its schedule."""
 
+    name: Literal["adamw", "sgd", "adafactor", "adam8bit", "lion", "galore"] = "adamw"
+    galore_rank: int = Field(128, gt=0, description="GaLore: projection rank of each linear weight.")
+    galore_update_gap: int = Field(200, gt=0, description="GaLore: steps between projection updates.")
+    galore_scale: float = Field(0.25, gt=0, description="GaLore: scale of the projected update.")
     lr: float = Field(3.0e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd"] = "cosine"
@@ -126,6 +131,36 @@ class ParallelSection(_Section):
         return not (self.zero is not None and self.zero <= 2)
 
 
+class SyncSection(_Section):
+    """How data-parallel workers synchronise (``isoflop.train.lowcomm``): every step through DDP, optionally with
+    one of torch's gradient-compression comm hooks, or every ``inner_steps`` steps with DiLoCo
+    (Douillard et al. 2023), optionally streaming ``fragments`` (Douillard et al. 2025) and quantised."""
+
+    mode: Literal["allreduce", "diloco"] = "allreduce"
+    comm_hook: Literal["default", "allreduce", "fp16", "bf16", "powersgd"] = Field(
+        "default", description="DDP: default = the built-in all-reduce; the others are torch's ddp_comm_hooks."
+    )
+    powersgd_rank: int = Field(1, gt=0, description="PowerSGD matrix approximation rank (Vogels et al. 2019).")
+    powersgd_start_iter: int = Field(2, ge=2, description="PowerSGD: plain all-reduce for the first N steps.")
+    inner_steps: int = Field(8, gt=0, description="DiLoCo H: inner AdamW steps between outer steps.")
+    outer_lr: float = Field(0.7, gt=0)
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum of the outer SGD; 0 = plain SGD.")
+    outer_dtype: Literal["fp32", "bf16", "int4"] = Field("fp32", description="Pseudo-gradient wire format.")
+    fragments: int = Field(1, gt=0, description="Streaming DiLoCo: fragments synchronised at staggered steps.")
+    non_iid: bool = Field(False, description="Federated: each worker samples only its own slice of the corpus.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SyncSection:
+        if self.mode == "diloco" and self.comm_hook != "default":
+            raise IsoflopError(f"sync.comm_hook={self.comm_hook} applies to DDP, not DiLoCo; drop one of them")
+        if self.fragments > self.inner_steps:
+            raise IsoflopError(
+                f"sync.fragments={self.fragments} exceeds sync.inner_steps={self.inner_steps}; "
+                "use at most one fragment per inner step"
+            )
+        return self
+
+
 class PredictedSection(BaseModel):
     """What the planner predicted; copied into ``summary.json`` beside the measured values."""
 
@@ -148,6 +183,7 @@ class TrainConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     parallel: ParallelSection = Field(default_factory=ParallelSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
     predicted: PredictedSection | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
@@ -257,25 +293,29 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return [part.strip() for part in parts], value
 
 
-# Sections that hold fields: an override names a field inside, never the whole section (``model`` may be a
-# preset name or a spec path, so ``model=tiny-llama`` is allowed).
-_FIELD_SECTIONS = ("data", "train", "optim", "parallel", "predicted")
+def _section_class(name: str) -> type[BaseModel] | None:
+    """The pydantic class of TrainConfig section ``name`` (``None`` for ``model``, which may be a preset name or a
+    spec path, and for plain mappings such as ``plan``)."""
+    field = TrainConfig.model_fields.get(name)
+    if name == "model" or field is None:
+        return None
+    for cls in typing.get_args(field.annotation) or (field.annotation,):
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            return cls
+    return None
 
 
 def _check_override_path(path: list[str]) -> None:
+    """An override names a field inside a section, never a whole section (``model=tiny-llama`` is allowed)."""
     if not path:
         raise IsoflopError("an override has an empty key; write e.g. --set train.max_steps=40")
-    if len(path) == 1 and path[0] in _FIELD_SECTIONS:
+    section = _section_class(path[0]) if len(path) == 1 else None
+    if section is not None:
+        example = next(iter(section.model_fields), "field")
         raise IsoflopError(
             f"--set {path[0]}=... would replace the whole {path[0]} section; set one field, "
-            f"e.g. --set {path[0]}.{_example_field(path[0])}=..."
+            f"e.g. --set {path[0]}.{example}=..."
         )
-
-
-def _example_field(section: str) -> str:
-    owner = {"train": TrainSection, "optim": OptimSection, "parallel": ParallelSection, "data": DataConfig}
-    fields = list(owner[section].model_fields) if section in owner else ["loss"]
-    return fields[0]
 
 
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -303,7 +343,13 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
 
 def _explain(exc: ValidationError, origin: str) -> IsoflopError:
     """One line per config problem; unknown keys get a 'did you mean' from the section's fields."""
-    sections = {"train": TrainSection, "optim": OptimSection, "parallel": ParallelSection, "data": DataConfig}
+    sections = {
+        "train": TrainSection,
+        "optim": OptimSection,
+        "parallel": ParallelSection,
+        "sync": SyncSection,
+        "data": DataConfig,
+    }
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]

@@ -172,7 +172,8 @@ class _Run:
         self.warmup = cfg.warmup_steps()
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
-        self.strategy = resolve_strategy(cfg.parallel.strategy, env)
+        # DiLoCo workers train unwrapped copies of the model (isoflop.train.lowcomm / diloco)
+        self.strategy = "diloco" if cfg.sync.mode == "diloco" else resolve_strategy(cfg.parallel.strategy, env)
         self.stop = _StopFlag()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ class _Run:
             torch.backends.cudnn.allow_tf32 = True
         model = wrap_model(
             model,
-            self.strategy,
+            "none" if self.strategy == "diloco" else self.strategy,
             env,
             cfg.parallel.replicate,
             cfg.parallel.fsdp_reshard(),
@@ -228,7 +229,8 @@ class _Run:
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from isoflop.train.data import PackedSampler, prepare_data
-        from isoflop.train.optim import build_optimizer
+        from isoflop.train.lowcomm import LowComm
+        from isoflop.train.optim import build_named_optimizer
 
         cfg, env, out = self.cfg, self.env, self.out
         wall0 = time.perf_counter()
@@ -246,9 +248,7 @@ class _Run:
                 f"set data.vocab_size <= {self.spec.vocab_size} or enlarge the model's vocab_size"
             )
         model = self._build_model()
-        optimizer = build_optimizer(
-            model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps
-        )
+        optimizer = build_named_optimizer(model, cfg.optim)
         sampler = PackedSampler(
             data.train,
             cfg.train.seq_len,
@@ -308,6 +308,9 @@ class _Run:
             state["resumed_from"] = state["step"]
             self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
         self._record_run()
+        lowcomm = LowComm(cfg, env, self.strategy)
+        lowcomm.attach(model, optimizer, out, state["resumed_from"])
+        sampler = lowcomm.wrap_sampler(sampler)
         params = count_params(self.spec)
         self._say(
             f"{self.spec.name}: {params.total:,} parameters, {self.total_steps} steps of {cfg.train.global_batch} x "
@@ -367,6 +370,7 @@ class _Run:
                 recent.append(loss)
                 del recent[:-_SPIKE_WINDOW]
                 state["step"] = step = step + 1
+                lowcomm.after_step(step)
                 tokens = cfg.train.global_batch * cfg.train.seq_len
                 state["tokens"] += tokens
                 window_tokens += tokens
@@ -418,6 +422,7 @@ class _Run:
             ckpt.close()
             hf_dir = self._export(model, data)
         finally:
+            comm = lowcomm.close()
             self.stop.restore()
             progress.close()
             if metrics is not None:
@@ -472,6 +477,7 @@ class _Run:
             "skipped_steps": state["skipped_steps"],
             "rollbacks": state["rollbacks"],
             "hf_dir": str(hf_dir) if hf_dir else None,
+            "comm": comm.to_dict(),
         }
         if cfg.predicted is not None:
             predicted = cfg.predicted.model_dump(exclude_none=True)
