@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -62,8 +63,13 @@ class TrainSection(_Section):
     ckpt_every: int = Field(0, ge=0, description="0 = checkpoint only at the end and on preemption.")
     keep_checkpoints: int = Field(2, gt=0)
     max_bad_steps: int = Field(
-        5, gt=0, description="Consecutive non-finite steps before rolling back to the last checkpoint."
+        5, gt=0, description="Consecutive bad (non-finite or spiking) steps before rolling back to a checkpoint."
     )
+    spike_factor: float = Field(
+        2.0, ge=0, description="A loss above this x the median of the last 16 is a bad step (0 = only non-finite)."
+    )
+    max_rollbacks: int = Field(3, ge=0, description="Rollbacks before a divergence stops the run (exit code 3).")
+    rollback_lr_factor: float = Field(1.0, gt=0, le=1, description="Learning-rate multiplier at each rollback.")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Used only if installed.")
 
     @field_validator("seq_len", "global_batch", "micro_batch", "max_steps", "tokens", "seed", mode="before")
@@ -283,16 +289,52 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = structured.loads(raw, "yaml", key, "override", "") if raw.strip() else None
     except IsoflopError:
         value = raw
-    return [part for part in key.strip().split(".") if part], value
+    parts = key.strip().split(".")
+    if not all(part.strip() for part in parts):
+        raise IsoflopError(f"override key {key.strip()[:80]!r} has an empty part; write e.g. train.max_steps=40")
+    return [part.strip() for part in parts], value
+
+
+def _section_class(name: str) -> type[BaseModel] | None:
+    """The pydantic class of TrainConfig section ``name`` (``None`` for ``model``, which may be a preset name or a
+    spec path, and for plain mappings such as ``plan``)."""
+    field = TrainConfig.model_fields.get(name)
+    if name == "model" or field is None:
+        return None
+    for cls in typing.get_args(field.annotation) or (field.annotation,):
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            return cls
+    return None
+
+
+def _check_override_path(path: list[str]) -> None:
+    """An override names a field inside a section, never a whole section (``model=tiny-llama`` is allowed)."""
+    if not path:
+        raise IsoflopError("an override has an empty key; write e.g. --set train.max_steps=40")
+    section = _section_class(path[0]) if len(path) == 1 else None
+    if section is not None:
+        example = next(iter(section.model_fields), "field")
+        raise IsoflopError(
+            f"--set {path[0]}=... would replace the whole {path[0]} section; set one field, "
+            f"e.g. --set {path[0]}.{example}=..."
+        )
 
 
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node = data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if depth == 0 and part == "model" and isinstance(child, str):  # a preset/spec file: its fields, then set
+            child = load_spec(child).model_dump(mode="json")
+            node[part] = child
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            raise IsoflopError(
+                f"override {'.'.join(path)[:80]} goes inside {'.'.join(path[: depth + 1])}, which is not a section; "
+                f"set {'.'.join(path[: depth + 1])} itself"
+            )
         node = child
     node[path[-1]] = value
 
@@ -364,5 +406,7 @@ def load_train_config(
         data, origin = _preset_dict(name), f"preset {name}"
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for key, value in items:
-        _set_path(data, key.split(".") if isinstance(key, str) else list(key), value)
+        path = key.split(".") if isinstance(key, str) else list(key)
+        _check_override_path(path)
+        _set_path(data, path, value)
     return build_config(data, origin)

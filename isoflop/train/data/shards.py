@@ -98,17 +98,25 @@ def verify(folder: Path) -> tuple[dict[str, Any] | None, str]:
         entries = [manifest["splits"][s] for s in ("train", "val")]
     except (OSError, ValueError, KeyError, TypeError, IsoflopError) as exc:
         return None, f"unreadable manifest ({exc})"
-    for entry in entries:
-        shard = folder / entry["file"]
-        if not shard.is_file():
-            return None, f"missing shard {entry['file']}"
-        if shard.stat().st_size != entry["tokens"] * dtype.itemsize:
-            return None, f"shard {entry['file']} has the wrong size"
-        if sha256_file(shard) != entry["sha256"]:
-            return None, f"checksum mismatch in {entry['file']}"
-    tok = manifest.get("tokenizer", {})
-    tok_path = folder / tok.get("file", "tokenizer.json")
-    if not tok_path.is_file() or sha256_file(tok_path) != tok.get("sha256"):
+    try:
+        for entry in entries:
+            name = str(entry["file"])
+            if Path(name).name != name:
+                return None, f"manifest names a shard outside the cache ({name[:80]!r})"
+            shard = folder / name
+            if not shard.is_file():
+                return None, f"missing shard {name}"
+            if shard.stat().st_size != int(entry["tokens"]) * dtype.itemsize:
+                return None, f"shard {name} has the wrong size"
+            if sha256_file(shard) != entry["sha256"]:
+                return None, f"checksum mismatch in {name}"
+        tok = manifest["tokenizer"]
+        tok_name = str(tok.get("file", "tokenizer.json"))
+        int(tok["vocab_size"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return None, f"malformed manifest ({type(exc).__name__}: {str(exc)[:80]})"
+    tok_path = folder / tok_name
+    if Path(tok_name).name != tok_name or not tok_path.is_file() or sha256_file(tok_path) != tok.get("sha256"):
         return None, "tokenizer file missing or changed"
     return manifest, ""
 
