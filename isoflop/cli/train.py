@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from isoflop import env
+from isoflop import env, structured
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 
@@ -129,7 +128,7 @@ def train(
             raise typer.Exit(code)
         summary_path = Path(out) / "summary.json"
         summary = (
-            json.loads(summary_path.read_text(encoding="utf-8"))
+            structured.read(summary_path, "run summary", "rerun the command", fmt="json")
             if summary_path.is_file()
             else {"status": "preempted", "step": None, "steps": cfg.total_steps(), "checkpoint": None}
         )

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 
 _ARCH_KEYS = ("architectures", "model_type")
@@ -102,8 +102,8 @@ def _shards(folder: Path) -> dict[str, Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
+            weight_map = structured.read(index, "safetensors index", "re-export that model", fmt="json")["weight_map"]
+        except (IsoflopError, KeyError, TypeError) as exc:
             raise IsoflopError(f"{index} is not a safetensors index ({_first(exc)}); re-export that model") from None
         return {name: folder / shard for name, shard in weight_map.items()}
     single = folder / "model.safetensors"
@@ -122,7 +122,9 @@ def _parse_header(shard: Path) -> dict[str, Stored]:
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if not 2 <= n <= min(size - 8, 100_000_000):
             raise ValueError("bad header length")
-        header = json.loads(handle.read(n))
+        header = structured.loads(
+            handle.read(n).decode("utf-8"), "json", str(shard), "safetensors header", "re-export it"
+        )
     out: dict[str, Stored] = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -142,7 +144,7 @@ def read_header(shard: Path) -> dict[str, Stored]:
     """Parse a safetensors header (``u64`` length, JSON) and check every byte range lies inside the file."""
     try:
         return _parse_header(shard)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+    except (IsoflopError, OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
         raise IsoflopError(f"corrupted safetensors shard {shard} ({_first(exc)}); re-export that model") from None
 
 
@@ -150,8 +152,8 @@ def open_model(path: str | Path) -> ModelSource:
     """Read ``config.json`` and every shard's header (names, shapes, dtypes); no tensor data is loaded."""
     folder = model_dir(path)
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        config = structured.read(folder / "config.json", "model config", "fix or re-export it", fmt="json")
+    except IsoflopError as exc:
         raise IsoflopError(f"{folder}/config.json is unreadable ({_first(exc)}); fix or re-export it") from None
     stored: dict[str, Stored] = {}
     listed = _shards(folder)

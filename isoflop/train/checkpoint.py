@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from isoflop import structured
 from isoflop.atomic import atomic_write_json
 from isoflop.errors import IsoflopError
 from isoflop.train.distributed import DistEnv, all_reduce, broadcast_object
@@ -190,16 +191,16 @@ def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
+    if not (path / MANIFEST).is_file():
+        raise CheckpointInvalid(path, "manifest", f"no {MANIFEST}")
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        manifest = structured.read(path / MANIFEST, "manifest", "the checkpoint is set aside", fmt="json")
         files = manifest["files"]
         for name, entry in files.items():
             if "/" in name or name in ("", ".", "..") or not isinstance(entry["size"], int):
                 raise ValueError(f"bad entry {name[:60]!r}")
             str(entry["sha256"])
-    except FileNotFoundError:
-        raise CheckpointInvalid(path, "manifest", f"no {MANIFEST}") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (IsoflopError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointInvalid(path, "manifest", f"unreadable {MANIFEST} ({_short(exc)})") from None
     for required in (METADATA, STATE_FILE):
         if required not in files:
@@ -210,8 +211,8 @@ def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
 def read_trainer_state(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """``trainer_state.json`` of checkpoint ``path``, with ``STATE_KEYS`` and ``required``."""
     try:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        state = structured.read(path / STATE_FILE, "trainer state", "the checkpoint is set aside", fmt="json")
+    except IsoflopError as exc:
         raise CheckpointInvalid(path, "trainer-state", f"unreadable {STATE_FILE} ({_short(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointInvalid(path, "trainer-state", f"{STATE_FILE} is not a JSON object")

@@ -17,7 +17,6 @@ rather than a value above 1.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from isoflop import structured
 from isoflop.atomic import atomic_write_json
 from isoflop.env import cache_dir
 from isoflop.errors import IsoflopError
@@ -112,13 +112,13 @@ def measured_peak_flops(dtype: torch.dtype | str = "fp32", refresh: bool = False
     table: dict[str, dict[str, float | bool]] = {}
     if path.is_file():
         try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
+            loaded = structured.read(path, "CPU peak cache", "it is measured again", fmt="json")
             table = {
                 k: {"flops": float(v["flops"]), "busy": bool(v.get("busy", False))}
                 for k, v in loaded.items()
                 if isinstance(v, dict)
             }
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (IsoflopError, OSError, ValueError, TypeError, KeyError, AttributeError):
             table = {}  # a corrupt cache is re-measured, never trusted
     cached = table.get(key)
     busy = machine_busy()

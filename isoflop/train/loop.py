@@ -24,7 +24,6 @@ Robustness:
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
 import shutil
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from isoflop import structured
 from isoflop.atomic import atomic_write_json, atomic_write_text, json_safe
 from isoflop.errors import IsoflopError
 from isoflop.spec.accounting import count_params, flops_per_step
@@ -517,8 +517,8 @@ class _Run:
             old = None
             if marker.is_file():
                 try:
-                    old = json.loads(marker.read_text(encoding="utf-8")).get("identity")
-                except (ValueError, AttributeError):
+                    old = structured.read(marker, "run record", "it is rewritten", fmt="json").get("identity")
+                except (IsoflopError, AttributeError):
                     old = None
             if old is not None and old != ident and latest_checkpoint(out / "checkpoints") is not None:
                 diff = sorted(k for k in ident if ident.get(k) != old.get(k))
