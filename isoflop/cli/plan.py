@@ -7,6 +7,7 @@ from rich.table import Table
 
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
+from isoflop.errors import IsoflopError
 from isoflop.plan.plan_file import write_plan
 from isoflop.plan.planner import DEFAULT_CARBON_KG_PER_KWH, DEFAULT_PUE, Plan, PlanRequest, make_plan
 
@@ -121,6 +122,9 @@ def plan(
     unique_tokens: float | None = typer.Option(
         None, "--unique-tokens", help="Unique tokens available (data-constrained law)."
     ),
+    data: str | None = typer.Option(
+        None, "--data", help="Curated folder (`isoflop data curate`): its manifest's tokens are the unique tokens."
+    ),
     inference_tokens: float | None = typer.Option(
         None, "--inference-tokens", help="Tokens to be served (minimise 6ND + 2NT)."
     ),
@@ -142,6 +146,14 @@ def plan(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Compute-optimal plan: model size and tokens from a scaling law, architecture, layout, time, cost and energy."""
+    if data is not None:
+        from pathlib import Path
+
+        from isoflop.curate.manifest import read_manifest
+
+        if unique_tokens is not None:
+            raise IsoflopError("--data and --unique-tokens both give the unique tokens; pass one of them")
+        unique_tokens = float(read_manifest(Path(data).expanduser()).tokens)
     req = PlanRequest(
         law=law,
         budget_flops=budget_flops,

@@ -178,7 +178,9 @@ def build_stages(req: CurateRequest) -> list[Stage]:
         decont = NGramsDecontConfig(n_grams=recipe.decont_n_grams)
         index = work / "decont_index"
         eval_readers = [r for f in req.eval_files for r in source_readers(f, req.text_field)]
-        stages.append(Stage("decont_index", [*eval_readers, EvalFilesIndexer(str(index), config=decont, language=language)], 1))
+        stages.append(
+            Stage("decont_index", [*eval_readers, EvalFilesIndexer(str(index), config=decont, language=language)], 1)
+        )
         first.append(
             NGramsDecontFilter(
                 str(index), config=decont, language=language, exclusion_writer=_removed_writer(removed, "decont")
@@ -212,7 +214,9 @@ def build_stages(req: CurateRequest) -> list[Stage]:
         dedup_steps.append(
             MinhashDedupFilter(str(work / "minhash_remove"), exclusion_writer=_removed_writer(removed, "minhash_dedup"))
         )
-    stages.append(Stage("write", [read_filtered(), *dedup_steps, _doc_writer(req.out / "data", req.output_format)], tasks))
+    stages.append(
+        Stage("write", [read_filtered(), *dedup_steps, _doc_writer(req.out / "data", req.output_format)], tasks)
+    )
     return stages
 
 
@@ -248,8 +252,8 @@ def build_executors(req: CurateRequest, stages: list[Stage]) -> list[Any]:
             )
         else:
             try:
-                from datatrove.executor import RayPipelineExecutor
                 import ray  # noqa: F401
+                from datatrove.executor import RayPipelineExecutor
             except ImportError:
                 raise IsoflopError(
                     "--executor ray needs the 'ray' package; pip install 'datatrove[ray]' or use --executor local"
@@ -273,6 +277,8 @@ def slurm_dry_run(executors: list[Any]) -> list[Path]:
         dill.dumps(ex.pipeline)
         sbatch = ex.get_sbatch_args(min(ex.world_size, ex.max_array_size))
         command = f"launch_pickled_pipeline {ex.logging_dir.resolve_paths('executor.pik')}"
-        path = atomic_write_text(ex.logging_dir.resolve_paths("launch_script.slurm"), ex.get_launch_file_contents(sbatch, command))
+        path = atomic_write_text(
+            ex.logging_dir.resolve_paths("launch_script.slurm"), ex.get_launch_file_contents(sbatch, command)
+        )
         scripts.append(path)
     return scripts

@@ -12,8 +12,16 @@ from typing import Any
 
 from isoflop.atomic import atomic_write_json
 from isoflop.curate.manifest import MANIFEST, STATS, CurationStats, DomainCount, Manifest, StageStats
-from isoflop.curate.pipeline import REMOVED, WORK, CurateRequest, Stage, build_executors, build_stages
-from isoflop.curate.pipeline import incomplete_tasks, slurm_dry_run
+from isoflop.curate.pipeline import (
+    REMOVED,
+    WORK,
+    CurateRequest,
+    Stage,
+    build_executors,
+    build_stages,
+    incomplete_tasks,
+    slurm_dry_run,
+)
 from isoflop.errors import IsoflopError
 
 REQUEST = "request.json"
@@ -49,9 +57,7 @@ def prepare_out(req: CurateRequest, overwrite: bool) -> None:
         for name in (WORK, REMOVED, "data"):
             shutil.rmtree(req.out / name, ignore_errors=True)
     elif saved.is_file() and json.loads(saved.read_text()) != key:
-        raise IsoflopError(
-            f"{req.out} holds a curation with other settings; pass --overwrite or choose another --out"
-        )
+        raise IsoflopError(f"{req.out} holds a curation with other settings; pass --overwrite or choose another --out")
     (req.out / MANIFEST).unlink(missing_ok=True)
     atomic_write_json(saved, key)
 
