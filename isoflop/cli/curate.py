@@ -106,3 +106,70 @@ def curate(
         )
 
     emit(data, as_json, render)
+
+
+def _pairs(text: str | None, flag: str) -> dict[str, float] | None:
+    """``a=0.5,b=2`` as a dict; one-line error otherwise."""
+    if text is None:
+        return None
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise IsoflopError(f"{flag} {text!r} is not name=number[,name=number...]; e.g. {flag} web=0.7,code=0.3")
+    return out
+
+
+@data_app.command()
+def mix(
+    folder: str = typer.Argument(..., help="A curated folder (its manifest.json has per-domain tokens)."),
+    tokens: float = typer.Option(..., "--tokens", help="Training tokens to draw (e.g. the plan's tokens)."),
+    weights: str | None = typer.Option(None, "--weights", help="Given weights, e.g. web=0.7,code=0.3."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Temperature sampling, w ∝ U^(1/T)."),
+    upsample: str | None = typer.Option(None, "--upsample", help="Upsample domains by a factor, e.g. code=3."),
+    out: str | None = typer.Option(None, "--out", help="Write the mix as JSON."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Per-domain weights, epochs repeated and effective tokens (Muennighoff et al. 2023) for a training run."""
+    from dataclasses import asdict
+
+    from isoflop.atomic import atomic_write_json
+    from isoflop.curate.manifest import read_manifest
+    from isoflop.curate.mix import plan_mix
+
+    manifest = read_manifest(Path(folder).expanduser())
+    plan = plan_mix(
+        manifest,
+        tokens,
+        weights=_pairs(weights, "--weights"),
+        temperature=temperature,
+        upsample=_pairs(upsample, "--upsample"),
+    )
+    data = asdict(plan)
+    if out:
+        atomic_write_json(out, data)
+
+    def render(console) -> None:
+        t = Table(title=f"mix of {folder}: {tokens:.4g} tokens, {plan.method}")
+        for col in ("domain", "unique tokens", "weight", "tokens drawn", "epochs", "effective tokens"):
+            t.add_column(col)
+        for s in plan.domains:
+            t.add_row(
+                s.domain,
+                f"{s.unique_tokens:.4g}",
+                f"{s.weight:.4f}",
+                f"{s.tokens_drawn:.4g}",
+                f"{s.epochs:.2f}",
+                f"{s.effective_tokens:.4g}",
+            )
+        console.print(t)
+        console.print(
+            f"effective tokens {plan.effective_tokens:.4g} of {tokens:.4g} drawn "
+            f"(Muennighoff et al. 2023 Eq. 5, R_D* = {plan.r_d_star:.1f})"
+        )
+
+    emit(data, as_json, render)
