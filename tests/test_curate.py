@@ -240,3 +240,30 @@ def test_core_imports_without_datatrove(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: data curation needs the 'curate' extra; pip install isoflop[curate]"
+
+
+def test_readers_cover_every_source_format(tmp_path):
+    """JSONL (plain, gzip, zstd), Parquet and a save_to_disk folder each yield their documents with ids kept."""
+    import gzip
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    from isoflop.curate.pipeline import source_readers
+
+    rows = [{"text": f"document number {i} " * 5, "id": f"r{i}"} for i in range(3)]
+    lines = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "plain.jsonl").write_bytes(lines)
+    (tmp_path / "g.jsonl.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "z.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    hf = tmp_path / "hf"
+    datasets.Dataset.from_list(rows).save_to_disk(str(hf))
+    for source in ["plain.jsonl", "g.jsonl.gz", "z.jsonl.zst", "t.parquet", "hf"]:
+        (reader,) = source_readers(tmp_path / source, "text")
+        docs = list(reader.run(rank=0, world_size=1))
+        assert [d.text for d in docs] == [r["text"] for r in rows], source
+        if source != "hf":
+            assert [d.id for d in docs] == [r["id"] for r in rows], source

@@ -2,6 +2,7 @@
 
 Stages (each a datatrove executor; a stage starts when the one before it completed):
 
+0. ``decont_index`` n-gram hashes of the ``--decontaminate`` files (only when given; one task)
 1. ``filter``       read SOURCE, tag domains, quality filters, decontamination -> ``.curate/filtered``
 2. ``exact_sig``    whole-document hashes (datatrove ``ExactDedupSignature``)
 3. ``exact_find``   duplicate ids (``ExactFindDedups``; one task)

@@ -53,6 +53,16 @@ def decode_text(raw: bytes) -> tuple[str | None, str]:
     return text.removeprefix("\ufeff"), ""
 
 
+def iter_lines(handle, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary stream read in chunks (zstd streams are not line-iterable)."""
+    rest = b""
+    while block := handle.read(chunk):
+        *lines, rest = (rest + block).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
 class TextFileReader(BaseDiskReader):
     """One document per text file; empty, binary, non-UTF-8 and unreadable files are counted as ``skipped_<why>``."""
 
@@ -90,7 +100,7 @@ class CheckedJsonlReader(JsonlReader):
             self.stat_update("skipped_unreadable")
             return
         with handle:
-            for li, line in enumerate(handle):
+            for li, line in enumerate(iter_lines(handle)):
                 if not line.strip():
                     continue
                 text, why = decode_text(line)
