@@ -22,7 +22,7 @@ from isoflop.hardware import get_gpu  # noqa: E402
 from isoflop.perf import load_constants, search_layouts  # noqa: E402
 from isoflop.perf.estimate import evaluate  # noqa: E402
 from isoflop.perf.search import candidates  # noqa: E402
-from isoflop.spec import preset  # noqa: E402
+from isoflop.spec import get_model_preset  # noqa: E402
 
 PROBLEMS = [
     ("llama3-70b", "h100-sxm", 64, 512, 8192),
@@ -44,7 +44,7 @@ def best_of(fn, repeats: int = 3) -> float:
 def main() -> None:
     rows = []
     for model, gpu_name, n, batch, seq in PROBLEMS:
-        spec, gpu = preset(model), get_gpu(gpu_name)
+        spec, gpu = get_model_preset(model), get_gpu(gpu_name)
         const = load_constants(gpu_name)
         la = candidates(spec, gpu, n, batch, seq)
         t_score = best_of(lambda: evaluate(spec, gpu, n, la, batch, seq, "bf16", "adamw", const))

@@ -91,15 +91,15 @@ def build_reference(spec: ModelSpec, recompute: str):
             self.down = nn.Linear(spec.d_ff, d, bias=b)
 
         def core(self, q, k, v):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=spec.kv_heads != spec.n_heads)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=spec.n_kv_heads != spec.n_heads)
 
         def forward(self, x, cos, sin):
             B, T, _ = x.shape
-            hd = spec.dim_per_head
+            hd = spec.head_dim
             h = self.n1(x)
             q = self.q(h).view(B, T, spec.n_heads, hd).transpose(1, 2)
-            k = self.k(h).view(B, T, spec.kv_heads, hd).transpose(1, 2)
-            v = self.v(h).view(B, T, spec.kv_heads, hd).transpose(1, 2)
+            k = self.k(h).view(B, T, spec.n_kv_heads, hd).transpose(1, 2)
+            v = self.v(h).view(B, T, spec.n_kv_heads, hd).transpose(1, 2)
             if spec.rope:
                 q, k = rope(q, cos, sin), rope(k, cos, sin)
             a = checkpoint(self.core, q, k, v, use_reentrant=False) if recompute == "selective" else self.core(q, k, v)
@@ -123,7 +123,7 @@ def build_reference(spec: ModelSpec, recompute: str):
             x = self.emb(idx)
             if self.pos is not None:
                 x = x + self.pos(torch.arange(T, device=idx.device))
-            hd = spec.dim_per_head
+            hd = spec.head_dim
             inv = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, device=idx.device, dtype=torch.float32) / hd))
             ang = torch.outer(torch.arange(T, device=idx.device, dtype=torch.float32), inv)
             low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype

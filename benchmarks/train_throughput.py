@@ -58,9 +58,9 @@ def ladder_largest(preset: str = DEFAULT_LADDER) -> tuple[ModelSpec, int]:
     """The largest model of ``preset``'s grid (as the ladder designs it) and the ladder's batch in sequences;
     the spec's ``max_seq_len`` is the ladder's ``seq_len``."""
     from isoflop.ladder.grid import design_grid
-    from isoflop.ladder.presets import get_preset
+    from isoflop.ladder.presets import get_ladder_preset
 
-    design = get_preset(preset)
+    design = get_ladder_preset(preset)
     largest = max(design_grid(design), key=lambda p: (p.n_params, p.n_params_non_embedding)).spec
     return largest.model_copy(update={"name": f"{preset}-ladder-largest"}), design.batch_seqs
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isoflop.hardware import get_gpu  # noqa: E402
 from isoflop.perf import Layout, estimate  # noqa: E402
-from isoflop.spec import ModelSpec, preset  # noqa: E402
+from isoflop.spec import ModelSpec, get_model_preset  # noqa: E402
 
 MPT_7B = ModelSpec(  # mosaicml/mpt-7b config.json: ALiBi (no position parameters), no biases, tied, GELU
     name="mpt-7b",
@@ -59,8 +59,8 @@ def narayanan_flops(spec: ModelSpec, batch: int, seq: int) -> float:
 
 def runs() -> list[dict[str, Any]]:
     """The published runs: model, hardware, layout, and the published metric."""
-    mtnlg = preset("mt-nlg-530b")
-    gpt3 = preset("gpt3-175b").replace(vocab_size=51200)
+    mtnlg = get_model_preset("mt-nlg-530b")
+    gpt3 = get_model_preset("gpt3-175b").replace(vocab_size=51200)
     out: list[dict[str, Any]] = []
     for gpus, seconds, tflops in ((2240, 60.1, 126), (2800, 50.2, 121), (3360, 44.4, 113)):
         out.append(
@@ -100,7 +100,7 @@ def runs() -> list[dict[str, Any]]:
     out.append(
         dict(
             name="torchtitan Llama-3.1 8B, 8 H100",
-            spec=preset("llama3-8b"),
+            spec=get_model_preset("llama3-8b"),
             gpu="h100-sxm",
             n_gpus=8,
             batch=16,

@@ -9,7 +9,7 @@ import yaml
 
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, load_constants
-from isoflop.spec import preset
+from isoflop.spec import get_model_preset
 
 CASES = [
     ("gpt2", 1, {}, 8),
@@ -28,7 +28,7 @@ def _measurements(path, truth: dict[str, float]) -> list[dict]:
     rows = []
     for model, n, lay, batch in CASES:
         layout = Layout(dp=n // lay.get("tp", 1), **lay)
-        est = estimate(preset(model), gpu, n, layout, batch, 1024, constants=const)
+        est = estimate(get_model_preset(model), gpu, n, layout, batch, 1024, constants=const)
         rows.append(
             {
                 "model": model,
@@ -65,7 +65,7 @@ def test_calibrate_cli_reduces_error_and_perf_reads_the_file(cli, tmp_path, monk
     assert "h100-sxm" in yaml.safe_load(calib.read_text())
     gpu, row = get_gpu("h100-sxm"), rows[1]
     est = estimate(
-        preset(row["model"]),
+        get_model_preset(row["model"]),
         gpu,
         row["n_gpus"],
         Layout(dp=8),

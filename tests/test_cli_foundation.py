@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from isoflop.spec import count_params, preset, preset_names
+from isoflop.spec import count_params, get_model_preset, preset_names
 
 ISSUE_PRESETS = [
     "gpt2",
@@ -52,7 +52,7 @@ ISSUE_GPUS = [
 
 def test_every_named_preset_exists() -> None:
     assert set(ISSUE_PRESETS) <= set(preset_names())
-    megatron = preset("megatron-1t")
+    megatron = get_model_preset("megatron-1t")
     assert (megatron.d_model, megatron.n_layers, megatron.n_heads) == (25600, 128, 160)
 
 
@@ -78,7 +78,7 @@ def test_model_accepted_positionally_and_as_option(cli, tmp_path) -> None:
     spec_file.write_text(yaml.safe_dump({"preset": "llama3-8b", "n_layers": 16}))
     data = cli("count", str(spec_file), "--json").json()
     assert data["model"]["n_layers"] == 16
-    assert data["params"]["total"] < count_params(preset("llama3-8b")).total
+    assert data["params"]["total"] < count_params(get_model_preset("llama3-8b")).total
 
 
 def test_table_output_is_readable(cli) -> None:

@@ -38,7 +38,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, spec: ModelSpec
 
     # The exported config.json reads back as the same ModelSpec (the loader's HF path).
     def shape(s: ModelSpec) -> dict:
-        return {**s.model_dump(exclude={"name"}), "n_kv_heads": s.kv_heads, "head_dim": s.dim_per_head}
+        return {**s.model_dump(exclude={"name"}), "n_kv_heads": s.n_kv_heads, "head_dim": s.head_dim}
 
     assert shape(load_spec(out / "config.json")) == shape(spec)
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"

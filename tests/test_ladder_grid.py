@@ -8,7 +8,7 @@ import pytest
 
 from isoflop.errors import IsoflopError
 from isoflop.ladder.grid import LadderDesign, centre_size, design_grid, edge_extensions, kaplan_lr
-from isoflop.ladder.presets import PRESETS, get_preset, with_data
+from isoflop.ladder.presets import PRESETS, get_ladder_preset, with_data
 from isoflop.spec import count_flops, count_params
 
 
@@ -85,9 +85,9 @@ def test_ladder_data_source(cli, tmp_path) -> None:
     """``--data`` reaches every run's config as an absolute path; a missing corpus is refused before any run."""
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("text\n")
-    design = with_data(get_preset("quick"), str(tmp_path / "corpus"))
+    design = with_data(get_ladder_preset("quick"), str(tmp_path / "corpus"))
     assert {p.config.data.source for p in design_grid(design)} == {str((tmp_path / "corpus").resolve())}
-    assert with_data(get_preset("quick"), "hf:user/name").data_source == "hf:user/name"
+    assert with_data(get_ladder_preset("quick"), "hf:user/name").data_source == "hf:user/name"
     missing = cli("ladder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
     assert missing.code == 2 and "--data" in missing.err and "does not exist" in missing.err
     assert not (tmp_path / "out").exists()

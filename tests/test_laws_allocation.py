@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from isoflop.errors import IsoflopError
-from isoflop.laws import DataConstrainedLaw, preset_law
+from isoflop.laws import DataConstrainedLaw, get_law_preset
 from isoflop.laws.allocation import compute_optimal
 from isoflop.laws.hyperparams import recommend
 
@@ -22,7 +22,7 @@ def brute_force_optimum(law, flops):
 
 @pytest.mark.parametrize("name", ["besiroglu", "hoffmann", "kaplan"])
 def test_closed_form_optimum_matches_brute_force(name) -> None:
-    law = preset_law(name)
+    law = get_law_preset(name)
     alloc = compute_optimal(law, C_CHINCHILLA)
     assert alloc.n_params == pytest.approx(brute_force_optimum(law, C_CHINCHILLA), rel=2e-4)
     assert 6 * alloc.n_params * alloc.tokens == pytest.approx(C_CHINCHILLA, rel=1e-12)
@@ -31,15 +31,15 @@ def test_closed_form_optimum_matches_brute_force(name) -> None:
 def test_published_implications() -> None:
     # Besiroglu et al. 2024: about 20 tokens per parameter;
     # Hoffmann's printed constants imply about 93 at Chinchilla's budget.
-    b = compute_optimal(preset_law("besiroglu"), C_CHINCHILLA)
+    b = compute_optimal(get_law_preset("besiroglu"), C_CHINCHILLA)
     assert b.n_params == pytest.approx(72.25e9, rel=0.005) and b.tokens == pytest.approx(1.329e12, rel=0.005)
     assert b.loss == pytest.approx(1.9744, abs=5e-4)
-    h = compute_optimal(preset_law("hoffmann"), C_CHINCHILLA)
+    h = compute_optimal(get_law_preset("hoffmann"), C_CHINCHILLA)
     assert h.tokens_per_param == pytest.approx(93, rel=0.02)
 
 
 def test_target_loss_inverts_the_budget() -> None:
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     at_budget = compute_optimal(law, 1e22)
     back = compute_optimal(law, target_loss=at_budget.loss)
     assert back.flops == pytest.approx(1e22, rel=1e-6)
@@ -48,7 +48,7 @@ def test_target_loss_inverts_the_budget() -> None:
 
 
 def test_data_constrained_effective_data_formula() -> None:
-    law = preset_law("muennighoff")
+    law = get_law_preset("muennighoff")
     assert isinstance(law, DataConstrainedLaw)
     # The authors' own code prints these losses for the two models of their Figure 1 (right)
     # (huggingface/datablations README, "Parametric Fit").
@@ -62,7 +62,7 @@ def test_data_constrained_effective_data_formula() -> None:
 
 
 def test_unique_tokens_costs_loss_and_shrinks_tokens_per_epoch() -> None:
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     free = compute_optimal(law, C_CHINCHILLA)
     plenty = compute_optimal(law, C_CHINCHILLA, unique_tokens=1e15)
     assert plenty.n_params == pytest.approx(free.n_params, rel=1e-3) and plenty.repetition_loss_cost == pytest.approx(
@@ -77,7 +77,7 @@ def test_unique_tokens_costs_loss_and_shrinks_tokens_per_epoch() -> None:
 
 
 def test_inference_tokens_minimise_lifetime_compute() -> None:
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     t = 1e13
     alloc = compute_optimal(law, C_CHINCHILLA, inference_tokens=t)
     free = compute_optimal(law, C_CHINCHILLA)
@@ -95,7 +95,7 @@ def test_inference_tokens_minimise_lifetime_compute() -> None:
 
 
 def test_intervals_from_bootstrap_samples() -> None:
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     rng = np.random.default_rng(0)
     base = np.array([law.params_[k] for k in law.param_names])
     law.samples_ = base * (1 + 0.01 * rng.normal(size=(200, 5)))
@@ -106,14 +106,14 @@ def test_intervals_from_bootstrap_samples() -> None:
 
 
 def test_bad_budgets() -> None:
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(IsoflopError):
             compute_optimal(law, bad)
     with pytest.raises(IsoflopError, match="exactly one"):
         compute_optimal(law, 1e20, target_loss=2.0)
     with pytest.raises(IsoflopError, match="Chinchilla-form"):
-        compute_optimal(preset_law("kaplan"), 1e20, unique_tokens=1e9)
+        compute_optimal(get_law_preset("kaplan"), 1e20, unique_tokens=1e9)
 
 
 def test_step_law_and_deepseek_hyperparameters() -> None:

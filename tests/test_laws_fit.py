@@ -11,7 +11,7 @@ from scipy.optimize import approx_fprime
 from scipy.special import huber as scipy_huber
 
 from isoflop.errors import IsoflopError
-from isoflop.laws import ChinchillaLaw, KaplanLaw, SaturatingPowerLaw, load_law, preset_law
+from isoflop.laws import ChinchillaLaw, KaplanLaw, SaturatingPowerLaw, get_law_preset, load_law
 from isoflop.laws import bootstrap as B
 from isoflop.laws import fit as F
 from isoflop.laws import huber as H
@@ -59,7 +59,7 @@ def test_chinchilla_data_approach3_matches_the_replication(shared_data) -> None:
     assert 0.346 <= p["alpha"] <= 0.349 and 0.365 <= p["beta"] <= 0.368
     # A true optimum: no worse than the published constants, and every small move makes it worse.
     ours = reference_objective(p, n, d, loss)
-    assert ours <= reference_objective(preset_law("besiroglu").params_, n, d, loss)
+    assert ours <= reference_objective(get_law_preset("besiroglu").params_, n, d, loss)
     rng = np.random.default_rng(0)
     for _ in range(20):
         moved = {k: v * (1 + 1e-3 * rng.normal()) for k, v in p.items()}
@@ -151,7 +151,7 @@ def test_bad_values_and_too_few_points(bad, needle) -> None:
 
 
 def test_kaplan_and_saturating_fits_recover_parameters() -> None:
-    truth = preset_law("kaplan")
+    truth = get_law_preset("kaplan")
     rng = np.random.default_rng(7)
     n, d = 10 ** rng.uniform(6, 10, 60), 10 ** rng.uniform(8, 11, 60)
     loss = truth.predict(n, d) * np.exp(rng.normal(0, 0.001, 60))
@@ -185,7 +185,7 @@ def test_gadre_overtraining_data_fits(shared_data) -> None:
 
 
 def test_law_round_trip_json_and_yaml(tmp_path) -> None:
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     law.samples_ = np.array([[1.8, 480.0, 2000.0, 0.34, 0.36], [1.83, 490.0, 2100.0, 0.35, 0.37]])
     for suffix in (".json", ".yaml"):
         path = law.save(tmp_path / f"law{suffix}")
@@ -202,7 +202,7 @@ def test_law_round_trip_json_and_yaml(tmp_path) -> None:
 def test_data_constrained_fit_recovers_repetition_constants_and_bootstraps() -> None:
     from isoflop.laws import DataConstrainedLaw
 
-    truth = preset_law("muennighoff")
+    truth = get_law_preset("muennighoff")
     rng = np.random.default_rng(8)
     n = 10 ** rng.uniform(8, 10, 120)
     u = 10 ** rng.uniform(9, 10.5, 120)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from isoflop.errors import IsoflopError
-from isoflop.spec import ModelSpec, count_params, preset
+from isoflop.spec import ModelSpec, count_params, get_model_preset
 from isoflop.train.export import hf_config, hf_state_dict
 from isoflop.train.model import Transformer, build_model, compile_blocks
 from isoflop.train.optim import build_optimizer, param_groups
@@ -71,7 +71,7 @@ def test_param_count_equals_accounting(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "llama3-8b", "gpt2"])
 def test_preset_param_count_on_meta(name: str) -> None:
-    spec = preset(name)
+    spec = get_model_preset(name)
     with torch.device("meta"):
         model = Transformer(spec)
     assert sum(p.numel() for p in model.parameters()) == count_params(spec).total
@@ -237,7 +237,7 @@ def test_bf16_attention_backends_match_fp32(monkeypatch, math_backend: bool) -> 
     spec = SPECS["llama-gqa-untied"]
     model = build_model(spec, seed=0)
     idx = torch.randint(0, spec.vocab_size, (2, spec.max_seq_len), generator=torch.Generator().manual_seed(1))
-    q = torch.zeros(2, spec.n_heads, spec.max_seq_len, spec.dim_per_head, dtype=torch.bfloat16)
+    q = torch.zeros(2, spec.n_heads, spec.max_seq_len, spec.head_dim, dtype=torch.bfloat16)
     assert model_mod.uses_math_attention(q) is math_backend
     losses, grads = [], []
     for autocast in (False, True):

@@ -11,7 +11,7 @@ from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate
 from isoflop.perf.layout import LayoutArrays
 from isoflop.perf.memory import layer_activation_bytes
-from isoflop.spec import ModelSpec, count_params, preset
+from isoflop.spec import ModelSpec, count_params, get_model_preset
 
 GIB = 2.0**30
 H100 = get_gpu("h100-sxm")
@@ -28,7 +28,7 @@ def _states(est) -> float:
 )
 def test_zero_stages_match_rajbhandari_closed_forms(zero, per_param) -> None:
     """ZeRO paper Sec. 5.1 / Fig. 1: (2 + 2 + K) psi with K = 12, sharded over N_d by stage."""
-    spec = preset("llama2-7b")
+    spec = get_model_preset("llama2-7b")
     psi = count_params(spec).total
     n = 64
     est = estimate(spec, H100, n, Layout(dp=n, zero=zero), n, 2048)
@@ -39,7 +39,7 @@ def test_zero_stages_match_rajbhandari_closed_forms(zero, per_param) -> None:
 
 
 def test_tensor_and_pipeline_parallel_split_the_weights() -> None:
-    spec = preset("llama3-70b")
+    spec = get_model_preset("llama3-70b")
     one = estimate(spec, H100, 1, Layout(), 1, 4096).memory["weights_gib"]
     tp8 = estimate(spec, H100, 8, Layout(tp=8), 1, 4096).memory["weights_gib"]
     assert tp8 * 8 == pytest.approx(one, rel=2e-4)  # only the norms are replicated
@@ -84,7 +84,7 @@ def test_activations_follow_korthikanti_forms() -> None:
 
 def test_pipeline_first_stage_holds_p_microbatches() -> None:
     """1F1B: the first stage keeps min(p, m) microbatches of L/p layers; interleaving adds (p-1)/(p v)."""
-    spec = preset("llama2-13b")
+    spec = get_model_preset("llama2-13b")
     base = estimate(spec, H100, 1, Layout(), 64, 4096).memory["activations_gib"]
     pp4 = estimate(spec, H100, 4, Layout(pp=4), 64, 4096)
     assert pp4.memory["activations_gib"] == pytest.approx(base, rel=1e-12)
@@ -95,7 +95,7 @@ def test_pipeline_first_stage_holds_p_microbatches() -> None:
 
 
 def test_offload_and_optimizers() -> None:
-    spec = preset("llama2-7b")
+    spec = get_model_preset("llama2-7b")
     psi = count_params(spec).total
     off = estimate(spec, H100, 8, Layout(dp=8, zero=1, offload=True), 8, 2048)
     assert off.memory["optimizer_gib"] == 0.0
@@ -121,7 +121,7 @@ def test_fake_tensor_ground_truth(case: int) -> None:
 
 def test_amp_recipe_keeps_fp32_states_and_bf16_weight_casts() -> None:
     """torch.autocast over fp32 weights: 4 + 4 + 8 bytes of states; bf16 casts of the matmul weights are saved."""
-    spec = preset("llama2-7b")
+    spec = get_model_preset("llama2-7b")
     psi = count_params(spec).total
     amp = estimate(spec, H100, 1, Layout(dtype="amp"), 1, 2048)
     bf16 = estimate(spec, H100, 1, Layout(dtype="bf16"), 1, 2048)
@@ -136,7 +136,7 @@ def test_amp_recipe_keeps_fp32_states_and_bf16_weight_casts() -> None:
 
 
 def test_context_expert_hsdp_and_fp8() -> None:
-    llama = preset("llama3-8b")
+    llama = get_model_preset("llama3-8b")
     one = estimate(llama, H100, 8, Layout(dp=8, zero=3), 8, 8192).memory
     cp4 = estimate(llama, H100, 8, Layout(dp=2, cp=4, zero=3), 2, 8192).memory
     assert cp4["activations_gib"] == pytest.approx(one["activations_gib"] / 4, rel=1e-12)
@@ -147,7 +147,7 @@ def test_context_expert_hsdp_and_fp8() -> None:
     fp8 = estimate(llama, H100, 1, Layout(dtype="fp8"), 1, 8192).memory
     bf16 = estimate(llama, H100, 1, Layout(), 1, 8192).memory
     assert fp8["weights_gib"] == pytest.approx(bf16["weights_gib"] * 1.5, rel=1e-12)  # + 1 byte fp8 copy
-    moe = preset("mixtral-8x7b")
+    moe = get_model_preset("mixtral-8x7b")
     ep1 = estimate(moe, H100, 8, Layout(dp=8), 8, 4096).memory["weights_gib"]
     ep8 = estimate(moe, H100, 8, Layout(dp=8, ep=8), 8, 4096).memory["weights_gib"]
     p = count_params(moe)

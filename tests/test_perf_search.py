@@ -9,13 +9,13 @@ import pytest
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, estimate, fit_hints, search_layouts
-from isoflop.spec import preset
+from isoflop.spec import get_model_preset
 
 H100 = get_gpu("h100-sxm")
 
 
 def test_search_equals_brute_force_over_estimate() -> None:
-    spec, n, batch, seq = preset("gpt3-1.3b"), 8, 16, 2048
+    spec, n, batch, seq = get_model_preset("gpt3-1.3b"), 8, 16, 2048
     fixed = dict(cp=1, interleave=1, offload=False, replicate=1)
     brute = []
     for tp, pp, zero, rc, sp, mb in itertools.product(
@@ -45,22 +45,26 @@ def test_search_equals_brute_force_over_estimate() -> None:
 
 
 def test_fixed_knobs_are_held() -> None:
-    found = search_layouts(preset("llama3-8b"), H100, 16, 64, 8192, fixed={"tp": 2, "recompute": "full"}, top_k=20)
+    found = search_layouts(
+        get_model_preset("llama3-8b"), H100, 16, 64, 8192, fixed={"tp": 2, "recompute": "full"}, top_k=20
+    )
     assert found and all(e.layout.tp == 2 and e.layout.recompute == "full" for e in found)
 
 
 def test_llama3_70b_on_64_h100_answers_sensibly() -> None:
     """(Its speed is measured in benchmarks/layout_search_rate.py, not here.)"""
-    found = search_layouts(preset("llama3-70b"), H100, 64, 512, 8192, top_k=5)
+    found = search_layouts(get_model_preset("llama3-70b"), H100, 64, 512, 8192, top_k=5)
     best = found[0]
     assert best.fits and best.layout.tp <= 8 and 0.2 < best.mfu < 0.7
     assert "fastest" in best.extra["reason"]
 
 
 def test_nothing_fits_gives_hints() -> None:
-    spec = preset("llama3-405b")
+    spec = get_model_preset("llama3-405b")
     assert search_layouts(spec, H100, 8, 64, 8192) == []
     hints = fit_hints(spec, H100, 8, 64, 8192)
     assert any("GPUs" in h for h in hints)
-    relaxed = fit_hints(preset("llama3-70b"), H100, 64, 512, 8192, fixed={"zero": 0, "recompute": "none", "tp": 1})
+    relaxed = fit_hints(
+        get_model_preset("llama3-70b"), H100, 64, 512, 8192, fixed={"zero": 0, "recompute": "none", "tp": 1}
+    )
     assert any("ZeRO-3" in h or "recomputation" in h or "drop" in h for h in relaxed)

@@ -6,7 +6,7 @@ import pytest
 
 from isoflop.errors import IsoflopError
 from isoflop.plan.arch import shape_for_params, target_aspect
-from isoflop.spec import count_params, preset
+from isoflop.spec import count_params, get_model_preset
 
 
 @pytest.mark.parametrize("n_params", [1.25e8, 1e9, 7e9, 16.6e9, 72.25e9, 400e9])
@@ -14,7 +14,7 @@ def test_large_shapes_are_hardware_friendly(n_params) -> None:
     spec = shape_for_params(n_params, vocab_size=32000, seq_len=4096)
     assert count_params(spec).total == pytest.approx(n_params, rel=0.025)
     assert spec.d_model % 128 == 0 and spec.d_ff % 256 == 0
-    assert spec.n_heads * spec.dim_per_head == spec.d_model and spec.n_heads % spec.kv_heads == 0
+    assert spec.n_heads * spec.head_dim == spec.d_model and spec.n_heads % spec.n_kv_heads == 0
     assert spec.d_ff == -(-8 * spec.d_model // 3 // 256) * 256 or spec.d_ff >= 8 * spec.d_model / 3
     aspect = spec.d_model / spec.n_layers
     assert target_aspect(n_params) / 2.5 < aspect < target_aspect(n_params) * 2.5
@@ -23,7 +23,7 @@ def test_large_shapes_are_hardware_friendly(n_params) -> None:
 
 def test_llama2_7b_like_width_gives_llama_ffn() -> None:
     # Llama 2 7B: d_model 4096 -> SwiGLU hidden 11008 (8/3 d rounded up to 256; Touvron et al. 2023).
-    llama = preset("llama2-7b")
+    llama = get_model_preset("llama2-7b")
     spec = shape_for_params(count_params(llama).total, vocab_size=32000, aspect=128)
     if spec.d_model == 4096:
         assert spec.d_ff == llama.d_ff
@@ -32,7 +32,7 @@ def test_llama2_7b_like_width_gives_llama_ffn() -> None:
 @pytest.mark.parametrize("tp", [2, 4, 8])
 def test_heads_divide_tensor_parallelism(tp) -> None:
     spec = shape_for_params(30e9, tp=tp)
-    assert spec.n_heads % tp == 0 and spec.kv_heads % tp == 0
+    assert spec.n_heads % tp == 0 and spec.n_kv_heads % tp == 0
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_tiny_models_for_the_ladder(n_params, kw) -> None:
     counts = count_params(spec)
     got = counts.total if kw.get("count", "total") == "total" else counts.non_embedding
     assert got == pytest.approx(n_params, rel=0.1)
-    assert spec.d_model % kw["multiple"] == 0 and spec.dim_per_head % 2 == 0
+    assert spec.d_model % kw["multiple"] == 0 and spec.head_dim % 2 == 0
 
 
 def test_impossible_sizes_are_errors() -> None:
@@ -79,5 +79,5 @@ def test_exact_size_and_aspect_return_that_shape(multiple) -> None:
                 tie_embeddings=True,
                 aspect=d / layers,
             )
-            assert (spec.d_model, spec.n_layers, spec.d_ff, spec.kv_heads) == (d, layers, ffn, d // multiple)
+            assert (spec.d_model, spec.n_layers, spec.d_ff, spec.n_kv_heads) == (d, layers, ffn, d // multiple)
             assert count_params(spec).non_embedding == exact

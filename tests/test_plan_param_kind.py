@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from isoflop.errors import IsoflopError
-from isoflop.laws import preset_law
+from isoflop.laws import get_law_preset
 from isoflop.laws.forms import PRESETS, load_law
 from isoflop.spec import ModelSpec, count_params
 
@@ -17,7 +17,7 @@ ARCH_TOLERANCE = 0.1  # isoflop.plan.arch.shape_for_params' default
 
 
 def test_presets_state_their_papers_counts() -> None:
-    kinds = {name: preset_law(name).param_kind for name in PRESETS}
+    kinds = {name: get_law_preset(name).param_kind for name in PRESETS}
     assert kinds == {"hoffmann": "total", "besiroglu": "total", "kaplan": "non_embedding", "muennighoff": "total"}
 
 
@@ -26,7 +26,7 @@ def test_kaplan_plan_is_sized_and_costed_in_non_embedding_parameters(cli) -> Non
     # beyond the architecture's tolerance, so a model sized by its total count would fail the first check.
     budget = 1e18
     plan = cli("plan", "--law", "kaplan", "--budget-flops", str(budget), "--json").json()
-    n_closed, _ = preset_law("kaplan").optimal(budget)
+    n_closed, _ = get_law_preset("kaplan").optimal(budget)
     counts = count_params(ModelSpec(**plan["model"]["spec"]))
     n = counts.non_embedding
     assert plan["law"]["param_kind"] == plan["law_optimum"]["param_kind"] == "non_embedding"
@@ -36,14 +36,16 @@ def test_kaplan_plan_is_sized_and_costed_in_non_embedding_parameters(cli) -> Non
     assert plan["tokens"] == pytest.approx(budget / (6 * n), rel=1e-12)
     assert plan["flops"] == pytest.approx(budget, rel=1e-12)
     assert plan["tokens_per_param"] == pytest.approx(plan["tokens"] / n, rel=1e-12)
-    assert plan["predicted_loss"] == pytest.approx(float(preset_law("kaplan").predict(n, plan["tokens"])), rel=1e-12)
+    assert plan["predicted_loss"] == pytest.approx(
+        float(get_law_preset("kaplan").predict(n, plan["tokens"])), rel=1e-12
+    )
     assert "counts non-embedding" in cli("plan", "--law", "kaplan", "--budget-flops", str(budget)).out
 
 
 def test_besiroglu_plan_is_sized_in_total_parameters(cli) -> None:
     budget = 1e21
     plan = cli("plan", "--law", "besiroglu", "--budget-flops", str(budget), "--json").json()
-    n_closed, _ = preset_law("besiroglu").optimal(budget)
+    n_closed, _ = get_law_preset("besiroglu").optimal(budget)
     n = count_params(ModelSpec(**plan["model"]["spec"])).total
     assert plan["law"]["param_kind"] == "total" and plan["model"]["params"] == n
     assert n == pytest.approx(float(n_closed), rel=0.01)
@@ -56,15 +58,15 @@ def test_kaplan_hardware_plan_spends_six_n_non_embedding_per_token(cli) -> None:
     assert plan["budget"]["converged"]
     assert plan["tokens"] == pytest.approx(plan["tokens_per_s"] * plan["days"] * 86400, rel=0.01)
     assert plan["flops"] == pytest.approx(6 * n * plan["tokens"], rel=1e-12)
-    n_closed, _ = preset_law("kaplan").optimal(plan["budget"]["flops"])
+    n_closed, _ = get_law_preset("kaplan").optimal(plan["budget"]["flops"])
     assert abs(n / float(n_closed) - 1) < ARCH_TOLERANCE
 
 
 def test_law_files_round_trip_param_kind_and_old_files_load_as_total(tmp_path) -> None:
-    law = preset_law("kaplan")
+    law = get_law_preset("kaplan")
     for name in ("law.json", "law.yaml"):
         assert load_law(law.save(tmp_path / name)).param_kind == "non_embedding"
-    old = {k: v for k, v in preset_law("besiroglu").to_dict().items() if k != "param_kind"}
+    old = {k: v for k, v in get_law_preset("besiroglu").to_dict().items() if k != "param_kind"}
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert load_law(tmp_path / "old.json").param_kind == "total"
     (tmp_path / "bad.json").write_text(json.dumps({**old, "param_kind": "embedding"}))
@@ -85,7 +87,7 @@ def test_derived_laws_keep_param_kind() -> None:
 
 @pytest.mark.parametrize("approach", ["2", "3"])
 def test_fit_records_param_kind_and_plan_uses_it(cli, tmp_path, approach) -> None:
-    truth = preset_law("besiroglu")
+    truth = get_law_preset("besiroglu")
     rows = []
     for c in np.geomspace(1e18, 1e21, 4):
         for n in truth.optimal(c)[0] * np.geomspace(0.2, 5, 7):

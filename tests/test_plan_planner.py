@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from isoflop.hardware import get_gpu
-from isoflop.laws import preset_law
+from isoflop.laws import get_law_preset
 from isoflop.spec import ModelSpec, count_flops, count_params
 
 
@@ -18,14 +18,14 @@ def test_plan_besiroglu_chinchilla_budget(cli) -> None:
     result = cli("plan", "--law", "besiroglu", "--budget-flops", "5.76e23", "--json")
     assert result.code == 0, result.err
     plan = result.json()
-    n_closed, d_closed = preset_law("besiroglu").optimal(5.76e23)
+    n_closed, d_closed = get_law_preset("besiroglu").optimal(5.76e23)
     assert plan["model"]["params"] == pytest.approx(float(n_closed), rel=0.01)
     assert plan["tokens"] == pytest.approx(float(d_closed), rel=0.01)
     assert plan["predicted_loss"] == pytest.approx(1.974, abs=1e-3)
     assert "predicted_loss_ci95" in plan
     spec = ModelSpec(**plan["model"]["spec"])
     assert count_params(spec).total == plan["model"]["params"]
-    for key in ("layers", "d_model", "heads", "kv_heads", "ffn"):
+    for key in ("layers", "d_model", "heads", "n_kv_heads", "ffn"):
         assert isinstance(plan["model"][key], int)
     assert plan["hyperparameters"]["lr"] > 0 and plan["hyperparameters"]["batch_tokens"] > 0
 
@@ -89,7 +89,7 @@ def test_unique_and_inference_tokens_through_the_cli(cli) -> None:
 def test_fit_then_plan_with_the_fitted_law(cli, tmp_path) -> None:
     rng = np.random.default_rng(0)
     n, d = 10 ** rng.uniform(7, 10, 60), 10 ** rng.uniform(9, 11.5, 60)
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     loss = law.predict(n, d) * np.exp(rng.normal(0, 0.003, 60))
     runs = tmp_path / "runs.jsonl"
     runs.write_text("".join(json.dumps({"params": a, "tokens": b, "loss": c}) + "\n" for a, b, c in zip(n, d, loss)))
@@ -108,7 +108,7 @@ def test_fit_then_plan_with_the_fitted_law(cli, tmp_path) -> None:
 
 
 def test_fit_approach2_cli_and_csv_with_c_col(cli, tmp_path) -> None:
-    law = preset_law("besiroglu")
+    law = get_law_preset("besiroglu")
     rows = ["model_size,flops,final"]
     for c in np.geomspace(1e18, 1e21, 4):
         for n in law.optimal(c)[0] * np.geomspace(0.2, 5, 7):
@@ -178,7 +178,7 @@ def test_runs_from_parquet_and_malformed_jsonl(cli, tmp_path) -> None:
 
     rng = np.random.default_rng(2)
     n, d = 10 ** rng.uniform(7, 10, 30), 10 ** rng.uniform(9, 11.5, 30)
-    loss = preset_law("besiroglu").predict(n, d)
+    loss = get_law_preset("besiroglu").predict(n, d)
     path = tmp_path / "runs.parquet"
     pq.write_table(pa.table({"N": n, "D": d, "loss": loss}), path)
     runs = read_runs(path)

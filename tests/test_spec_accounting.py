@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from isoflop.spec import ModelSpec, count_flops, count_params, load_spec, preset
+from isoflop.spec import ModelSpec, count_flops, count_params, get_model_preset, load_spec
 from isoflop.spec.accounting import flops_per_step, recompute_flops_per_token
 
 transformers = pytest.importorskip("transformers")
@@ -41,7 +41,7 @@ def _hf_model(spec: ModelSpec):
             hidden_size=spec.d_model,
             num_hidden_layers=spec.n_layers,
             num_attention_heads=spec.n_heads,
-            num_key_value_heads=spec.kv_heads,
+            num_key_value_heads=spec.n_kv_heads,
             intermediate_size=spec.d_ff,
             vocab_size=spec.vocab_size,
             max_position_embeddings=spec.max_seq_len,
@@ -55,7 +55,7 @@ def _hf_model(spec: ModelSpec):
             hidden_size=spec.d_model,
             num_hidden_layers=spec.n_layers,
             num_attention_heads=spec.n_heads,
-            num_key_value_heads=spec.kv_heads,
+            num_key_value_heads=spec.n_kv_heads,
             intermediate_size=spec.d_ff,
             vocab_size=spec.vocab_size,
             max_position_embeddings=spec.max_seq_len,
@@ -87,7 +87,7 @@ DENSE_SPECS = [
 
 
 @pytest.mark.parametrize(
-    "spec", DENSE_SPECS, ids=lambda s: f"{s.mlp}-h{s.n_heads}-kv{s.kv_heads}-tied{s.tie_embeddings}"
+    "spec", DENSE_SPECS, ids=lambda s: f"{s.mlp}-h{s.n_heads}-kv{s.n_kv_heads}-tied{s.tie_embeddings}"
 )
 def test_params_and_flops_match_pytorch_reference(spec: ModelSpec) -> None:
     model = _hf_model(spec)
@@ -144,12 +144,12 @@ def test_causal_convention_and_recompute() -> None:
 
 
 def test_published_sizes() -> None:
-    assert count_params(preset("gpt3-175b")).total == pytest.approx(174.6e9, rel=0.005)
-    assert round(count_params(preset("llama3-405b")).total / 1e9, 2) == 405.85
-    mixtral = count_params(preset("mixtral-8x7b"))
+    assert count_params(get_model_preset("gpt3-175b")).total == pytest.approx(174.6e9, rel=0.005)
+    assert round(count_params(get_model_preset("llama3-405b")).total / 1e9, 2) == 405.85
+    mixtral = count_params(get_model_preset("mixtral-8x7b"))
     assert round(mixtral.total / 1e9, 1) == 46.7 and round(mixtral.active / 1e9, 1) == 12.9
-    assert round(count_params(preset("llama2-7b")).total / 1e9, 2) == 6.74  # Touvron et al. 2023: 6.74B
-    assert round(count_params(preset("llama3-8b")).total / 1e9, 2) == 8.03  # Meta: 8.03B
+    assert round(count_params(get_model_preset("llama2-7b")).total / 1e9, 2) == 6.74  # Touvron et al. 2023: 6.74B
+    assert round(count_params(get_model_preset("llama3-8b")).total / 1e9, 2) == 8.03  # Meta: 8.03B
 
 
 def test_gpt2_config_json_counts_exactly(tmp_path) -> None:
@@ -173,6 +173,15 @@ def test_llama_config_json_round_trip(tmp_path) -> None:
     )
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     spec = load_spec(tmp_path / "config.json")
-    assert (spec.kv_heads, spec.d_ff, spec.tie_embeddings) == (4, 1376, False)
+    assert (spec.n_kv_heads, spec.d_ff, spec.tie_embeddings) == (4, 1376, False)
     with torch.device("meta"):
         assert count_params(spec).total == sum(p.numel() for p in transformers.LlamaForCausalLM(cfg).parameters())
+
+
+def test_head_shape_has_one_resolved_name() -> None:
+    spec = ModelSpec(d_model=64, n_layers=2, n_heads=4, d_ff=128, vocab_size=100)
+    assert (spec.head_dim, spec.n_kv_heads) == (16, 4)
+    wider = spec.replace(d_model=128, n_heads=8)  # defaults follow the new width and head count
+    assert (wider.head_dim, wider.n_kv_heads) == (16, 8)
+    gqa = ModelSpec(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, d_ff=128, vocab_size=100)
+    assert gqa.replace(d_model=256).head_dim == 32 and gqa.replace(n_heads=8).n_kv_heads == 2  # explicit values stay

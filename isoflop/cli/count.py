@@ -50,7 +50,7 @@ def _render(report: dict):
         spec = report["model"]
         console.print(
             f"[bold]{spec['name']}[/]  d_model={spec['d_model']} layers={spec['n_layers']} heads={spec['n_heads']}"
-            f" kv_heads={spec['n_kv_heads'] or spec['n_heads']} d_ff={spec['d_ff']} vocab={spec['vocab_size']}"
+            f" kv_heads={spec['n_kv_heads']} d_ff={spec['d_ff']} vocab={spec['vocab_size']}"
         )
         table = Table(title="Parameters")
         table.add_column("part")

@@ -16,26 +16,28 @@ from isoflop.errors import IsoflopError
 from isoflop.laws import bootstrap as B
 from isoflop.laws import fit as F
 from isoflop.laws.allocation import compute_optimal
+from isoflop.laws.filters import RowFilter, apply_filters, parse_filters
 from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, Law, check_param_kind
 from isoflop.laws.intervals import ci95
-from isoflop.laws.io import Runs, read_runs
+from isoflop.laws.io import Runs, read_runs, read_table
+from isoflop.laws.predict import extrapolation_warning, parse_point, predict
 
-
-def _where(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise IsoflopError(f"--where takes COLUMN=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
+E_NEAR_ZERO = 1e-3  # nats: an E interval whose lower end is below this "reaches 0"
 
 
 def fit_report(
-    runs: Runs, approach: int, drop: int, bootstrap: int, seed: int, at_flops: float, param_kind: str = "total"
+    runs: Runs,
+    approach: int,
+    drop: int,
+    bootstrap: int,
+    seed: int,
+    at_flops: float,
+    param_kind: str = "total",
+    points: list[tuple[float, float]] | None = None,
 ) -> tuple[dict[str, Any], Law, tuple]:
     """Fit ``runs`` and return (the documented JSON dict, the law, the points used). ``param_kind`` records which
-    parameters the runs' N counts (``total``, or ``non_embedding`` as in Kaplan et al. 2020, Sec. 1.2)."""
+    parameters the runs' N counts (``total``, or ``non_embedding`` as in Kaplan et al. 2020, Sec. 1.2); ``points``
+    are ``(N, D)`` pairs to predict (Approach 3)."""
     check_param_kind(param_kind)
     if approach not in (1, 2, 3):
         raise IsoflopError(f"--approach must be 1, 2 or 3, got {approach}")
@@ -58,6 +60,7 @@ def fit_report(
     law.info_["dropped_highest_loss"] = drop
     if bootstrap:
         B.bootstrap(law, bootstrap, seed=seed)
+    predictions = [predict(law, pn, pd) for pn, pd in points or []]
     alloc = compute_optimal(law, at_flops)
     ci = dict(law.ci95)
     report: dict[str, Any] = {
@@ -86,13 +89,24 @@ def fit_report(
         )
         report["minima"] = law.minima_
     ci["n_opt"], ci["d_opt"], ci["loss"] = alloc.n_params_ci95, alloc.tokens_ci95, alloc.loss_ci95
+    factor, at_warning = extrapolation_warning(at_flops, law, f"--at-flops {at_flops:.3g}")
     report["at_flops"] = {
         "flops": at_flops,
         "n_opt": alloc.n_params,
         "d_opt": alloc.tokens,
         "tokens_per_param": alloc.tokens_per_param,
         "loss": alloc.loss,
+        "extrapolation": factor,
     }
+    report["predictions"] = [p.to_dict() for p in predictions]
+    warnings = [w for w in [at_warning, *(p.warning for p in predictions)] if w]
+    e_ci = ci.get("E")
+    if e_ci is not None and e_ci[0] <= E_NEAR_ZERO:
+        warnings.append(
+            f"E's 95% interval reaches 0 ([{e_ci[0]:.3g}, {e_ci[1]:.3g}]): the irreducible loss is not identified by "
+            "these runs; widen the compute range or fit a tied-exponent form"
+        )
+    report["warnings"] = warnings
     return report, law, (n, d, loss)
 
 
@@ -150,7 +164,9 @@ def _plot(law: Law, points: tuple, path: str) -> None:
 
 def _render(report: dict[str, Any]):
     def render(console) -> None:
-        table = Table(title=f"Approach {report['approach']} fit of {report['n_points']} runs ({report['source']})")
+        group = f", {report['group']}" if "group" in report else ""
+        title = f"Approach {report['approach']} fit of {report['n_points']} runs ({report['source']}{group})"
+        table = Table(title=title)
         table.add_column("parameter")
         table.add_column("value", justify="right")
         table.add_column("95% CI", justify="right")
@@ -167,7 +183,12 @@ def _render(report: dict[str, Any]):
             f"at {at['flops']:.3g} FLOPs: N_opt {at['n_opt']:.4g} ({kind} parameters), D_opt {at['d_opt']:.4g} "
             f"({at['tokens_per_param']:.1f} tokens/param){loss}"
         )
-        for warning in report["fit"].get("warnings", []):
+        for p in report["predictions"]:
+            ci = p["ci95"]
+            interval = f" [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+            far = f", {p['extrapolation']:.3g}x the largest fitted compute" if p["extrapolation"] else ""
+            console.print(f"predicted loss at N={p['n']:.4g}, D={p['d']:.4g}: {p['loss']:.4f}{interval}{far}")
+        for warning in [*report["fit"].get("warnings", []), *report["warnings"]]:
             console.print(f"[yellow]warning:[/] {warning}")
         boot = report["fit"].get("bootstrap")
         if boot:
@@ -193,7 +214,16 @@ def fit(
     d_col: str | None = typer.Option(None, "--d-col", help="Column of training tokens."),
     c_col: str | None = typer.Option(None, "--c-col", help="Column of training FLOPs (then D = C / 6N)."),
     loss_col: str | None = typer.Option(None, "--loss-col", help="Column of final losses."),
-    where: list[str] = typer.Option([], "--where", help="Keep rows with COLUMN=VALUE (repeatable)."),
+    where: list[str] = typer.Option(
+        [],
+        "--where",
+        help="Keep rows matching COLUMN=VALUE, COLUMN<=VALUE (<, >, >=, !=) or 'COLUMN in A,B' "
+        "(repeatable, combined with AND; numbers compare as numbers).",
+    ),
+    group_by: str | None = typer.Option(None, "--group-by", help="Fit one law per value of this column."),
+    predict_at: list[str] = typer.Option(
+        [], "--predict", help="Predict the loss at N,D with its 95% interval (repeatable; Approach 3)."
+    ),
     drop: int = typer.Option(0, "--drop-highest-loss", help="Drop the K highest-loss runs (Besiroglu et al. drop 5)."),
     bootstrap: int = typer.Option(
         0, "--bootstrap", help="Bootstrap resamples (runs drawn with replacement) for 95% intervals."
@@ -215,8 +245,31 @@ def fit(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a scaling law to training runs, with bootstrap confidence intervals."""
-    runs = read_runs(file, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, where=_where(where))
-    report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind)
+    filters, points_at = parse_filters(where), [parse_point(p) for p in predict_at]
+    table = read_table(file)
+    columns = dict(n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, param_kind=param_kind, table=table)
+    if group_by is not None:
+        if group_by not in table:
+            raise IsoflopError(
+                f"--group-by column {group_by!r:.80} is not in the file; columns are: {', '.join(table)}"
+            )
+        if out or plot:
+            raise IsoflopError("--out and --plot take one law; drop them with --group-by, or filter with --where")
+        values = list(dict.fromkeys(str(v) for v in apply_filters(table, filters)[group_by]))
+        reports = []
+        for value in values:
+            runs = read_runs(file, where=[*filters, RowFilter(group_by, "=", (value,))], **columns)
+            reports.append(
+                {
+                    "group": value,
+                    **fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind, points_at)[0],
+                }
+            )
+        grouped = {"group_by": group_by, "groups": reports}
+        emit(grouped, as_json, lambda console: [_render(r)(console) for r in reports])
+        return
+    runs = read_runs(file, where=filters, **columns)
+    report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind, points_at)
     if out:
         law.save(out)
         report["out"] = out

@@ -108,10 +108,10 @@ def ladder(
     import dataclasses
 
     from isoflop.ladder.pipeline import run_pipeline
-    from isoflop.ladder.presets import get_preset, with_data
+    from isoflop.ladder.presets import get_ladder_preset, with_data
 
     require_trainer()
-    design = with_data(get_preset(preset), data)
+    design = with_data(get_ladder_preset(preset), data)
     if primary:
         design = dataclasses.replace(design, primary=primary)
         design.validate()

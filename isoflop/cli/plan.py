@@ -34,7 +34,7 @@ def _render(plan: Plan, out: str | None):
             "model",
             f"{m.params / 1e9:.3f}B parameters ({m.non_embedding_params / 1e9:.3f}B non-embedding; the law's N "
             f"counts {kind}): {m.layers} layers, d_model {m.d_model}, "
-            f"{m.heads} heads ({m.kv_heads} kv, head_dim {m.head_dim}), ffn {m.ffn}, vocab {m.vocab_size}",
+            f"{m.heads} heads ({m.n_kv_heads} kv, head_dim {m.head_dim}), ffn {m.ffn}, vocab {m.vocab_size}",
         )
         t.add_row(
             "data",

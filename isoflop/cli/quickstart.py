@@ -27,10 +27,10 @@ def quickstart(
 ) -> None:
     """Plan a tiny IsoFLOP ladder, train it, fit the law, predict a 3.5x bigger run, train that run, compare, report."""
     from isoflop.ladder.pipeline import run_pipeline
-    from isoflop.ladder.presets import get_preset
+    from isoflop.ladder.presets import get_ladder_preset
     from isoflop.ladder.runner import ExecOptions
 
-    design = get_preset(preset)
+    design = get_ladder_preset(preset)
     missing = missing_modules()
     if missing:
         # A build without the trainer still shows the plan, and says what is missing (exit 0: nothing failed).

@@ -45,7 +45,7 @@ PRESETS: dict[str, LadderDesign] = {
 }
 
 
-def get_preset(name: str) -> LadderDesign:
+def get_ladder_preset(name: str) -> LadderDesign:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=2, cutoff=0.3)
         raise IsoflopError(

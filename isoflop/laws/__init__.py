@@ -13,9 +13,9 @@ from isoflop.laws.forms import (
     Law,
     PowerLaw,
     SaturatingPowerLaw,
+    get_law_preset,
     law_from_dict,
     load_law,
-    preset_law,
 )
 
 __all__ = [
@@ -29,5 +29,5 @@ __all__ = [
     "SaturatingPowerLaw",
     "law_from_dict",
     "load_law",
-    "preset_law",
+    "get_law_preset",
 ]

@@ -388,6 +388,23 @@ def group_budgets(c: np.ndarray, tolerance_dex: float = 0.05) -> np.ndarray:
     return labels
 
 
+ISOFLOP_GRID_SHARE = 0.5  # least share of runs in budgets of 3+ runs for Approach 2
+
+
+def _check_isoflop_grid(labels: np.ndarray, tolerance_dex: float) -> None:
+    """Approach 2 needs IsoFLOP profiles: most runs must sit in budgets of 3+ runs (``ISOFLOP_GRID_SHARE``). Runs
+    at scattered compute (e.g. Gadre et al. 2024's grid of sizes x token multipliers) are refused rather than fitted
+    through accidental triples; digitised IsoFLOP data (Chinchilla's Figure 4: 94% of runs) passes."""
+    sizes = np.bincount(np.unique(labels, return_inverse=True)[1])
+    share = float(sizes[sizes >= 3].sum() / sizes.sum())
+    if share < ISOFLOP_GRID_SHARE:
+        raise IsoflopError(
+            f"Approach 2 needs an IsoFLOP grid: grouped by compute (within {tolerance_dex:g} dex of 6ND) only "
+            f"{share:.0%} of the runs sit in budgets of 3+ runs (need {ISOFLOP_GRID_SHARE:.0%}); use --approach 3, or "
+            "train several sizes at each budget"
+        )
+
+
 def tokens_at(n_opt: float, n: np.ndarray, d: np.ndarray) -> float:
     """Tokens of an IsoFLOP group at size ``n_opt``: the runs' ``(N, D)`` interpolated in log-log.
 
@@ -487,7 +504,11 @@ def _fit_approach2(
 ) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
     c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
-    labels = group_budgets(c, tolerance_dex) if groups is None else np.asarray(groups)
+    if groups is None:
+        labels = group_budgets(c, tolerance_dex)
+        _check_isoflop_grid(labels, tolerance_dex)
+    else:
+        labels = np.asarray(groups)
     minima, skipped = isoflop_minima(n, d, loss, c, labels)
     if len(minima) < 2:
         raise IsoflopError(

@@ -13,7 +13,7 @@
 * ``AllocationLaw``: ``N_opt = k_N C^a`` and ``D_opt = k_D C^b`` (Approaches 1 and 2 of Hoffmann et al. 2022),
   optionally with a ``SaturatingPowerLaw`` for the loss at the optimum.
 
-Presets (``preset_law``): ``hoffmann``, ``besiroglu``, ``kaplan``, ``muennighoff``; data in ``presets.yaml``.
+Presets (``get_law_preset``): ``hoffmann``, ``besiroglu``, ``kaplan``, ``muennighoff``; data in ``presets.yaml``.
 
 Every law says which parameters its ``N`` counts (``param_kind``): ``total``, or ``non_embedding`` as in Kaplan
 et al. 2020 (Sec. 1.2; their ``C = 6 N D``, Eq. 2.1, also counts non-embedding N). Planning with a law must
@@ -372,7 +372,7 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     return law
 
 
-def preset_law(name: str) -> Law:
+def get_law_preset(name: str) -> Law:
     """A literature preset by name (``hoffmann``, ``besiroglu``, ``kaplan``, ``muennighoff``)."""
     key = name.strip().lower()
     if key not in PRESETS:
@@ -388,7 +388,7 @@ def load_law(source: str | Path | Law) -> Law:
         return source
     text = str(source)
     if text.strip().lower() in PRESETS:
-        return preset_law(text)
+        return get_law_preset(text)
     path = Path(text)
     if not path.is_file():
         raise IsoflopError(f"law {text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from isoflop.errors import IsoflopError
+from isoflop.laws.filters import RowFilter, apply_filters, parse_filters
 
 N_NAMES = ("N", "n", "params", "n_params", "parameters", "Model Size", "model_size")
 D_NAMES = ("D", "d", "tokens", "n_tokens", "train_tokens", "Training Tokens")
 C_NAMES = ("C", "c", "flops", "FLOPs", "compute", "Training FLOP", "training_flops")
+NON_EMBEDDING_NAMES = ("params_no_embed", "non_embedding_params", "params_non_embedding", "N_non_embedding")
 LOSS_NAMES = ("loss", "Loss", "final_loss", "eval_loss", "val_loss")
 
 
@@ -108,24 +111,27 @@ def read_runs(
     d_col: str | None = None,
     c_col: str | None = None,
     loss_col: str | None = None,
-    where: dict[str, str] | None = None,
+    where: Sequence[str | RowFilter] | dict[str, str] | None = None,
+    param_kind: str = "total",
+    table: dict[str, list[Any]] | None = None,
 ) -> Runs:
-    """Runs from ``path``.
+    """Runs from ``path`` (or from an already read ``table``).
 
-    ``where`` keeps rows whose column equals a value (e.g. ``{"train_dataset": "c4_original"}``).
+    ``where`` keeps the rows that satisfy every filter (``isoflop.laws.filters``), e.g. ``["params<=4.2e8",
+    "chinchilla_multiplier in 20,320"]`` or ``{"train_dataset": "c4_original"}``. With ``param_kind=
+    "non_embedding"`` the parameter column must count non-embedding parameters: one of ``NON_EMBEDDING_NAMES``
+    or the one ``n_col`` names.
     """
-    table = read_table(path)
+    table = read_table(path) if table is None else table
     source = str(path)
-    if where:
-        for col, value in where.items():
-            if col not in table:
-                raise IsoflopError(f"filter column {col!r} is not in the file; columns are: {', '.join(table)}")
-            keep = [str(v) == value for v in table[col]]
-            if not any(keep):
-                raise IsoflopError(
-                    f"no row has {col} == {value!r}; values are: {', '.join(sorted({str(v) for v in table[col]}))}"
-                )
-            table = {k: [v for v, ok in zip(vals, keep) if ok] for k, vals in table.items()}
+    table = apply_filters(table, parse_filters(where))
+    if param_kind == "non_embedding" and n_col is None:
+        n_col = next((name for name in NON_EMBEDDING_NAMES if name in table), None)
+        if n_col is None:
+            raise IsoflopError(
+                f"{source} has no non-embedding parameter column ({', '.join(NON_EMBEDDING_NAMES)}); name the column "
+                "with --n-col, or fit total parameters (--param-kind total)"
+            )
     n_name = _pick(table, n_col, N_NAMES, "parameters", "--n-col")
     loss_name = _pick(table, loss_col, LOSS_NAMES, "loss", "--loss-col")
     d_name = _pick(table, d_col, D_NAMES, "tokens", "--d-col") if c_col is None else None

@@ -110,9 +110,9 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
         )
     if spec.n_heads % lay.tp:
         raise IsoflopError(f"tp={lay.tp} does not divide n_heads={spec.n_heads}; use a divisor of the head count")
-    if spec.kv_heads % lay.tp and lay.tp % spec.kv_heads:
+    if spec.n_kv_heads % lay.tp and lay.tp % spec.n_kv_heads:
         raise IsoflopError(
-            f"tp={lay.tp} and n_kv_heads={spec.kv_heads} must divide one another (KV heads are split or replicated)"
+            f"tp={lay.tp} and n_kv_heads={spec.n_kv_heads} must divide one another (KV heads are split or replicated)"
         )
     if spec.n_layers % lay.pp:
         raise IsoflopError(f"pp={lay.pp} does not divide n_layers={spec.n_layers}; use a divisor of the layer count")

@@ -119,8 +119,8 @@ def layer_activation_bytes(
     resid = act if resid is None else resid
     tp = la.tp.astype(float)
     tokens = la.micro_batch * seq_len / la.cp
-    h, q, hd = spec.d_model, spec.q_dim, spec.dim_per_head
-    kv_local = np.maximum(spec.kv_heads / tp, 1.0) * hd
+    h, q, hd = spec.d_model, spec.q_dim, spec.head_dim
+    kv_local = np.maximum(spec.n_kv_heads / tp, 1.0) * hd
     rep_div = np.where(la.sequence_parallel, tp, 1.0)
     stat_bytes = (4.0 if spec.norm == "rmsnorm" else 8.0) * 2  # fp32 rstd (and mean) of the two norms
     replicated = (2 * h * resid + 2 * h * act + stat_bytes) / rep_div  # norm inputs + QKV/MLP inputs

@@ -33,7 +33,9 @@ def _choices(spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len:
         "tp": [
             t
             for t in gpu_divs
-            if t <= gpu.gpus_per_node and spec.n_heads % t == 0 and (spec.kv_heads % t == 0 or t % spec.kv_heads == 0)
+            if t <= gpu.gpus_per_node
+            and spec.n_heads % t == 0
+            and (spec.n_kv_heads % t == 0 or t % spec.n_kv_heads == 0)
         ],
         "pp": [p for p in gpu_divs if spec.n_layers % p == 0],
         "cp": [c for c in gpu_divs if seq_len % c == 0 and (c == 1 or seq_len // c >= 512)],

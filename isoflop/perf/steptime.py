@@ -94,7 +94,7 @@ def step_time(
     m = (global_batch // (la.dp * la.micro_batch)).astype(float)
     T = la.micro_batch * seq_len / cp  # tokens per GPU per microbatch
     h, q, f = spec.d_model, spec.q_dim, spec.d_ff
-    kv_local = np.maximum(spec.kv_heads / tp, 1.0) * spec.dim_per_head
+    kv_local = np.maximum(spec.n_kv_heads / tp, 1.0) * spec.head_dim
 
     # --- one layer, one microbatch, forward ------------------------------------------------------------
     gemm = lambda M, N, K, n=1.0: _gemm(M, N, K, n, peak, act, gpu, c)  # noqa: E731

@@ -51,7 +51,7 @@ def shape_for_params(
     multiple: int = 128,
     head_dim: int | None = None,
     tp: int = 1,
-    kv_heads: int | None = None,
+    n_kv_heads: int | None = None,
     ffn_multiple: int | None = None,
     count: str = "total",
     tie_embeddings: bool = False,
@@ -63,7 +63,7 @@ def shape_for_params(
     """A ``ModelSpec`` with about ``n_params`` parameters (``count``: ``total`` or ``non_embedding``).
 
     ``multiple`` sets the width granularity (use 16 or 32 for tiny models); ``tp`` the tensor-parallel degree the
-    heads must divide; ``kv_heads`` fixes the key/value heads (default: 8-way GQA from 32 heads on); ``aspect``
+    heads must divide; ``n_kv_heads`` fixes the key/value heads (default: 8-way GQA from 32 heads on); ``aspect``
     overrides the aimed-at ``d_model / n_layers``. Raises ``IsoflopError`` when no shape is within ``tolerance``.
     """
     if not (math.isfinite(n_params) and n_params > 0):
@@ -90,9 +90,9 @@ def shape_for_params(
     valid = (widths % hd == 0) & (heads >= 1) & (heads % tp == 0) & (hd % 2 == 0)
     if head_dim is None:  # our own head size: from 16 heads on, multiples of 8 (8-way GQA; TP up to 8 divides them)
         valid &= (heads < 16) | (heads % 8 == 0)
-    if kv_heads is not None:
-        kv = np.full_like(heads, kv_heads)
-        valid &= (heads % kv_heads == 0) & (kv_heads % tp == 0)
+    if n_kv_heads is not None:
+        kv = np.full_like(heads, n_kv_heads)
+        valid &= (heads % n_kv_heads == 0) & (n_kv_heads % tp == 0)
     else:
         kv = np.where((heads >= 32) & (heads % 8 == 0) & (widths >= 2048), 8, heads)
         kv = np.where(kv % tp == 0, kv, heads)
@@ -114,7 +114,7 @@ def shape_for_params(
     score = (size_err / 0.015) ** 2 + (aspect_err / 0.4) ** 2  # 1.5% in size weighs like a factor 1.5 in aspect
     score[:, ~valid] = np.inf
     if not np.isfinite(score).any():
-        raise IsoflopError(f"no head layout divides tp={tp}; lower --tp or choose head_dim/kv_heads that divide it")
+        raise IsoflopError(f"no head layout divides tp={tp}; lower --tp or choose head_dim/n_kv_heads that divide it")
     li, wi = np.unravel_index(np.argmin(score), score.shape)
     n_layers, d_model = int(layers[li]), int(widths[wi])
     got = int(total[li, wi])

@@ -120,7 +120,7 @@ class PlannedModel:
     layers: int
     d_model: int
     heads: int
-    kv_heads: int
+    n_kv_heads: int
     head_dim: int
     ffn: int
     vocab_size: int
@@ -136,8 +136,8 @@ class PlannedModel:
             layers=spec.n_layers,
             d_model=spec.d_model,
             heads=spec.n_heads,
-            kv_heads=spec.kv_heads,
-            head_dim=spec.dim_per_head,
+            n_kv_heads=spec.n_kv_heads,
+            head_dim=spec.head_dim,
             ffn=spec.d_ff,
             vocab_size=spec.vocab_size,
             seq_len=spec.max_seq_len,

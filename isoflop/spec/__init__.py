@@ -1,7 +1,7 @@
 """Model description and exact accounting (torch-free)."""
 
 from isoflop.spec.accounting import FlopCount, ParamCount, count_flops, count_params
-from isoflop.spec.loader import load_spec, preset, preset_names, spec_from_dict
+from isoflop.spec.loader import get_model_preset, load_spec, preset_names, spec_from_dict
 from isoflop.spec.model import ModelSpec
 
 __all__ = [
@@ -11,7 +11,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "load_spec",
-    "preset",
+    "get_model_preset",
     "preset_names",
     "spec_from_dict",
 ]

@@ -30,7 +30,7 @@ def preset_names() -> list[str]:
     return list(_preset_table()["presets"])
 
 
-def preset(name: str) -> ModelSpec:
+def get_model_preset(name: str) -> ModelSpec:
     """The named preset; an unknown name is an error listing the closest names."""
     table = _preset_table()
     entry = table["presets"].get(name)
@@ -49,7 +49,7 @@ def spec_from_dict(data: dict[str, Any], name: str = "custom") -> ModelSpec:
         raise IsoflopError("a model spec must be a mapping of fields, e.g. {d_model: 512, n_layers: 8, ...}")
     try:
         if "preset" in data:
-            base = preset(str(data["preset"]))
+            base = get_model_preset(str(data["preset"]))
             overrides = {k: v for k, v in data.items() if k != "preset"}
             return base.replace(**overrides) if overrides else base
         if _looks_like_hf(data):
@@ -68,9 +68,9 @@ def load_spec(model: str | Path | ModelSpec) -> ModelSpec:
     text_model = str(model)
     path = Path(text_model)
     if text_model in _preset_table()["presets"]:
-        return preset(text_model)
+        return get_model_preset(text_model)
     if not path.suffix and not path.exists():
-        return preset(text_model)
+        return get_model_preset(text_model)
     if not path.is_file():
         raise IsoflopError(
             f"model file {text_model!r} does not exist; give a preset name or an existing YAML/JSON file"

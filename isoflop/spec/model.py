@@ -18,7 +18,7 @@ that always run (Dai et al. 2024, DeepSeekMoE), and a bias-free linear router.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,10 +34,10 @@ class ModelSpec(BaseModel):
     d_model: int = Field(..., description="Residual stream width (hidden size).")
     n_layers: int = Field(..., description="Number of transformer blocks.")
     n_heads: int = Field(..., description="Number of query heads.")
-    n_kv_heads: int | None = Field(
-        None, description="Key/value heads; fewer than n_heads is GQA, 1 is MQA. Default: n_heads."
+    n_kv_heads: int = Field(
+        None, description="Key/value heads; fewer than n_heads is GQA, 1 is MQA. Resolved on input; default n_heads."
     )
-    head_dim: int | None = Field(None, description="Per-head width. Default: d_model // n_heads.")
+    head_dim: int = Field(None, description="Per-head width. Resolved on input; default d_model // n_heads.")
     d_ff: int = Field(..., description="MLP (or each expert's) hidden width.")
     vocab_size: int = Field(..., description="Vocabulary size (rows of the embedding table).")
     max_seq_len: int = Field(2048, description="Context length; sizes the learned position table.")
@@ -51,6 +51,14 @@ class ModelSpec(BaseModel):
     n_experts: int = Field(0, description="Routed experts per MoE layer; 0 means a dense MLP.")
     top_k: int = Field(0, description="Routed experts each token runs through.")
     n_shared_experts: int = Field(0, description="Experts every token runs through (DeepSeekMoE).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unset_defaults(cls, data: Any) -> Any:
+        """An explicit ``None`` for ``n_kv_heads`` / ``head_dim`` means the default, resolved in ``_check``."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (k in ("n_kv_heads", "head_dim") and v is None)}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -66,17 +74,22 @@ class ModelSpec(BaseModel):
             raise IsoflopError(f"norm_eps must be a positive finite number, got {self.norm_eps}")
         if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
             raise IsoflopError(f"rope_theta must be a positive finite number, got {self.rope_theta}")
-        if self.head_dim is None and self.d_model % self.n_heads:
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise IsoflopError(
+                    f"n_heads={self.n_heads} does not divide d_model={self.d_model}; choose a head count that "
+                    f"divides the width or set head_dim"
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)  # resolved once; the model is frozen
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
             raise IsoflopError(
-                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; choose a head count that "
-                f"divides the width or set head_dim"
+                f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; use a divisor of n_heads "
+                f"(1 = MQA)"
             )
-        if self.kv_heads > self.n_heads or self.n_heads % self.kv_heads:
-            raise IsoflopError(
-                f"n_kv_heads={self.kv_heads} does not divide n_heads={self.n_heads}; use a divisor of n_heads (1 = MQA)"
-            )
-        if self.rope and self.dim_per_head % 2:
-            raise IsoflopError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        if self.rope and self.head_dim % 2:
+            raise IsoflopError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if min(self.n_experts, self.top_k, self.n_shared_experts) < 0:
             raise IsoflopError("n_experts, top_k and n_shared_experts must be >= 0")
         if self.n_experts:
@@ -88,22 +101,14 @@ class ModelSpec(BaseModel):
 
     # Derived shape -----------------------------------------------------------------------------
     @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_heads
-
-    @property
-    def dim_per_head(self) -> int:
-        return self.head_dim or self.d_model // self.n_heads
-
-    @property
     def q_dim(self) -> int:
         """Width of the concatenated query heads (= d_model unless head_dim is set)."""
-        return self.n_heads * self.dim_per_head
+        return self.n_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
         """Width of the concatenated key (or value) heads."""
-        return self.kv_heads * self.dim_per_head
+        return self.n_kv_heads * self.head_dim
 
     @property
     def rope(self) -> bool:
@@ -119,5 +124,14 @@ class ModelSpec(BaseModel):
         return self.mlp == "swiglu"
 
     def replace(self, **changes: object) -> ModelSpec:
-        """A copy with some fields changed, validated again."""
-        return ModelSpec(**{**self.model_dump(), **changes})
+        """A copy with some fields changed, validated again.
+
+        ``head_dim`` and ``n_kv_heads`` that hold their defaults follow a changed ``d_model`` / ``n_heads``
+        (as if they had never been set); values that differ from the defaults are kept.
+        """
+        data = self.model_dump()
+        if {"d_model", "n_heads"} & changes.keys() and self.head_dim * self.n_heads == self.d_model:
+            data.pop("head_dim")
+        if "n_heads" in changes and self.n_kv_heads == self.n_heads:
+            data.pop("n_kv_heads")
+        return ModelSpec(**{**data, **changes})

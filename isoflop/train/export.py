@@ -37,7 +37,7 @@ def hf_architecture(spec: ModelSpec) -> str:
     if spec.is_moe:
         raise IsoflopError("MoE models cannot be exported (MoE training is not supported yet); export a dense model")
     if spec.norm == "layernorm" and spec.mlp == "gelu" and spec.position == "learned" and spec.bias:
-        if spec.kv_heads != spec.n_heads or spec.dim_per_head * spec.n_heads != spec.d_model:
+        if spec.n_kv_heads != spec.n_heads or spec.head_dim * spec.n_heads != spec.d_model:
             raise IsoflopError(
                 "GPT-2 export needs n_kv_heads = n_heads and head_dim = d_model / n_heads; drop those fields"
             )
@@ -83,7 +83,7 @@ def hf_config(spec: ModelSpec, dtype: str = "float32", eos_id: int = 0) -> dict[
         "hidden_size": spec.d_model,
         "num_hidden_layers": spec.n_layers,
         "num_attention_heads": spec.n_heads,
-        "num_key_value_heads": spec.kv_heads,
+        "num_key_value_heads": spec.n_kv_heads,
         "intermediate_size": spec.d_ff,
         "vocab_size": spec.vocab_size,
         "max_position_embeddings": spec.max_seq_len,
@@ -134,7 +134,7 @@ def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor
         else:
             h = f"model.layers.{i}."
             wq, wk, wv = state[p + "attn.qkv.weight"].split([q, kv, kv], dim=0)
-            wq, wk = _interleaved_to_half_split(wq, spec.n_heads), _interleaved_to_half_split(wk, spec.kv_heads)
+            wq, wk = _interleaved_to_half_split(wq, spec.n_heads), _interleaved_to_half_split(wk, spec.n_kv_heads)
             gate, up = state[p + "mlp.gate_up.weight"].split([ff, ff], dim=0)
             out.update(
                 {

@@ -182,7 +182,7 @@ class Attention(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.kv_heads, spec.dim_per_head
+        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.qkv = nn.Linear(spec.d_model, spec.q_dim + 2 * spec.kv_dim, bias=spec.bias)
         self.out = nn.Linear(spec.q_dim, spec.d_model, bias=spec.bias)
 
@@ -258,7 +258,7 @@ class Transformer(nn.Module):
         self.norm = _norm(spec)
         self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.d_model, spec.vocab_size, bias=False)
         if spec.rope:
-            cos, sin = rope_tables(spec.dim_per_head, spec.max_seq_len, spec.rope_theta)
+            cos, sin = rope_tables(spec.head_dim, spec.max_seq_len, spec.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if not any(p.is_meta for p in self.parameters()):
@@ -288,7 +288,7 @@ class Transformer(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
         if self.spec.rope:
-            cos, sin = rope_tables(self.spec.dim_per_head, self.spec.max_seq_len, self.spec.rope_theta)
+            cos, sin = rope_tables(self.spec.head_dim, self.spec.max_seq_len, self.spec.rope_theta)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 

@@ -1,0 +1,82 @@
+"""Loss predictions at given ``(N, D)`` with bootstrap intervals and the extrapolation they make.
+
+The interval is the 95% percentile interval of the prediction over the law's bootstrap draws
+(``isoflop.laws.bootstrap``). The extrapolation factor is ``6 N D`` over the largest compute the law was fitted
+to; past ``EXTRAPOLATION_LIMIT`` a warning says so (fits of Hoffmann et al. 2022 and Gadre et al. 2024 are
+validated at most a few hundred times beyond their data, and errors grow with the distance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from isoflop.errors import IsoflopError
+from isoflop.laws.forms import AllocationLaw, Law
+from isoflop.laws.intervals import ci95
+
+EXTRAPOLATION_LIMIT = 10.0  # x the largest fitted compute; beyond it a prediction carries a warning
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The law's loss at ``(n, d)``; ``ci95`` is ``[lo, hi]`` or ``None`` without bootstrap draws."""
+
+    n: float
+    d: float
+    loss: float
+    ci95: list[float] | None
+    extrapolation: float | None  # 6 n d / the largest fitted 6 N D; None for a law without its runs
+    warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fitted_max_flops(law: Law) -> float | None:
+    """The largest ``6 N D`` among the runs the law was fitted to (``None`` when it carries no runs)."""
+    if law.runs_ is None or len(law.runs_) < 2:
+        return None
+    n, d = np.asarray(law.runs_[0], dtype=float), np.asarray(law.runs_[1], dtype=float)
+    return float(np.max(6.0 * n * d))
+
+
+def extrapolation_warning(flops: float, law: Law, what: str) -> tuple[float | None, str | None]:
+    """``(factor, warning)`` for a prediction at ``flops``: the warning is set past ``EXTRAPOLATION_LIMIT``."""
+    top = fitted_max_flops(law)
+    if top is None:
+        return None, None
+    factor = flops / top
+    if factor <= EXTRAPOLATION_LIMIT:
+        return factor, None
+    return factor, (
+        f"{what} extrapolates {factor:.3g}x beyond the largest fitted compute ({top:.3g} FLOPs; "
+        f"limit {EXTRAPOLATION_LIMIT:g}x); treat it as a guess"
+    )
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """``"N,D"`` (e.g. ``"1.4e9,2.8e10"``) as two positive finite numbers."""
+    parts = text.split(",")
+    try:
+        n, d = (float(p) for p in parts)
+    except ValueError:
+        raise IsoflopError(f"--predict takes N,D (e.g. 1.4e9,2.8e10), got {text!r:.200}") from None
+    if not (np.isfinite(n) and np.isfinite(d) and n > 0 and d > 0):
+        raise IsoflopError(f"--predict {text!r:.200}: N and D must be positive finite numbers")
+    return n, d
+
+
+def predict(law: Law, n: float, d: float) -> Prediction:
+    """The loss of ``law`` at ``(n, d)`` with its bootstrap interval and extrapolation factor."""
+    if isinstance(law, AllocationLaw):
+        raise IsoflopError(
+            "an Approach 1/2 law gives N_opt(C) and D_opt(C), not L(N, D); predict with an Approach 3 law "
+            "(--approach 3)"
+        )
+    loss = float(law.predict(n, d))
+    draws = [float(s.predict(n, d)) for s in law.sample_laws()]
+    factor, warning = extrapolation_warning(6.0 * n * d, law, f"the prediction at N={n:.3g}, D={d:.3g}")
+    return Prediction(n, d, loss, ci95(draws), factor, warning)
