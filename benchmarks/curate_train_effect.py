@@ -6,11 +6,11 @@
    auto-generated tables), which the ``code`` recipe is designed to remove.
 3. Curated corpus: ``isoflop data curate RAW --recipe code`` (2 local workers).
 4. One byte-level BPE trained on the clean training files is given to every run (``data.tokenizer``), so the
-   losses share a unit. Each run is ``isoflop train --preset tiny`` with the same steps, batch and model:
-   equal compute.
+   losses share a unit. Each run is ``isoflop train`` of the same small model (``MODEL``) for the same steps
+   and batch (``TRAIN``): equal compute.
 5. Loss on the held-out files of each run's exported model (transformers), in nats per token.
 
-Run: ``python benchmarks/curate_train_effect.py [--steps 60] [--seeds 0 1]``; the last line is one JSON object.
+Run: ``python benchmarks/curate_train_effect.py [--steps 150] [--seeds 0 1]``; the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# About 0.3M parameters (mostly the embedding): small enough for a shared 2-core machine.
+MODEL = {"name": "curate-effect", "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128, "max_seq_len": 64}
+MODEL["tie_embeddings"] = True
+TRAIN = {"seq_len": 64, "global_batch": 16, "eval_every": 0, "eval_batches": 4, "log_every": 25, "ckpt_every": 0}
 
 
 def build_corpora(root: Path, rng: random.Random, n_train: int, n_heldout: int, copies: int, junk: int):
@@ -81,7 +87,7 @@ def heldout_loss(hf_dir: Path, texts: list[str], seq_len: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--train-files", type=int, default=150)
     ap.add_argument("--heldout-files", type=int, default=30)
@@ -114,10 +120,14 @@ def main() -> None:
         for name, source in (("raw", raw), ("curated", root / "curated")):
             for seed in args.seeds:
                 out = root / f"run_{name}_{seed}"
-                cmd = [sys.executable, "-m", "isoflop", "train", "--preset", "tiny", "--out", str(out)]
-                cmd += ["--max-steps", str(args.steps), "--seed", str(seed), "--set", f"data.source={source}"]
-                cmd += ["--set", f"data.tokenizer={tok_path}", "--set", f"data.vocab_size={args.vocab}"]
-                cmd += ["--json"]
+                cfg = {
+                    "model": {**MODEL, "vocab_size": args.vocab},
+                    "data": {"source": str(source), "tokenizer": str(tok_path), "vocab_size": args.vocab},
+                    "train": {**TRAIN, "max_steps": args.steps, "seed": seed},
+                    "optim": {"lr": 3e-3, "warmup_steps": 5},
+                }
+                (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+                cmd = [sys.executable, "-m", "isoflop", "train", str(root / "cfg.yaml"), "--out", str(out), "--json"]
                 proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True)
                 assert proc.returncode == 0, proc.stderr[-2000:]
                 summary = json.loads((out / "summary.json").read_text())
@@ -125,7 +135,7 @@ def main() -> None:
                     {
                         "corpus": name,
                         "seed": seed,
-                        "heldout_loss": round(heldout_loss(out / "hf", heldout, 256), 4),
+                        "heldout_loss": round(heldout_loss(out / "hf", heldout, TRAIN["seq_len"]), 4),
                         "own_val_loss": round(summary["val_loss"], 4),
                         "steps": args.steps,
                     }

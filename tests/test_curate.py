@@ -101,7 +101,7 @@ def test_curate_removes_planted_duplicates_junk_and_contamination(corpus, curate
 
 
 def test_trainer_ladder_and_planner_read_the_output(corpus, curated, cli):
-    from isoflop.ladder.presets import get_preset, with_data
+    from isoflop.ladder.presets import get_ladder_preset, with_data
     from isoflop.train.data.config import DataConfig
     from isoflop.train.data.corpus import load_corpus
 
@@ -109,7 +109,7 @@ def test_trainer_ladder_and_planner_read_the_output(corpus, curated, cli):
     loaded = load_corpus(DataConfig(source=str(out), val_fraction=0.2))
     assert len(loaded.train) + len(loaded.val) == curated["manifest"]["documents"]
     assert not loaded.skipped  # stats/manifest JSON and the hidden .curate/.removed folders are not read as text
-    assert with_data(get_preset(_first_preset()), str(out)).data_source == str(out.resolve())
+    assert with_data(get_ladder_preset(_first_preset()), str(out)).data_source == str(out.resolve())
     res = cli("plan", "--budget-flops", "1e20", "--law", "muennighoff", "--data", str(out), "--json")
     assert res.code == 0, res.err
     assert res.json()["law_optimum"]["unique_tokens"] == pytest.approx(read_manifest(out).tokens)

@@ -9,7 +9,7 @@ import pytest
 
 from isoflop.curate.mix import effective_tokens, mix_weights
 from isoflop.laws.allocation import data_constrained
-from isoflop.laws.forms import preset_law
+from isoflop.laws.forms import get_law_preset
 
 
 def _manifest(folder, domains: dict[str, int]) -> None:
@@ -30,7 +30,7 @@ def _manifest(folder, domains: dict[str, int]) -> None:
 
 @pytest.mark.parametrize(("unique", "drawn"), [(1e9, 5e8), (1e9, 1e9), (1e9, 4e9), (2e8, 1e10)])
 def test_effective_tokens_match_the_data_constrained_law(unique, drawn):
-    law = data_constrained(preset_law("muennighoff"))
+    law = data_constrained(get_law_preset("muennighoff"))
     _, d_eff = law.effective(1e9, drawn, unique)  # the law module's Eq. 5, independent of mix.py
     r_star = law.params_["R_D_star"]
     assert effective_tokens(unique, drawn, r_star) == pytest.approx(float(d_eff), rel=1e-12)
