@@ -39,7 +39,10 @@ TRAIN = {"seq_len": 64, "global_batch": 16, "eval_every": 0, "eval_batches": 4, 
 
 def build_corpora(root: Path, rng: random.Random, n_train: int, n_heldout: int, copies: int, junk: int):
     std = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in std.glob("*.py") if 2000 < p.stat().st_size < 40000)
+    skip = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+    files = sorted(p for p in std.rglob("*.py") if 2000 < p.stat().st_size < 40000 and not skip & set(p.parts))
+    if len(files) < n_train + n_heldout:
+        raise SystemExit(f"only {len(files)} stdlib files; lower --train-files/--heldout-files")
     rng.shuffle(files)
     texts = [p.read_text(encoding="utf-8") for p in files[: n_train + n_heldout]]
     train, heldout = texts[:n_train], texts[n_train:]
