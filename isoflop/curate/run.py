@@ -67,8 +67,8 @@ def curate(req: CurateRequest, *, overwrite: bool = False, dry_run: bool = False
     from isoflop.curate import require_datatrove
 
     require_datatrove()
+    stages = build_stages(req)  # validates the source and recipe before anything is written
     prepare_out(req, overwrite)
-    stages = build_stages(req)
     executors = build_executors(req, stages)
     if req.executor == "slurm" and dry_run:
         return CurateResult(req.out, None, None, slurm_dry_run(executors))
