@@ -32,12 +32,12 @@ PROBLEMS = [
 ]
 
 
-def best_of(fn, repeats: int = 3) -> float:
+def best_of(fn, repeats: int = 3, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -49,24 +49,31 @@ def main() -> None:
         la = candidates(spec, gpu, n, batch, seq)
         t_score = best_of(lambda: evaluate(spec, gpu, n, la, batch, seq, "bf16", "adamw", const))
         t_search = best_of(lambda: search_layouts(spec, gpu, n, batch, seq, constants=const))
+        # CPU time of this process: the one-core rate even while other jobs share the machine
+        t_score_cpu = best_of(
+            lambda: evaluate(spec, gpu, n, la, batch, seq, "bf16", "adamw", const), clock=time.process_time
+        )
         rows.append(
             {
                 "problem": f"{model} on {n} {gpu_name}, batch {batch} x {seq}",
                 "layouts": len(la),
                 "score_s": t_score,
                 "score_rate": len(la) / t_score,
+                "score_cpu_rate": len(la) / t_score_cpu,
                 "search_s": t_search,
                 "search_rate": len(la) / t_search,
             }
         )
         print(
             f"{rows[-1]['problem']:<45} {len(la):>8} layouts  scored {rows[-1]['score_rate']:>12,.0f}/s  "
-            f"whole search {t_search:.3f} s ({rows[-1]['search_rate']:,.0f}/s)"
+            f"whole search {t_search:.3f} s ({rows[-1]['search_rate']:,.0f}/s)  "
+            f"scored per CPU-second {rows[-1]['score_cpu_rate']:,.0f}/s"
         )
     summary = {
         "problems": rows,
         "min_score_rate": min(r["score_rate"] for r in rows),
         "min_search_rate": min(r["search_rate"] for r in rows),
+        "min_score_cpu_rate": min(r["score_cpu_rate"] for r in rows),
         "target": 100_000,
     }
     print(json.dumps(summary))

@@ -9,20 +9,60 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from isoflop.errors import IsoflopError
+
+
+class UnwritableError(IsoflopError, OSError):
+    """An output path that cannot be written, named with the operating system's reason (still an ``OSError``)."""
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode(target: Path) -> int:
+    """Permission bits for a new version of ``target``: the existing file's, else ``0o666`` less the umask
+    (what ``open(path, "w")`` would create; ``mkstemp`` alone would leave 0600)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~umask()
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temp file in the same folder, fsync it, then ``os.replace`` it onto ``path``."""
+    """Write ``data`` to a temp file in the same folder, fsync it, then ``os.replace`` it onto ``path``.
+
+    The file gets the mode a plain write would (umask honoured). A path that cannot be written is an
+    ``UnwritableError`` naming the path and the errno reason.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    if target.is_dir():
+        raise UnwritableError(f"cannot write {target}: it is a directory; give a file path")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UnwritableError(f"cannot write {target}: {exc.strerror or exc}; choose a writable path") from None
+    try:
+        os.fchmod(fd, file_mode(target))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, IsoflopError):
+            raise UnwritableError(f"cannot write {target}: {exc.strerror or exc}; choose a writable path") from None
         raise
     return target
 

@@ -57,7 +57,9 @@ def test_prepare_is_deterministic_and_cached(small, tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.train, small.train)
 
 
-@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "no_manifest", "no_tokenizer"])
+@pytest.mark.parametrize(
+    "damage", ["flip_byte", "truncate", "no_manifest", "no_tokenizer", "malformed_manifest", "escaping_manifest"]
+)
 def test_a_damaged_cache_is_detected_and_rebuilt(small, tmp_path, caplog, damage):
     folder = tmp_path / small.cache_dir.name
     shutil.copytree(small.cache_dir, folder)
@@ -72,6 +74,12 @@ def test_a_damaged_cache_is_detected_and_rebuilt(small, tmp_path, caplog, damage
     elif damage == "no_manifest":  # a crash before the manifest was written, with a stray temp file
         (folder / "manifest.json").unlink()
         (folder / ".train.bin.123.tmp").write_bytes(b"partial")
+    elif damage in ("malformed_manifest", "escaping_manifest"):  # valid JSON, wrong shapes or a path outside
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["splits"]["train"] = 5 if damage == "malformed_manifest" else {**manifest["splits"]["train"]}
+        if damage == "escaping_manifest":
+            manifest["splits"]["train"]["file"] = "../../etc/passwd"
+        (folder / "manifest.json").write_text(json.dumps(manifest))
     else:
         (folder / "tokenizer.json").unlink()
     with caplog.at_level(logging.INFO, logger="isoflop.data"):
@@ -80,7 +88,7 @@ def test_a_damaged_cache_is_detected_and_rebuilt(small, tmp_path, caplog, damage
     assert any("rebuilding" in r.message for r in caplog.records)
     # A damaged shard keeps the intact trained tokenizer; without a manifest or tokenizer it is retrained.
     reused = any("reusing the trained tokenizer" in r.message for r in caplog.records)
-    assert reused == (damage in ("flip_byte", "truncate"))
+    assert reused == (damage not in ("no_manifest", "no_tokenizer"))
     np.testing.assert_array_equal(rebuilt.train, small.train)
     np.testing.assert_array_equal(rebuilt.val, small.val)
     assert not list(folder.glob("*.tmp"))

@@ -38,6 +38,19 @@ def test_estimate_json_keys(cli) -> None:
     assert table.code == 0 and "does not fit" in table.out and "MFU" in table.out
 
 
+def test_estimate_framework_profile_and_band(cli) -> None:
+    """--framework changes the constants (Megatron-LM 2021: unfused attention, DP gradients not overlapped:
+    slower); the 90% band brackets the point estimate."""
+    args = ("estimate", "llama3-8b", "--gpu", "h100-sxm", "--gpus", "16", "--tp", "8", "--pp", "2", "--json")
+    plain = cli(*args, "--global-batch", "32").json()
+    megatron = cli(*args, "--global-batch", "32", "--framework", "megatron").json()
+    assert megatron["step_time_s"] > plain["step_time_s"]
+    lo, hi = plain["step_time_s_ci90"]
+    assert lo < plain["step_time_s"] < hi
+    mlo, mhi = plain["mfu_ci90"]
+    assert mlo < plain["mfu"] < mhi
+
+
 def test_layout_json_list(cli) -> None:
     res = cli(
         "layout",
@@ -98,7 +111,9 @@ def test_layout_nothing_fits_says_what_would(cli) -> None:
     "args, needle",
     [
         (["--gpus", "24", "--tp", "3"], "does not divide n_heads"),
-        (["--gpus", "5", "--pp", "5"], "does not divide n_layers"),
+        (["--gpus", "64", "--pp", "64"], "exceeds n_layers=32"),
+        (["--gpus", "4", "--pp", "4", "--interleave", "3"], "does not divide the 8 layers per pipeline stage"),
+        (["--gpus", "8", "--framework", "jax"], "unknown framework profile 'jax'; use one of deepspeed, fsdp"),
         (["--gpus", "8", "--tp", "2", "--dp", "2"], "must equal the GPU count"),
         (["--gpus", "8", "--global-batch", "12", "--micro-batch", "2"], "not divisible"),
         (["--gpus", "8", "--zero", "5"], "zero must be"),

@@ -68,3 +68,23 @@ def test_nothing_fits_gives_hints() -> None:
         get_model_preset("llama3-70b"), H100, 64, 512, 8192, fixed={"zero": 0, "recompute": "none", "tp": 1}
     )
     assert any("ZeRO-3" in h or "recomputation" in h or "drop" in h for h in relaxed)
+
+
+def test_search_and_validate_agree_on_hsdp_and_uneven_stages() -> None:
+    """One rule set: every (zero, replicate, pp, interleave) the search keeps passes ``validate``, and every
+    combination ``validate`` accepts is in the search (replicate limited to node-aligned groups)."""
+    from isoflop.perf.layout import validate
+    from isoflop.perf.search import candidates
+
+    spec, n, batch, seq = get_model_preset("llama3-8b"), 32, 64, 4096
+    fixed = dict(tp=1, cp=1, micro_batch=1, offload=False, sequence_parallel=False, recompute="none")
+    la = candidates(spec, H100, n, batch, seq, fixed)
+    found = {(int(la.zero[i]), int(la.replicate[i]), int(la.pp[i]), int(la.interleave[i])) for i in range(len(la))}
+    for zero, replicate, pp, v in itertools.product((0, 1, 2, 3), (1, 2, 4), (1, 2, 4, 8, 16, 32), (1, 2, 3, 4)):
+        layout = Layout(pp=pp, dp=n // pp, zero=zero, replicate=replicate, interleave=v)
+        try:
+            validate(layout, spec, n, batch, seq)
+            ok = not (zero and layout.dp == 1)  # the search skips sharding over one replica (= zero 0)
+        except IsoflopError:
+            ok = False
+        assert ((zero, replicate, pp, v) in found) == ok, (zero, replicate, pp, v)

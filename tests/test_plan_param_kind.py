@@ -100,6 +100,8 @@ def test_fit_records_param_kind_and_plan_uses_it(cli, tmp_path, approach) -> Non
         str(runs),
         "--c-col",
         "C",
+        "--n-col",  # names the column that counts non-embedding parameters (issue 18: else refused)
+        "N",
         "--approach",
         approach,
         "--param-kind",

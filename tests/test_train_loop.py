@@ -12,7 +12,7 @@ from _train_common import micro_config, shared_cache
 
 from isoflop.errors import IsoflopError
 from isoflop.spec import spec_from_dict
-from isoflop.train.checkpoint import COMPLETE, Checkpointer, latest_checkpoint
+from isoflop.train.checkpoint import COMPLETE, Checkpointer, latest_checkpoint, write_manifest
 from isoflop.train.distributed import DistEnv
 from isoflop.train.loop import train
 from isoflop.train.model import Transformer
@@ -97,6 +97,7 @@ def test_checkpoint_metadata_cannot_run_code(tmp_path):
             return (print, ("pwned",))
 
     (ckpt / ".metadata").write_bytes(pickle.dumps(Evil()))
+    write_manifest(ckpt)  # an attacker who can write the files can rewrite the manifest too
     model = Transformer(spec_from_dict(micro_config()["model"]))
     optim = torch.optim.AdamW(model.parameters())
     with pytest.raises(IsoflopError, match="builtins.print, which is not allowed"):
@@ -127,7 +128,7 @@ def test_nan_steps_are_skipped_then_rolled_back(tmp_path, monkeypatch, capsys):
     s = train(cfg, tmp_path / "run")
     err = capsys.readouterr().err
     assert "update skipped" in err
-    assert "ROLLBACK: 3 consecutive non-finite steps at step 9" in err and "(step 8)" in err
+    assert "ROLLBACK 1/3: 3 consecutive bad steps at step 9" in err and "(step 8)" in err
     assert s["skipped_steps"] == 4 and s["rollbacks"] == 1 and s["steps"] == 12
     assert s["final_train_loss"] == s["final_train_loss"]  # finite, not NaN
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from isoflop import env
+from isoflop import env, structured
 from isoflop.atomic import atomic_write_text
 from isoflop.errors import IsoflopError
 
@@ -81,13 +81,8 @@ def write_hardware_entry(entry: dict[str, Any], path: str | Path | None = None, 
     target = Path(path).expanduser() if path else env.path(env.HARDWARE, DEFAULT_HARDWARE_FILE)
     data: dict[str, Any] = {"gpus": {}}
     if target.is_file():
-        try:
-            data = yaml.safe_load(target.read_text(encoding="utf-8")) or {"gpus": {}}
-        except yaml.YAMLError as exc:
-            raise IsoflopError(
-                f"hardware file {target} is malformed ({str(exc).splitlines()[0]}); fix or move it"
-            ) from None
-        if not isinstance(data.get("gpus"), dict):
+        data = structured.read(target, "hardware file", "fix or move it", "yaml") or {"gpus": {}}
+        if not isinstance(data, dict) or not isinstance(data.get("gpus"), dict):
             raise IsoflopError(f"hardware file {target} must map 'gpus:' to entries; fix or move it")
     data["gpus"][name] = entry
     return atomic_write_text(target, yaml.safe_dump(data, sort_keys=False))

@@ -26,11 +26,11 @@ from isoflop.calibrate.measured import Measurement
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import PerfConstants, calibratable, calibration_path, estimate, load_constants
-from isoflop.perf.constants import CALIBRATION_ENV, read_calibration_file
+from isoflop.perf.constants import CALIBRATION_ENV, EFF_RANGE, read_calibration_file
 
 # Physical ranges: efficiencies are fractions of a peak; the GEMM half-size is a matrix dimension.
 _BOUNDS = {"gemm_half_dim": (1.0, 1e5), "step_overhead_s": (1e-6, 1e3)}
-_EFF_BOUNDS = (1e-5, 1.0)
+_EFF_BOUNDS = EFF_RANGE
 
 
 @dataclass
@@ -40,6 +40,19 @@ class GpuCalibration:
     before: dict[str, float | None]
     after: dict[str, float | None]
     runs: list[dict[str, Any]] = field(default_factory=list)
+    held_fixed: list[str] = field(default_factory=list)  # constants too many for the runs, kept at their values
+
+    @property
+    def warning(self) -> str | None:
+        """One line when fewer runs than constants forced some constants to stay fixed."""
+        if not self.held_fixed:
+            return None
+        fitted = [k for k in self.constants if k != "fixed_overhead_gib"]
+        return (
+            f"{self.gpu}: {len(self.runs)} run(s) cannot determine {len(fitted) + len(self.held_fixed)} constants; "
+            f"fitted {', '.join(fitted)} and held {', '.join(self.held_fixed)} at their current values "
+            "(measure more runs to fit them all)"
+        )
 
 
 def _predict(ms: list[Measurement], gpu, const: PerfConstants) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +91,22 @@ def base_constants(gpu_name: str) -> PerfConstants:
     return load_constants(gpu_name)
 
 
+def _identifiable(ms: list[Measurement], gpu, base: PerfConstants, names: list[str]) -> tuple[list[str], list[str]]:
+    """``(fit, hold)``: all of ``names`` when there are at least as many runs; else the ``len(ms)`` constants with
+    the largest effect on the runs' log step times (finite-difference column norms of the Jacobian in log space,
+    as the fit sees them), in ``names`` order."""
+    if len(ms) >= len(names):
+        return list(names), []
+    log_t0 = np.log(_predict(ms, gpu, base)[0])
+    step = 1e-3
+    effect = {}
+    for name in names:
+        moved = base.replace(**{name: max(getattr(base, name), 1e-4) * math.exp(step)})
+        effect[name] = float(np.linalg.norm(np.log(_predict(ms, gpu, moved)[0]) - log_t0)) / step
+    keep = set(sorted(names, key=lambda n: -effect[n])[: len(ms)])
+    return [n for n in names if n in keep], [n for n in names if n not in keep]
+
+
 def calibrate_gpu(
     ms: list[Measurement], gpu_name: str, hardware: str | None = None, names: list[str] | None = None
 ) -> GpuCalibration:
@@ -85,6 +114,9 @@ def calibrate_gpu(
     gpu = get_gpu(gpu_name, hardware)
     base = base_constants(gpu.name)
     names = names or calibratable()
+    # Least squares cannot pin more constants than there are measurements: fit the ones these runs are most
+    # sensitive to and keep the rest at their current values.
+    names, held = _identifiable(ms, gpu, base, names)
     meas_t = np.array([m.step_time_s for m in ms])
     has_mem = [i for i, m in enumerate(ms) if m.memory_gib]
     meas_m = np.array([ms[i].memory_gib for i in has_mem])
@@ -123,7 +155,12 @@ def calibrate_gpu(
         for i, m in enumerate(ms)
     ]
     return GpuCalibration(
-        gpu=gpu.name, constants=fitted, before=_summary(e_t0, e_m0), after=_summary(e_t1, e_m1), runs=runs
+        gpu=gpu.name,
+        constants=fitted,
+        before=_summary(e_t0, e_m0),
+        after=_summary(e_t1, e_m1),
+        runs=runs,
+        held_fixed=held,
     )
 
 

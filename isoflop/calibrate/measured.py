@@ -10,13 +10,13 @@ any ``isoflop.perf.Layout`` field (``tp``, ``pp``, ``dp``, ``cp``, ``zero``, ``r
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from isoflop.errors import IsoflopError
+from isoflop import structured
+from isoflop.errors import IsoflopError, quote
 from isoflop.perf import Layout
 from isoflop.spec import ModelSpec, load_spec, spec_from_dict
 
@@ -39,13 +39,13 @@ class Measurement:
     label: str = ""
 
 
-def _layout(row: dict[str, Any], n_gpus: int) -> Layout:
+def _layout(row: dict[str, Any], n_gpus: int, origin: str) -> Layout:
     values: dict[str, Any] = {}
     for key, raw in row.items():
         if key not in _LAYOUT_FIELDS or raw in (None, ""):
             continue
         if key in _INT_FIELDS:
-            values[key] = int(raw)
+            values[key] = _count(raw, key, origin)
         elif key in ("sequence_parallel", "offload"):
             values[key] = str(raw).lower() in ("1", "true", "yes")
         else:
@@ -53,6 +53,17 @@ def _layout(row: dict[str, Any], n_gpus: int) -> Layout:
     if "dp" not in values:
         values["dp"] = max(1, n_gpus // (values.get("tp", 1) * values.get("pp", 1) * values.get("cp", 1)))
     return Layout(**values)
+
+
+def _count(raw: Any, key: str, origin: str) -> int:
+    """A whole number >= 0 from a CSV cell or JSON value (``"2"``, ``2``, ``2.0``); anything else is one line."""
+    try:
+        value = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0 and value == int(value)):
+        raise IsoflopError(f"{origin}: {key} must be a whole number >= 0, got {quote(raw, 40)}; fix the row")
+    return int(value)
 
 
 def _positive(row: dict[str, Any], key: str, origin: str, required: bool = True) -> float | None:
@@ -66,9 +77,9 @@ def _positive(row: dict[str, Any], key: str, origin: str, required: bool = True)
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise IsoflopError(f"{origin}: {key} must be a number, got {raw!r}") from None
+        raise IsoflopError(f"{origin}: {key} must be a number, got {quote(raw, 40)}") from None
     if not (math.isfinite(value) and value > 0):
-        raise IsoflopError(f"{origin}: {key} must be positive, got {raw!r}")
+        raise IsoflopError(f"{origin}: {key} must be positive, got {quote(raw, 40)}")
     return value
 
 
@@ -91,7 +102,7 @@ def measurement_from_row(row: dict[str, Any], origin: str, base_dir: Path | None
         spec=spec,
         gpu=gpu,
         n_gpus=n_gpus,
-        layout=_layout(row, n_gpus),
+        layout=_layout(row, n_gpus, origin),
         global_batch=int(_positive(row, "global_batch", origin)),
         seq_len=int(_positive(row, "seq_len", origin)),
         step_time_s=float(_positive(row, "step_time_s", origin)),
@@ -105,12 +116,9 @@ def from_file(path: str | Path) -> list[Measurement]:
     path = Path(path)
     if not path.is_file():
         raise IsoflopError(f"measurement file {path} does not exist; give a CSV or JSON file of measured runs")
-    text = path.read_text(encoding="utf-8")
+    text = structured.read_text(path, "measurement file", "give a UTF-8 CSV or JSON file")
     if path.suffix.lower() == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise IsoflopError(f"malformed JSON in {path}: {exc.msg} (line {exc.lineno}); fix the file") from None
+        rows = structured.loads(text, "json", str(path), "measurement file", "fix the file")
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise IsoflopError(f"{path} must hold a JSON list of objects, one per measured run")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -84,6 +85,7 @@ def calibrate(
                 "before": r.before,
                 "after": r.after,
                 "per_run": r.runs,
+                "held_fixed": r.held_fixed,
             }
             for r in results
         ],
@@ -108,4 +110,7 @@ def calibrate(
         if hardware_note:
             console.print(hardware_note, markup=False)
 
+    for r in results:
+        if r.warning:
+            print(f"warning: {r.warning}", file=sys.stderr)
     emit(data, as_json, render)

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, MODEL_ARGUMENT, MODEL_OPTION, emit, pick_model
-from isoflop.errors import IsoflopError
+from isoflop.perf.layout import check_counts
 from isoflop.spec import count_flops, count_params, load_spec, preset_names
 from isoflop.spec.accounting import flops_per_step
 
@@ -91,7 +91,6 @@ def count(
     if list_presets:
         emit(preset_names(), as_json, lambda c: c.print("\n".join(preset_names())))
         return
-    if seq_len is not None and seq_len <= 0:
-        raise IsoflopError(f"--seq-len must be a positive integer, got {seq_len}")
+    check_counts(seq_len=seq_len, batch_size=batch_size)
     report = count_report(pick_model(model_arg, model), seq_len, batch_size, causal)
     emit(report, as_json, _render(report))

@@ -13,12 +13,16 @@ from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
 from isoflop.perf import Layout, load_constants
 from isoflop.perf import estimate as run_estimate
-from isoflop.perf.layout import OPTIMIZERS, PRECISIONS, RECOMPUTE
+from isoflop.perf.constants import frameworks
+from isoflop.perf.layout import KNOBS, OPTIMIZERS, PRECISIONS, RECOMPUTE, check_counts
 from isoflop.spec import load_spec
 
 GPU_OPTION = typer.Option(..., "--gpu", help="GPU name from the catalog (`isoflop hw list`).")
 GPUS_OPTION = typer.Option(..., "--gpus", help="Total number of GPUs.")
 HARDWARE_OPTION = typer.Option(None, "--hardware", help="Extra hardware YAML file (same layout as the catalog).")
+FRAMEWORK_OPTION = typer.Option(
+    None, "--framework", help=f"Framework profile ({', '.join(frameworks())}); default: generic constants."
+)
 
 
 def knob_options() -> dict[str, Any]:
@@ -47,9 +51,8 @@ _K = knob_options()
 
 
 def check_positive(**values: int | None) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise IsoflopError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    """Every count flag is a positive integer within ``isoflop.perf.layout.MAX_COUNT``."""
+    check_counts(**values)
 
 
 def _gib(x: float) -> str:
@@ -59,24 +62,8 @@ def _gib(x: float) -> str:
 def render_estimate(est_dict: dict[str, Any], title: str):
     def render(console) -> None:
         e = est_dict
-        knobs = " ".join(
-            f"{k}={e[k]}"
-            for k in (
-                "tp",
-                "pp",
-                "dp",
-                "cp",
-                "ep",
-                "zero",
-                "recompute",
-                "sequence_parallel",
-                "micro_batch",
-                "interleave",
-                "offload",
-                "dtype",
-                "optimizer",
-            )
-        )
+        shown = [k for k in KNOBS if k != "replicate"] + ["dtype", "optimizer"]
+        knobs = " ".join(f"{k}={e[k]}" for k in shown)
         console.print(
             f"[bold]{title}[/]  {e['n_gpus']} x {e['gpu']}, global batch {e['global_batch']} x {e['seq_len']} "
             f"({e['microbatches']} microbatches)\n{knobs}"
@@ -149,6 +136,7 @@ def estimate(
     optimizer: str | None = _K["optimizer"],
     replicate: int | None = _K["replicate"],
     hardware: str | None = HARDWARE_OPTION,
+    framework: str | None = FRAMEWORK_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Predict memory per GPU (and whether it fits), step time with its breakdown, tokens/s and MFU."""
@@ -192,6 +180,8 @@ def estimate(
         replicate=replicate or 1,
     )
     batch = global_batch or dp * mb
-    est = run_estimate(spec, device, gpus, layout, batch, seq_len or spec.max_seq_len, load_constants(device.name))
+    est = run_estimate(
+        spec, device, gpus, layout, batch, seq_len or spec.max_seq_len, load_constants(device.name, framework)
+    )
     data = {"model": spec.name, **est.to_dict()}
     emit(data, as_json, render_estimate(data, spec.name))

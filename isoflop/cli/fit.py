@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,22 @@ from isoflop.laws import bootstrap as B
 from isoflop.laws import fit as F
 from isoflop.laws.allocation import compute_optimal
 from isoflop.laws.filters import RowFilter, apply_filters, parse_filters
-from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, Law, check_param_kind
+from isoflop.laws.forms import (
+    FORMS,
+    OBJECTIVES,
+    AllocationLaw,
+    ChinchillaLaw,
+    Law,
+    OvertrainingLaw,
+    TiedChinchillaLaw,
+    check_param_kind,
+)
 from isoflop.laws.intervals import ci95
 from isoflop.laws.io import Runs, read_runs, read_table
 from isoflop.laws.predict import extrapolation_warning, parse_point, predict
 
+APPROACH3_FORMS = ("chinchilla", "chinchilla_tied", "overtraining")
+RUN_BOOTSTRAP_MIN = 30  # runs from which --bootstrap-method auto resamples runs rather than residuals
 E_NEAR_ZERO = 1e-3  # nats: an E interval whose lower end is below this "reaches 0"
 
 
@@ -34,6 +46,9 @@ def fit_report(
     at_flops: float,
     param_kind: str = "total",
     points: list[tuple[float, float]] | None = None,
+    form: str = "chinchilla",
+    objective: str = "huber_log",
+    bootstrap_method: str = "auto",
 ) -> tuple[dict[str, Any], Law, tuple]:
     """Fit ``runs`` and return (the documented JSON dict, the law, the points used). ``param_kind`` records which
     parameters the runs' N counts (``total``, or ``non_embedding`` as in Kaplan et al. 2020, Sec. 1.2); ``points``
@@ -46,9 +61,16 @@ def fit_report(
     n, d, loss = F.drop_highest_loss(runs.n, runs.d, runs.loss, drop)
     c = 6.0 * n * d
     if approach == 3:
-        law: Law = ChinchillaLaw(
-            "fitted", f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022)", param_kind=param_kind
+        if form not in APPROACH3_FORMS:
+            raise IsoflopError(f"unknown --form {form!r:.80}; use one of {', '.join(APPROACH3_FORMS)}")
+        law: Law = FORMS[form](
+            "fitted",
+            f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022; {form}, {objective})",
+            param_kind=param_kind,
+            objective=objective,
         )
+    elif form != "chinchilla" or objective != "huber_log":
+        raise IsoflopError("--form and --objective choose an Approach 3 law; use them with --approach 3")
     else:
         law = AllocationLaw(
             f"approach{approach}",
@@ -59,7 +81,11 @@ def fit_report(
     F.fit(law, *((n, d, loss) if approach == 3 else (n, d, loss, c)))
     law.info_["dropped_highest_loss"] = drop
     if bootstrap:
-        B.bootstrap(law, bootstrap, seed=seed)
+        if bootstrap_method == "auto":
+            bootstrap_method = "runs" if approach != 3 or len(n) >= RUN_BOOTSTRAP_MIN else "residual"
+        if bootstrap_method == "residual" and approach != 3:
+            raise IsoflopError("--bootstrap-method residual needs an Approach 3 law; use runs, or --approach 3")
+        B.bootstrap(law, bootstrap, seed=seed, method=bootstrap_method)
     predictions = [predict(law, pn, pd) for pn, pd in points or []]
     alloc = compute_optimal(law, at_flops)
     ci = dict(law.ci95)
@@ -74,7 +100,12 @@ def fit_report(
         "ci95": ci,
         "fit": law.info_,
     }
-    if isinstance(law, ChinchillaLaw):
+    report["form"], report["objective"] = law.form, law.objective
+    if isinstance(law, (TiedChinchillaLaw, OvertrainingLaw)):
+        n_opt, _ = law.optimal(np.array([1e20, 1e22]))
+        report["a_opt"] = float(np.log(n_opt[1] / n_opt[0]) / np.log(100.0))  # 1/2 for tied exponents
+        report["b_opt"] = 1.0 - report["a_opt"]
+    elif isinstance(law, ChinchillaLaw):
         report["a_opt"], report["b_opt"] = law.a_opt, law.b_opt
         if law.samples_ is not None:
             al, be = law.samples_[:, 3], law.samples_[:, 4]
@@ -108,6 +139,9 @@ def fit_report(
         )
     report["warnings"] = warnings
     return report, law, (n, d, loss)
+
+
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
 
 
 def _plot(law: Law, points: tuple, path: str) -> None:
@@ -157,7 +191,7 @@ def _plot(law: Law, points: tuple, path: str) -> None:
         fig.colorbar(sc, ax=axes[1], label="log10 FLOPs")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format=path.rsplit(".", 1)[-1] if "." in path else "png", dpi=110)
+    fig.savefig(buf, format=Path(path).suffix[1:].lower() or "png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -229,6 +263,23 @@ def fit(
         0, "--bootstrap", help="Bootstrap resamples (runs drawn with replacement) for 95% intervals."
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    bootstrap_method: str = typer.Option(
+        "auto",
+        "--bootstrap-method",
+        help="runs (resample runs), residual (resample the fit's residuals at the same runs; few runs) or auto "
+        "(runs from 30 runs on).",
+    ),
+    form: str = typer.Option(
+        "chinchilla",
+        "--form",
+        help="Approach 3 form: chinchilla (E + A/N^alpha + B/D^beta), chinchilla_tied (alpha = beta) or "
+        "overtraining (Gadre et al. 2024: E + (a M^eta + b M^-eta) C^-eta).",
+    ),
+    objective: str = typer.Option(
+        "huber_log",
+        "--objective",
+        help="huber_log (Huber on log loss, Hoffmann et al.) or ls_raw (least squares on raw loss, Gadre et al.).",
+    ),
     at_flops: float = typer.Option(
         5.76e23, "--at-flops", help="Budget for the derived N_opt, D_opt and loss (default: Chinchilla's)."
     ),
@@ -245,7 +296,16 @@ def fit(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a scaling law to training runs, with bootstrap confidence intervals."""
+    if plot and "." in Path(plot).name and Path(plot).suffix[1:].lower() not in PLOT_FORMATS:
+        raise IsoflopError(
+            f"--plot {plot}: unknown figure format {Path(plot).suffix!r}; use one of .{', .'.join(PLOT_FORMATS)}"
+        )
     filters, points_at = parse_filters(where), [parse_point(p) for p in predict_at]
+    if objective not in OBJECTIVES:
+        raise IsoflopError(f"unknown --objective {objective!r:.80}; use one of {', '.join(OBJECTIVES)}")
+    if bootstrap_method not in ("auto", *B.BOOTSTRAP_METHODS):
+        raise IsoflopError(f"unknown --bootstrap-method {bootstrap_method!r:.80}; use auto, runs or residual")
+    options = dict(form=form, objective=objective, bootstrap_method=bootstrap_method)
     table = read_table(file)
     columns = dict(n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, param_kind=param_kind, table=table)
     if group_by is not None:
@@ -262,14 +322,14 @@ def fit(
             reports.append(
                 {
                     "group": value,
-                    **fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind, points_at)[0],
+                    **fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind, points_at, **options)[0],
                 }
             )
         grouped = {"group_by": group_by, "groups": reports}
         emit(grouped, as_json, lambda console: [_render(r)(console) for r in reports])
         return
     runs = read_runs(file, where=filters, **columns)
-    report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind, points_at)
+    report, law, points = fit_report(runs, approach, drop, bootstrap, seed, at_flops, param_kind, points_at, **options)
     if out:
         law.save(out)
         report["out"] = out

@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 
 from isoflop.cli.app import app
-from isoflop.cli.estimate import GPU_OPTION, GPUS_OPTION, HARDWARE_OPTION, check_positive, knob_options
+from isoflop.cli.estimate import (
+    FRAMEWORK_OPTION,
+    GPU_OPTION,
+    GPUS_OPTION,
+    HARDWARE_OPTION,
+    check_positive,
+    knob_options,
+)
 from isoflop.cli.output import JSON_OPTION, MODEL_ARGUMENT, MODEL_OPTION, emit, pick_model
 from isoflop.errors import IsoflopError
 from isoflop.hardware import get_gpu
@@ -44,6 +51,7 @@ def layout(
     optimizer: str | None = _K["optimizer"],
     replicate: int | None = _K["replicate"],
     hardware: str | None = HARDWARE_OPTION,
+    framework: str | None = FRAMEWORK_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Search all layouts (knobs given are held fixed), drop those that do not fit, rank by tokens/s."""
@@ -64,6 +72,7 @@ def layout(
     spec = load_spec(pick_model(model_arg, model))
     device = get_gpu(gpu, hardware)
     seq = seq_len or spec.max_seq_len
+    spec.check_seq_len(seq)
     fixed = {
         k: v
         for k, v in dict(
@@ -88,7 +97,7 @@ def layout(
         raise IsoflopError(f"--recompute must be one of {', '.join(RECOMPUTE)}, got {fixed['recompute']!r}")
     if fixed.get("zero") is not None and fixed["zero"] not in (0, 1, 2, 3):
         raise IsoflopError(f"--zero must be 0, 1, 2 or 3, got {fixed['zero']}")
-    const = load_constants(device.name)
+    const = load_constants(device.name, framework)
     start = time.perf_counter()
     found = search_layouts(spec, device, gpus, global_batch, seq, fixed=fixed, top_k=top, constants=const)
     seconds = time.perf_counter() - start

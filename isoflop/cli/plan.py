@@ -8,6 +8,8 @@ from rich.table import Table
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
 from isoflop.errors import IsoflopError
+from isoflop.perf.lowcomm import SyncChoice, choose_sync
+from isoflop.perf.optimizer_state import param_shapes
 from isoflop.plan.plan_file import write_plan
 from isoflop.plan.planner import DEFAULT_CARBON_KG_PER_KWH, DEFAULT_PUE, Plan, PlanRequest, make_plan
 
@@ -16,7 +18,23 @@ def _fmt_ci(ci: list[float] | None, spec: str = ".4f") -> str:
     return f" (95% CI {ci[0]:{spec}} to {ci[1]:{spec}})" if ci else ""
 
 
-def _render(plan: Plan, out: str | None):
+def _cross_site(plan: Plan, sites: int | None, gbps: float | None) -> SyncChoice | None:
+    """DDP or DiLoCo across ``sites`` joined at ``gbps`` Gbit/s (``isoflop.perf.lowcomm.choose_sync``)."""
+    if sites is None and gbps is None:
+        return None
+    if sites is None or gbps is None or plan.hardware is None:
+        raise IsoflopError("--sites and --inter-site-gbps go together, with --gpu, --gpus and --days")
+    gpus = plan.budget["n_gpus"]
+    if gpus % sites:
+        raise IsoflopError(f"--sites {sites} does not divide --gpus {gpus}; give a divisor")
+    spec = plan.model.spec
+    shapes = None if spec.is_moe else param_shapes(spec)
+    return choose_sync(
+        plan.model.params, plan.hardware.step_time_s, plan.hyperparameters["steps"], sites, gbps, shapes=shapes
+    )
+
+
+def _render(plan: Plan, out: str | None, cross: SyncChoice | None = None):
     def render(console) -> None:
         m, hp, b, hw = plan.model, plan.hyperparameters, plan.budget, plan.hardware
         law = plan.law
@@ -86,6 +104,21 @@ def _render(plan: Plan, out: str | None):
                 f"{hw.energy_kwh:,.0f} kWh, {hw.co2_kg / 1000:,.2f} t CO2e "
                 f"(PUE {hw.assumptions['pue']}, {hw.assumptions['carbon_kg_per_kwh']} kg/kWh)",
             )
+        if cross is not None:
+            t.add_row(
+                "across sites",
+                f"{cross.sites} sites at {cross.inter_site_gbit_s:g} Gbit/s: DDP step {cross.ddp_step_time_s:.3f} s "
+                f"({cross.ddp_days:.2f} days); chosen {cross.choice}"
+                + (f" H={cross.inner_steps}" if cross.choice == "diloco" else "")
+                + f", step {cross.diloco_step_time_s:.3f} s ({cross.chosen_days:.2f} days, saves "
+                f"{cross.saved_days:.2f} days = {cross.saved_fraction:.0%}); {cross.reason}"
+                + (
+                    f"; PowerSGD rank {cross.powersgd_rank} would step in {cross.powersgd_step_time_s:.3f} s "
+                    "(communication only, not chosen)"
+                    if cross.powersgd_step_time_s is not None
+                    else ""
+                ),
+            )
         console.print(t)
         sources: dict[str, list[str]] = {}
         for key, text in hp["laws"].items():
@@ -143,6 +176,10 @@ def plan(
         None, "--hardware", help="Extra hardware YAML file (same layout as the catalog)."
     ),
     out: str | None = typer.Option(None, "--out", help="Write plan.yaml (TrainConfig schema) for the trainer."),
+    sites: int | None = typer.Option(
+        None, "--sites", help="Sites the GPUs are split over (with --inter-site-gbps): DDP or DiLoCo across them."
+    ),
+    inter_site_gbps: float | None = typer.Option(None, "--inter-site-gbps", help="Link of each site in Gbit/s."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Compute-optimal plan: model size and tokens from a scaling law, architecture, layout, time, cost and energy."""
@@ -176,7 +213,10 @@ def plan(
     )
     result = make_plan(req)
     data = result.to_dict()
+    cross = _cross_site(result, sites, inter_site_gbps)
+    if cross is not None:
+        data["cross_site"] = cross.to_dict()
     if out:
         write_plan(result, out)
         data["out"] = out
-    emit(data, as_json, _render(result, out))
+    emit(data, as_json, _render(result, out, cross))

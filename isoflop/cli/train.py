@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -16,8 +17,12 @@ from isoflop.cli.output import JSON_OPTION, emit
 LAUNCHED_ENV = env.TRAIN_LAUNCHED
 
 
-def _overrides(max_steps: int | None, ckpt_every: int | None, seed: int | None, sets: list[str]) -> list[str]:
+def _overrides(
+    max_steps: int | None, ckpt_every: int | None, seed: int | None, sets: list[str], micro_batch: int | None = None
+) -> list[str]:
     items = list(sets)
+    if micro_batch is not None:
+        items.append(f"train.micro_batch={micro_batch}")
     if max_steps is not None:
         items += [f"train.max_steps={max_steps}", "train.tokens=null"]
     if ckpt_every is not None:
@@ -81,19 +86,36 @@ def train(
         None, "--ckpt-every", min=0, help="Checkpoint every K steps (0 = at the end)."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Override train.seed."),
+    micro_batch: int | None = typer.Option(
+        None, "--micro-batch", min=1, help="Override train.micro_batch (sequences per process per forward)."
+    ),
     nproc_per_node: int = typer.Option(
         1, "--nproc-per-node", min=1, help="Processes on this machine (launched by torchrun)."
     ),
     sets: list[str] = typer.Option([], "--set", help="Override any field: --set optim.lr=1e-3 (repeatable)."),
+    sync: str | None = typer.Option(None, "--sync", help="allreduce (DDP) or diloco (sets sync.mode)."),
+    inner_steps: int | None = typer.Option(None, "--inner-steps", help="DiLoCo H: inner steps per outer step."),
+    outer_lr: float | None = typer.Option(None, "--outer-lr", help="DiLoCo outer learning rate."),
+    outer_momentum: float | None = typer.Option(None, "--outer-momentum", help="DiLoCo outer Nesterov momentum."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train a decoder-only transformer: one process, or several through torchrun (DDP / FSDP2)."""
+    """Train a decoder-only transformer: one process, or several through torchrun (DDP / FSDP2).
+
+    Exit codes: 0 done (or preempted and checkpointed), 2 bad input, 3 diverged (after train.max_rollbacks)."""
     from isoflop.train.config import load_train_config
 
-    overrides = _overrides(max_steps, ckpt_every, seed, sets)
+    lowcomm = {"mode": sync, "inner_steps": inner_steps, "outer_lr": outer_lr, "outer_momentum": outer_momentum}
+    sets = list(sets) + [f"sync.{key}={value}" for key, value in lowcomm.items() if value is not None]
+    overrides = _overrides(max_steps, ckpt_every, seed, sets, micro_batch)
     cfg = load_train_config(config, preset or (None if config else "tiny"), overrides)
-    if nproc_per_node > 1:
+    from isoflop.train.parallel.apply import plan_layout, uses_model_parallelism
+
+    if uses_model_parallelism(cfg):
+        # the layout against the processes, before any of them starts (torchrun by hand sets WORLD_SIZE)
+        plan_layout(cfg, int(os.environ.get("WORLD_SIZE", nproc_per_node)))
+    elif nproc_per_node > 1:
         cfg.micro_batch_for(nproc_per_node)
+    if nproc_per_node > 1:
         from isoflop.train.distributed import launch
 
         args = ["train"] + ([config] if config else []) + (["--preset", preset] if preset else []) + ["--out", out]
@@ -113,9 +135,14 @@ def train(
         )
         emit(summary, as_json, _render(summary))
         return
+    from isoflop.train.loop import DivergedError
     from isoflop.train.loop import train as run_training
 
-    summary = run_training(cfg, out)
+    try:
+        summary = run_training(cfg, out)
+    except DivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(3) from None
     # Under torchrun only rank 0 prints; under `--nproc-per-node` the launching process prints instead.
     if int(os.environ.get("RANK", "0")) == 0 and not os.environ.get(LAUNCHED_ENV):
         emit(summary, as_json, _render(summary))

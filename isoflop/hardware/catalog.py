@@ -13,10 +13,9 @@ import os
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from isoflop import env
+from isoflop import env, structured
 from isoflop.errors import IsoflopError, describe_validation_error
 
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8")
@@ -26,7 +25,7 @@ ENV_VAR = env.HARDWARE
 class GPU(BaseModel):
     """One accelerator. Bandwidths are one-direction GB/s (1e9 B/s); peaks are dense TFLOP/s."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str
     display: str = ""
@@ -69,10 +68,7 @@ class GPU(BaseModel):
 
 
 def _read_file(text: str, origin: str) -> dict[str, GPU]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise IsoflopError(f"malformed hardware file {origin}: {str(exc).splitlines()[0]}") from None
+    data = structured.loads(text, "yaml", origin, "hardware file", "fix the file's syntax")
     if not isinstance(data, dict) or not isinstance(data.get("gpus"), dict):
         raise IsoflopError(
             f"hardware file {origin} must map 'gpus:' to entries by name; see `isoflop hw show h100-sxm --json`"

@@ -7,14 +7,15 @@ and trainer output), ``analysis.json`` (fits, predictions, curves), ``report.htm
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from isoflop import structured
 from isoflop.atomic import atomic_write_json, json_safe
+from isoflop.errors import IsoflopError
 from isoflop.ladder import verify as V
 from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid, edge_extensions
 from isoflop.ladder.registry import Registry, RunRecord
@@ -70,10 +71,15 @@ def read_curve(out_dir: str | None) -> dict[str, list[float]]:
     if path is not None and path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("tokens") and rec.get("loss") is not None and math.isfinite(rec["loss"]):
+                rec = structured.loads(line, "json", str(path), "metrics line", "")
+            except IsoflopError:
+                continue  # a torn last line of a live run
+            if (
+                isinstance(rec, dict)
+                and rec.get("tokens")
+                and rec.get("loss") is not None
+                and math.isfinite(rec["loss"])
+            ):
                 tokens.append(float(rec["tokens"]))
                 loss.append(float(rec["loss"]))
     return {"tokens": tokens, "loss": loss}

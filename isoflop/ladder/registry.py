@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from isoflop.errors import IsoflopError
+from isoflop import structured
+from isoflop.errors import IsoflopError, first_line
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -121,9 +122,15 @@ class Registry:
         except sqlite3.Error as exc:
             raise IsoflopError(f"cannot open registry {self.path}: {exc}; check the path and its permissions") from None
         con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         try:
+            con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
             yield con
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise IsoflopError(
+                f"registry {self.path} is corrupt ({first_line(str(exc))}); move it aside; the runs' folders are intact"
+            ) from None
         finally:
             con.close()
 
@@ -232,8 +239,10 @@ class Registry:
 
 def _record(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
-    data["config"] = json.loads(data["config"])
-    data["summary"] = json.loads(data["summary"]) if data.get("summary") else {}
+    origin = f"registry row {data.get('run_id')}"
+    fix = "move registry.sqlite aside; the runs' folders are intact"
+    data["config"] = structured.loads(data["config"], "json", origin, "run config", fix)
+    data["summary"] = structured.loads(data["summary"], "json", origin, "summary", fix) if data.get("summary") else {}
     for key in ("created_at", "updated_at"):
         data.pop(key, None)
     return RunRecord(**data)

@@ -10,7 +10,6 @@ A run that fails is recorded with the tail of its output; the other runs go on.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from isoflop import env as isoflop_env
+from isoflop import structured
 from isoflop.atomic import atomic_write_json
 from isoflop.errors import IsoflopError
 from isoflop.ladder.registry import Registry
@@ -214,7 +214,7 @@ def execute(
         wall = time.perf_counter() - start
         result_path = job.out_dir / "result.json"
         if code == 0 and result_path.is_file():
-            result = json.loads(result_path.read_text(encoding="utf-8"))
+            result = structured.read(result_path, "run result", "re-run the run", "json")
             registry.finish(job.run_id, result)
             outcome[job.run_id] = "finished"
             report("finished", job, result)

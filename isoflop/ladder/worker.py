@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from isoflop import env
+from isoflop import env, structured
 from isoflop.atomic import atomic_write_json
 
 DEFAULT_ENTRY = "isoflop.train.loop:train"
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config_path, out_dir = Path(args[0]), Path(args[1])
     set_threads(int(env.get(env.THREADS) or 0))
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = structured.read(config_path, "run config", "re-run the ladder to rewrite it", "json")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and config.get("parallel", {}).get("strategy") == "none":
         config["parallel"]["strategy"] = "auto"  # under torchrun the trainer picks DDP/FSDP for the processes
     entry = load_entry(env.get(env.TRAIN_ENTRY) or DEFAULT_ENTRY)

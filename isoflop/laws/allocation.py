@@ -107,6 +107,8 @@ def _on_budget(law: Law, f: LossFn, flops: float, inference_tokens: float, close
         n, d = law.optimal(flops)
         return float(n), float(d)
     c6 = flops / 6.0
+    if not c6 > 1.0:
+        raise IsoflopError(f"the budget is too small for any model ({flops:.3g} FLOPs); raise the budget")
     lo, hi = 0.02 * np.log(c6), 0.98 * np.log(c6)  # keep N and D above ~C^0.02
     if inference_tokens == 0:
         res = minimize_scalar(

@@ -6,6 +6,11 @@ law (``ChinchillaLaw``) refits each resample from the full-data optimum, minimis
 f_scale=delta)`` minimises ``sum_i delta^2 rho((r_i / delta)^2)``, which is exactly twice
 ``sum_i Huber_delta(r_i)``, so the minimiser is the same; it needs about ten Jacobian evaluations where L-BFGS
 needs a few hundred on this non-smooth objective. Other laws refit with ``isoflop.laws.fit.fit``.
+For few runs (Gadre et al. 2024 fit 5 runs with 4 parameters) resampling runs cannot work: most resamples hold
+fewer distinct runs than parameters. ``method="residual"`` keeps the design and resamples the fit's residuals
+instead (Efron & Tibshirani 1993, Sec. 9.5; Davison & Hinkley 1997, Alg. 6.1), in the objective's space (log loss
+for Huber-on-log fits, raw loss for least squares), each inflated by ``sqrt(n / (n - p))`` (Davison & Hinkley's
+modified residuals), so ``n - p`` degrees of freedom are not mistaken for ``n``.
 Resamples whose refit fails, is not finite, or fails ``theta_is_sane`` (exponents in ``(0, 3]``, log
 coefficients at most 100) are dropped and counted: the intervals never include garbage.
 """
@@ -107,16 +112,55 @@ def _generic_refit(law: Law) -> Callable[[np.ndarray], np.ndarray]:
     return refit
 
 
-def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0) -> LawT:
-    """Refit ``law`` on ``n_samples`` resamples (with replacement) of the runs it was fitted to and keep the draws
-    in ``law.samples_`` (rows in ``param_names`` order); counts go to ``law.info_['bootstrap']``. Raises
-    ``IsoflopError`` when fewer than half the refits converge. Returns ``law``."""
+def modified_residuals(law: Law) -> np.ndarray:
+    """The fit's residuals in its objective's space (log loss for ``huber_log``, raw loss for ``ls_raw``), each
+    times ``sqrt(n / (n - p))``; ``law.runs_`` is ``(N, D, loss)``."""
+    n, d, loss = law.runs_
+    pred = law.predict(n, d)
+    r = np.log(loss) - np.log(pred) if law.objective == "huber_log" else loss - pred
+    dof = len(loss) - len(law.param_names)
+    if dof < 1:
+        raise IsoflopError(
+            f"{len(loss)} runs leave no residual degree of freedom for {len(law.param_names)} parameters; add runs"
+        )
+    return r * np.sqrt(len(loss) / dof)
+
+
+def _residual_refit(law: Law) -> Callable[[np.ndarray], np.ndarray]:
+    n, d, _ = law.runs_
+    pred, r = law.predict(n, d), modified_residuals(law)
+
+    def refit(idx: np.ndarray) -> np.ndarray:
+        loss = pred * np.exp(r[idx]) if law.objective == "huber_log" else pred + r[idx]
+        if not np.all(loss > 0):
+            return None
+        params = refit_params(law, n, d, loss)
+        return np.array([params[k] for k in law.param_names])
+
+    return refit
+
+
+BOOTSTRAP_METHODS = ("runs", "residual")
+
+
+def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0, method: str = "runs") -> LawT:
+    """Refit ``law`` on ``n_samples`` resamples and keep the draws in ``law.samples_`` (rows in ``param_names``
+    order); counts go to ``law.info_['bootstrap']``. ``method``: ``runs`` resamples the runs with replacement
+    (large run sets), ``residual`` the modified residuals at the same runs (small sets; see the module docstring).
+    Raises ``IsoflopError`` when fewer than half the refits converge. Returns ``law``."""
     if law.runs_ is None:
         raise IsoflopError("bootstrap needs the fitted runs; fit the law first (isoflop.laws.fit.fit)")
     if n_samples < 2:
         raise IsoflopError(f"--bootstrap needs at least 2 resamples, got {n_samples}")
-    approach3 = isinstance(law, ChinchillaLaw) and law.theta_ is not None
-    refit = _approach3_refit(law) if approach3 else _generic_refit(law)
+    if seed < 0:
+        raise IsoflopError(f"--seed must be a whole number >= 0, got {seed}")
+    if method not in BOOTSTRAP_METHODS:
+        raise IsoflopError(f"unknown bootstrap method {method!r}; use one of {', '.join(BOOTSTRAP_METHODS)}")
+    approach3 = isinstance(law, ChinchillaLaw) and getattr(law, "theta_", None) is not None
+    if method == "residual":
+        refit = _residual_refit(law)
+    else:
+        refit = _approach3_refit(law) if approach3 else _generic_refit(law)
     with H.single_threaded_blas():
         rows, dropped = resample(n_samples, seed, with_replacement(len(law.runs_[0])), refit)
     if len(rows) < max(2, n_samples // 2):
@@ -129,5 +173,6 @@ def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0) -> LawT:
         "converged": len(rows),
         "dropped": int(dropped),
         "seed": int(seed),
+        "method": method,
     }
     return law

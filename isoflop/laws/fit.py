@@ -31,8 +31,10 @@ from isoflop.laws.forms import (
     DataConstrainedLaw,
     KaplanLaw,
     Law,
+    OvertrainingLaw,
     PowerLaw,
     SaturatingPowerLaw,
+    TiedChinchillaLaw,
 )
 
 LawT = TypeVar("LawT", bound=Law)
@@ -59,6 +61,30 @@ def check_runs(n: np.ndarray, d: np.ndarray, loss: np.ndarray, minimum: int, wha
             f"{what} needs at least {minimum} runs, got {len(arrays[0])}; add runs or choose another approach"
         )
     return tuple(arrays)
+
+
+def training_flops(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``C = 6 N D`` (Kaplan et al. 2020, Sec. 2.1), refused when it overflows a float (e.g. N = D = 1e200)."""
+    with np.errstate(over="ignore"):
+        c = 6.0 * np.asarray(n, dtype=float) * np.asarray(d, dtype=float)
+    if not np.all(np.isfinite(c)):
+        i = int(np.flatnonzero(~np.isfinite(c))[0])
+        raise IsoflopError(
+            f"run {i}: C = 6 N D overflows (N={float(np.ravel(n)[i]):.3g}, D={float(np.ravel(d)[i]):.3g}); "
+            "give N in parameters and D in tokens"
+        )
+    return c
+
+
+def check_distinct(n: np.ndarray, d: np.ndarray, n_params: int, what: str) -> None:
+    """Refuse a fit with fewer distinct (N, D) points than free parameters: repeated rows pin nothing down
+    (50 copies of one run would otherwise "fit" five parameters)."""
+    distinct = np.unique(np.stack([np.asarray(n, dtype=float), np.asarray(d, dtype=float)]), axis=1).shape[1]
+    if distinct < n_params:
+        raise IsoflopError(
+            f"{what} fits {n_params} parameters but the runs hold only {distinct} distinct (N, D) point(s); "
+            "add runs of other sizes or token counts"
+        )
 
 
 def drop_highest_loss(n: np.ndarray, d: np.ndarray, loss: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
@@ -146,7 +172,9 @@ def fit_approach3(
     full-data optimum during a bootstrap). The result is polished by restarting L-BFGS-B from the best point
     until the objective stops improving. Raises ``IsoflopError`` when no start reaches a finite optimum.
     """
-    with H.single_threaded_blas():
+    n, d, loss = check_runs(n, d, loss, 5, "Approach 3 (five parameters)")
+    check_distinct(n, d, 5, "Approach 3")
+    with H.single_threaded_blas(), np.errstate(all="ignore"):  # extreme runs: an inf start is dropped, not shown
         return _fit_approach3(n, d, loss, weights, n_refine, start)
 
 
@@ -359,7 +387,7 @@ def _fit_approach1(
     law: AllocationLaw, n: np.ndarray, d: np.ndarray, loss: np.ndarray, c: np.ndarray | None
 ) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 1")
-    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 1")[0]
+    c = training_flops(n, d) if c is None else check_runs(c, n, loss, 3, "Approach 1")[0]
     order = np.lexsort((loss, c))
     points, best = [], np.inf
     for i in order:
@@ -503,7 +531,7 @@ def _fit_approach2(
     tolerance_dex: float = 0.05,
 ) -> AllocationLaw:
     n, d, loss = check_runs(n, d, loss, 3, "Approach 2")
-    c = 6.0 * n * d if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
+    c = training_flops(n, d) if c is None else check_runs(c, n, loss, 3, "Approach 2")[0]
     if groups is None:
         labels = group_budgets(c, tolerance_dex)
         _check_isoflop_grid(labels, tolerance_dex)
@@ -518,6 +546,86 @@ def _fit_approach2(
     # A bootstrap resamples runs and keeps their budget labels.
     _set_allocation(law, [m.point() for m in minima], (n, d, loss, c, labels))
     law.info_["budgets_skipped"] = skipped
+    return law
+
+
+# Sums of powers under either objective (tied or free exponents) ---------------------------------------
+def _objective(theta: np.ndarray, log_n, log_d, loss, log_l, tied: bool, objective: str) -> float:
+    """``theta = (log A, log B, log E, alpha[, beta])``; Huber (delta 1e-3) on log loss or squares on raw loss."""
+    a, b, e, alpha = theta[:4]
+    beta = alpha if tied else theta[4]
+    pred = np.exp(e) + np.exp(a - alpha * log_n) + np.exp(b - beta * log_d)
+    if objective == "ls_raw":
+        return float(np.sum((pred - loss) ** 2))
+    return float(np.sum(H.huber(np.log(pred) - log_l)))
+
+
+def fit_sum_of_powers(
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    *,
+    tied: bool,
+    objective: str,
+    n_refine: int = 6,
+    start: dict[str, float] | None = None,
+) -> tuple[dict[str, float], float, bool, int]:
+    """``L = E + A / N^alpha + B / D^beta`` (``beta = alpha`` when ``tied``) under ``objective``: starts from the
+    linear least squares of ``linear_starts`` (the diagonal of its grid when tied), the best ``n_refine`` refined by
+    L-BFGS-B (numerical gradient; exponents bounded to ``(0, MAX_EXPONENT]``). Returns ``(params, objective,
+    converged, iterations)``. With ``start`` (e.g. the full-data optimum, in a bootstrap) only it and the best
+    linear start are refined."""
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
+    cand = linear_starts(log_n, log_d, loss)
+    if tied:
+        cand = cand[np.isclose(cand[:, 3], cand[:, 4])][:, :4]
+    args = (log_n, log_d, loss, log_l, tied, objective)
+    values = np.array([_objective(t, *args) for t in cand])
+    order = np.argsort(np.where(np.isfinite(values), values, np.inf))
+    cand = cand[order[: 1 if start else n_refine]]
+    if start:
+        first = [np.log(start["A"]), np.log(start["B"]), np.log(start["E"]), start["alpha"]]
+        cand = np.vstack([first + ([] if tied else [start["beta"]]), cand])
+    bounds = [(None, MAX_LOG_COEF)] * 3 + [(1e-4, MAX_EXPONENT)] * (1 if tied else 2)
+    best, best_f, converged, iters = None, np.inf, False, 0
+    for theta0 in cand:
+        res = minimize(_objective, theta0, args=args, method="L-BFGS-B", bounds=bounds)
+        iters += int(res.nit)
+        if np.all(np.isfinite(res.x)) and np.isfinite(res.fun) and res.fun < best_f:
+            best, best_f, converged = res.x, float(res.fun), bool(res.success)
+    if best is None:
+        raise IsoflopError("the fit did not reach a finite optimum; check the runs (too few, or loss not decreasing)")
+    a, b, e, alpha = (float(x) for x in best[:4])
+    params = {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha}
+    if not tied:
+        params["beta"] = float(best[4])
+    return params, best_f, converged, iters
+
+
+def _fit_powers_into(law: Law, n: Any, d: Any, loss: Any, tied: bool) -> Law:
+    minimum = len(law.param_names)
+    n, d, loss = check_runs(n, d, loss, minimum, f"a {law.form} fit ({len(law.param_names)} parameters)")
+    start = None
+    if law.params_:  # a refit (bootstrap): start from the current optimum, in (E, A, B, alpha[, beta])
+        start = dict(law.params_)
+        if isinstance(law, OvertrainingLaw):
+            eta = start["eta"]
+            start = {"E": start["E"], "A": start["a"] / 6.0**eta, "B": start["b"] / 6.0**eta, "alpha": 2 * eta}
+    params, value, converged, iters = fit_sum_of_powers(n, d, loss, tied=tied, objective=law.objective, start=start)
+    if isinstance(law, OvertrainingLaw):
+        params = OvertrainingLaw.tied_to_overtraining(params)
+    law.params_, law.samples_, law.n_iter_, law.runs_ = params, None, iters, (n, d, loss)
+    if hasattr(law, "theta_"):
+        law.theta_ = None  # the Huber-specific bootstrap path does not apply
+    law.info_ = {
+        "objective": law.objective,
+        "objective_value": value,
+        "converged": converged,
+        "n_points": int(len(n)),
+        "warnings": fit_warnings(
+            {"E": params["E"], "alpha": params.get("alpha", 0), "beta": params.get("beta", 0)}, loss
+        ),
+    }
     return law
 
 
@@ -563,8 +671,10 @@ def fit(law: LawT, *runs: Any, **options: Any) -> LawT:
     * ``AllocationLaw``: ``(N, D, loss[, C])`` by its ``approach`` (1 or 2); Approach 2 options ``groups``,
       ``tolerance_dex``.
     """
-    if isinstance(law, ChinchillaLaw):
+    if isinstance(law, ChinchillaLaw) and law.objective == "huber_log":
         return fit_chinchilla(law, *runs, **options)
+    if isinstance(law, (ChinchillaLaw, TiedChinchillaLaw, OvertrainingLaw)):
+        return _fit_powers_into(law, *runs, tied=not isinstance(law, ChinchillaLaw))
     if isinstance(law, KaplanLaw):
         return _fit_log_least_squares(law, *runs)
     if isinstance(law, DataConstrainedLaw):

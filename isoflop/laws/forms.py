@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from isoflop.atomic import atomic_write_text
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, first_line, quote
 from isoflop.laws.intervals import ci95
 from isoflop.structured import read_json_or_yaml
 
@@ -59,8 +59,19 @@ class Law:
 
     form: ClassVar[str] = ""
     param_names: ClassVar[tuple[str, ...]] = ()
+    # Parameters a law file must give > 0 (scales, exponents) and >= 0 (loss floors): the form's physical range.
+    positive: ClassVar[tuple[str, ...]] = ()
+    nonnegative: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, name: str = "custom", citation: str = "", *, param_kind: str = "total", **params: float) -> None:
+    def __init__(
+        self,
+        name: str = "custom",
+        citation: str = "",
+        *,
+        param_kind: str = "total",
+        objective: str = "huber_log",
+        **params: float,
+    ) -> None:
         missing = [p for p in self.param_names if p not in params]
         extra = [p for p in params if p not in self.param_names]
         if params and missing or extra:
@@ -69,10 +80,13 @@ class Law:
             )
         for key, value in params.items():
             if value is None or not math.isfinite(float(value)):
-                raise IsoflopError(f"{self.form} law parameter {key} is {value!r}; it must be a finite number")
+                raise IsoflopError(f"{self.form} law parameter {key} is {quote(value, 40)}; it must be a finite number")
         self.name = name
         self.citation = citation
         self.param_kind = check_param_kind(param_kind)
+        if objective not in OBJECTIVES:
+            raise IsoflopError(f"unknown fit objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        self.objective = objective
         # No parameters at all: an unfitted law (``isoflop.laws.fit.fit(ChinchillaLaw(), N, D, L)``).
         self.params_: dict[str, float] = {k: float(params[k]) for k in self.param_names} if params else {}
         self.samples_: np.ndarray | None = None
@@ -122,6 +136,7 @@ class Law:
             "name": self.name,
             "citation": self.citation,
             "param_kind": self.param_kind,
+            "objective": self.objective,
             "params": dict(self.params_),
         }
         out.update(self._extra_dict())
@@ -148,6 +163,11 @@ class Law:
         raise AttributeError(f"{self.form} law does not predict loss from (N, D)")
 
 
+# Fit objectives: Huber (delta 1e-3) on log loss (Hoffmann et al. 2022, Eq. 3; Besiroglu et al. 2024) or least
+# squares on raw loss (Gadre et al. 2024, Sec. 3, scipy curve_fit). A law file records the one it was fitted with.
+OBJECTIVES = ("huber_log", "ls_raw")
+
+
 def chinchilla_g(a: Any, b: Any, alpha: Any, beta: Any) -> Any:
     """``G = (alpha A / (beta B))^(1 / (alpha + beta))`` (Hoffmann et al. 2022, Eq. 4): ``N_opt = G (C/6)^a``,
     ``D_opt = G^-1 (C/6)^b``. Vectorised over arrays of parameters (one per bootstrap draw)."""
@@ -159,9 +179,11 @@ class ChinchillaLaw(Law):
 
     form = "chinchilla"
     param_names = ("E", "A", "B", "alpha", "beta")
+    positive = ("A", "B", "alpha", "beta")
+    nonnegative = ("E",)
 
-    def __init__(self, name: str = "custom", citation: str = "", *, param_kind: str = "total", **params: float) -> None:
-        super().__init__(name, citation, param_kind=param_kind, **params)
+    def __init__(self, name: str = "custom", citation: str = "", **kwargs: Any) -> None:
+        super().__init__(name, citation, **kwargs)
         self.theta_: np.ndarray | None = None  # the fitted optimum as (log A, log B, log E, alpha, beta)
 
     def predict(self, n: Any, d: Any) -> np.ndarray:
@@ -197,6 +219,7 @@ class KaplanLaw(Law):
 
     form = "kaplan"
     param_names = ("N_c", "D_c", "alpha_N", "alpha_D")
+    positive = param_names
 
     def predict(self, n: Any, d: Any) -> np.ndarray:
         p = self._fitted()
@@ -221,6 +244,8 @@ class DataConstrainedLaw(Law):
 
     form = "data_constrained"
     param_names = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+    positive = ("A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+    nonnegative = ("E",)
 
     def base(self) -> ChinchillaLaw:
         p = self.params_
@@ -266,6 +291,8 @@ class SaturatingPowerLaw(Law):
 
     form = "saturating"
     param_names = ("L_inf", "x0", "alpha")
+    positive = ("x0", "alpha")
+    nonnegative = ("L_inf",)
 
     def predict(self, x: Any, d: Any = None) -> np.ndarray:  # noqa: ARG002 (one variable)
         p = self._fitted()
@@ -287,6 +314,7 @@ class PowerLaw(Law):
 
     form = "power"
     param_names = ("k", "exponent")
+    positive = ("k",)
 
     def predict(self, x: Any, d: Any = None) -> np.ndarray:  # noqa: ARG002 (one variable)
         p = self._fitted()
@@ -298,6 +326,7 @@ class AllocationLaw(Law):
     ``loss`` (optional) is a ``SaturatingPowerLaw`` of the minimum loss against compute."""
 
     form = "allocation"
+    positive = ("k_N", "a", "k_D", "b")
     param_names = ("k_N", "a", "k_D", "b")
 
     def __init__(
@@ -307,10 +336,9 @@ class AllocationLaw(Law):
         loss: SaturatingPowerLaw | None = None,
         *,
         approach: int = 2,
-        param_kind: str = "total",
-        **params: float,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name, citation, param_kind=param_kind, **params)
+        super().__init__(name, citation, **kwargs)
         if approach not in (1, 2):
             raise IsoflopError(f"an allocation law comes from Approach 1 or 2, got {approach!r}")
         self.loss_law = loss
@@ -332,8 +360,66 @@ class AllocationLaw(Law):
         return out
 
 
+class TiedChinchillaLaw(Law):
+    """``L(N, D) = E + A / N^alpha + B / D^alpha``: Chinchilla's form with one exponent for N and D (Gadre et al.
+    2024, Sec. 2.1, who tie them; Muennighoff et al. 2023's fitted alpha and beta also coincide). Then
+    ``N_opt = G (C/6)^(1/2)``, ``D_opt = G^-1 (C/6)^(1/2)`` with ``G = (A / B)^(1 / (2 alpha))`` (Hoffmann Eq. 4)."""
+
+    form = "chinchilla_tied"
+    param_names = ("E", "A", "B", "alpha")
+
+    def predict(self, n: Any, d: Any) -> np.ndarray:
+        p = self._fitted()
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["alpha"]
+
+    def optimal(self, flops: Any) -> tuple[np.ndarray, np.ndarray]:
+        p = self._fitted()
+        g = chinchilla_g(p["A"], p["B"], p["alpha"], p["alpha"])
+        c6 = np.asarray(flops, dtype=float) / 6.0
+        return g * np.sqrt(c6), np.sqrt(c6) / g
+
+
+class OvertrainingLaw(Law):
+    """``L(C, M) = E + (a M^eta + b M^-eta) C^-eta`` with ``M = D / N`` tokens per parameter and ``C = 6 N D``
+    (Gadre et al. 2024, Eq. 4). It is the tied Chinchilla form rewritten: ``N = (C / 6M)^(1/2)``,
+    ``D = (C M / 6)^(1/2)`` give ``eta = alpha / 2``, ``a = A 6^eta``, ``b = B 6^eta`` (``from_tied``). For a
+    given C the best ratio is ``M* = (b / a)^(1 / (2 eta))``, where ``d/dM (a M^eta + b M^-eta) = 0``."""
+
+    form = "overtraining"
+    param_names = ("E", "a", "b", "eta")
+
+    def predict(self, n: Any, d: Any) -> np.ndarray:
+        p = self._fitted()
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        c, m = 6.0 * n * d, d / n
+        return p["E"] + (p["a"] * m ** p["eta"] + p["b"] * m ** -p["eta"]) * c ** -p["eta"]
+
+    def optimal(self, flops: Any) -> tuple[np.ndarray, np.ndarray]:
+        p = self._fitted()
+        m = (p["b"] / p["a"]) ** (1.0 / (2.0 * p["eta"]))
+        c = np.asarray(flops, dtype=float)
+        return np.sqrt(c / (6.0 * m)), np.sqrt(c * m / 6.0)
+
+    @staticmethod
+    def tied_to_overtraining(params: dict[str, float]) -> dict[str, float]:
+        """``(E, A, B, alpha)`` of ``TiedChinchillaLaw`` as ``(E, a, b, eta)``."""
+        eta = params["alpha"] / 2.0
+        return {"E": params["E"], "a": params["A"] * 6.0**eta, "b": params["B"] * 6.0**eta, "eta": eta}
+
+
 FORMS: dict[str, type[Law]] = {
-    cls.form: cls for cls in (ChinchillaLaw, KaplanLaw, DataConstrainedLaw, SaturatingPowerLaw, PowerLaw, AllocationLaw)
+    cls.form: cls
+    for cls in (
+        ChinchillaLaw,
+        TiedChinchillaLaw,
+        OvertrainingLaw,
+        KaplanLaw,
+        DataConstrainedLaw,
+        SaturatingPowerLaw,
+        PowerLaw,
+        AllocationLaw,
+    )
 }
 
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
@@ -347,8 +433,11 @@ def law_from_dict(data: dict[str, Any]) -> Law:
         raise IsoflopError("a law file must map 'form' and 'params' (as written by `isoflop fit --out`)")
     cls = FORMS.get(str(data["form"]))
     if cls is None:
-        raise IsoflopError(f"unknown law form {data['form']!r}; use one of {', '.join(FORMS)}")
-    kwargs: dict[str, Any] = {"param_kind": str(data.get("param_kind", "total"))}
+        raise IsoflopError(f"unknown law form {quote(data['form'], 40)}; use one of {', '.join(FORMS)}")
+    kwargs: dict[str, Any] = {
+        "param_kind": str(data.get("param_kind", "total")),
+        "objective": str(data.get("objective", "huber_log")),
+    }
     if cls is AllocationLaw:
         if data.get("loss_law"):
             kwargs["loss"] = law_from_dict(data["loss_law"])
@@ -357,12 +446,17 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     try:
         law = cls(str(data.get("name", "custom")), str(data.get("citation", "")), **kwargs, **data["params"])
     except (TypeError, ValueError) as exc:
-        raise IsoflopError(f"invalid law parameters: {exc}") from None
+        raise IsoflopError(f"invalid law parameters: {first_line(str(exc))}") from None
+    _check_range(law)
     if data.get("bootstrap_samples"):
-        samples = np.asarray(data["bootstrap_samples"], dtype=float)
+        try:
+            samples = np.asarray(data["bootstrap_samples"], dtype=float)
+        except (TypeError, ValueError):
+            samples = np.empty(0)
         if samples.ndim != 2 or samples.shape[1] != len(cls.param_names) or not np.all(np.isfinite(samples)):
             raise IsoflopError(
-                "bootstrap_samples in the law file are malformed; refit with `isoflop fit --bootstrap R`"
+                f"bootstrap_samples in the law file must be a list of rows of {len(cls.param_names)} finite numbers "
+                f"({', '.join(cls.param_names)}); refit with `isoflop fit --bootstrap R`"
             )
         law.samples_ = samples
     if isinstance(data.get("fit"), dict):
@@ -370,6 +464,19 @@ def law_from_dict(data: dict[str, Any]) -> Law:
     if isinstance(law, AllocationLaw) and isinstance(data.get("minima"), list):
         law.minima_ = list(data["minima"])
     return law
+
+
+def _check_range(law: Law) -> None:
+    """Refuse parameters outside the form's range (a zero or negative exponent makes the law meaningless)."""
+    for key in law.positive:
+        if law.params_[key] <= 0:
+            raise IsoflopError(
+                f"{law.form} law parameter {key} is {law.params_[key]:g}; it must be > 0 "
+                "(fit the law again with `isoflop fit --out`)"
+            )
+    for key in law.nonnegative:
+        if law.params_[key] < 0:
+            raise IsoflopError(f"{law.form} law parameter {key} is {law.params_[key]:g}; it must be >= 0")
 
 
 def get_law_preset(name: str) -> Law:

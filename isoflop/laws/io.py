@@ -8,7 +8,7 @@ a bad value is an error naming its row.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from isoflop.errors import IsoflopError
+from isoflop import structured
+from isoflop.errors import IsoflopError, first_line, quote
 from isoflop.laws.filters import RowFilter, apply_filters, parse_filters
+from isoflop.laws.fit import training_flops
 
 N_NAMES = ("N", "n", "params", "n_params", "parameters", "Model Size", "model_size")
 D_NAMES = ("D", "d", "tokens", "n_tokens", "train_tokens", "Training Tokens")
@@ -54,29 +56,23 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise IsoflopError(f"malformed Parquet file {path}: {exc}") from None
     if suffix in (".jsonl", ".ndjson", ".json"):
-        rows: list[dict[str, Any]] = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise IsoflopError(
-                    f"malformed JSONL in {path}, line {i}: {exc.msg}; one JSON object per line"
-                ) from None
+        rows: list[dict[str, Any]] = structured.read_jsonl(path, "JSONL file", "one JSON object per line")
+        for i, row in enumerate(rows, 1):
             if not isinstance(row, dict):
-                raise IsoflopError(f"{path}, line {i} is not a JSON object; one object per run")
-            rows.append(row)
+                raise IsoflopError(f"{path}, record {i} is not a JSON object; one object per run")
         keys = list(dict.fromkeys(k for row in rows for k in row))
         return {k: [row.get(k) for row in rows] for k in keys}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    text = structured.read_text(path, "runs file", "save it as UTF-8 CSV")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
             raise IsoflopError(f"{path} has no header row; the first line must name the columns")
         table: dict[str, list[Any]] = {k: [] for k in reader.fieldnames}
         for row in reader:
             for k in reader.fieldnames:
                 table[k].append(row.get(k))
+    except csv.Error as exc:
+        raise IsoflopError(f"malformed CSV {path}: {first_line(str(exc))}; fix the file") from None
     return table
 
 
@@ -95,11 +91,11 @@ def _numbers(table: dict[str, list[Any]], column: str, source: str) -> np.ndarra
             out[i] = float(value)
         except (TypeError, ValueError):
             raise IsoflopError(
-                f"{source}: row {i + 1}, column {column!r} is {value!r}, not a number; fix or drop that row"
+                f"{source}: row {i + 1}, column {column!r} is {quote(value, 40)}, not a number; fix or drop that row"
             ) from None
         if not (np.isfinite(out[i]) and out[i] > 0):
             raise IsoflopError(
-                f"{source}: row {i + 1}, column {column!r} is {value!r}; values must be finite and positive"
+                f"{source}: row {i + 1}, column {column!r} is {quote(value, 40)}; values must be finite and positive"
             )
     return out
 
@@ -147,7 +143,7 @@ def read_runs(
     loss = _numbers(table, loss_name, source)
     if d_name is not None:
         d = _numbers(table, d_name, source)
-        c = 6.0 * n * d
+        c = training_flops(n, d)
     else:
         c = _numbers(table, c_name, source)
         d = c / (6.0 * n)

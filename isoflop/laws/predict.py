@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from isoflop.errors import IsoflopError
+from isoflop.laws.bootstrap import modified_residuals
 from isoflop.laws.forms import AllocationLaw, Law
 from isoflop.laws.intervals import ci95
 
@@ -28,6 +29,7 @@ class Prediction:
     d: float
     loss: float
     ci95: list[float] | None
+    pi95: list[float] | None  # with run-to-run noise: each draw plus a resampled modified residual
     extrapolation: float | None  # 6 n d / the largest fitted 6 N D; None for a law without its runs
     warning: str | None = None
 
@@ -77,6 +79,19 @@ def predict(law: Law, n: float, d: float) -> Prediction:
             "(--approach 3)"
         )
     loss = float(law.predict(n, d))
-    draws = [float(s.predict(n, d)) for s in law.sample_laws()]
+    draws = np.array([float(s.predict(n, d)) for s in law.sample_laws()])
     factor, warning = extrapolation_warning(6.0 * n * d, law, f"the prediction at N={n:.3g}, D={d:.3g}")
-    return Prediction(n, d, loss, ci95(draws), factor, warning)
+    return Prediction(n, d, loss, ci95(draws), _prediction_interval(law, draws), factor, warning)
+
+
+def _prediction_interval(law: Law, draws: np.ndarray) -> list[float] | None:
+    """95% prediction interval: each bootstrap draw plus one of the fit's modified residuals drawn at random
+    (Davison & Hinkley 1997, Alg. 6.4), in the objective's space; ``None`` without draws or runs."""
+    if len(draws) < 2 or law.runs_ is None or len(law.runs_) != 3:
+        return None
+    try:
+        r = modified_residuals(law)
+    except IsoflopError:
+        return None
+    noise = np.random.default_rng(0).choice(r, size=len(draws))
+    return ci95(draws * np.exp(noise) if law.objective == "huber_log" else draws + noise)

@@ -7,6 +7,7 @@ HFU adds the FLOPs of recomputation (Korthikanti et al. 2022, Sec. 6).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from isoflop.perf.constants import PerfConstants, load_constants
 from isoflop.perf.layout import RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
 from isoflop.perf.memory import GIB, MEMORY_KEYS, memory_bytes
 from isoflop.perf.steptime import STEP_KEYS, step_time
-from isoflop.spec.accounting import count_flops, recompute_flops_per_token
+from isoflop.spec.accounting import FlopCount, count_flops, recompute_flops_per_token
 from isoflop.spec.model import ModelSpec
 
 
@@ -41,7 +42,14 @@ class Estimate:
     gpu_memory_gib: float
     microbatches: int
     overflow: str | None = None
+    step_time_s_ci90: tuple[float, float] = (0.0, 0.0)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mfu_ci90(self) -> tuple[float, float]:
+        """The MFU band matching ``step_time_s_ci90`` (a slower step is a lower MFU)."""
+        lo, hi = self.step_time_s_ci90
+        return (self.mfu * self.step_time_s / hi, self.mfu * self.step_time_s / lo)
 
     @property
     def headroom_gib(self) -> float:
@@ -62,14 +70,24 @@ class Estimate:
             "headroom_gib": self.headroom_gib,
             "memory": dict(self.memory),
             "step_time_s": self.step_time_s,
+            "step_time_s_ci90": list(self.step_time_s_ci90),
             "tokens_per_s": self.tokens_per_s,
             "tokens_per_s_per_gpu": self.tokens_per_s / self.n_gpus,
             "tflops_per_gpu": self.tflops_per_gpu,
             "mfu": self.mfu,
+            "mfu_ci90": list(self.mfu_ci90),
             "hfu": self.hfu,
             "breakdown": dict(self.breakdown),
             **self.extra,
         }
+
+
+def _recompute_flops(flops: FlopCount, policy: str) -> float:
+    """Recomputed FLOPs per token; ``op`` (torchtitan's op-level SAC) redoes every other matmul but not the
+    attention core."""
+    if policy == "op":
+        return 0.5 * (flops.forward - flops.logits - flops.attention_scores)
+    return recompute_flops_per_token(flops, policy)  # type: ignore[arg-type]
 
 
 def evaluate(
@@ -89,7 +107,7 @@ def evaluate(
     flops = count_flops(spec, seq_len)
     tokens = global_batch * seq_len
     model_flops = tokens * flops.training
-    extra = np.array([recompute_flops_per_token(flops, p) for p in RECOMPUTE])[la.recompute] * tokens
+    extra = np.array([_recompute_flops(flops, p) for p in RECOMPUTE])[la.recompute] * tokens
     step = times["step_time_s"]
     peak = gpu.peak_flops(peak_dtype(dtype)) * n_gpus
     out = {k: v / GIB for k, v in mem.items()}
@@ -116,8 +134,17 @@ def overflow_reason(memory: dict[str, float], capacity: float) -> str | None:
 
 
 def build_estimate(
-    row: dict[str, np.ndarray], i: int, layout: Layout, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int
+    row: dict[str, np.ndarray],
+    i: int,
+    layout: Layout,
+    gpu: GPU,
+    n_gpus: int,
+    global_batch: int,
+    seq_len: int,
+    constants: PerfConstants,
 ) -> Estimate:
+    """One row of ``evaluate`` as an ``Estimate``; the 90% band is the cross-validated residual spread
+    (``ci90_log_lo``/``ci90_log_hi`` in constants.yaml, from benchmarks/validate_published.py)."""
     memory = {k: float(row[k][i]) for k in MEMORY_KEYS}
     breakdown = {k: float(row[k][i]) for k in STEP_KEYS}
     return Estimate(
@@ -125,6 +152,10 @@ def build_estimate(
         fits=bool(row["fits"][i]),
         memory=memory,
         step_time_s=float(row["step_time_s"][i]),
+        step_time_s_ci90=(
+            float(row["step_time_s"][i]) * math.exp(constants.ci90_log_lo),
+            float(row["step_time_s"][i]) * math.exp(constants.ci90_log_hi),
+        ),
         tokens_per_s=float(row["tokens_per_s"][i]),
         tflops_per_gpu=float(row["tflops_per_gpu"][i]),
         mfu=float(row["mfu"][i]),
@@ -155,4 +186,4 @@ def estimate(
     const = constants or load_constants(gpu.name)
     la = LayoutArrays.from_layouts([layout])
     row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, layout.dtype, layout.optimizer, const)
-    return build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len)
+    return build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len, const)

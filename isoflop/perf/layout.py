@@ -15,7 +15,26 @@ import numpy as np
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
 
-RECOMPUTE = ("none", "selective", "full")
+# Upper limits on counts: far beyond any real run (the largest clusters hold ~1e5 GPUs), low enough that no
+# product of them overflows int64 or a float's exact integers.
+MAX_COUNT = {"gpus": 2**24, "global_batch": 2**30, "batch_size": 2**30, "seq_len": 2**24}
+DEFAULT_MAX_COUNT = 2**24
+
+
+def check_counts(**values: int | None) -> None:
+    """Refuse a count flag below 1 or above its ``MAX_COUNT`` (one line naming the flag)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if value < 1:
+            raise IsoflopError(f"{flag} must be a positive integer, got {value}")
+        limit = MAX_COUNT.get(name, DEFAULT_MAX_COUNT)
+        if value > limit:
+            raise IsoflopError(f"{flag} {value:.3g} is beyond any real run; use at most {limit:,}")
+
+
+RECOMPUTE = ("none", "selective", "full", "op")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
 KNOBS = (
@@ -41,7 +60,11 @@ class Layout:
     ``zero``: 0 = plain data parallel (DDP), 1 = optimizer states sharded, 2 = + gradients, 3 = + weights
     (Rajbhandari et al. 2020; FSDP NO_SHARD / SHARD_GRAD_OP / FULL_SHARD). ``replicate`` > 1 with ZeRO-3 is
     HSDP: shards within groups of ``dp*cp/replicate`` GPUs, replicated across ``replicate`` groups.
-    ``interleave`` is the number of virtual pipeline stages per GPU (Narayanan et al. 2021, Sec. 2.2.2).
+    ``interleave`` is the number of virtual pipeline stages per GPU (Narayanan et al. 2021, Sec. 2.2.2); it
+    must divide the layers of the fullest stage, ``ceil(n_layers / pp)`` (``pp`` need not divide the layers).
+    ``recompute``: ``selective`` recomputes the attention core (Korthikanti et al. 2022, Sec. 5); ``op`` is
+    torchtitan's per-op selective checkpointing (saves every other matmul output and the attention output,
+    recomputes the rest); ``full`` recomputes each layer from its input.
     ``offload`` moves the optimizer states (fp32 master, moments) to the CPU (ZeRO-Offload, Ren et al. 2021).
     ``dtype``: ``bf16``/``fp16`` = low-precision weights and gradients with fp32 master weights (ZeRO's
     recipe); ``fp8`` = bf16 plus fp8 weight copies and fp8 GEMMs; ``amp`` = ``torch.autocast`` to bf16 over
@@ -54,7 +77,7 @@ class Layout:
     cp: int = 1
     ep: int = 1
     zero: Literal[0, 1, 2, 3] = 0
-    recompute: Literal["none", "selective", "full"] = "none"
+    recompute: Literal["none", "selective", "full", "op"] = "none"
     sequence_parallel: bool = False
     micro_batch: int = 1
     interleave: int = 1
@@ -84,16 +107,49 @@ def microbatches(layout: Layout, global_batch: int) -> int:
     return global_batch // (layout.dp * layout.micro_batch)
 
 
+def stage_layers(n_layers: int | np.ndarray, pp: int | np.ndarray) -> np.ndarray:
+    """Layers on the fullest pipeline stage, ``ceil(n_layers / pp)``: stages need not be equal (BLOOM's 70
+    layers on 12 stages; Llama 3 405B's 126 on 16, Dubey et al. 2024, Sec. 3.3.2)."""
+    return -(-np.asarray(n_layers) // np.asarray(pp))
+
+
+def stage_split(n_layers: int, stages: int) -> tuple[int, ...]:
+    """Transformer blocks on each pipeline stage (virtual stages when interleaved), in stage order: the split
+    the trainer cuts (``isoflop.train.parallel.pipeline``); its largest entry is ``stage_layers``.
+
+    As even as possible; when ``stages`` does not divide ``n_layers`` the extra blocks go to the middle
+    stages, so the first (embedding) and last (output head, loss) stages carry fewer, as Llama 3 did with
+    126 layers over 16 stages (Dubey et al. 2024, Sec. 3.3.2).
+    """
+    if not 1 <= stages <= n_layers:
+        raise IsoflopError(f"{stages} pipeline stages cannot split {n_layers} layers; use 1 to {n_layers} stages")
+    base, extra = divmod(n_layers, stages)
+    # stages nearest the middle first; ties go to the later stage
+    order = sorted(range(stages), key=lambda i: (abs(2 * i - (stages - 1)), -i))
+    bigger = set(order[:extra])
+    return tuple(base + (i in bigger) for i in range(stages))
+
+
+def rank_layers(n_layers: int, pp: int, interleave: int = 1) -> tuple[int, ...]:
+    """Blocks held by each pipeline rank: virtual stage ``s`` of ``pp * interleave`` runs on rank ``s % pp``
+    (the looped placement of Narayanan et al. 2021, Sec. 2.2.2)."""
+    per_stage = stage_split(n_layers, pp * interleave)
+    return tuple(sum(per_stage[r::pp]) for r in range(pp))
+
+
+def hsdp_ok(replicate, zero, dpc):
+    """The HSDP rule, for scalars or arrays (``validate`` and the search's filter both use it): ``replicate``
+    > 1 needs ZeRO-3 and must divide the data x context group (``dpc = dp * cp``) into equal shard groups."""
+    return (replicate == 1) | ((zero == 3) & (dpc % replicate == 0))
+
+
 def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, seq_len: int) -> None:
     """Raise ``IsoflopError`` naming the first violated constraint of ``layout``."""
     lay = layout
     for name in ("tp", "pp", "dp", "cp", "ep", "micro_batch", "interleave", "replicate"):
         if not isinstance(getattr(lay, name), (int, np.integer)) or getattr(lay, name) < 1:
             raise IsoflopError(f"{name} must be a positive integer, got {getattr(lay, name)!r}")
-    if n_gpus < 1:
-        raise IsoflopError(f"--gpus must be a positive integer, got {n_gpus}")
-    if global_batch < 1 or seq_len < 1:
-        raise IsoflopError(f"global batch and sequence length must be positive, got {global_batch} and {seq_len}")
+    check_counts(gpus=n_gpus, global_batch=global_batch, seq_len=seq_len)
     if lay.zero not in (0, 1, 2, 3):
         raise IsoflopError(f"zero must be 0, 1, 2 or 3, got {lay.zero!r}")
     if lay.recompute not in RECOMPUTE:
@@ -114,11 +170,13 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
         raise IsoflopError(
             f"tp={lay.tp} and n_kv_heads={spec.n_kv_heads} must divide one another (KV heads are split or replicated)"
         )
-    if spec.n_layers % lay.pp:
-        raise IsoflopError(f"pp={lay.pp} does not divide n_layers={spec.n_layers}; use a divisor of the layer count")
-    if lay.interleave > 1 and (lay.pp == 1 or spec.n_layers % (lay.pp * lay.interleave)):
+    if lay.pp > spec.n_layers:
+        raise IsoflopError(f"pp={lay.pp} exceeds n_layers={spec.n_layers}; use at most one pipeline stage per layer")
+    per_stage = int(stage_layers(spec.n_layers, lay.pp))
+    if lay.interleave > 1 and (lay.pp == 1 or per_stage % lay.interleave):
         raise IsoflopError(
-            f"interleave={lay.interleave} needs pp > 1 and pp*interleave dividing n_layers={spec.n_layers}"
+            f"interleave={lay.interleave} does not divide the {per_stage} layers per pipeline stage "
+            f"(n_layers={spec.n_layers}, pp={lay.pp}); use pp > 1 and an interleave that divides {per_stage}"
         )
     if seq_len % lay.cp:
         raise IsoflopError(f"cp={lay.cp} does not divide seq_len={seq_len}; use a divisor of the sequence length")
@@ -129,7 +187,7 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
             raise IsoflopError(f"ep={lay.ep} must divide n_experts={spec.n_experts} and dp*cp={lay.dp * lay.cp}")
     if lay.sequence_parallel and lay.tp == 1:
         raise IsoflopError("sequence parallel needs tp > 1; drop --sequence-parallel or raise --tp")
-    if lay.replicate > 1 and (lay.zero != 3 or (lay.dp * lay.cp) % lay.replicate):
+    if not hsdp_ok(lay.replicate, lay.zero, lay.dp * lay.cp):
         raise IsoflopError(f"replicate={lay.replicate} (HSDP) needs zero=3 and must divide dp*cp={lay.dp * lay.cp}")
     if global_batch % (lay.dp * lay.micro_batch):
         raise IsoflopError(
@@ -148,7 +206,7 @@ class LayoutArrays:
     cp: np.ndarray
     ep: np.ndarray
     zero: np.ndarray
-    recompute: np.ndarray  # 0 none, 1 selective, 2 full
+    recompute: np.ndarray  # 0 none, 1 selective, 2 full, 3 op
     sequence_parallel: np.ndarray
     micro_batch: np.ndarray
     interleave: np.ndarray

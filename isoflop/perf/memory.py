@@ -4,7 +4,9 @@
   weights, 2 of gradients and K = 12 of fp32 master weights, momentum and variance per parameter; ZeRO-1
   shards the K bytes over the data-parallel group, ZeRO-2 also the gradients, ZeRO-3 also the weights.
   SGD-momentum keeps 4 (+4 master), Adafactor a factored second moment (Shazeer & Stern 2018, Sec. 3:
-  rows + columns per matrix), 8-bit Adam 2 bytes plus block statistics (Dettmers et al. 2022).
+  rows + columns per matrix), 8-bit Adam 2 bytes plus block statistics (Dettmers et al. 2022); for dense models
+  these two come from the exact per-tensor count of ``isoflop.perf.optimizer_state`` (checked against the real
+  optimizers), averaged per parameter.
 * Activations per layer (Korthikanti et al. 2022, Sec. 4, Eq. 1-2): ``s b h (34 + 5 a s / h)`` for GPT with
   dropout and unfused attention. isoflop assumes FlashAttention (no ``s^2`` term) and no dropout, and
   counts the tensors autograd saves in a Llama/GPT block: 4 replicated ``h`` vectors per token (both norm
@@ -27,7 +29,8 @@ import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
-from isoflop.perf.layout import LayoutArrays
+from isoflop.perf.layout import LayoutArrays, stage_layers
+from isoflop.perf.optimizer_state import ADAM8BIT_BLOCK, optimizer_state_bytes, param_shapes
 from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
 from isoflop.spec.model import ModelSpec
 
@@ -61,12 +64,16 @@ def precision(spec: ModelSpec, dtype: str, optimizer: str, const: PerfConstants)
     """The bytes of a mixed-precision (bf16/fp16/fp8), autocast (amp) or fp32 recipe with ``optimizer``."""
     mixed = dtype not in ("fp32", "amp")
     master = 4.0 if mixed else 0.0
-    states = {
-        "adamw": 8.0,
-        "sgd": 4.0,
-        "adafactor": 4.0 * (1.0 / spec.d_model + 1.0 / max(spec.d_ff, spec.d_model)),
-        "adam8bit": 2.0 + 8.0 / 2048.0,
-    }[optimizer]
+    if optimizer in ("adafactor", "adam8bit") and not spec.is_moe:
+        # the exact per-tensor state of the trainer's optimizers (isoflop.perf.optimizer_state), per parameter
+        states = optimizer_state_bytes(param_shapes(spec), optimizer) / sum(p.numel for p in param_shapes(spec))
+    else:
+        states = {
+            "adamw": 8.0,
+            "sgd": 4.0,
+            "adafactor": 4.0 * (1.0 / spec.d_model + 1.0 / max(spec.d_ff, spec.d_model)),
+            "adam8bit": 2.0 + 8.0 / ADAM8BIT_BLOCK,
+        }[optimizer]
     weight = 2.0 if mixed else 4.0
     if dtype == "fp8":
         weight += const.fp8_weight_copy_bytes
@@ -100,7 +107,7 @@ def stage_params(spec: ModelSpec, la: LayoutArrays) -> StageParams:
     dense_mlp = (spec.n_shared_experts * one_mlp) if spec.is_moe else one_mlp
     layer_dense = (_attention_params(spec) + dense_mlp) / tp + norms + router
     layer_expert = (spec.n_experts * one_mlp) / (tp * ep) if spec.is_moe else np.zeros_like(tp)
-    layers = spec.n_layers / pp
+    layers = stage_layers(spec.n_layers, pp).astype(float)  # the fullest stage
     embedding = V * d + (spec.max_seq_len * d if spec.position == "learned" else 0)
     final_norm = _norm_params(spec)
     single = pp == 1
@@ -114,7 +121,7 @@ def layer_activation_bytes(
     spec: ModelSpec, la: LayoutArrays, seq_len: int, act: float, resid: float | None = None
 ) -> dict[str, np.ndarray]:
     """Bytes autograd keeps for one layer and one microbatch, by recompute policy (``none``,
-    ``selective``, ``full`` = kept input only) on one GPU. ``resid``: bytes per residual-stream element
+    ``selective``, ``full`` = kept input only, ``op``) on one GPU. ``resid``: bytes per residual-stream element
     (the two norm inputs; default ``act``)."""
     resid = act if resid is None else resid
     tp = la.tp.astype(float)
@@ -135,7 +142,10 @@ def layer_activation_bytes(
     none = tokens * (replicated + attn_in + core_out + proj_in + mlp)
     selective = none - tokens * core_out
     full = tokens * h * resid / rep_div
-    return {"none": none, "selective": selective, "full": full}
+    # op-level SAC (torchtitan): the layer input, the attention output and every other matmul output are
+    # saved; norms, RoPE and the activation function are recomputed
+    op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
+    return {"none": none, "selective": selective, "full": full, "op": op}
 
 
 def memory_bytes(
@@ -163,10 +173,12 @@ def memory_bytes(
 
     m = global_batch // (la.dp * la.micro_batch)
     pp, v = la.pp.astype(float), la.interleave.astype(float)
-    layers = spec.n_layers / pp
+    layers = stage_layers(spec.n_layers, pp).astype(float)  # the fullest stage
     per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid)
     kept = np.select(
-        [la.recompute == 0, la.recompute == 1], [per_layer["none"], per_layer["selective"]], per_layer["full"]
+        [la.recompute == 0, la.recompute == 1, la.recompute == 3],
+        [per_layer["none"], per_layer["selective"], per_layer["op"]],
+        per_layer["full"],
     )
     # full recompute: the layer being recomputed in the backward, plus its MLP's hidden-gradient buffers
     hidden_grad = la.micro_batch * seq_len / la.cp * (2 if spec.gated else 1) * spec.d_ff / la.tp * prec.act

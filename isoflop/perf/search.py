@@ -1,9 +1,10 @@
 """Layout search: enumerate every valid layout as numpy arrays, evaluate them all at once, keep the best.
 
 Ranking: predicted tokens/s, ties (within 0.5%) broken by memory headroom. Knobs in ``fixed`` are held;
-the rest range over divisors (``tp`` within a node, ``pp`` dividing the layers, ``cp`` the sequence,
+the rest range over divisors (``tp`` within a node, ``pp`` of the GPU count up to the layer count, with
+uneven stages, ``cp`` the sequence,
 ``micro_batch`` the per-replica batch), ZeRO 0-3, the three recompute policies, sequence parallel on/off,
-interleaving 1/2/4 and optimizer offload on/off.
+interleaving 1/2/3/4/6/8 (dividing the layers per stage) and optimizer offload on/off.
 """
 
 from __future__ import annotations
@@ -16,11 +17,22 @@ from isoflop.errors import IsoflopError
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants, load_constants
 from isoflop.perf.estimate import Estimate, build_estimate, evaluate
-from isoflop.perf.layout import KNOBS, OPTIMIZERS, PRECISIONS, RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
+from isoflop.perf.layout import (
+    KNOBS,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECOMPUTE,
+    Layout,
+    LayoutArrays,
+    hsdp_ok,
+    peak_dtype,
+    stage_layers,
+    validate,
+)
 from isoflop.spec.model import ModelSpec
 
 MAX_MICRO_BATCH = 64
-INTERLEAVES = (1, 2, 4)
+INTERLEAVES = (1, 2, 3, 4, 6, 8)
 
 
 def _divisors(n: int) -> list[int]:
@@ -37,7 +49,7 @@ def _choices(spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len:
             and spec.n_heads % t == 0
             and (spec.n_kv_heads % t == 0 or t % spec.n_kv_heads == 0)
         ],
-        "pp": [p for p in gpu_divs if spec.n_layers % p == 0],
+        "pp": [p for p in gpu_divs if p <= spec.n_layers],
         "cp": [c for c in gpu_divs if seq_len % c == 0 and (c == 1 or seq_len // c >= 512)],
         "ep": [e for e in gpu_divs if spec.n_experts % e == 0] if spec.is_moe else [1],
         "zero": [0, 1, 2, 3],
@@ -83,7 +95,7 @@ def candidates(
     dpc = dp * base["cp"]
     ok &= global_batch % np.maximum(dp * base["micro_batch"], 1) == 0
     ok &= (dpc % base["ep"] == 0) & ((spec.n_experts % base["ep"] == 0) if spec.is_moe else (base["ep"] == 1))
-    ok &= (base["replicate"] == 1) | ((dpc % base["replicate"] == 0) & (dpc > base["replicate"]))
+    ok &= hsdp_ok(base["replicate"], 3, dpc)  # the rule with the most permissive ZeRO stage; stage 2 applies it
     keep = np.nonzero(ok)[0]
     base = {k: v[keep] for k, v in base.items()}
     base["dp"] = dp[keep]
@@ -96,8 +108,9 @@ def candidates(
     cols.update({k: np.tile(v, n_base) for k, v in flags.items()})
     dpc = cols["dp"] * cols["cp"]
     ok = ~(cols["sequence_parallel"] & (cols["tp"] == 1))
-    ok &= (cols["interleave"] == 1) | ((cols["pp"] > 1) & (spec.n_layers % (cols["pp"] * cols["interleave"]) == 0))
-    ok &= (cols["replicate"] == 1) | (cols["zero"] == 3)
+    per_stage = stage_layers(spec.n_layers, cols["pp"])
+    ok &= (cols["interleave"] == 1) | ((cols["pp"] > 1) & (per_stage % cols["interleave"] == 0))
+    ok &= hsdp_ok(cols["replicate"], cols["zero"], dpc)
     ok &= ~((cols["zero"] >= 1) & (dpc == 1) & ("zero" not in fix))  # sharding over one replica is a no-op
     ok &= ~(cols["offload"] & (cols["zero"] == 0) & ("offload" not in fix))
     idx = np.nonzero(ok)[0]
@@ -159,7 +172,9 @@ def search_layouts(
     order = _ranked(row, row["fits"])[:top_k]
     out: list[Estimate] = []
     for rank, i in enumerate(order):
-        est = build_estimate(row, int(i), la.layout(int(i), dtype, optimizer), gpu, n_gpus, global_batch, seq_len)
+        est = build_estimate(
+            row, int(i), la.layout(int(i), dtype, optimizer), gpu, n_gpus, global_batch, seq_len, const
+        )
         est.extra["rank"] = rank + 1
         est.extra["reason"] = _reason(out[0] if out else est, est, rank)
         out.append(est)

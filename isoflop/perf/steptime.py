@@ -7,7 +7,8 @@ Model (all times per GPU; the slowest pipeline stage, i.e. the one holding the l
   Backward = two GEMMs of the same size per forward GEMM (Kaplan et al. 2020, Sec. 2.1).
 * Attention: FlashAttention (Dao 2023) computes only the causal triangle, ``(s+1)/2`` keys per query;
   forward at ``flash_fwd_eff``, backward ``flash_bwd_flop_ratio`` x the FLOPs at ``flash_bwd_eff``, both
-  scaled by ``s / (s + flash_half_seq)``.
+  scaled by ``s / (s + flash_half_seq)``. Frameworks without it (``flash_attention: 0``) run batched GEMMs
+  over the full square and stream the materialised scores through HBM (``_attention``).
 * Memory-bound operations (norms, residual adds, RoPE, activation function, cross-entropy, optimizer step):
   bytes moved / (HBM bandwidth * ``hbm_eff``).
 * Communication (ring collectives, Thakur et al. 2005: all-reduce moves ``2 (g-1)/g`` of the message per GPU,
@@ -19,7 +20,8 @@ Model (all times per GPU; the slowest pipeline stage, i.e. the one holding the l
   (``dp_overlap``); ZeRO-3/FSDP gathers and reduce-scatters every microbatch behind its compute
   (``fsdp_overlap``); ring attention (context parallel) hides behind the attention kernel; expert-parallel
   all-to-all (4 per MoE layer) and pipeline point-to-point sends are exposed.
-* Pipeline bubble (Narayanan et al. 2021, Sec. 2.2): ``(p - 1) / (v m)`` of the ideal ``m`` microbatch times.
+* Pipeline bubble (Narayanan et al. 2021, Sec. 2.2): ``(p - 1) / (v m)`` of the ideal ``m`` microbatch times,
+  the tick being the slowest stage's (``_slowest_stage``: uneven layer counts, the head on the last stage).
 * Small models are launch-bound: a microbatch never takes less than its kernel count x ``kernel_launch_s``
   (eager PyTorch); the excess is reported as overhead, with the fixed ``step_overhead_s``.
 """
@@ -61,6 +63,40 @@ def _gemm(M, N, K, count, peak: float, act: float, gpu: GPU, c: PerfConstants) -
     return count * np.maximum(compute, stream)
 
 
+def _attention(
+    spec: ModelSpec,
+    la: LayoutArrays,
+    T,
+    seq_len: int,
+    tp,
+    peak: float,
+    attn_peak: float,
+    act: float,
+    gpu: GPU,
+    c: PerfConstants,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward seconds of one layer's attention core for one microbatch.
+
+    ``flash_attention`` = 1: FlashAttention-2 (Dao 2023), the causal triangle only, at ``flash_*_eff``.
+    0: the unfused kernels of Megatron-LM 2021 (Shoeybi et al. 2019): Q K^T and A V as batched GEMMs over the
+    full ``s x s`` square, the scores materialised in HBM (``attn_score_bytes`` read+written per score
+    element over forward and backward: scale-mask-softmax, dropout and their gradients).
+    """
+    q, hd = spec.q_dim, spec.head_dim
+    seq_eff = seq_len / (seq_len + c.flash_half_seq)
+    a_flops = 4.0 * T * (seq_len + 1) / 2.0 * q / tp
+    flash_fwd = a_flops / (attn_peak * c.flash_fwd_eff * seq_eff)
+    flash_bwd = c.flash_bwd_flop_ratio * a_flops / (attn_peak * c.flash_bwd_eff * seq_eff)
+    if c.flash_attention >= 1.0:
+        return flash_fwd, flash_bwd
+    local = np.maximum(spec.n_heads / tp, 1.0) * T / seq_len  # (sequence, head) pairs per GPU
+    s = float(seq_len)
+    gemms = _gemm(s, s, hd, local, peak, act, gpu, c) + _gemm(s, hd, s, local, peak, act, gpu, c)
+    scores = local * s * s * c.attn_score_bytes / (gpu.hbm_gbps * 1e9 * c.hbm_eff)
+    fwd_share = 13.0 / 30.0  # of the score traffic: softmax + dropout forward (13 B of ~30 B per element)
+    return gemms + fwd_share * scores, 2.0 * gemms + (1.0 - fwd_share) * scores
+
+
 def _collective(nbytes, group, local, factor: float, gpu: GPU, c: PerfConstants) -> np.ndarray:
     """Ring collective over ``group`` GPUs with ``local`` of them per node (factor 2 all-reduce, 1 AG/RS/a2a)."""
     group = np.asarray(group, dtype=float)
@@ -71,6 +107,34 @@ def _collective(nbytes, group, local, factor: float, gpu: GPU, c: PerfConstants)
     t_intra = (local - 1) / local * nbytes / intra
     t_inter = (nodes - 1) / np.maximum(nodes, 1.0) * nbytes / local / inter
     return np.where(group > 1, factor * (t_intra + t_inter), 0.0)
+
+
+def _slowest_stage(n_layers: int, pp: np.ndarray, layer_t, head_t, rebalance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Layers on the slowest pipeline stage and whether it holds the head (1.0) or not (0.0).
+
+    The last stage holds ``L_last`` layers plus the output head and loss; the other ``pp - 1`` stages share
+    the rest as evenly as layers allow (Megatron-LM: equal stages, the head on the last; uneven counts
+    as in BLOOM and Llama 3). ``rebalance`` > 0 lets the partitioner move up to 3 layers off the last
+    stage when the head costs more than a layer (Llama 3 405B: 7 layers on the first and last of 16
+    stages, 8 on the others; Dubey et al. 2024, Sec. 3.3.2). The slowest stage sets the pipeline's tick.
+    """
+    pp = np.asarray(pp, dtype=float)
+    k = np.ceil(n_layers / pp)
+    best_t = np.full(np.broadcast(pp, layer_t).shape, np.inf)
+    best_layers = np.zeros_like(best_t)
+    best_head = np.zeros_like(best_t)
+    for j in range(4 if rebalance > 0 else 1):
+        last = np.where(pp > 1, np.maximum(k - j, 0.0), float(n_layers))
+        others = np.where(pp > 1, np.ceil((n_layers - last) / np.maximum(pp - 1.0, 1.0)), 0.0)
+        t_last = last * layer_t + head_t
+        t_others = others * layer_t
+        t = np.maximum(t_last, t_others)
+        better = t < best_t
+        last_slowest = t_last >= t_others
+        best_layers = np.where(better, np.where(last_slowest, last, others), best_layers)
+        best_head = np.where(better, np.where(last_slowest, 1.0, 0.0), best_head)
+        best_t = np.where(better, t, best_t)
+    return best_layers, best_head
 
 
 def step_time(
@@ -109,11 +173,7 @@ def step_time(
             g_fwd = g_fwd + gemm(T, mats * f / tp, h, spec.n_shared_experts) + gemm(T, h, f / tp, spec.n_shared_experts)
     else:
         g_fwd = g_fwd + gemm(T, mats * f / tp, h) + gemm(T, h, f / tp)
-    keys = (seq_len + 1) / 2.0
-    a_flops = 4.0 * T * keys * q / tp
-    seq_eff = seq_len / (seq_len + c.flash_half_seq)
-    a_fwd = a_flops / (attn_peak * c.flash_fwd_eff * seq_eff)
-    a_bwd = c.flash_bwd_flop_ratio * a_flops / (attn_peak * c.flash_bwd_eff * seq_eff)
+    a_fwd, a_bwd = _attention(spec, la, T, seq_len, tp, peak, attn_peak, act, gpu, c)
     rep_div = np.where(la.sequence_parallel, tp, 1.0)
     elems = (
         10.0 * h / rep_div
@@ -141,14 +201,22 @@ def step_time(
     else:
         comm_ep = np.zeros_like(tp)
 
-    recompute = np.select([la.recompute == 2, la.recompute == 1], [g_fwd + a_fwd + mb_fwd, a_fwd], 0.0)
-    layers = spec.n_layers / pp
+    recompute = np.select(
+        [la.recompute == 2, la.recompute == 1, la.recompute == 3],
+        [g_fwd + a_fwd + mb_fwd, a_fwd, 0.5 * g_fwd + mb_fwd],  # op: every other matmul + the elementwise ops
+        0.0,
+    )
     # --- the last stage also runs the output head and the loss -----------------------------------------------
     head_g = gemm(T, spec.vocab_size / tp, h, 3.0)
     head_m = T * spec.vocab_size / tp * c.loss_bytes_per_logit / hbm
-    stage_gemm = layers * 3.0 * g_fwd + head_g
+    # a framework's efficiency (< 1: host scheduling, unfused kernels) stretches every microbatch's compute
+    slow = 1.0 / c.framework_eff
+    g_fwd, a_fwd, a_bwd, mb_fwd, recompute = (x * slow for x in (g_fwd, a_fwd, a_bwd, mb_fwd, recompute))
+    layer_t = 3.0 * g_fwd + a_fwd + a_bwd + 3.0 * mb_fwd + recompute + comm_tp + comm_cp + comm_ep
+    layers, head = _slowest_stage(spec.n_layers, la.pp, layer_t, head_g + head_m, c.pipeline_rebalance)
+    stage_gemm = layers * 3.0 * g_fwd + head * head_g
     stage_attn = layers * (a_fwd + a_bwd)
-    stage_mb = layers * 3.0 * mb_fwd + head_m
+    stage_mb = layers * 3.0 * mb_fwd + head * head_m
     stage_rc = layers * recompute
     stage_comm = layers * (comm_tp + comm_cp + comm_ep)
     pp_link = (

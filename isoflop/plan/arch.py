@@ -43,6 +43,14 @@ def _round_up(x: np.ndarray, m: int) -> np.ndarray:
     return (np.ceil(x / m) * m).astype(np.int64)
 
 
+class NoShapeError(IsoflopError):
+    """No width x depth lands near the requested size; ``too_large`` when even the largest shape is smaller."""
+
+    def __init__(self, message: str, too_large: bool) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
 def shape_for_params(
     n_params: float,
     vocab_size: int = 32000,
@@ -124,9 +132,10 @@ def shape_for_params(
             if got > n_params
             else "raise max_layers"
         )
-        raise IsoflopError(
+        raise NoShapeError(
             f"no architecture has about {n_params:.3g} parameters (closest {got:.3g}, vocab {vocab_size}, width "
-            f"multiple {multiple}); {hint}"
+            f"multiple {multiple}); {hint}",
+            too_large=got < n_params,
         )
     spec = ModelSpec(
         name=name,

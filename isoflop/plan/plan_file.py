@@ -53,7 +53,7 @@ def plan_train_config(plan: Plan) -> TrainConfig:
         parallel=ParallelSection(
             strategy=_strategy(layout),
             replicate=int(layout.get("replicate", 1)) if layout else 1,
-            **({k: layout[k] for k in ("tp", "pp", "dp", "zero")} if layout else {}),
+            **({k: layout[k] for k in ("tp", "pp", "dp", "zero", "cp", "interleave") if k in layout} if layout else {}),
         ),
         predicted=PredictedSection(
             loss=plan.predicted_loss,

@@ -28,7 +28,8 @@ from isoflop.laws.allocation import Allocation, compute_optimal, data_constraine
 from isoflop.laws.forms import AllocationLaw, Law, load_law
 from isoflop.laws.hyperparams import recommend, warmup_steps
 from isoflop.laws.intervals import ci95
-from isoflop.plan.arch import shape_for_params
+from isoflop.perf.layout import check_counts
+from isoflop.plan.arch import NoShapeError, shape_for_params
 from isoflop.spec import ModelSpec, count_params
 
 DEFAULT_PUE = 1.1
@@ -77,8 +78,7 @@ def _check(req: PlanRequest) -> None:
     ):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise IsoflopError(f"{name} must be a positive finite number, got {value!r}")
-    if req.n_gpus is not None and req.n_gpus < 1:
-        raise IsoflopError(f"--gpus must be a positive integer, got {req.n_gpus}")
+    check_counts(gpus=req.n_gpus)
     if req.mfu is not None and not 0 < req.mfu <= 1:
         raise IsoflopError(f"--mfu must be in (0, 1], got {req.mfu}")
     if req.price_per_gpu_hour is not None and not (
@@ -89,6 +89,10 @@ def _check(req: PlanRequest) -> None:
         raise IsoflopError("--seq-len and --vocab-size must be positive integers")
     if not (req.pue >= 1 and math.isfinite(req.pue)):
         raise IsoflopError(f"--pue must be >= 1, got {req.pue}")
+    if not (math.isfinite(req.carbon_kg_per_kwh) and req.carbon_kg_per_kwh >= 0):
+        raise IsoflopError(
+            f"--carbon-intensity must be a finite number >= 0 (kg CO2e per kWh), got {req.carbon_kg_per_kwh}"
+        )
 
 
 def _model(alloc: Allocation, req: PlanRequest) -> ModelSpec:
@@ -97,10 +101,16 @@ def _model(alloc: Allocation, req: PlanRequest) -> ModelSpec:
         return shape_for_params(
             alloc.n_params, req.vocab_size, req.seq_len, tp=1, count=alloc.param_kind, name="planned"
         )
-    except IsoflopError:
+    except NoShapeError as exc:
+        kind = alloc.param_kind.replace("_", "-")
+        if exc.too_large:
+            raise IsoflopError(
+                f"the budget is too large: the law asks for {alloc.n_params:.3g} {kind} parameters, more than the "
+                "largest model isoflop shapes (width 65536 x 256 layers) holds; lower the budget (or --gpus/--days)"
+            ) from None
         raise IsoflopError(
             f"the budget is too small for any sensible model: the law asks for {alloc.n_params:.3g} "
-            f"{alloc.param_kind.replace('_', '-')} parameters, fewer than a {req.vocab_size}-token vocabulary's "
+            f"{kind} parameters, fewer than a {req.vocab_size}-token vocabulary's "
             "embedding and output layers need; raise the budget, or use a smaller --vocab-size"
         ) from None
 

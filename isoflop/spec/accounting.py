@@ -124,6 +124,7 @@ def count_flops(spec: ModelSpec, seq_len: int | None = None, causal: bool = Fals
     s = spec.max_seq_len if seq_len is None else seq_len
     if s <= 0:
         raise IsoflopError(f"seq_len must be a positive integer, got {s}")
+    spec.check_seq_len(s)
     d, L = spec.d_model, spec.n_layers
     params = count_params(spec)
     attn_proj = 2 * (d * spec.q_dim + 2 * d * spec.kv_dim + spec.q_dim * d)

@@ -12,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from isoflop.errors import IsoflopError, describe_validation_error
+from isoflop import structured
+from isoflop.errors import IsoflopError, describe_validation_error, quote
 from isoflop.spec.model import ModelSpec
 from isoflop.structured import read_json_or_yaml
 
@@ -23,7 +23,7 @@ from isoflop.structured import read_json_or_yaml
 @lru_cache(maxsize=1)
 def _preset_table() -> dict[str, Any]:
     text = resources.files("isoflop.spec").joinpath("presets.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return structured.loads(text, "yaml", "presets.yaml", "model presets", "reinstall isoflop")
 
 
 def preset_names() -> list[str]:
@@ -102,7 +102,7 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
         d_model = data["n_embd"]
         act = data.get("activation_function", "gelu_new")
         if "gelu" not in str(act):
-            raise IsoflopError(f"GPT-2 config uses activation {act!r}; isoflop models GELU MLPs only")
+            raise IsoflopError(f"GPT-2 config uses activation {quote(act, 40)}; isoflop models GELU MLPs only")
         return ModelSpec(
             name=name,
             d_model=d_model,
@@ -122,7 +122,13 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
         _require(data, sorted(_LLAMA_KEYS | {"vocab_size"}), model_type)
         if data.get("attention_bias") or data.get("mlp_bias"):
             raise IsoflopError("Llama configs with attention_bias/mlp_bias are not modelled; set them to false")
-        n_experts = data.get("num_local_experts", 0) or 0
+        n_experts = data.get("num_local_experts")
+        if n_experts is not None and (isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1):
+            raise IsoflopError(
+                f"num_local_experts is {quote(n_experts, 40)}; an MoE config needs >= 1 experts "
+                "(drop the key for a dense model)"
+            )
+        n_experts = n_experts or 0
         return ModelSpec(
             name=name,
             d_model=data["hidden_size"],
@@ -143,4 +149,6 @@ def _from_hf_config(data: dict[str, Any], name: str) -> ModelSpec:
             n_experts=n_experts,
             top_k=data.get("num_experts_per_tok", 2) if n_experts else 0,
         )
-    raise IsoflopError(f"config.json model_type {model_type!r} is not supported; use gpt2, llama, mistral or mixtral")
+    raise IsoflopError(
+        f"config.json model_type {quote(model_type, 40)} is not supported; use gpt2, llama, mistral or mixtral"
+    )

@@ -20,9 +20,23 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, quote
+
+_INT_FIELDS = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "d_ff",
+    "vocab_size",
+    "max_seq_len",
+    "n_experts",
+    "top_k",
+    "n_shared_experts",
+)
 
 
 class ModelSpec(BaseModel):
@@ -98,6 +112,29 @@ class ModelSpec(BaseModel):
         elif self.top_k or self.n_shared_experts:
             raise IsoflopError("top_k and n_shared_experts need n_experts > 0; set n_experts or drop them")
         return self
+
+    @field_validator(*_INT_FIELDS, mode="before")
+    @classmethod
+    def _strict_int(cls, value: Any, info: ValidationInfo) -> Any:
+        """A bool or a string is not a count (``num_hidden_layers: true`` is not one layer)."""
+        if isinstance(value, (bool, str)):
+            raise IsoflopError(f"{info.field_name} must be an integer, got {quote(value, 60)}; fix the model spec")
+        return value
+
+    @field_validator("tie_embeddings", "bias", mode="before")
+    @classmethod
+    def _strict_bool(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, bool):
+            raise IsoflopError(f"{info.field_name} must be true or false, got {quote(value, 60)}; fix the model spec")
+        return value
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Refuse a sequence longer than a learned-position table (GPT-2 has 1024 rows; RoPE has no table)."""
+        if self.position == "learned" and seq_len > self.max_seq_len:
+            raise IsoflopError(
+                f"{self.name} has learned positions for {self.max_seq_len} tokens, so sequence length {seq_len} "
+                f"does not fit; use --seq-len <= {self.max_seq_len} or raise max_seq_len (n_positions)"
+            )
 
     # Derived shape -----------------------------------------------------------------------------
     @property

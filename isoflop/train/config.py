@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 from isoflop.spec.loader import load_spec, spec_from_dict
 from isoflop.spec.model import ModelSpec
@@ -61,8 +63,13 @@ class TrainSection(_Section):
     ckpt_every: int = Field(0, ge=0, description="0 = checkpoint only at the end and on preemption.")
     keep_checkpoints: int = Field(2, gt=0)
     max_bad_steps: int = Field(
-        5, gt=0, description="Consecutive non-finite steps before rolling back to the last checkpoint."
+        5, gt=0, description="Consecutive bad (non-finite or spiking) steps before rolling back to a checkpoint."
     )
+    spike_factor: float = Field(
+        2.0, ge=0, description="A loss above this x the median of the last 16 is a bad step (0 = only non-finite)."
+    )
+    max_rollbacks: int = Field(3, ge=0, description="Rollbacks before a divergence stops the run (exit code 3).")
+    rollback_lr_factor: float = Field(1.0, gt=0, le=1, description="Learning-rate multiplier at each rollback.")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Used only if installed.")
 
     @field_validator("seq_len", "global_batch", "micro_batch", "max_steps", "tokens", "seed", mode="before")
@@ -72,8 +79,12 @@ class TrainSection(_Section):
 
 
 class OptimSection(_Section):
-    """AdamW (Loshchilov & Hutter 2019) and its learning-rate schedule."""
+    """The optimizer (AdamW, Loshchilov & Hutter 2019, unless ``name`` says otherwise) and its schedule."""
 
+    name: Literal["adamw", "sgd", "adafactor", "adam8bit", "lion", "galore"] = "adamw"
+    galore_rank: int = Field(128, gt=0, description="GaLore: projection rank of each linear weight.")
+    galore_update_gap: int = Field(200, gt=0, description="GaLore: steps between projection updates.")
+    galore_scale: float = Field(0.25, gt=0, description="GaLore: scale of the projected update.")
     lr: float = Field(3.0e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd"] = "cosine"
@@ -92,8 +103,9 @@ class OptimSection(_Section):
 
 
 class ParallelSection(_Section):
-    """How processes share the model. ``tp``, ``pp``, ``cp``, ``ep``, ``dp`` and the other layout fields come from
-    the planner for information; this trainer runs data parallelism (DDP, FSDP2, HSDP) only."""
+    """How processes share the model: data parallelism (DDP, FSDP2, HSDP) and, with ``tp``/``pp`` > 1, tensor +
+    sequence and pipeline parallelism on one DeviceMesh (``isoflop.train.parallel``). The other layout fields
+    come from the planner for information."""
 
     strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
     replicate: int = Field(1, gt=0, description="HSDP replica groups (the outer mesh dimension).")
@@ -112,6 +124,9 @@ class ParallelSection(_Section):
     sequence_parallel: bool | None = None
     micro_batch: int | None = Field(None, gt=0)
     interleave: int | None = Field(None, gt=0)
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved-1f1b", "zero-bubble"] | None = Field(
+        None, description="Pipeline schedule; null: 1f1b, or interleaved-1f1b when interleave > 1."
+    )
     offload: bool | None = None
     dtype: str | None = None
 
@@ -119,6 +134,36 @@ class ParallelSection(_Section):
         if self.reshard_after_forward is not None:
             return self.reshard_after_forward
         return not (self.zero is not None and self.zero <= 2)
+
+
+class SyncSection(_Section):
+    """How data-parallel workers synchronise (``isoflop.train.lowcomm``): every step through DDP, optionally with
+    one of torch's gradient-compression comm hooks, or every ``inner_steps`` steps with DiLoCo
+    (Douillard et al. 2023), optionally streaming ``fragments`` (Douillard et al. 2025) and quantised."""
+
+    mode: Literal["allreduce", "diloco"] = "allreduce"
+    comm_hook: Literal["default", "allreduce", "fp16", "bf16", "powersgd"] = Field(
+        "default", description="DDP: default = the built-in all-reduce; the others are torch's ddp_comm_hooks."
+    )
+    powersgd_rank: int = Field(1, gt=0, description="PowerSGD matrix approximation rank (Vogels et al. 2019).")
+    powersgd_start_iter: int = Field(2, ge=2, description="PowerSGD: plain all-reduce for the first N steps.")
+    inner_steps: int = Field(8, gt=0, description="DiLoCo H: inner AdamW steps between outer steps.")
+    outer_lr: float = Field(0.7, gt=0)
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum of the outer SGD; 0 = plain SGD.")
+    outer_dtype: Literal["fp32", "bf16", "int4"] = Field("fp32", description="Pseudo-gradient wire format.")
+    fragments: int = Field(1, gt=0, description="Streaming DiLoCo: fragments synchronised at staggered steps.")
+    non_iid: bool = Field(False, description="Federated: each worker samples only its own slice of the corpus.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SyncSection:
+        if self.mode == "diloco" and self.comm_hook != "default":
+            raise IsoflopError(f"sync.comm_hook={self.comm_hook} applies to DDP, not DiLoCo; drop one of them")
+        if self.fragments > self.inner_steps:
+            raise IsoflopError(
+                f"sync.fragments={self.fragments} exceeds sync.inner_steps={self.inner_steps}; "
+                "use at most one fragment per inner step"
+            )
+        return self
 
 
 class PredictedSection(BaseModel):
@@ -143,6 +188,7 @@ class TrainConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     parallel: ParallelSection = Field(default_factory=ParallelSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
     predicted: PredictedSection | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
@@ -226,10 +272,7 @@ def _preset_dict(name: str) -> dict[str, Any]:
 
 
 def _safe_yaml(text: str, origin: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise IsoflopError(f"malformed YAML in {origin}: {str(exc).splitlines()[0]}; fix the file's syntax") from None
+    data = structured.loads(text, "yaml", origin, "YAML in", "fix the file's syntax")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -243,19 +286,55 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise IsoflopError(f"override {item!r} is not KEY=VALUE; write e.g. train.max_steps=40")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = structured.loads(raw, "yaml", key, "override", "") if raw.strip() else None
+    except IsoflopError:
         value = raw
-    return [part for part in key.strip().split(".") if part], value
+    parts = key.strip().split(".")
+    if not all(part.strip() for part in parts):
+        raise IsoflopError(f"override key {key.strip()[:80]!r} has an empty part; write e.g. train.max_steps=40")
+    return [part.strip() for part in parts], value
+
+
+def _section_class(name: str) -> type[BaseModel] | None:
+    """The pydantic class of TrainConfig section ``name`` (``None`` for ``model``, which may be a preset name or a
+    spec path, and for plain mappings such as ``plan``)."""
+    field = TrainConfig.model_fields.get(name)
+    if name == "model" or field is None:
+        return None
+    for cls in typing.get_args(field.annotation) or (field.annotation,):
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            return cls
+    return None
+
+
+def _check_override_path(path: list[str]) -> None:
+    """An override names a field inside a section, never a whole section (``model=tiny-llama`` is allowed)."""
+    if not path:
+        raise IsoflopError("an override has an empty key; write e.g. --set train.max_steps=40")
+    section = _section_class(path[0]) if len(path) == 1 else None
+    if section is not None:
+        example = next(iter(section.model_fields), "field")
+        raise IsoflopError(
+            f"--set {path[0]}=... would replace the whole {path[0]} section; set one field, "
+            f"e.g. --set {path[0]}.{example}=..."
+        )
 
 
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node = data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if depth == 0 and part == "model" and isinstance(child, str):  # a preset/spec file: its fields, then set
+            child = load_spec(child).model_dump(mode="json")
+            node[part] = child
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            raise IsoflopError(
+                f"override {'.'.join(path)[:80]} goes inside {'.'.join(path[: depth + 1])}, which is not a section; "
+                f"set {'.'.join(path[: depth + 1])} itself"
+            )
         node = child
     node[path[-1]] = value
 
@@ -266,7 +345,13 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
 
 def _explain(exc: ValidationError, origin: str) -> IsoflopError:
     """One line per config problem; unknown keys get a 'did you mean' from the section's fields."""
-    sections = {"train": TrainSection, "optim": OptimSection, "parallel": ParallelSection, "data": DataConfig}
+    sections = {
+        "train": TrainSection,
+        "optim": OptimSection,
+        "parallel": ParallelSection,
+        "sync": SyncSection,
+        "data": DataConfig,
+    }
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
@@ -321,5 +406,7 @@ def load_train_config(
         data, origin = _preset_dict(name), f"preset {name}"
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for key, value in items:
-        _set_path(data, key.split(".") if isinstance(key, str) else list(key), value)
+        path = key.split(".") if isinstance(key, str) else list(key)
+        _check_override_path(path)
+        _set_path(data, path, value)
     return build_config(data, origin)

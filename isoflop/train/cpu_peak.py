@@ -2,16 +2,23 @@
 
 A CPU has no catalog peak worth trusting (turbo, AVX-512 down-clocking, VM throttling), so the peak is
 measured: the best of several timed square matmuls (1024 and 2048), ``2 n^3`` FLOPs each (the
-accounting's convention, ``isoflop.spec.accounting``), with PyTorch's current thread count. On a
-machine shared with other jobs the measurement is a lower bound of the true peak (``refresh=True``
-measures again). The result is cached
-in ``~/.cache/isoflop/cpu_peak.json`` (``$ISOFLOP_CACHE`` overrides the folder), keyed by CPU model,
-thread count, torch version and dtype, so the trainer's metrics and the benchmark share one number.
+accounting's convention, ``isoflop.spec.accounting``), with PyTorch's current thread count. The result is
+cached in ``~/.cache/isoflop/cpu_peak.json`` (``$ISOFLOP_CACHE`` overrides the folder), keyed by CPU model,
+the matmul-relevant ISA flags (AVX2/FMA, AVX-512 and its BF16/FP16/VNNI extensions, AMX: two CPUs with the
+same model name can differ), thread count, torch version and dtype, so the trainer's metrics and the
+benchmark share one number.
+
+Load: on a machine shared with other jobs the measurement is a lower bound of the true peak. A measurement
+taken while the 1-minute load average exceeds half the cores is recorded as ``busy`` and measured again by
+the next call that finds the machine quiet; a new measurement never lowers the cached peak (the maximum is
+kept). ``mfu`` re-measures when the achieved rate exceeds the peak and reports no MFU (None, with the reason)
+rather than a value above 1.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -68,21 +75,69 @@ def measure_matmul_flops(
     return best
 
 
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def _isa() -> str:
+    """The matmul-relevant ISA flags of this CPU (``/proc/cpuinfo``), e.g. ``avx2+fma+avx512f+avx512_bf16``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                present = set(line.split(":", 1)[1].split())
+                return "+".join(f for f in _ISA_FLAGS if f in present) or "none"
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def machine_busy() -> bool:
+    """True when the 1-minute load average exceeds half the cores (other jobs would slow a measurement)."""
+    try:
+        return os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
+def _cache_key(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return f"v3|{_cpu_model()}|{_isa()}|threads={torch.get_num_threads()}|torch={torch.__version__}|{name}"
+
+
 def measured_peak_flops(dtype: torch.dtype | str = "fp32", refresh: bool = False) -> float:
-    """The CPU's matmul peak in FLOP/s for ``dtype``: cached, measured once per machine/threads/torch."""
+    """The CPU's matmul peak in FLOP/s for ``dtype``: cached per machine/ISA/threads/torch; measured again when
+    ``refresh`` or when the cached value was taken on a busy machine and this one is quiet (the max is kept)."""
     dt = _dtype(dtype)
-    dtype_name = str(dt).removeprefix("torch.")
-    key = f"v2|{_cpu_model()}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
+    key = _cache_key(dt)
     path = cache_dir() / "cpu_peak.json"
-    table: dict[str, float] = {}
+    table: dict[str, dict[str, float | bool]] = {}
     if path.is_file():
         try:
             loaded = json.loads(path.read_text(encoding="utf-8"))
-            table = {k: float(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
-        except (OSError, ValueError, TypeError):
+            table = {
+                k: {"flops": float(v["flops"]), "busy": bool(v.get("busy", False))}
+                for k, v in loaded.items()
+                if isinstance(v, dict)
+            }
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             table = {}  # a corrupt cache is re-measured, never trusted
-    if not refresh and table.get(key, 0.0) > 0:
-        return table[key]
-    table[key] = measure_matmul_flops(dt)
+    cached = table.get(key)
+    busy = machine_busy()
+    if cached is not None and cached["flops"] > 0 and not refresh and not (cached["busy"] and not busy):
+        return float(cached["flops"])
+    flops = measure_matmul_flops(dt)
+    if cached is not None and cached["flops"] > flops:
+        flops, busy = float(cached["flops"]), bool(cached["busy"] and busy)
+    table[key] = {"flops": flops, "busy": busy}
     atomic_write_json(path, table)
-    return table[key]
+    return flops
+
+
+def mfu(achieved_flops_per_s: float, dtype: torch.dtype | str = "fp32") -> tuple[float | None, float, str]:
+    """(MFU, peak FLOP/s, note) for a CPU run that achieved ``achieved_flops_per_s``. An MFU above 1 means the
+    peak was measured too low (under load): it is measured again, and if still below, no MFU is reported."""
+    peak = measured_peak_flops(dtype)
+    if achieved_flops_per_s > peak:
+        peak = measured_peak_flops(dtype, refresh=True)
+    if achieved_flops_per_s > peak:
+        return None, peak, "the measured CPU peak is below the achieved rate (measured under load); MFU not reported"
+    return achieved_flops_per_s / peak, peak, ""

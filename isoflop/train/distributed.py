@@ -206,7 +206,7 @@ def launch(nproc_per_node: int, module_args: list[str]) -> int:
     """Run ``python -m isoflop <module_args>`` under torchrun (``torch.distributed.run``), standalone on this node.
 
     Returns the exit status: 0 (also after SIGTERM/SIGINT, once the workers have saved), 2 when a worker
-    rejected its input, else 1 when a worker failed (torchrun has printed which).
+    rejected its input, 3 when training diverged, else 1 when a worker failed (torchrun has printed which).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -225,7 +225,7 @@ def launch(nproc_per_node: int, module_args: list[str]) -> int:
         first = next(iter(exc.failures.values()), None)
         code = first.exitcode if first is not None else 1
         print(f"error: a training process failed (exit code {code}); see its output above", file=sys.stderr)
-        return 2 if code == 2 else 1
+        return code if code in (2, 3) else 1
     except SignalException as exc:
         # torchrun has forwarded the signal and waited for the workers, which save a checkpoint and stop.
         print(

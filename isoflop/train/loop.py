@@ -8,9 +8,15 @@ global-norm clipping (Pascanu et al. 2013), AdamW with the scheduled learning ra
 Robustness:
 * Re-running with the same ``out_dir`` resumes from the latest complete checkpoint (``checkpoint.py``).
 * SIGTERM/SIGINT: finish the current step, save a checkpoint and return ``status: preempted``.
-* A non-finite loss or gradient norm skips the step (no update); after ``max_bad_steps`` in a row the run
-  rolls back weights, optimizer and step to the last checkpoint and continues with the data that follows,
-  skipping the batches that diverged (as PaLM did, Chowdhery et al. 2022, Sec. 5.1).
+* Checkpoints are verified before loading (``checkpoint.verify``); one that fails is set aside and the run
+  resumes from the newest that verifies. ``run.json`` is rewritten only once the resume succeeded.
+* A bad step (non-finite loss or gradient norm, or a loss spike: above ``train.spike_factor`` times the median
+  of the last 16 accepted losses, ln(vocab) before any) is skipped (no update). The weights only advance on
+  good steps, so after ``max_bad_steps`` bad steps in a row the diverging update is the last one taken: the run
+  rolls back weights and optimizer to the newest checkpoint from *before* it (step <= current - 1), continues
+  with the data that follows, skipping the window that diverged (PaLM, Chowdhery et al. 2022, Sec. 5.1), and
+  multiplies the learning rate by ``train.rollback_lr_factor`` (as in the OPT-175B logbook, Zhang et al. 2022).
+  After ``train.max_rollbacks`` rollbacks the next divergence stops the run: ``DivergedError``, exit code 3.
 * Deterministic: the seed fixes the initial weights and the data order; on CPU a resumed run is bitwise
   identical to an uninterrupted one.
 """
@@ -57,12 +63,19 @@ from isoflop.train.metrics import (
     peak_flops_per_process,
     relative_errors,
 )
+from isoflop.train.parallel.apply import ParallelModel, plan_layout, uses_model_parallelism
+from isoflop.train.precheck import check_memory
 from isoflop.train.schedule import lr_at
 
 if TYPE_CHECKING:
     from isoflop.train.data import TokenData
 
 SUMMARY_FILE = "summary.json"
+_SPIKE_WINDOW = 16
+
+
+class DivergedError(IsoflopError):
+    """Training diverged and could not be rolled back (the CLI exits with code 3)."""
 
 
 def train(config: TrainConfig | dict[str, Any] | str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -117,6 +130,11 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _at_most_one(mfu: float | None) -> float | None:
+    """An MFU above 1 means the peak was measured too low: not reported."""
+    return mfu if mfu is not None and mfu <= 1 else None
+
+
 def _rng_state() -> dict[str, str]:
     state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -155,7 +173,19 @@ class _Run:
         self.warmup = cfg.warmup_steps()
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
-        self.strategy = resolve_strategy(cfg.parallel.strategy, env)
+        self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
+        if uses_model_parallelism(cfg):
+            if cfg.sync.mode == "diloco" or cfg.sync.comm_hook != "default":
+                raise IsoflopError(
+                    "sync.mode=diloco and DDP comm hooks run with data parallelism only; "
+                    "drop parallel.tp/pp/cp/interleave or the sync settings"
+                )
+            plan_layout(cfg, env.world)  # one-line errors before any work
+            self.strategy = "model-parallel"
+        elif cfg.sync.mode == "diloco":  # DiLoCo workers train unwrapped copies (isoflop.train.lowcomm / diloco)
+            self.strategy = "diloco"
+        else:
+            self.strategy = resolve_strategy(cfg.parallel.strategy, env)
         self.stop = _StopFlag()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -168,11 +198,10 @@ class _Run:
         from isoflop.train.model import Transformer, build_model, compile_blocks
 
         cfg, env = self.cfg, self.env
-        if cfg.parallel.tp > 1 or cfg.parallel.pp > 1 or cfg.parallel.cp > 1 or cfg.parallel.ep > 1:
-            self._say(
-                f"note: the plan's layout (tp={cfg.parallel.tp}, pp={cfg.parallel.pp}, cp={cfg.parallel.cp}, "
-                f"ep={cfg.parallel.ep}) is recorded only; this trainer runs {self.strategy} data parallelism"
-            )
+        if self.strategy == "model-parallel":
+            self.par = ParallelModel(cfg, env, self.dtype)
+            self.micro_batch, self.accum, self.strategy = self.par.micro_batch, self.par.accum, self.par.description
+            return self.par.module
         meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp")
         if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
             with torch.device("meta"):
@@ -192,7 +221,7 @@ class _Run:
             torch.backends.cudnn.allow_tf32 = True
         model = wrap_model(
             model,
-            self.strategy,
+            "none" if self.strategy == "diloco" else self.strategy,
             env,
             cfg.parallel.replicate,
             cfg.parallel.fsdp_reshard(),
@@ -211,7 +240,8 @@ class _Run:
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from isoflop.train.data import PackedSampler, prepare_data
-        from isoflop.train.optim import build_optimizer
+        from isoflop.train.lowcomm import LowComm
+        from isoflop.train.optim import build_named_optimizer
 
         cfg, env, out = self.cfg, self.env, self.out
         wall0 = time.perf_counter()
@@ -220,6 +250,7 @@ class _Run:
 
             tune_allocator()  # keep freed activation buffers in the heap (no page faults every step)
         torch.manual_seed(cfg.train.seed)
+        check_memory(cfg, env, self.micro_batch, self.dtype, self.strategy)
         self._check_out_dir()
         data = prepare_data(cfg.data)
         if data.vocab_size > self.spec.vocab_size:
@@ -228,19 +259,24 @@ class _Run:
                 f"set data.vocab_size <= {self.spec.vocab_size} or enlarge the model's vocab_size"
             )
         model = self._build_model()
-        optimizer = build_optimizer(
-            model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps
-        )
+        optimizer = build_named_optimizer(model, cfg.optim)
         sampler = PackedSampler(
             data.train,
             cfg.train.seq_len,
             self.micro_batch,
             cfg.train.seed,
-            env.rank,
-            env.world,
+            self.par.dp_rank if self.par else env.rank,
+            self.par.dp_world if self.par else env.world,
             global_batch=cfg.train.global_batch,
         )
-        ckpt = Checkpointer(out / "checkpoints", cfg.train.keep_checkpoints, env)
+        ckpt = Checkpointer(
+            out / "checkpoints",
+            cfg.train.keep_checkpoints,
+            env,
+            log=self._say,
+            required=("tokens", "sampler"),
+            identity=json_safe(_identity(cfg)),
+        )
         state: dict[str, Any] = {
             "step": 0,
             "tokens": 0,
@@ -250,16 +286,42 @@ class _Run:
             "resumed_from": None,
             "last_loss": None,
             "last_grad_norm": None,
+            "lr_scale": 1.0,
         }
-        latest = broadcast_object(latest_checkpoint(ckpt.root), env)
-        if latest is not None:
-            loaded = ckpt.load(Path(latest), model, optimizer)
-            sampler.load_state_dict(loaded["sampler"])
-            _set_rng_state(loaded.get("rng", {}))
-            for key in ("step", "tokens", "val_history", "skipped_steps", "rollbacks", "last_loss", "last_grad_norm"):
+        restored = ckpt.restore(model, optimizer)
+        aside = broadcast_object([p.name for p in ckpt.set_aside], env)  # rank 0 verified and renamed
+        if restored is None and aside:
+            raise IsoflopError(
+                f"no checkpoint in {ckpt.root} passed verification ({len(aside)} set aside as "
+                f"{', '.join(aside[:3])}); move one back to inspect it, or use another --out to start over"
+            )
+        if restored is not None:
+            latest, loaded = restored
+            try:
+                sampler.load_state_dict(loaded["sampler"])
+                _set_rng_state(loaded.get("rng", {}))
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise IsoflopError(
+                    f"checkpoint {latest} has a malformed data or RNG state ({type(exc).__name__}); "
+                    "move that folder aside to resume from an older checkpoint"
+                ) from None
+            for key in (
+                "step",
+                "tokens",
+                "val_history",
+                "skipped_steps",
+                "rollbacks",
+                "last_loss",
+                "last_grad_norm",
+                "lr_scale",
+            ):
                 state[key] = loaded.get(key, state[key])
             state["resumed_from"] = state["step"]
             self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+        self._record_run()
+        lowcomm = LowComm(cfg, env, self.strategy)
+        lowcomm.attach(model, optimizer, out, state["resumed_from"])
+        sampler = lowcomm.wrap_sampler(sampler)
         params = count_params(self.spec)
         self._say(
             f"{self.spec.name}: {params.total:,} parameters, {self.total_steps} steps of {cfg.train.global_batch} x "
@@ -277,6 +339,7 @@ class _Run:
             state["val_history"].append([0, self._evaluate(model, val_sets)])
         self.stop.install()
         bad = 0
+        recent: list[float] = []  # the last accepted losses (spike reference)
         window_tokens, window_time = 0, 0.0
         preempted = False
         try:
@@ -293,26 +356,32 @@ class _Run:
                     cfg.optim.schedule,
                     cfg.optim.min_lr_ratio,
                     cfg.optim.decay_fraction,
-                )
+                ) * float(state["lr_scale"])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 timer.start()
-                loss, grad_norm = self._step(model, optimizer, sampler)
+                ceiling = self._loss_ceiling(recent)
+                loss, grad_norm = self._step(model, optimizer, sampler, ceiling)
                 elapsed = timer.stop()
                 ckpt.poll()
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                if not (math.isfinite(loss) and math.isfinite(grad_norm) and loss <= ceiling):
                     bad += 1
                     state["skipped_steps"] += 1
+                    what = "spiking" if math.isfinite(loss) and math.isfinite(grad_norm) else "non-finite"
                     self._say(
-                        f"step {step + 1}: non-finite loss {loss} / grad norm {grad_norm}; update skipped "
-                        f"({bad} in a row, rollback after {cfg.train.max_bad_steps})"
+                        f"step {step + 1}: {what} loss {loss:.4g} / grad norm {grad_norm:.4g} (ceiling {ceiling:.4g}); "
+                        f"update skipped ({bad} in a row, rollback after {cfg.train.max_bad_steps})"
                     )
                     if bad >= cfg.train.max_bad_steps:
-                        self._rollback(ckpt, model, optimizer, state)
+                        self._rollback(ckpt, model, optimizer, state, loss)
+                        recent.clear()
                         bad = 0
                     continue
                 bad = 0
+                recent.append(loss)
+                del recent[:-_SPIKE_WINDOW]
                 state["step"] = step = step + 1
+                lowcomm.after_step(step)
                 tokens = cfg.train.global_batch * cfg.train.seq_len
                 state["tokens"] += tokens
                 window_tokens += tokens
@@ -331,7 +400,7 @@ class _Run:
                         "tokens": state["tokens"],
                         "tokens_per_s": tps,
                         "step_time_s": window_time / max(1, round(window_tokens / tokens)),
-                        "mfu": (step_flops * tps / tokens) / (peak * env.world) if peak else None,
+                        "mfu": _at_most_one((step_flops * tps / tokens) / (peak * env.world) if peak else None),
                         "memory_gib": memory_gib(env.device),
                     }
                     if state["val_history"] and state["val_history"][-1][0] == step:
@@ -364,6 +433,7 @@ class _Run:
             ckpt.close()
             hf_dir = self._export(model, data)
         finally:
+            comm = lowcomm.close()
             self.stop.restore()
             progress.close()
             if metrics is not None:
@@ -376,6 +446,11 @@ class _Run:
         if mfu is not None and mfu > 1 and env.device.type == "cpu":  # the cached CPU peak was measured under load
             peak, peak_source = peak_flops_per_process(env.device, self.dtype, refresh=True)
             mfu = (step_flops / step_time) / (peak * env.world)
+        if mfu is not None and mfu > 1:
+            self._say(
+                f"note: MFU {mfu:.2f} > 1 against the peak ({peak_source}); the peak is too low, MFU not reported"
+            )
+            mfu = None
         mem = memory_gib(env.device)
         measured = {
             "loss": final_val,
@@ -413,6 +488,7 @@ class _Run:
             "skipped_steps": state["skipped_steps"],
             "rollbacks": state["rollbacks"],
             "hf_dir": str(hf_dir) if hf_dir else None,
+            "comm": comm.to_dict(),
         }
         if cfg.predicted is not None:
             predicted = cfg.predicted.model_dump(exclude_none=True)
@@ -431,7 +507,7 @@ class _Run:
 
     # -- pieces -----------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
-        """Refuse to resume a different run; record the config of this one. Rank 0 decides, all ranks raise."""
+        """Refuse to resume a different run. Rank 0 decides, all ranks raise."""
         out, cfg = self.out, self.cfg
         ident = _identity(cfg)
         marker = out / "run.json"
@@ -450,15 +526,33 @@ class _Run:
                     f"{out} holds checkpoints of a different run ({', '.join(diff)} differ); "
                     "use another --out, or delete that folder to start over"
                 )
-            else:
-                atomic_write_json(marker, {"identity": ident})
-                atomic_write_text(out / "config.yaml", cfg.to_yaml())
         problem = broadcast_object(problem, self.env)
         if problem:
             raise IsoflopError(str(problem))
 
-    def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any) -> tuple[float, float]:
-        """One optimizer step over the global batch; returns (mean loss, gradient norm before clipping)."""
+    def _record_run(self) -> None:
+        """Record this run's identity and config, once its checkpoint (if any) has loaded: a failed resume
+        must not rewrite ``run.json`` and lock the right command out."""
+        if self.env.is_main:
+            atomic_write_json(self.out / "run.json", {"identity": _identity(self.cfg)})
+            atomic_write_text(self.out / "config.yaml", self.cfg.to_yaml())
+
+    def _loss_ceiling(self, recent: list[float]) -> float:
+        """The loss above which a step counts as a spike: ``spike_factor`` x the median of ``recent`` (ln V when
+        empty); infinite when ``train.spike_factor`` is 0."""
+        factor = self.cfg.train.spike_factor
+        if factor <= 0:
+            return math.inf
+        ref = sorted(recent)[len(recent) // 2] if recent else math.log(self.spec.vocab_size)
+        return factor * ref
+
+    def _step(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any, ceiling: float = math.inf
+    ) -> tuple[float, float]:
+        """One optimizer step over the global batch; returns (mean loss, gradient norm before clipping). The update
+        is skipped when either is non-finite or the loss is above ``ceiling``."""
+        if self.par is not None:  # tensor/pipeline parallel: the stages step themselves (no spike skipping yet)
+            return self.par.step(optimizer, sampler)
         device = self.env.device
         total = torch.zeros((), device=device, dtype=torch.float32)
         for micro in range(self.accum):
@@ -476,7 +570,7 @@ class _Run:
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
         loss_value, norm_value = float(total), float(norm)
-        if math.isfinite(loss_value) and math.isfinite(norm_value):
+        if math.isfinite(loss_value) and math.isfinite(norm_value) and loss_value <= ceiling:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value
@@ -484,6 +578,8 @@ class _Run:
     @torch.no_grad()
     def _evaluate(self, model: nn.Module, val_sets: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Mean token loss over the fixed validation batches; each process takes its rows of every batch."""
+        if self.par is not None:
+            return self.par.evaluate(val_sets)
         env = self.env
         was_training = model.training
         model.eval()
@@ -516,35 +612,60 @@ class _Run:
             "val_history": state["val_history"],
             "skipped_steps": state["skipped_steps"],
             "rollbacks": state["rollbacks"],
+            "lr_scale": state["lr_scale"],
             "sampler": sampler.state_dict(),
             "rng": _rng_state(),
             "last_loss": state["last_loss"],
             "last_grad_norm": state["last_grad_norm"],
             "world": self.env.world,
             "total_steps": self.total_steps,
+            "identity": json_safe(_identity(self.cfg)),
         }
 
     def _rollback(
-        self, ckpt: Checkpointer, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+        self,
+        ckpt: Checkpointer,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        loss: float,
     ) -> None:
-        """Restore weights, optimizer and step from the last checkpoint; the data position moves on."""
+        """Restore weights and optimizer from the newest checkpoint from before the diverging update; the data
+        position moves on (the window that diverged is skipped) and the learning rate is scaled. Raises
+        ``DivergedError`` after ``train.max_rollbacks`` rollbacks or when no such checkpoint is left."""
+        train_cfg = self.cfg.train
         ckpt.wait()
-        latest = broadcast_object(latest_checkpoint(ckpt.root), self.env)
-        k = self.cfg.train.max_bad_steps
-        if latest is None:
-            raise IsoflopError(
-                f"{k} consecutive steps had a non-finite loss and there is no checkpoint to roll back to; "
-                "lower optim.lr, raise optim.warmup_steps, or set train.ckpt_every"
-            )
-        loaded = ckpt.load(Path(latest), model, optimizer)
         before = state["step"]
+        where = f"at step {before + 1} (loss {loss:.4g})"
+        fix = "lower optim.lr, raise optim.warmup_steps or set train.rollback_lr_factor below 1"
+        if state["rollbacks"] >= train_cfg.max_rollbacks:
+            raise DivergedError(
+                f"training diverged {where} after {state['rollbacks']} rollback(s) "
+                f"(train.max_rollbacks={train_cfg.max_rollbacks}); {fix}"
+            )
+        # The weights of step `before` produced the bad losses: the last update taken diverged.
+        restored = ckpt.restore(model, optimizer, at_most=before - 1)
+        if restored is None:
+            raise DivergedError(
+                f"training diverged {where} and there is no checkpoint to roll back to from before it; "
+                f"{fix}, or set train.ckpt_every"
+            )
+        path, loaded = restored
+        ckpt.set_aside_after(int(loaded["step"]))
         state["step"] = int(loaded["step"])
         state["tokens"] = int(loaded.get("tokens", state["tokens"]))
         state["val_history"] = [v for v in state["val_history"] if v[0] <= state["step"]]
         state["rollbacks"] += 1
+        state["lr_scale"] = float(state["lr_scale"]) * train_cfg.rollback_lr_factor
+        lr_note = (
+            f"; learning rate x{train_cfg.rollback_lr_factor:g} (now x{state['lr_scale']:.4g} of the schedule)"
+            if train_cfg.rollback_lr_factor != 1
+            else ""
+        )
         self._say(
-            f"ROLLBACK: {k} consecutive non-finite steps at step {before}; restored {latest} "
-            f"(step {state['step']}) and continuing with the next data"
+            f"ROLLBACK {state['rollbacks']}/{train_cfg.max_rollbacks}: {train_cfg.max_bad_steps} consecutive bad "
+            f"steps at step {before}; restored {path} (step {state['step']}) and continuing with the next data "
+            f"(the data since step {state['step']} is not replayed){lr_note}"
         )
 
     def _export(self, model: nn.Module, data: TokenData) -> Path | None:
@@ -554,7 +675,10 @@ class _Run:
         from isoflop.train.export import export_hf
         from isoflop.train.model import build_model
 
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.par is not None:
+            full = self.par.full_state_dict()
+        else:
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.env.is_main:
             return None
         clean = build_model(self.spec, "cpu")

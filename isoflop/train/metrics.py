@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from isoflop import env
+from isoflop import env, structured
 from isoflop.atomic import atomic_write_text
 from isoflop.errors import IsoflopError
 
@@ -129,8 +129,8 @@ class MetricsLog:
         kept = []
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = structured.loads(line, "json", str(self.path), "metrics line", "")
+            except structured.ParseError:
                 continue  # a line cut by a crash
             if isinstance(row, dict) and int(row.get("step", 0)) <= step:
                 kept.append(line)

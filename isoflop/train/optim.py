@@ -1,4 +1,6 @@
-"""AdamW with weight-decay groups (Loshchilov & Hutter 2019, decoupled weight decay).
+"""The trainer's optimizers with weight-decay groups: AdamW (Loshchilov & Hutter 2019, decoupled weight decay) by
+default, or by ``optim.name`` SGD-momentum, Adafactor (``torch.optim.Adafactor``), 8-bit AdamW and Lion
+(bitsandbytes) and GaLore (galore-torch); ``isoflop.perf.optimizer_state`` predicts their state bytes.
 
 Groups: weight decay applies to the weight matrices of linear layers (attention, MLP and an untied
 output head) only. Norm weights and biases (all 1-D tensors) and the token/position embedding tables
@@ -12,10 +14,15 @@ per-parameter loop.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
 from isoflop.errors import IsoflopError
+
+if TYPE_CHECKING:
+    from isoflop.train.config import OptimSection
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -69,3 +76,63 @@ def build_optimizer(
     else:
         raise IsoflopError(f"unknown AdamW implementation {implementation!r}; use auto, fused, foreach or loop")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
+
+
+def _extra(module: str, feature: str) -> Any:
+    """Import an optional optimizer package, or the project's one-line 'needs the extra' error."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise IsoflopError(f"{feature} needs the 'lowmem' extra; pip install isoflop[lowmem]") from None
+
+
+def build_named_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
+    """The optimizer ``optim.name`` over ``param_groups(model)`` with the section's lr, betas, eps, weight decay."""
+    name, betas = optim.name, (optim.beta1, optim.beta2)
+    if name == "adamw":
+        return build_optimizer(model, optim.lr, optim.weight_decay, betas, optim.eps)
+    groups = param_groups(model, optim.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.beta1, foreach=True)
+    if name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=optim.lr, eps=(None, 1e-3), foreach=True)
+    if name == "adam8bit":
+        bnb = _extra("bitsandbytes", "optim.name=adam8bit")
+        return bnb.optim.AdamW8bit(groups, lr=optim.lr, betas=betas, eps=optim.eps)
+    if name == "lion":
+        bnb = _extra("bitsandbytes", "optim.name=lion")
+        return bnb.optim.Lion(groups, lr=optim.lr, betas=betas)
+    if name == "galore":
+        from isoflop.perf.optimizer_state import ParamShape, check_galore_rank
+
+        galore = _extra("galore_torch", "optim.name=galore")
+        check_galore_rank([ParamShape("", tuple(p.shape), "linear") for p in groups[0]["params"]], optim.galore_rank)
+        groups[0].update(rank=optim.galore_rank, update_proj_gap=optim.galore_update_gap, scale=optim.galore_scale)
+        groups[0]["proj_type"] = "std"
+        return galore.GaLoreAdamW(groups, lr=optim.lr, betas=betas, eps=optim.eps)
+    raise IsoflopError(f"unknown optim.name {name!r}; use adamw, sgd, adafactor, adam8bit, lion or galore")
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Measured bytes of every tensor the optimizer's state holds (unique storages; tensors inside helper objects
+    such as GaLore's projector included)."""
+    seen: dict[int, int] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            visit(vars(value))
+
+    for per_param in optimizer.state.values():
+        visit(per_param)
+    return sum(seen.values())

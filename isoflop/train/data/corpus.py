@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 from isoflop.train.data.config import DataConfig
 
@@ -230,12 +230,12 @@ def _jsonl_records(path: Path, rel: str, text_field: str) -> Iterator[Document |
         if not line.strip():
             continue
         try:
-            record = json.loads(line.decode("utf-8"))
+            record = structured.loads(line.decode("utf-8"), "json", doc_id, "record", "")
         except UnicodeDecodeError as exc:
             yield Skipped(doc_id, f"not UTF-8 (byte {exc.start})")
             continue
-        except json.JSONDecodeError as exc:
-            yield Skipped(doc_id, f"invalid JSON ({exc.msg})")
+        except structured.ParseError as exc:
+            yield Skipped(doc_id, f"invalid JSON ({exc.reason})")
             continue
         text = record.get(text_field) if isinstance(record, dict) else None
         yield _field_record(doc_id, text, f"no string field {text_field!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from isoflop import env
+from isoflop import env, structured
 from isoflop.atomic import atomic_write_bytes, atomic_write_json
 from isoflop.errors import IsoflopError
 from isoflop.train.data import shards
@@ -196,7 +195,7 @@ def _open(folder: Path, manifest: dict[str, Any]) -> TokenData:
 def _reusable_tokenizer(folder: Path, cfg: DataConfig, source_fp: str) -> bool:
     """True when a damaged cache still holds the BPE trained for this very config and input (checksum intact)."""
     try:
-        old = json.loads((folder / shards.MANIFEST).read_text("utf-8"))
+        old = structured.read(folder / shards.MANIFEST, "data-cache manifest", "", "json")
         tok = old["tokenizer"]
         return (
             old.get("config") == cfg.model_dump()
@@ -204,7 +203,7 @@ def _reusable_tokenizer(folder: Path, cfg: DataConfig, source_fp: str) -> bool:
             and tok["trained"]
             and shards.sha256_file(folder / TOKENIZER_FILE) == tok["sha256"]
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, IsoflopError):
         return False
 
 

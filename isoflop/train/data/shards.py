@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from isoflop import structured
+from isoflop.atomic import umask
+from isoflop.errors import IsoflopError
 
 MANIFEST = "manifest.json"
 HASH_CHUNK = 1 << 22
@@ -42,6 +45,7 @@ class ShardWriter:
     def __init__(self, folder: Path, name: str, dtype: np.dtype) -> None:
         self.folder, self.name, self.dtype = folder, name, dtype
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~umask())  # as a plain open() would; mkstemp alone gives 0600
         self.tmp = Path(tmp)
         self._handle = os.fdopen(fd, "wb")
         self.tokens = 0
@@ -89,22 +93,30 @@ def verify(folder: Path) -> tuple[dict[str, Any] | None, str]:
     if not path.is_file():
         return None, "no manifest"
     try:
-        manifest = json.loads(path.read_text("utf-8"))
+        manifest = structured.read(path, "data-cache manifest", "", "json")
         dtype = np.dtype(manifest["dtype"])
         entries = [manifest["splits"][s] for s in ("train", "val")]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, IsoflopError) as exc:
         return None, f"unreadable manifest ({exc})"
-    for entry in entries:
-        shard = folder / entry["file"]
-        if not shard.is_file():
-            return None, f"missing shard {entry['file']}"
-        if shard.stat().st_size != entry["tokens"] * dtype.itemsize:
-            return None, f"shard {entry['file']} has the wrong size"
-        if sha256_file(shard) != entry["sha256"]:
-            return None, f"checksum mismatch in {entry['file']}"
-    tok = manifest.get("tokenizer", {})
-    tok_path = folder / tok.get("file", "tokenizer.json")
-    if not tok_path.is_file() or sha256_file(tok_path) != tok.get("sha256"):
+    try:
+        for entry in entries:
+            name = str(entry["file"])
+            if Path(name).name != name:
+                return None, f"manifest names a shard outside the cache ({name[:80]!r})"
+            shard = folder / name
+            if not shard.is_file():
+                return None, f"missing shard {name}"
+            if shard.stat().st_size != int(entry["tokens"]) * dtype.itemsize:
+                return None, f"shard {name} has the wrong size"
+            if sha256_file(shard) != entry["sha256"]:
+                return None, f"checksum mismatch in {name}"
+        tok = manifest["tokenizer"]
+        tok_name = str(tok.get("file", "tokenizer.json"))
+        int(tok["vocab_size"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return None, f"malformed manifest ({type(exc).__name__}: {str(exc)[:80]})"
+    tok_path = folder / tok_name
+    if Path(tok_name).name != tok_name or not tok_path.is_file() or sha256_file(tok_path) != tok.get("sha256"):
         return None, "tokenizer file missing or changed"
     return manifest, ""
 

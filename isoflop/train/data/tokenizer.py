@@ -8,11 +8,11 @@ One special token, ``<|endoftext|>``, separates packed documents.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from isoflop import structured
 from isoflop.errors import IsoflopError
 
 if TYPE_CHECKING:
@@ -70,12 +70,12 @@ def find_eot(tok: Tokenizer, folder: Path | None = None) -> int | None:
     names: list[str] = []
     if folder is not None and (folder / "tokenizer_config.json").is_file():
         try:
-            eos = json.loads((folder / "tokenizer_config.json").read_text("utf-8")).get("eos_token")
+            eos = structured.read(folder / "tokenizer_config.json", "tokenizer config", "", "json").get("eos_token")
             if isinstance(eos, dict):
                 eos = eos.get("content")
             if isinstance(eos, str):
                 names.append(eos)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError, IsoflopError):
             pass
     for name in [*names, *EOT_CANDIDATES]:
         tid = tok.token_to_id(name)

@@ -1,0 +1,184 @@
+"""Held-out loss predictions on Gadre et al. 2024's over-training runs, and leave-one-out interval coverage.
+
+1. The paper's protocol (Gadre et al. 2024, Sec. 3): per training set (C4, RedPajama, RefinedWeb) and eval loss
+   (C4, OpenLM), fit on 5 small runs (0.011B-0.411B at M = 20 and 0.011B at M = 320) and predict the larger runs
+   held out: 1.4B at its largest M (640 for RedPajama, 320 for RefinedWeb, 80 for C4) and 6.9B at M = 20.
+   Forms side by side: the paper's (``overtraining``, least squares on raw loss) and isoflop's (tied and free
+   Chinchilla forms, Huber on log loss). Intervals: residual bootstrap (5 runs: resampling runs cannot work).
+2. Leave-one-out coverage: every run of a data set is held out in turn, the law is refitted on the rest with a
+   bootstrap, and the held-out loss is compared with the 95% prediction interval (draws plus resampled modified
+   residuals, ``isoflop.laws.predict``). Chinchilla (Besiroglu et al. 2024's points, 5 highest-loss dropped;
+   run bootstrap) and Gadre (per training set, C4 eval; run bootstrap on ~35 runs).
+
+Usage: python benchmarks/predict_heldout.py [--json] [--bootstrap 200] [--loo-bootstrap 60] [--loo-stride 1]
+Prints a table (or one JSON object with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from isoflop.errors import IsoflopError  # noqa: E402
+from isoflop.laws import bootstrap as B  # noqa: E402
+from isoflop.laws import fit as F  # noqa: E402
+from isoflop.laws.forms import FORMS  # noqa: E402
+from isoflop.laws.predict import predict  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+GADRE = DATA / "overtraining_gadre2024.csv"
+CHINCHILLA = DATA / "chinchilla_svg_extracted.csv"
+CANDIDATES = [  # (form, objective); the first is the paper's
+    ("overtraining", "ls_raw"),
+    ("overtraining", "huber_log"),
+    ("chinchilla_tied", "huber_log"),
+    ("chinchilla", "huber_log"),
+]
+PAPER_ERRORS = {("rpj", "loss_c4_val"): [0.71, 0.73]}  # Gadre et al. 2024, Fig. 1 / Table 2 (relative error, %)
+
+
+def _arrays(rows: list[dict], loss_col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(np.array([float(r[k]) for r in rows]) for k in ("params", "tokens", loss_col))
+
+
+def _fit(form: str, objective: str, n, d, loss, bootstrap: int, method: str):
+    law = F.fit(FORMS[form](objective=objective), n, d, loss)
+    if bootstrap:
+        with contextlib.suppress(IsoflopError):  # 5 parameters on 5 runs: no residual freedom, so no interval
+            B.bootstrap(law, bootstrap, seed=0, method=method)
+    return law
+
+
+def paper_protocol(bootstrap: int) -> list[dict]:
+    rows = list(csv.DictReader(GADRE.open()))
+    out = []
+    for ds in ("c4_original", "rpj", "rw_original"):
+        runs = [r for r in rows if r["train_dataset"] == ds]
+        m = {r["name"]: float(r["chinchilla_multiplier"]) for r in runs}
+        fit_rows = [r for r in runs if float(r["params"]) < 5e8 and m[r["name"]] == 1.0]
+        fit_rows += [r for r in runs if float(r["params"]) < 2e7 and m[r["name"]] == 16.0]
+        over = [r for r in runs if 1e9 < float(r["params"]) < 5e9 and m[r["name"]] > 1.0]
+        targets = [max(over, key=lambda r: m[r["name"]])] + [r for r in runs if float(r["params"]) > 5e9]
+        for loss_col in ("loss_c4_val", "loss_openlm_val"):
+            n, d, loss = _arrays(fit_rows, loss_col)
+            for form, objective in CANDIDATES:
+                law = _fit(form, objective, n, d, loss, bootstrap, "residual")
+                for t in targets:
+                    p = predict(law, float(t["params"]), float(t["tokens"]))
+                    actual = float(t[loss_col])
+                    out.append(
+                        {
+                            "train": ds,
+                            "eval": loss_col,
+                            "form": form,
+                            "objective": objective,
+                            "target": f"{float(t['params']) / 1e9:.1f}B M={20 * m[t['name']]:g}",
+                            "predicted": p.loss,
+                            "actual": actual,
+                            "error_pct": 100 * (p.loss / actual - 1),
+                            "ci95": p.ci95,
+                            "pi95": p.pi95,
+                            "covered": p.pi95 is not None and p.pi95[0] <= actual <= p.pi95[1],
+                            "extrapolation": p.extrapolation,
+                        }
+                    )
+    return out
+
+
+def loo(name: str, n, d, loss, form: str, objective: str, bootstrap: int, stride: int) -> dict:
+    """Leave-one-out: refit without run i (run bootstrap), is run i inside the 95% prediction interval?"""
+    covered, widths, errors = [], [], []
+    for i in range(0, len(n), stride):
+        keep = np.arange(len(n)) != i
+        law = _fit(form, objective, n[keep], d[keep], loss[keep], bootstrap, "runs")
+        p = predict(law, n[i], d[i])
+        if p.pi95 is None:
+            continue
+        covered.append(p.pi95[0] <= loss[i] <= p.pi95[1])
+        widths.append((p.pi95[1] - p.pi95[0]) / p.loss * 100)
+        errors.append(abs(p.loss / loss[i] - 1) * 100)
+    return {
+        "data": name,
+        "form": form,
+        "objective": objective,
+        "held_out": len(covered),
+        "coverage_pct": 100 * float(np.mean(covered)),
+        "median_width_pct": float(np.median(widths)),
+        "median_abs_error_pct": float(np.median(errors)),
+    }
+
+
+def coverage(bootstrap: int, stride: int) -> list[dict]:
+    rows = list(csv.DictReader(CHINCHILLA.open()))
+    n = np.array([float(r["Model Size"]) for r in rows])
+    c = np.array([float(r["Training FLOP"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    n, d, loss = F.drop_highest_loss(n, c / (6 * n), loss, 5)
+    out = [loo("chinchilla", n, d, loss, "chinchilla", "huber_log", bootstrap, stride)]
+    gadre = list(csv.DictReader(GADRE.open()))
+    for ds in ("c4_original", "rpj", "rw_original"):
+        gn, gd, gl = _arrays([r for r in gadre if r["train_dataset"] == ds], "loss_c4_val")
+        out.append(loo(f"gadre/{ds}", gn, gd, gl, "chinchilla", "huber_log", bootstrap, 1))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bootstrap", type=int, default=200, help="residual-bootstrap draws per paper-protocol fit")
+    ap.add_argument("--loo-bootstrap", type=int, default=60, help="run-bootstrap draws per leave-one-out refit")
+    ap.add_argument("--loo-stride", type=int, default=1, help="hold out every K-th Chinchilla point")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    targets = paper_protocol(args.bootstrap)
+    summary = []
+    for form, objective in CANDIDATES:
+        errs = [abs(t["error_pct"]) for t in targets if (t["form"], t["objective"]) == (form, objective)]
+        cov = [t["covered"] for t in targets if (t["form"], t["objective"]) == (form, objective)]
+        summary.append(
+            {
+                "form": form,
+                "objective": objective,
+                "targets": len(errs),
+                "median_abs_error_pct": float(np.median(errs)),
+                "covered_pct": 100 * float(np.mean(cov)),
+            }
+        )
+    loo_rows = coverage(args.loo_bootstrap, args.loo_stride)
+    result = {"targets": targets, "summary": summary, "loo": loo_rows, "paper": {"rpj/loss_c4_val": [0.71, 0.73]}}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    head = ("train", "eval", "form", "objective", "target")
+    print(" ".join(f"{h:15}" for h in head), f"{'pred':>7} {'actual':>7} {'err%':>7}  pi95")
+    for t in targets:
+        pi = "-" if t["pi95"] is None else f"[{t['pi95'][0]:.3f}, {t['pi95'][1]:.3f}]"
+        print(
+            " ".join(f"{t[h]:15}" for h in head),
+            f"{t['predicted']:7.4f} {t['actual']:7.4f} {t['error_pct']:+7.2f}  {pi}",
+        )
+    for s in summary:
+        print(
+            f"summary {s['form']}/{s['objective']}: median |error| {s['median_abs_error_pct']:.2f}% over "
+            f"{s['targets']} targets, {s['covered_pct']:.0f}% inside the 95% prediction interval"
+        )
+    for r in loo_rows:
+        print(
+            f"leave-one-out {r['data']}: coverage {r['coverage_pct']:.1f}% of {r['held_out']} runs, median width "
+            f"{r['median_width_pct']:.2f}%, median |error| {r['median_abs_error_pct']:.2f}%"
+        )
+    print(f"({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
