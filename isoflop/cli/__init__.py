@@ -10,6 +10,7 @@ from isoflop.cli import calibrate as _calibrate  # noqa: F401,E402
 
 # Each module registers its commands on ``app`` when imported.
 from isoflop.cli import count as _count  # noqa: F401,E402
+from isoflop.cli import curate as _curate  # noqa: F401,E402
 from isoflop.cli import estimate as _estimate  # noqa: F401,E402
 from isoflop.cli import finetune as _finetune  # noqa: F401,E402
 from isoflop.cli import fit as _fit  # noqa: F401,E402

@@ -155,6 +155,9 @@ def plan(
     unique_tokens: float | None = typer.Option(
         None, "--unique-tokens", help="Unique tokens available (data-constrained law)."
     ),
+    data: str | None = typer.Option(
+        None, "--data", help="Curated folder (`isoflop data curate`): its manifest's tokens are the unique tokens."
+    ),
     inference_tokens: float | None = typer.Option(
         None, "--inference-tokens", help="Tokens to be served (minimise 6ND + 2NT)."
     ),
@@ -180,6 +183,14 @@ def plan(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Compute-optimal plan: model size and tokens from a scaling law, architecture, layout, time, cost and energy."""
+    if data is not None:
+        from pathlib import Path
+
+        from isoflop.curate.manifest import read_manifest
+
+        if unique_tokens is not None:
+            raise IsoflopError("--data and --unique-tokens both give the unique tokens; pass one of them")
+        unique_tokens = float(read_manifest(Path(data).expanduser()).tokens)
     req = PlanRequest(
         law=law,
         budget_flops=budget_flops,
