@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from isoflop import structured
 from isoflop.atomic import atomic_write_json
 from isoflop.curate.manifest import MANIFEST, STATS, CurationStats, DomainCount, Manifest, StageStats
 from isoflop.curate.pipeline import (
@@ -56,7 +56,7 @@ def prepare_out(req: CurateRequest, overwrite: bool) -> None:
     if overwrite:
         for name in (WORK, REMOVED, "data"):
             shutil.rmtree(req.out / name, ignore_errors=True)
-    elif saved.is_file() and json.loads(saved.read_text()) != key:
+    elif saved.is_file() and structured.read(saved, "curation request", "pass --overwrite", fmt="json") != key:
         raise IsoflopError(f"{req.out} holds a curation with other settings; pass --overwrite or choose another --out")
     (req.out / MANIFEST).unlink(missing_ok=True)
     atomic_write_json(saved, key)
@@ -112,7 +112,10 @@ def _stage_stats(folder: Path, stage: Stage, seconds: float) -> StageStats:
     from datatrove.utils.stats import PipelineStats
 
     total = sum(
-        (PipelineStats.from_json(json.loads(p.read_text())) for p in sorted((folder / "stats").glob("*.json"))),
+        (
+            PipelineStats.from_json(structured.read(p, "stage stats", "rerun with --overwrite", fmt="json"))
+            for p in sorted((folder / "stats").glob("*.json"))
+        ),
         start=PipelineStats(),
     )
     removed: Counter[str] = Counter()
