@@ -80,3 +80,15 @@ def test_perf_memory_prices_the_measured_optimizer_state():
     for name in ("adafactor", "adam8bit"):
         per_param = precision(spec, "fp32", name, load_constants()).optimizer
         assert per_param * params == pytest.approx(optimizer_state_bytes(shapes, name), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["adam8bit", "adafactor", "galore"])
+def test_optimizer_state_with_python_numbers_checkpoints_and_resumes(name, tmp_path, tmp_path_factory, monkeypatch):
+    """bitsandbytes keeps an integer ``step`` in its state: checkpoints store it as a tensor (no pickled items)
+    and a resume gives the optimizer its Python number back; GaLore rebuilds its projector after a resume."""
+    pytest.importorskip({"adam8bit": "bitsandbytes", "galore": "galore_torch"}.get(name, "torch"))
+    monkeypatch.setenv("ISOFLOP_CACHE", str(shared_cache(tmp_path_factory)))
+    base = {"optim": {"name": name, "lr": 0.01, "warmup_steps": 1, "galore_rank": 4}}
+    train(build_config(micro_config(**base, train={"max_steps": 4, "ckpt_every": 2, "eval_every": 0})), tmp_path)
+    got = train(build_config(micro_config(**base, train={"max_steps": 6, "ckpt_every": 2, "eval_every": 0})), tmp_path)
+    assert got["status"] == "complete" and got["steps"] == 6 and got["resumed_from"] == 4

@@ -310,6 +310,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_REBUILT_STATE = ("projector",)  # optimizer state objects the optimizer rebuilds itself (GaLore)
+
+
+def _scalars_as_tensors(tree: Any) -> Any:
+    """Optimizer state with Python numbers (e.g. bitsandbytes' integer ``step``) as 0-d tensors: DCP would pickle
+    them as byte items, which loading refuses. GaLore's ``projector`` objects are left out: GaLore builds a new one
+    from the next gradient (Zhao et al. 2024 recompute it every ``update_proj_gap`` steps anyway)."""
+    if isinstance(tree, dict):
+        return {key: _scalars_as_tensors(value) for key, value in tree.items() if key not in _REBUILT_STATE}
+    if isinstance(tree, (bool, int, float)):
+        return torch.tensor(tree)
+    return tree
+
+
+def _scalars_like(loaded: Any, like: Any) -> Any:
+    """``loaded`` with the 0-d tensors of ``_scalars_as_tensors`` turned back into the Python type ``like`` has."""
+    if isinstance(like, dict):
+        return {key: _scalars_like(loaded[key], value) for key, value in like.items() if key not in _REBUILT_STATE}
+    if isinstance(like, (bool, int, float)):
+        return type(like)(loaded.item())
+    return loaded
+
+
 def _only_tensors(tree: Any, where: str) -> None:
     """Saved DCP state must be tensors only (a non-tensor would become a pickled byte item)."""
     if isinstance(tree, dict):
@@ -394,7 +417,7 @@ class Checkpointer:
         if dist.is_initialized():
             dist.barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": {"state": optim_sd["state"]}}
+        state = {"model": model_sd, "optim": {"state": _scalars_as_tensors(optim_sd["state"])}}
         _only_tensors(state, "")
         writer = dcp.FileSystemWriter(str(tmp))
         meta = {"step": step, **trainer_state, "optim_param_groups": _groups_to_json(optim_sd["param_groups"])}
@@ -477,7 +500,7 @@ class Checkpointer:
         trainer = read_trainer_state(path, self.required)
         model_sd, optim_sd = get_state_dict(model, optimizer)
         groups = _groups_from_json(path, trainer["optim_param_groups"], optim_sd["param_groups"])
-        state = {"model": model_sd, "optim": {"state": optim_sd["state"]}}
+        state = {"model": model_sd, "optim": {"state": _scalars_as_tensors(optim_sd["state"])}}
         try:
             with _quiet():
                 dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=TensorOnlyLoadPlanner())
@@ -485,7 +508,10 @@ class Checkpointer:
                 model,
                 optimizer,
                 model_state_dict=state["model"],
-                optim_state_dict={"state": state["optim"]["state"], "param_groups": groups},
+                optim_state_dict={
+                    "state": _scalars_like(state["optim"]["state"], optim_sd["state"]),
+                    "param_groups": groups,
+                },
             )
         except CheckpointInvalid:
             raise
