@@ -29,7 +29,6 @@ metadata (no byte items; every storage entry inside a listed shard) are checked 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -55,6 +54,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from isoflop import structured
 from isoflop.atomic import atomic_write_json
+from isoflop.checksum import sha256_file
 from isoflop.errors import IsoflopError
 from isoflop.train.distributed import DistEnv, all_reduce, broadcast_object
 
@@ -65,7 +65,6 @@ METADATA = ".metadata"
 # Keys every trainer_state.json holds (the trainer adds its own through ``Checkpointer(required=...)``).
 STATE_KEYS = ("step", "optim_param_groups")
 _NAME = re.compile(r"^step-(\d+)$")
-_HASH_CHUNK = 1 << 22
 
 
 class CheckpointInvalid(IsoflopError):
@@ -168,15 +167,6 @@ def _quiet() -> Iterator[None]:
 
 
 # Verification ------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Streaming sha256 of a file (4 MiB reads)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:

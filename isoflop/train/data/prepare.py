@@ -14,6 +14,7 @@ import numpy as np
 
 from isoflop import env, structured
 from isoflop.atomic import atomic_write_bytes, atomic_write_json
+from isoflop.checksum import sha256_file
 from isoflop.errors import IsoflopError
 from isoflop.train.data import shards
 from isoflop.train.data.config import FORMAT_VERSION, DataConfig
@@ -131,7 +132,7 @@ def prepare_data(
     cfg = _as_config(cfg)
     folder = cache_dir_for(cfg, cache_dir)
     source_fp = fingerprint(cfg)
-    given_sha = shards.sha256_file(tokenizer_file(cfg.tokenizer)) if cfg.tokenizer else None
+    given_sha = sha256_file(tokenizer_file(cfg.tokenizer)) if cfg.tokenizer else None
     try:
         return _prepare_locked(cfg, folder, source_fp, given_sha)
     except OSError as exc:
@@ -201,7 +202,7 @@ def _reusable_tokenizer(folder: Path, cfg: DataConfig, source_fp: str) -> bool:
             old.get("config") == cfg.model_dump()
             and old.get("fingerprint") == source_fp
             and tok["trained"]
-            and shards.sha256_file(folder / TOKENIZER_FILE) == tok["sha256"]
+            and sha256_file(folder / TOKENIZER_FILE) == tok["sha256"]
         )
     except (OSError, ValueError, KeyError, TypeError, IsoflopError):
         return False
@@ -255,7 +256,7 @@ def _build(cfg: DataConfig, folder: Path, source_fp: str, given_sha: str | None,
         "dtype": dtype.name,
         "tokenizer": {
             "file": TOKENIZER_FILE,
-            "sha256": shards.sha256_file(folder / TOKENIZER_FILE),
+            "sha256": sha256_file(folder / TOKENIZER_FILE),
             "given_sha256": given_sha,
             "trained": trained,
             "vocab_size": vocab_size,

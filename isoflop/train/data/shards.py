@@ -9,7 +9,6 @@ the recorded size and checksum. Anything else (a crash mid-write, a truncated or
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,23 +19,15 @@ import numpy as np
 
 from isoflop import structured
 from isoflop.atomic import umask
+from isoflop.checksum import sha256_file
 from isoflop.errors import IsoflopError
 
 MANIFEST = "manifest.json"
-HASH_CHUNK = 1 << 22
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits (vocab <= 65536), else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ShardWriter:
