@@ -23,6 +23,7 @@ def test_overtraining_form_is_the_tied_form_rewritten() -> None:
     tied = TiedChinchillaLaw(**TIED)
     over = OvertrainingLaw(**OvertrainingLaw.tied_to_overtraining(TIED))
     n, d = np.geomspace(1e7, 1e10, 7), np.geomspace(1e8, 1e12, 7)[::-1]
+    assert OvertrainingLaw.overtraining_to_tied(over.params_) == pytest.approx(TIED, rel=1e-12)
     np.testing.assert_allclose(over.predict(n, d), tied.predict(n, d), rtol=1e-12)
     # Gadre et al. Eq. 4 written out: E + (a M^eta + b M^-eta) C^-eta with C = 6ND, M = D/N.
     p, c, m = over.params_, 6 * n * d, d / n

@@ -13,7 +13,7 @@ from rich.table import Table
 from isoflop.atomic import atomic_write_bytes
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, quote
 from isoflop.laws import bootstrap as B
 from isoflop.laws import fit as F
 from isoflop.laws.allocation import compute_optimal
@@ -62,7 +62,7 @@ def fit_report(
     c = 6.0 * n * d
     if approach == 3:
         if form not in APPROACH3_FORMS:
-            raise IsoflopError(f"unknown --form {form!r:.80}; use one of {', '.join(APPROACH3_FORMS)}")
+            raise IsoflopError(f"unknown --form {quote(form, 80)}; use one of {', '.join(APPROACH3_FORMS)}")
         law: Law = FORMS[form](
             "fitted",
             f"fitted by isoflop from {runs.source} (Approach 3, Hoffmann et al. 2022; {form}, {objective})",
@@ -102,9 +102,7 @@ def fit_report(
     }
     report["form"], report["objective"] = law.form, law.objective
     if isinstance(law, (TiedChinchillaLaw, OvertrainingLaw)):
-        n_opt, _ = law.optimal(np.array([1e20, 1e22]))
-        report["a_opt"] = float(np.log(n_opt[1] / n_opt[0]) / np.log(100.0))  # 1/2 for tied exponents
-        report["b_opt"] = 1.0 - report["a_opt"]
+        report["a_opt"] = report["b_opt"] = 0.5  # tied exponents: N_opt, D_opt ~ C^(1/2) (Hoffmann Eq. 4)
     elif isinstance(law, ChinchillaLaw):
         report["a_opt"], report["b_opt"] = law.a_opt, law.b_opt
         if law.samples_ is not None:
@@ -302,23 +300,24 @@ def fit(
         )
     filters, points_at = parse_filters(where), [parse_point(p) for p in predict_at]
     if objective not in OBJECTIVES:
-        raise IsoflopError(f"unknown --objective {objective!r:.80}; use one of {', '.join(OBJECTIVES)}")
+        raise IsoflopError(f"unknown --objective {quote(objective, 80)}; use one of {', '.join(OBJECTIVES)}")
     if bootstrap_method not in ("auto", *B.BOOTSTRAP_METHODS):
-        raise IsoflopError(f"unknown --bootstrap-method {bootstrap_method!r:.80}; use auto, runs or residual")
+        raise IsoflopError(f"unknown --bootstrap-method {quote(bootstrap_method, 80)}; use auto, runs or residual")
     options = dict(form=form, objective=objective, bootstrap_method=bootstrap_method)
     table = read_table(file)
     columns = dict(n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, param_kind=param_kind, table=table)
     if group_by is not None:
         if group_by not in table:
             raise IsoflopError(
-                f"--group-by column {group_by!r:.80} is not in the file; columns are: {', '.join(table)}"
+                f"--group-by column {quote(group_by, 80)} is not in the file; columns are: {', '.join(table)}"
             )
         if out or plot:
             raise IsoflopError("--out and --plot take one law; drop them with --group-by, or filter with --where")
-        values = list(dict.fromkeys(str(v) for v in apply_filters(table, filters)[group_by]))
+        columns["table"] = apply_filters(table, filters)
+        values = list(dict.fromkeys(str(v) for v in columns["table"][group_by]))
         reports = []
         for value in values:
-            runs = read_runs(file, where=[*filters, RowFilter(group_by, "=", (value,))], **columns)
+            runs = read_runs(file, where=[RowFilter(group_by, "=", (value,))], **columns)
             reports.append(
                 {
                     "group": value,

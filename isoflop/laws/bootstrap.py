@@ -126,12 +126,17 @@ def modified_residuals(law: Law) -> np.ndarray:
     return r * np.sqrt(len(loss) / dof)
 
 
-def _residual_refit(law: Law) -> Callable[[np.ndarray], np.ndarray]:
+def with_residuals(law: Law, pred: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``pred`` plus residuals ``r`` in the space of ``law``'s objective (inverse of ``modified_residuals``' r)."""
+    return pred * np.exp(r) if law.objective == "huber_log" else pred + r
+
+
+def _residual_refit(law: Law) -> Callable[[np.ndarray], np.ndarray | None]:
     n, d, _ = law.runs_
     pred, r = law.predict(n, d), modified_residuals(law)
 
-    def refit(idx: np.ndarray) -> np.ndarray:
-        loss = pred * np.exp(r[idx]) if law.objective == "huber_log" else pred + r[idx]
+    def refit(idx: np.ndarray) -> np.ndarray | None:
+        loss = with_residuals(law, pred, r[idx])
         if not np.all(loss > 0):
             return None
         params = refit_params(law, n, d, loss)
@@ -156,7 +161,7 @@ def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0, method: str = "ru
         raise IsoflopError(f"--seed must be a whole number >= 0, got {seed}")
     if method not in BOOTSTRAP_METHODS:
         raise IsoflopError(f"unknown bootstrap method {method!r}; use one of {', '.join(BOOTSTRAP_METHODS)}")
-    approach3 = isinstance(law, ChinchillaLaw) and getattr(law, "theta_", None) is not None
+    approach3 = isinstance(law, ChinchillaLaw) and law.theta_ is not None
     if method == "residual":
         refit = _residual_refit(law)
     else:

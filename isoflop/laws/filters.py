@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, quote
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le,
@@ -55,13 +55,13 @@ class RowFilter:
         m = _PATTERN.match(text)
         if not m or not m.group(3):
             raise IsoflopError(
-                f"--where {text!r:.200} does not parse; use COLUMN=VALUE, COLUMN<=VALUE (also <, >, >=, !=) "
+                f"--where {quote(text)} does not parse; use COLUMN=VALUE, COLUMN<=VALUE (also <, >, >=, !=) "
                 "or 'COLUMN in A,B,C'"
             )
         column, op, value = m.groups()
         if op in ("<", "<=", ">", ">=") and _number(value) is None:
             raise IsoflopError(
-                f"--where {text!r:.200}: {op} needs a number, got {value!r:.80}; compare with a number, e.g. "
+                f"--where {quote(text)}: {op} needs a number, got {quote(value, 80)}; compare with a number, e.g. "
                 f"params<=4.2e8"
             )
         return cls(column, op, (value,))
@@ -104,7 +104,9 @@ def apply_filters(table: dict[str, list[Any]], filters: Sequence[RowFilter]) -> 
     """The rows of ``table`` (columns of equal length) that satisfy every filter."""
     for f in filters:
         if f.column not in table:
-            raise IsoflopError(f"filter column {f.column!r:.80} is not in the file; columns are: {', '.join(table)}")
+            raise IsoflopError(
+                f"filter column {quote(f.column, 80)} is not in the file; columns are: {', '.join(table)}"
+            )
         keep = [f.matches(v) for v in table[f.column]]
         if not any(keep):
             seen = sorted({str(v) for v in table[f.column]})

@@ -550,14 +550,19 @@ def _fit_approach2(
 
 
 # Sums of powers under either objective (tied or free exponents) ---------------------------------------
-def _objective(theta: np.ndarray, log_n, log_d, loss, log_l, tied: bool, objective: str) -> float:
-    """``theta = (log A, log B, log E, alpha[, beta])``; Huber (delta 1e-3) on log loss or squares on raw loss."""
-    a, b, e, alpha = theta[:4]
-    beta = alpha if tied else theta[4]
-    pred = np.exp(e) + np.exp(a - alpha * log_n) + np.exp(b - beta * log_d)
+def _objectives(thetas: np.ndarray, log_n, log_d, loss, log_l, tied: bool, objective: str) -> np.ndarray:
+    """The objective for each row ``(log A, log B, log E, alpha[, beta])`` of ``thetas`` (shape ``(k, 4 or 5)``):
+    Huber (delta 1e-3) on log loss, or squares on raw loss."""
+    a, b, e, alpha = (thetas[:, i : i + 1] for i in range(4))
+    beta = alpha if tied else thetas[:, 4:5]
+    pred = np.exp(e) + np.exp(a - alpha * log_n[None, :]) + np.exp(b - beta * log_d[None, :])
     if objective == "ls_raw":
-        return float(np.sum((pred - loss) ** 2))
-    return float(np.sum(H.huber(np.log(pred) - log_l)))
+        return np.sum((pred - loss[None, :]) ** 2, axis=1)
+    return np.sum(H.huber(np.log(pred) - log_l[None, :]), axis=1)
+
+
+def _objective(theta: np.ndarray, *args: Any) -> float:
+    return float(_objectives(np.asarray(theta)[None, :], *args)[0])
 
 
 def fit_sum_of_powers(
@@ -580,7 +585,7 @@ def fit_sum_of_powers(
     if tied:
         cand = cand[np.isclose(cand[:, 3], cand[:, 4])][:, :4]
     args = (log_n, log_d, loss, log_l, tied, objective)
-    values = np.array([_objective(t, *args) for t in cand])
+    values = _objectives(cand, *args)
     order = np.argsort(np.where(np.isfinite(values), values, np.inf))
     cand = cand[order[: 1 if start else n_refine]]
     if start:
@@ -609,9 +614,9 @@ def _fit_powers_into(law: Law, n: Any, d: Any, loss: Any, tied: bool) -> Law:
     if law.params_:  # a refit (bootstrap): start from the current optimum, in (E, A, B, alpha[, beta])
         start = dict(law.params_)
         if isinstance(law, OvertrainingLaw):
-            eta = start["eta"]
-            start = {"E": start["E"], "A": start["a"] / 6.0**eta, "B": start["b"] / 6.0**eta, "alpha": 2 * eta}
+            start = OvertrainingLaw.overtraining_to_tied(start)
     params, value, converged, iters = fit_sum_of_powers(n, d, loss, tied=tied, objective=law.objective, start=start)
+    warnings = fit_warnings({**params, "beta": params.get("beta", params["alpha"])}, loss)
     if isinstance(law, OvertrainingLaw):
         params = OvertrainingLaw.tied_to_overtraining(params)
     law.params_, law.samples_, law.n_iter_, law.runs_ = params, None, iters, (n, d, loss)
@@ -622,9 +627,7 @@ def _fit_powers_into(law: Law, n: Any, d: Any, loss: Any, tied: bool) -> Law:
         "objective_value": value,
         "converged": converged,
         "n_points": int(len(n)),
-        "warnings": fit_warnings(
-            {"E": params["E"], "alpha": params.get("alpha", 0), "beta": params.get("beta", 0)}, loss
-        ),
+        "warnings": warnings,
     }
     return law
 

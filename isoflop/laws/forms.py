@@ -407,6 +407,12 @@ class OvertrainingLaw(Law):
         eta = params["alpha"] / 2.0
         return {"E": params["E"], "a": params["A"] * 6.0**eta, "b": params["B"] * 6.0**eta, "eta": eta}
 
+    @staticmethod
+    def overtraining_to_tied(params: dict[str, float]) -> dict[str, float]:
+        """``(E, a, b, eta)`` as ``TiedChinchillaLaw``'s ``(E, A, B, alpha)``; inverts ``tied_to_overtraining``."""
+        eta = params["eta"]
+        return {"E": params["E"], "A": params["a"] / 6.0**eta, "B": params["b"] / 6.0**eta, "alpha": 2.0 * eta}
+
 
 FORMS: dict[str, type[Law]] = {
     cls.form: cls

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from isoflop.errors import IsoflopError
-from isoflop.laws.bootstrap import modified_residuals
+from isoflop.errors import IsoflopError, quote
+from isoflop.laws.bootstrap import modified_residuals, with_residuals
 from isoflop.laws.forms import AllocationLaw, Law
 from isoflop.laws.intervals import ci95
 
@@ -65,9 +65,9 @@ def parse_point(text: str) -> tuple[float, float]:
     try:
         n, d = (float(p) for p in parts)
     except ValueError:
-        raise IsoflopError(f"--predict takes N,D (e.g. 1.4e9,2.8e10), got {text!r:.200}") from None
+        raise IsoflopError(f"--predict takes N,D (e.g. 1.4e9,2.8e10), got {quote(text)}") from None
     if not (np.isfinite(n) and np.isfinite(d) and n > 0 and d > 0):
-        raise IsoflopError(f"--predict {text!r:.200}: N and D must be positive finite numbers")
+        raise IsoflopError(f"--predict {quote(text)}: N and D must be positive finite numbers")
     return n, d
 
 
@@ -94,4 +94,4 @@ def _prediction_interval(law: Law, draws: np.ndarray) -> list[float] | None:
     except IsoflopError:
         return None
     noise = np.random.default_rng(0).choice(r, size=len(draws))
-    return ci95(draws * np.exp(noise) if law.objective == "huber_log" else draws + noise)
+    return ci95(with_residuals(law, draws, noise))
