@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, first_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,7 +65,7 @@ def load_base(folder: Path, dtype: str, quant: str) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(str(exc)) or type(exc).__name__
         raise IsoflopError(f"cannot load the model in {str(folder)!r} ({first}); is it a causal-LM folder?") from None
     for module in model.modules():
         # bitsandbytes repacks 4-bit weights for AVX512-BF16 inference on the first eval forward (the held-out

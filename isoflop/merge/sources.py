@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from isoflop import structured
-from isoflop.errors import IsoflopError
+from isoflop.errors import IsoflopError, first_line
 
 _ARCH_KEYS = ("architectures", "model_type")
 ST_DTYPES = {
@@ -80,8 +80,7 @@ class ModelSource:
 
 
 def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(str(exc)) or type(exc).__name__
 
 
 def model_dir(path: str | Path) -> Path:
