@@ -211,6 +211,24 @@ CASES: list[Case] = [
     ),
     ("plan budget 1e10", lambda t: ["plan", "--budget-flops", "1e10"], NO_ENV, "too small"),
     (
+        "plan inference tokens overflow",  # found by test_hostile_properties: inf reached the JSON with exit 0
+        lambda t: [
+            "plan",
+            "--gpu",
+            "h100-sxm",
+            "--gpus",
+            "1",
+            "--days",
+            "3.8",
+            "--unique-tokens",
+            "110",
+            "--inference-tokens",
+            "1e300",
+        ],  # fmt: skip
+        NO_ENV,
+        "overflow the lifetime compute",
+    ),
+    (
         "plan 10^14 gpus",
         lambda t: ["plan", "--gpu", "h100-sxm", "--gpus", str(10**14), "--days", "30"],
         NO_ENV,

@@ -127,3 +127,11 @@ def test_step_law_and_deepseek_hyperparameters() -> None:
     assert ds["lr"] == pytest.approx(0.3118 * (6 * n * d) ** -0.125, rel=1e-12) and ds["decay_fraction"] == 0.2
     with pytest.raises(IsoflopError, match="schedule"):
         recommend(n, d, schedule="linear")
+
+
+def test_negligible_inference_saves_nothing_rather_than_a_negative_amount() -> None:
+    """With T ~ 0 the lifetime optimum is the compute optimum; the two root findings agree to ``SOLVER_RTOL``, so
+    the reported saving is 0, never a round-off negative (found by the hypothesis suite: -6.7e-7)."""
+    law = get_law_preset("muennighoff")
+    alloc = compute_optimal(law, 2.4e19, unique_tokens=52914694.0, inference_tokens=1e-300)
+    assert alloc.compute_optimal_reference["lifetime_saving"] == 0.0

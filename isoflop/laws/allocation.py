@@ -30,6 +30,7 @@ from isoflop.laws.forms import PRESETS, AllocationLaw, ChinchillaLaw, DataConstr
 from isoflop.laws.intervals import ci95
 
 LossFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+SOLVER_RTOL = 1e-5  # relative agreement of two numerical solutions of the same optimum (brentq / minimize_scalar)
 _MAX_CI_SAMPLES = 200  # numeric allocations per interval (closed forms use every sample)
 
 
@@ -226,13 +227,20 @@ def compute_optimal(
         out.lifetime_flops = c + 2.0 * n * t
         # The same loss from the compute-optimal (inference-blind) plan, for comparison.
         c_ref, n_ref, d_ref = _solve(law, None, float(f(n, d)), unique_tokens, 0.0)
+        saving = 1.0 - out.lifetime_flops / (c_ref + 2.0 * n_ref * t)
+        if -SOLVER_RTOL < saving < 0:  # T ~ 0: both plans are the compute optimum, equal up to the root finding
+            saving = 0.0
         out.compute_optimal_reference = {
             "flops": c_ref,
             "n_params": n_ref,
             "tokens": d_ref,
             "lifetime_flops": c_ref + 2.0 * n_ref * t,
-            "lifetime_saving": 1.0 - out.lifetime_flops / (c_ref + 2.0 * n_ref * t),
+            "lifetime_saving": saving,
         }
+        if not all(np.isfinite(v) for v in (out.lifetime_flops, *out.compute_optimal_reference.values())):
+            raise IsoflopError(
+                f"inference tokens {t:.3g} overflow the lifetime compute 6ND + 2NT; give a realistic token count"
+            )
     if intervals and law.samples_ is not None and len(law.samples_) >= 2:
         _add_intervals(out, law, flops, target_loss, unique_tokens, t)
     elif law.samples_ is None:
