@@ -231,14 +231,14 @@ def test_fused_linear_cross_entropy_matches_plain(autocast: bool) -> None:
 def test_bf16_attention_backends_match_fp32(monkeypatch, math_backend: bool) -> None:
     """Under bf16 autocast on CPU, both SDPA backends (math, used without native bf16; the fused kernel
     otherwise) give the fp32 model's loss and gradients to bf16 accuracy (GQA spec, so ``enable_gqa`` is used)."""
-    import isoflop.train.model as model_mod
+    import isoflop.train.kernels as kernels
 
-    monkeypatch.setattr(model_mod, "NATIVE_BF16", not math_backend)
+    monkeypatch.setattr(kernels, "NATIVE_BF16", not math_backend)
     spec = SPECS["llama-gqa-untied"]
     model = build_model(spec, seed=0)
     idx = torch.randint(0, spec.vocab_size, (2, spec.max_seq_len), generator=torch.Generator().manual_seed(1))
     q = torch.zeros(2, spec.n_heads, spec.max_seq_len, spec.head_dim, dtype=torch.bfloat16)
-    assert model_mod.uses_math_attention(q) is math_backend
+    assert kernels.uses_math_attention(q) is math_backend
     losses, grads = [], []
     for autocast in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):

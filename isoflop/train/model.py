@@ -15,18 +15,10 @@ Layout choices made for speed, none of which changes the function computed:
   (``mlp.gate_up``, gate rows first). The export splits them back into Hugging Face's names.
 * Attention is ``F.scaled_dot_product_attention(..., is_causal=True)``: no mask tensor is built, and
   the fused kernel (FlashAttention on GPU, the flash-style CPU kernel otherwise) is picked by PyTorch.
-* In bf16/fp16 on a CPU without native bf16 matmul instructions (no AVX512-BF16 or AMX), attention uses
-  SDPA's math backend: PyTorch's flash-style CPU kernel then runs its blocked loops in emulated bf16 and
-  was slower (forward + backward) than the math path on the CPU we profiled (AVX-512 without BF16, at the
-  shapes of ``benchmarks/train_throughput.py``, whose bf16 ratios show the effect); with native bf16, or
-  in fp32, the fused kernel is kept. The math path builds the ``(T, T)`` scores, so it is only used
-  while they stay small (``_MATH_ATTENTION_MAX_BYTES``).
+* On CPU, half-precision attention may take SDPA's math backend, and RMSNorm and SwiGLU have hand-written
+  backward passes; these kernels live in ``isoflop.train.kernels``.
 * RoPE tables are computed once (in float64, stored as float32 buffers) and sliced per step; the
   rotation is one complex multiply per tensor, forward and backward.
-* On CPU, RMSNorm and SwiGLU have hand-written backward passes (fewer full-size memory passes than
-  autograd's decomposition; SwiGLU writes its gradient straight into the fused gate/up buffer). On
-  other devices they are ``F.rms_norm`` and ``silu(gate) * up``, which fused kernels and
-  ``torch.compile`` handle.
 * In fp32 on CPU the output head and the cross-entropy are fused and chunked
   (``isoflop.train.loss``): the full ``(tokens, vocab)`` logits are never materialised.
 * A tied output head has no module of its own: the logits use the token embedding matrix
@@ -53,29 +45,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
+from isoflop.train.kernels import RMSNormCPU, SwiGLUFn, eager_cpu_training, uses_math_attention
 from isoflop.train.loss import linear_cross_entropy
 
 INIT_STD = 0.02
-_MATH_ATTENTION_MAX_BYTES = 256 << 20  # fp32 scores of one attention call, (B, H, T, T)
-
-
-def _cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX on x86; other CPUs (or a PyTorch without these probes) are assumed native."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if not all(callable(p) for p in probes) or not getattr(torch.cpu, "_is_avx512_supported", lambda: False)():
-        return True
-    return any(p() for p in probes)
-
-
-NATIVE_BF16 = _cpu_has_native_bf16()
-
-
-def uses_math_attention(q: Tensor) -> bool:
-    """SDPA's math backend for half-precision attention on a CPU without native bf16 (module docstring)."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or NATIVE_BF16:
-        return False
-    B, H, T, _ = q.shape
-    return B * H * T * T * 4 <= _MATH_ATTENTION_MAX_BYTES and not torch.compiler.is_compiling()
 
 
 def _norm(spec: ModelSpec) -> nn.Module:
@@ -83,39 +56,6 @@ def _norm(spec: ModelSpec) -> nn.Module:
     if spec.norm == "layernorm":
         return nn.LayerNorm(spec.d_model, eps=spec.norm_eps)
     return RMSNorm(spec.d_model, eps=spec.norm_eps)
-
-
-def _eager_cpu_training(x: Tensor) -> bool:
-    """Use the hand-written CPU functions: CPU, grad enabled, and not inside ``torch.compile`` (which
-    fuses the plain ops itself)."""
-    return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-
-
-class _RMSNormCPU(torch.autograd.Function):
-    """RMSNorm with a hand-written backward: fewer full-size passes than the decomposition PyTorch
-    uses on CPU (``pow``, ``mean``, ``rsqrt``, two ``mul`` and their autograd graph).
-
-    With ``xhat = x * rstd``, ``rstd = (mean(x^2) + eps)^-1/2`` and ``y = xhat * w``:
-    ``dw = sum(dy * xhat)``, ``dx = rstd * (g - xhat * mean(g * xhat))`` with ``g = dy * w``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        d = x.shape[-1]
-        sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_()
-        rstd = sq.div_(d).add_(eps).rsqrt_().to(x.dtype)
-        xhat = x * rstd
-        ctx.save_for_backward(xhat, weight, rstd)
-        return xhat * weight
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, None]:
-        xhat, weight, rstd = ctx.saved_tensors
-        t = dy * xhat
-        dw = t.reshape(-1, t.shape[-1]).sum(0)
-        c = (t @ weight).unsqueeze(-1).div_(xhat.shape[-1])  # mean(g * xhat) with g = dy * w, as a matvec
-        return (dy * weight).addcmul_(xhat, c, value=-1).mul_(rstd), dw.to(weight.dtype), None
 
 
 class RMSNorm(nn.Module):
@@ -128,8 +68,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if _eager_cpu_training(x) and x.dtype == self.weight.dtype:
-            return _RMSNormCPU.apply(x, self.weight, self.eps)
+        if eager_cpu_training(x) and x.dtype == self.weight.dtype:
+            return RMSNormCPU.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
@@ -152,29 +92,6 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     forward and one backward (instead of mul/roll/mul/add and their gradients)."""
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
-
-
-class SwiGLUFn(torch.autograd.Function):
-    """``silu(gate) * up`` on the fused ``[gate | up]`` projection output, whose gradient is written
-    into one buffer (no ``cat`` of the two halves in the backward pass)."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor) -> Tensor:
-        gate, up = h.chunk(2, dim=-1)
-        act = F.silu(gate)
-        ctx.save_for_backward(h, act)
-        return act * up
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
-        h, act = ctx.saved_tensors
-        gate, up = h.chunk(2, dim=-1)
-        out = torch.empty_like(h)
-        d_gate, d_up = out.chunk(2, dim=-1)
-        torch.mul(grad, act, out=d_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
-        return out
 
 
 class Attention(nn.Module):
@@ -218,7 +135,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
             h = self.gate_up(x)
-            if _eager_cpu_training(h):
+            if eager_cpu_training(h):
                 return self.down(SwiGLUFn.apply(h))
             gate, up = h.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
