@@ -189,3 +189,9 @@ def test_cli_fit_moe_bad_input_is_one_line(cli, tmp_path, header, rows, extra, n
 def test_unknown_moe_preset_is_one_line(cli):
     res = cli("plan", "--moe", "--budget-flops", "1e20", "--law", "krajewsky")
     assert res.code == 2 and res.err.startswith("error: ") and len(res.err.strip().splitlines()) == 1
+
+
+def test_moe_presets_state_their_papers_counts():
+    from isoflop.laws.moe import MOE_PRESETS
+
+    assert {name: load_law(name).param_kind for name in MOE_PRESETS} == dict.fromkeys(MOE_PRESETS, "non_embedding")
