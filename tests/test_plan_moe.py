@@ -115,3 +115,9 @@ def test_validate_moe_labels_every_run_held_out():
     assert out["n_runs"] >= 3 and {r["label"] for r in out["runs"]} == {"held-out"}
     for r in out["runs"]:
         assert r["predicted"] > 0 and r["error"] == pytest.approx(r["predicted"] / r["published"] - 1)
+
+
+@pytest.mark.parametrize("law", ["clark-sbase", "krajewski"])
+def test_dense_plan_refuses_moe_laws(cli, law):
+    res = cli("plan", "--law", law, "--budget-flops", "1e21")
+    assert res.code == 2 and "--moe" in res.err and len(res.err.strip().splitlines()) == 1
