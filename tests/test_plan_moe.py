@@ -121,3 +121,32 @@ def test_validate_moe_labels_every_run_held_out():
 def test_dense_plan_refuses_moe_laws(cli, law):
     res = cli("plan", "--law", law, "--budget-flops", "1e21")
     assert res.code == 2 and "--moe" in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_all_to_all_is_priced_as_an_all_to_all_not_a_ring():
+    # Each GPU keeps 1/ep of its tokens, sends (l-1)/ep over NVLink and (ep-l)/ep over its own NIC (isoflop.perf.moe)
+    from isoflop.perf import load_constants
+    from isoflop.perf.moe import all_to_all_s
+
+    gpu, c = get_gpu("h100-sxm"), load_constants("h100-sxm")
+    nvlink, nic = gpu.intra_node_gbps * 1e9 * c.intra_node_eff, gpu.inter_node_gbps * 1e9 * c.inter_node_eff
+    n = 1e8
+    assert float(all_to_all_s(n, 8, 8, gpu, c)) == pytest.approx(7 / 8 * n / nvlink)
+    assert float(all_to_all_s(n, 64, 8, gpu, c)) == pytest.approx(max(7 / 64 * n / nvlink, 56 / 64 * n / nic))
+    assert float(all_to_all_s(n, 1, 1, gpu, c)) == 0.0
+
+
+def test_expert_comm_in_the_step_is_four_all_to_alls_per_layer_and_microbatch():
+    from isoflop.perf import load_constants
+    from isoflop.perf.moe import all_to_all_s
+    from isoflop.spec import get_model_preset
+
+    spec = get_model_preset("mixtral-8x7b").model_copy(update={"n_experts": 64, "d_ff": 1792})
+    gpu, c = get_gpu("h100-sxm"), load_constants("h100-sxm")
+    lay = Layout(dp=16, ep=16)  # EP16 spans 2 nodes
+    est = estimate(spec, gpu, 16, lay, 32, 4096, c)
+    per = 4 * float(all_to_all_s(4096 * spec.top_k * spec.d_model * 2, 16, 8, gpu, c))
+    microbatches = 32 // 16
+    assert est.breakdown["comm_ep_s"] == pytest.approx(per * spec.n_layers * microbatches, rel=1e-9)
+    hidden = estimate(spec, gpu, 16, lay, 32, 4096, c.replace(ep_overlap=1.0))
+    assert hidden.breakdown["comm_ep_s"] < est.breakdown["comm_ep_s"]
