@@ -69,6 +69,7 @@ def test_hardware_numbers_come_from_the_performance_model():
     assert hw["days"] == pytest.approx(hw["steps"] * hw["step_time_s"] / 86400)
     if layout.ep > 1:
         assert hw["comm_ep_s"] > 0
+    assert any("optimistic for fine-grained experts" in note for note in p.notes) == (p.moe.spec.d_ff < 1024)
 
 
 def test_plan_moe_refuses_a_law_without_granularity():

@@ -33,6 +33,7 @@ from isoflop.plan.arch import shape_for_params
 from isoflop.spec import ModelSpec, count_flops, count_params
 
 GRANULARITIES = (1, 2, 4, 8, 16, 32, 64)
+FINE_EXPERT_WIDTH = 1024  # below this expert width the MoE validation shows the step time underpredicted
 BASE_POINTS = 48  # dense base sizes per 6 decades of the grid
 
 
@@ -286,6 +287,11 @@ def plan_moe(req: MoePlanRequest) -> MoePlan:
         )
     if req.gpu is not None:
         moe.hardware, dense.hardware = _hardware(moe, req), _hardware(dense, req)
+        if moe.spec.d_ff < FINE_EXPERT_WIDTH:
+            notes.append(
+                f"experts of width {moe.spec.d_ff}: the performance model is optimistic for fine-grained experts "
+                "(benchmarks/validate_moe.py: Qwen3-30B-A3B, width 768, ran 2.7x slower than predicted)"
+            )
     return MoePlan(
         budget_flops=req.budget_flops,
         law=_law_dict(law),
