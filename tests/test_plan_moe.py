@@ -88,6 +88,7 @@ def test_plan_moe_refuses_a_law_without_granularity():
         (["--gpu", "h100-sxm", "--gpus", "8", "--days", "3"], "--days"),
         (["--budget-flops", "1e20", "--gpu", "h100-sxm"], "go together"),
         ([], "--budget-flops"),
+        (["--budget-flops", "1e10"], "too small"),
     ],
 )
 def test_plan_moe_bad_input_is_one_line(cli, args, needle):

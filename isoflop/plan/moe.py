@@ -34,6 +34,7 @@ from isoflop.spec import ModelSpec, count_flops, count_params
 
 GRANULARITIES = (1, 2, 4, 8, 16, 32, 64)
 FINE_EXPERT_WIDTH = 1024  # below this expert width the MoE validation shows the step time underpredicted
+MIN_TOKENS = 1e4  # a base shape the budget trains on fewer tokens than this is not a candidate
 BASE_POINTS = 48  # dense base sizes per 6 decades of the grid
 
 
@@ -149,7 +150,8 @@ def _laws(req: MoePlanRequest) -> tuple[GranularityLaw, ChinchillaLaw]:
 
 
 def _bases(req: MoePlanRequest, top_flops: float) -> list[ModelSpec]:
-    """Dense base shapes from ~1e6 non-embedding parameters up to what ``top_flops`` trains on 100 tokens each."""
+    """Dense base shapes from ~1e6 non-embedding parameters up to what ``top_flops`` trains on 100 tokens per
+    parameter."""
     top = max(2e6, top_flops / (6.0 * 100.0))
     out, seen = [], set()
     for n in np.geomspace(1e6, top, max(8, int(BASE_POINTS * math.log10(top / 1e6) / 6.0))):
@@ -274,10 +276,15 @@ def plan_moe(req: MoePlanRequest) -> MoePlan:
     _check(req)
     law, dense_law = _laws(req)
     everything = _bases(req, req.budget_flops * 1e4)
-    bases = [b for b in everything if count_flops(b, req.seq_len).training * 1.0 <= req.budget_flops / 100.0]
-    choices = _moe_choices(req, bases or everything[:1], law)
+    bases = [b for b in everything if count_flops(b, req.seq_len).training * MIN_TOKENS <= req.budget_flops]
+    if not bases:
+        raise IsoflopError(
+            f"the budget is too small for any sensible model: {req.budget_flops:.3g} FLOPs train the smallest shape "
+            f"at vocabulary {req.vocab_size} on fewer than {MIN_TOKENS:g} tokens; raise --budget-flops"
+        )
+    choices = _moe_choices(req, bases, law)
     moe = min(choices, key=lambda c: c.loss)
-    dense = best_dense(bases or everything[:1], req.budget_flops, req.seq_len, dense_law)
+    dense = best_dense(bases, req.budget_flops, req.seq_len, dense_law)
     notes = []
     expansion = moe.spec.n_experts / moe.spec.top_k
     if law.name == "krajewski" and expansion != KRAJEWSKI_EXPANSION:
