@@ -61,15 +61,16 @@ def test_fixed_experts_and_top_k_are_kept_with_an_extrapolation_note():
 def test_hardware_numbers_come_from_the_performance_model():
     p = plan_moe(MoePlanRequest(budget_flops=1e21, gpu="h100-sxm", n_gpus=64))
     hw = p.moe.hardware
-    assert hw["fits"] and p.dense.hardware["fits"]
-    layout = Layout(**{**hw["layout"]})
-    est = estimate(p.moe.spec, get_gpu("h100-sxm"), 64, layout, hw["global_batch"], 2048)
-    assert hw["step_time_s"] == pytest.approx(est.step_time_s, rel=1e-12)
-    assert hw["memory_gib"] == pytest.approx(est.memory["total_gib"], rel=1e-12)
-    assert hw["days"] == pytest.approx(hw["steps"] * hw["step_time_s"] / 86400)
+    assert hw.fits and p.dense.hardware.fits
+    layout = Layout(**hw.layout)
+    est = estimate(p.moe.spec, get_gpu("h100-sxm"), 64, layout, hw.global_batch, 2048)
+    assert hw.step_time_s == pytest.approx(est.step_time_s, rel=1e-12)
+    assert hw.memory_gib == pytest.approx(est.memory["total_gib"], rel=1e-12)
+    assert hw.days == pytest.approx(hw.steps * hw.step_time_s / 86400)
     if layout.ep > 1:
-        assert hw["comm_ep_s"] > 0
+        assert hw.comm_ep_s > 0
     assert any("optimistic for fine-grained experts" in note for note in p.notes) == (p.moe.spec.d_ff < 1024)
+    assert p.to_dict()["moe"]["hardware"]["step_time_s"] == hw.step_time_s
 
 
 def test_plan_moe_refuses_a_law_without_granularity():

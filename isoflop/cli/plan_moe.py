@@ -8,7 +8,7 @@ from rich.table import Table
 
 from isoflop.cli.output import emit
 from isoflop.errors import IsoflopError
-from isoflop.plan.moe import MoePlan, MoePlanRequest, plan_moe
+from isoflop.plan.moe import MoeHardware, MoePlan, MoePlanRequest, plan_moe
 
 # `isoflop plan` options that the MoE plan does not take, with their defaults.
 _DENSE_ONLY = {
@@ -56,15 +56,15 @@ def run_moe_plan(opts: dict[str, Any]) -> None:
     emit(result.to_dict(), opts["as_json"], _render(result))
 
 
-def _hw(h: dict[str, Any] | None) -> str:
+def _hw(h: MoeHardware | None) -> str:
     if h is None:
         return "-"
-    if not h["fits"]:
-        return f"no layout fits {h['n_gpus']} x {h['gpu']}"
-    lay = h["layout"]
+    if not h.fits or h.layout is None:
+        return f"no layout fits {h.n_gpus} x {h.gpu}"
+    lay = h.layout
     return (
-        f"{h['memory_gib']:.1f} GiB/GPU, step {h['step_time_s']:.3f} s (all-to-all {h['comm_ep_s']:.3f} s), "
-        f"MFU {h['mfu']:.2f}, {h['days']:.2f} days; TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} EP{lay['ep']}"
+        f"{h.memory_gib:.1f} GiB/GPU, step {h.step_time_s:.3f} s (all-to-all {h.comm_ep_s:.3f} s), "
+        f"MFU {h.mfu:.2f}, {h.days:.2f} days; TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} EP{lay['ep']}"
     )
 
 

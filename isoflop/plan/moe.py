@@ -58,6 +58,23 @@ class MoePlanRequest:
 
 
 @dataclass
+class MoeHardware:
+    """One plan on ``n_gpus`` x ``gpu``: the fastest layout the performance model finds, or ``fits=False``."""
+
+    gpu: str
+    n_gpus: int
+    global_batch: int
+    fits: bool
+    layout: dict[str, Any] | None = None
+    memory_gib: float | None = None
+    step_time_s: float | None = None
+    comm_ep_s: float | None = None
+    mfu: float | None = None
+    steps: int | None = None
+    days: float | None = None
+
+
+@dataclass
 class Choice:
     """One planned model: its shape, counts, tokens and predicted loss; hardware fields with ``--gpu``."""
 
@@ -70,7 +87,7 @@ class Choice:
     flops: float
     flops_per_token: float
     loss: float
-    hardware: dict[str, Any] | None = None
+    hardware: MoeHardware | None = None
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
@@ -90,7 +107,7 @@ class Choice:
             "flops": self.flops,
             "flops_per_token": self.flops_per_token,
             "loss": self.loss,
-            "hardware": self.hardware,
+            "hardware": None if self.hardware is None else asdict(self.hardware),
             "spec": s.model_dump(),
         }
 
@@ -238,7 +255,7 @@ def _dense_equivalent(bases: list[ModelSpec], target: float, req: MoePlanRequest
     return math.exp(0.5 * (lo + hi))
 
 
-def _hardware(choice: Choice, req: MoePlanRequest) -> dict[str, Any]:
+def _hardware(choice: Choice, req: MoePlanRequest) -> MoeHardware:
     """Memory per GPU, step time and days of ``choice`` on ``req.n_gpus`` x ``req.gpu`` (best layout)."""
     from isoflop.perf import search_layouts
 
@@ -249,22 +266,22 @@ def _hardware(choice: Choice, req: MoePlanRequest) -> dict[str, Any]:
     batch = max(n_gpus, int(round(hp["global_batch"] / n_gpus)) * n_gpus)
     layouts = search_layouts(choice.spec, gpu, n_gpus, batch, req.seq_len, fixed={"dtype": req.dtype}, top_k=1)
     if not layouts:
-        return {"gpu": gpu.name, "n_gpus": n_gpus, "global_batch": batch, "fits": False}
+        return MoeHardware(gpu=gpu.name, n_gpus=n_gpus, global_batch=batch, fits=False)
     best = layouts[0]
     steps = max(1, math.ceil(choice.tokens / (batch * req.seq_len)))
-    return {
-        "gpu": gpu.name,
-        "n_gpus": n_gpus,
-        "fits": True,
-        "global_batch": batch,
-        "layout": best.layout.to_dict(),
-        "memory_gib": best.memory["total_gib"],
-        "step_time_s": best.step_time_s,
-        "comm_ep_s": best.breakdown["comm_ep_s"],
-        "mfu": best.mfu,
-        "steps": steps,
-        "days": steps * best.step_time_s / 86400.0,
-    }
+    return MoeHardware(
+        gpu=gpu.name,
+        n_gpus=n_gpus,
+        global_batch=batch,
+        fits=True,
+        layout=best.layout.to_dict(),
+        memory_gib=best.memory["total_gib"],
+        step_time_s=best.step_time_s,
+        comm_ep_s=best.breakdown["comm_ep_s"],
+        mfu=best.mfu,
+        steps=steps,
+        days=steps * best.step_time_s / 86400.0,
+    )
 
 
 def _law_dict(law: Law) -> dict[str, Any]:
