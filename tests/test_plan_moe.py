@@ -90,6 +90,7 @@ def test_plan_moe_refuses_a_law_without_granularity():
         (["--budget-flops", "1e20", "--gpu", "h100-sxm"], "go together"),
         ([], "--budget-flops"),
         (["--budget-flops", "1e10"], "too small"),
+        (["--budget-flops", "1e20", "--max-experts", "32"], "below --expansion 64"),
     ],
 )
 def test_plan_moe_bad_input_is_one_line(cli, args, needle):
@@ -153,3 +154,8 @@ def test_expert_comm_in_the_step_is_four_all_to_alls_per_layer_and_microbatch():
     assert est.breakdown["comm_ep_s"] == pytest.approx(per * spec.n_layers * microbatches, rel=1e-9)
     hidden = estimate(spec, gpu, 16, lay, 32, 4096, c.replace(ep_overlap=1.0))
     assert hidden.breakdown["comm_ep_s"] < est.breakdown["comm_ep_s"]
+
+
+def test_max_experts_bounds_the_search():
+    p = plan_moe(MoePlanRequest(budget_flops=1e20, max_experts=256))
+    assert p.moe.spec.n_experts <= 256 and {row["granularity"] for row in p.by_granularity} == {1, 2, 4}

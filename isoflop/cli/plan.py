@@ -186,6 +186,9 @@ def plan(
     ),
     experts: int | None = typer.Option(None, "--experts", help="--moe: fix the routed experts (with --top-k)."),
     top_k: int | None = typer.Option(None, "--top-k", help="--moe: fix the experts per token (= granularity)."),
+    max_experts: int | None = typer.Option(
+        None, "--max-experts", help="--moe: search granularities with at most this many routed experts."
+    ),
     expansion: int = typer.Option(
         64, "--expansion", help="--moe: expert parameters over a dense MLP's (Krajewski et al. fit 64)."
     ),
@@ -198,8 +201,8 @@ def plan(
 
         run_moe_plan(locals())
         return
-    if experts is not None or top_k is not None:
-        raise IsoflopError("--experts and --top-k plan a mixture-of-experts; add --moe")
+    if experts is not None or top_k is not None or max_experts is not None:
+        raise IsoflopError("--experts, --top-k and --max-experts plan a mixture-of-experts; add --moe")
     law = law or "besiroglu"
     if data is not None:
         from pathlib import Path

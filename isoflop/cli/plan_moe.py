@@ -45,6 +45,7 @@ def run_moe_plan(opts: dict[str, Any]) -> None:
         expansion=opts["expansion"],
         experts=opts["experts"],
         top_k=opts["top_k"],
+        max_experts=opts["max_experts"],
         seq_len=opts["seq_len"],
         vocab_size=opts["vocab_size"],
         gpu=opts["gpu"],

@@ -40,7 +40,8 @@ BASE_POINTS = 48  # dense base sizes per 6 decades of the grid
 
 @dataclass
 class MoePlanRequest:
-    """``budget_flops`` and the law; ``experts``/``top_k`` fix the choice (then ``G = top_k``)."""
+    """``budget_flops`` and the law; ``experts``/``top_k`` fix the choice (then ``G = top_k``); ``max_experts``
+    bounds the routed experts of the search (e.g. 256, DeepSeek-V3's)."""
 
     budget_flops: float
     law: str | Law = "krajewski"
@@ -49,6 +50,7 @@ class MoePlanRequest:
     granularities: tuple[int, ...] = GRANULARITIES
     experts: int | None = None
     top_k: int | None = None
+    max_experts: int | None = None
     seq_len: int = 2048
     vocab_size: int = 32000
     gpu: str | None = None
@@ -147,6 +149,14 @@ def _check(req: MoePlanRequest) -> None:
             raise IsoflopError(f"--experts and --top-k must be >= 1, got {req.experts} and {req.top_k}")
         if req.top_k > req.experts:
             raise IsoflopError(f"--top-k {req.top_k} is more than --experts {req.experts}; choose top-k <= experts")
+    if req.max_experts is not None:
+        if req.experts is not None:
+            raise IsoflopError("--max-experts bounds the search; with --experts fixed, drop it")
+        if req.max_experts < req.expansion:
+            raise IsoflopError(
+                f"--max-experts {req.max_experts} is below --expansion {req.expansion} (granularity 1 already has "
+                f"{req.expansion} experts); raise it or lower --expansion"
+            )
     if (req.gpu is None) != (req.n_gpus is None):
         raise IsoflopError("--gpu and --gpus go together for the MoE plan's memory and step time")
     check_counts(gpus=req.n_gpus)
@@ -226,7 +236,11 @@ def _moe_choices(req: MoePlanRequest, bases: list[ModelSpec], law: GranularityLa
     if req.experts is not None and req.top_k is not None:
         options = [(req.experts, req.top_k, req.top_k)]
     else:
-        options = [(req.expansion * g, g, g) for g in req.granularities]
+        options = [
+            (req.expansion * g, g, g)
+            for g in req.granularities
+            if req.max_experts is None or req.expansion * g <= req.max_experts
+        ]
     best: list[Choice] = []
     for experts, top_k, g in options:
         specs = [s for s in (_moe_spec(b, experts, top_k, g) for b in bases) if s is not None]
