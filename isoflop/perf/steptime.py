@@ -34,6 +34,7 @@ from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
 from isoflop.perf.layout import LayoutArrays, peak_dtype
 from isoflop.perf.memory import precision, stage_params
+from isoflop.perf.sac import saved_and_recomputed
 from isoflop.spec.model import ModelSpec
 
 STEP_KEYS = (
@@ -107,6 +108,15 @@ def _collective(nbytes, group, local, factor: float, gpu: GPU, c: PerfConstants)
     t_intra = (local - 1) / local * nbytes / intra
     t_inter = (nodes - 1) / np.maximum(nodes, 1.0) * nbytes / local / inter
     return np.where(group > 1, factor * (t_intra + t_inter), 0.0)
+
+
+def _op_sac_gemms(spec: ModelSpec, T, tp, kv_local, g_fwd, gemm) -> np.ndarray:
+    """Seconds of the matmuls torchtitan's op-level SAC recomputes (``isoflop.perf.sac``: the even matmuls of
+    each block; half the block's matmuls for MoE)."""
+    if spec.is_moe:
+        return 0.5 * g_fwd
+    width = {"h": float(spec.d_model), "q": spec.q_dim / tp, "kv": kv_local, "f": spec.d_ff / tp}
+    return sum(gemm(T, width[out], width[inp]) for out, inp in saved_and_recomputed(spec)[1])
 
 
 def _slowest_stage(n_layers: int, pp: np.ndarray, layer_t, head_t, rebalance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +213,7 @@ def step_time(
 
     recompute = np.select(
         [la.recompute == 2, la.recompute == 1, la.recompute == 3],
-        [g_fwd + a_fwd + mb_fwd, a_fwd, 0.5 * g_fwd + mb_fwd],  # op: every other matmul + the elementwise ops
+        [g_fwd + a_fwd + mb_fwd, a_fwd, _op_sac_gemms(spec, T, tp, kv_local, g_fwd, gemm) + mb_fwd],
         0.0,
     )
     # --- the last stage also runs the output head and the loss -----------------------------------------------
