@@ -19,7 +19,7 @@ def test_search_equals_brute_force_over_estimate() -> None:
     fixed = dict(cp=1, interleave=1, offload=False, replicate=1)
     brute = []
     for tp, pp, zero, rc, sp, mb in itertools.product(
-        (1, 2, 4, 8), (1, 2, 4, 8), (0, 1, 2, 3), ("none", "selective", "full"), (False, True), (1, 2, 4, 8, 16)
+        (1, 2, 4, 8), (1, 2, 4, 8), (0, 1, 2, 3), ("none", "selective", "full", "op"), (False, True), (1, 2, 4, 8, 16)
     ):
         if n % (tp * pp):
             continue

@@ -53,7 +53,7 @@ def _choices(spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len:
         "cp": [c for c in gpu_divs if seq_len % c == 0 and (c == 1 or seq_len // c >= 512)],
         "ep": [e for e in gpu_divs if spec.n_experts % e == 0] if spec.is_moe else [1],
         "zero": [0, 1, 2, 3],
-        "recompute": [0, 1, 2],
+        "recompute": list(range(len(RECOMPUTE))),  # every policy, torchtitan's op-level SAC included
         "sequence_parallel": [False, True],
         "micro_batch": [b for b in _divisors(global_batch) if b <= MAX_MICRO_BATCH],
         "interleave": list(INTERLEAVES),
