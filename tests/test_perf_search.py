@@ -88,3 +88,19 @@ def test_search_and_validate_agree_on_hsdp_and_uneven_stages() -> None:
         except IsoflopError:
             ok = False
         assert ((zero, replicate, pp, v) in found) == ok, (zero, replicate, pp, v)
+
+
+def test_layout_knobs_are_listed_once() -> None:
+    """``KNOBS`` is the ``Layout`` fields but dtype/optimizer, in order; the array form and its round trip follow
+    it, and an enumeration member and its string are one layout (equal and hashed alike)."""
+    from dataclasses import fields
+
+    from isoflop.perf.layout import KNOBS, RECOMPUTE, LayoutArrays, Recompute
+
+    assert tuple(f.name for f in fields(Layout) if f.name not in ("dtype", "optimizer")) == KNOBS
+    assert tuple(f.name for f in fields(LayoutArrays)) == KNOBS
+    assert RECOMPUTE == ("none", "selective", "full", "op")
+    layouts = [Layout(tp=2, pp=2, dp=2, recompute=r, sequence_parallel=True, micro_batch=4) for r in Recompute]
+    la = LayoutArrays.from_layouts(layouts)
+    assert [la.layout(i, "bf16", "adamw") for i in range(len(la))] == layouts
+    assert {Layout(recompute=Recompute.OP): 1}[Layout(recompute="op")] == 1

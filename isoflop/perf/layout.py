@@ -8,6 +8,7 @@ parallelism is carved out of the data x context group (Megatron-Core MoE), so ``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
@@ -34,23 +35,40 @@ def check_counts(**values: int | None) -> None:
             raise IsoflopError(f"{flag} {value:.3g} is beyond any real run; use at most {limit:,}")
 
 
-RECOMPUTE = ("none", "selective", "full", "op")
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
-KNOBS = (
-    "tp",
-    "pp",
-    "dp",
-    "cp",
-    "ep",
-    "zero",
-    "recompute",
-    "sequence_parallel",
-    "micro_batch",
-    "interleave",
-    "offload",
-    "replicate",
-)
+class _Choice(StrEnum):
+    """A string enumeration that hashes as its value, so ``Layout(recompute="op")`` and
+    ``Layout(recompute=Recompute.OP)`` are one dictionary key."""
+
+    __hash__ = str.__hash__
+
+
+class Recompute(_Choice):
+    """Activation recomputation policies; the order is the integer code of ``LayoutArrays.recompute``."""
+
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+    OP = "op"
+
+
+class Precision(_Choice):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    AMP = "amp"
+
+
+class Optimizer(_Choice):
+    ADAMW = "adamw"
+    SGD = "sgd"
+    ADAFACTOR = "adafactor"
+    ADAM8BIT = "adam8bit"
+
+
+RECOMPUTE: tuple[str, ...] = tuple(r.value for r in Recompute)
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
+OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in Optimizer)
 
 
 @dataclass(frozen=True)
@@ -77,17 +95,18 @@ class Layout:
     cp: int = 1
     ep: int = 1
     zero: Literal[0, 1, 2, 3] = 0
-    recompute: Literal["none", "selective", "full", "op"] = "none"
+    recompute: Recompute = Recompute.NONE
     sequence_parallel: bool = False
     micro_batch: int = 1
     interleave: int = 1
     offload: bool = False
-    dtype: Literal["fp32", "bf16", "fp16", "fp8", "amp"] = "bf16"
-    optimizer: Literal["adamw", "sgd", "adafactor", "adam8bit"] = "adamw"
+    dtype: Precision = Precision.BF16
+    optimizer: Optimizer = Optimizer.ADAMW
     replicate: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The knobs as plain values (enumeration members as their strings, for JSON and YAML)."""
+        return {k: v.value if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
 
     def replace(self, **changes: Any) -> Layout:
         return Layout(**{**asdict(self), **changes})
@@ -95,6 +114,12 @@ class Layout:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+# The layout knobs the model evaluates as arrays: every ``Layout`` field but the step-wide dtype and optimizer
+# (listed once, here; ``LayoutArrays`` and the search's candidate columns follow this order).
+KNOBS: tuple[str, ...] = tuple(f.name for f in fields(Layout) if f.name not in ("dtype", "optimizer"))
+_FLAGS = ("sequence_parallel", "offload")
 
 
 def peak_dtype(dtype: str) -> str:
@@ -223,24 +248,12 @@ class LayoutArrays:
             values = [getattr(lay, name) for lay in layouts]
             if name == "recompute":
                 values = [RECOMPUTE.index(v) for v in values]
-            dtype = bool if name in ("sequence_parallel", "offload") else np.int64
+            dtype = bool if name in _FLAGS else np.int64
             cols[name] = np.asarray(values, dtype=dtype)
         return cls(**cols)
 
     def layout(self, i: int, dtype: str, optimizer: str) -> Layout:
-        return Layout(
-            tp=int(self.tp[i]),
-            pp=int(self.pp[i]),
-            dp=int(self.dp[i]),
-            cp=int(self.cp[i]),
-            ep=int(self.ep[i]),
-            zero=int(self.zero[i]),
-            recompute=RECOMPUTE[int(self.recompute[i])],  # type: ignore[arg-type]
-            sequence_parallel=bool(self.sequence_parallel[i]),
-            micro_batch=int(self.micro_batch[i]),
-            interleave=int(self.interleave[i]),
-            offload=bool(self.offload[i]),
-            dtype=dtype,  # type: ignore[arg-type]
-            optimizer=optimizer,
-            replicate=int(self.replicate[i]),  # type: ignore[arg-type]
-        )
+        knobs: dict[str, Any] = {k: getattr(self, k)[i] for k in KNOBS}
+        knobs = {k: bool(v) if k in _FLAGS else int(v) for k, v in knobs.items()}
+        knobs["recompute"] = RECOMPUTE[knobs["recompute"]]
+        return Layout(**knobs, dtype=dtype, optimizer=optimizer)  # type: ignore[arg-type]
