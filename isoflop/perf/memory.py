@@ -149,7 +149,8 @@ def layer_activation_bytes(
         op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
     else:
         width = {"h": h, "q": q / tp, "kv": kv_local, "f": spec.d_ff / tp}
-        op = full + tokens * (core_out + act * sum(width[out] for out, _ in saved_and_recomputed(spec)[0]))
+        attention = (q / tp) * act + (spec.n_heads / tp) * 4.0  # the attention kernel's output + fp32 log-sum-exp
+        op = full + tokens * (attention + act * sum(width[out] for out, _ in saved_and_recomputed(spec)[0]))
     return {"none": none, "selective": selective, "full": full, "op": op}
 
 
