@@ -108,3 +108,12 @@ def test_op_sac_matches_torchtitans_policy(shape) -> None:
     model = float(np.asarray(layer_activation_bytes(spec, la, tokens, act=2.0)["op"])[0])
     # the CPU flash kernel also returns a few scalars and its fp32 log-sum-exp per (head, token), as CUDA's does
     assert model == pytest.approx(saved_bytes, rel=0.01)
+
+
+def test_torchtitan_elementwise_passes_is_the_measured_eager_traffic() -> None:
+    """The torchtitan profile's ``elementwise_passes`` is the eager block's memory-bound bytes (counted per aten
+    op by benchmarks/eager_elementwise_bytes.py) over the model's fused count, not a fitted number."""
+    from isoflop.perf import load_constants
+
+    measured = eager.measure(256, 16, 4, 896, tokens=64)["elementwise_passes"]
+    assert load_constants(None, "torchtitan").elementwise_passes == pytest.approx(measured, rel=0.05)
