@@ -168,6 +168,35 @@ def hsdp_ok(replicate, zero, dpc):
     return (replicate == 1) | ((zero == 3) & (dpc % replicate == 0))
 
 
+# The layout rules, each for scalars or arrays: ``validate`` raises on the first one a layout breaks, and the
+# search's vectorised candidate filter (``isoflop.perf.search.candidates``) keeps the layouts that pass them all.
+
+
+def tp_ok(tp, n_heads: int, n_kv_heads: int):
+    """Tensor parallelism splits the query heads, and splits or replicates the KV heads."""
+    return (n_heads % tp == 0) & ((n_kv_heads % tp == 0) | (tp % n_kv_heads == 0))
+
+
+def interleave_ok(interleave, pp, n_layers: int):
+    """Interleaving needs a pipeline and must divide the fullest stage's ``ceil(n_layers / pp)`` layers."""
+    return (interleave == 1) | ((pp > 1) & (stage_layers(n_layers, pp) % interleave == 0))
+
+
+def ep_ok(ep, dpc, n_experts: int):
+    """Expert parallelism divides the experts and the data x context group (``dpc``); dense models use 1."""
+    return (ep == 1) | ((n_experts > 0) & (n_experts % ep == 0) & (dpc % ep == 0))
+
+
+def sp_ok(sequence_parallel, tp):
+    """Sequence parallelism shards along the tensor-parallel group, so it needs ``tp > 1``."""
+    return ~np.asarray(sequence_parallel, dtype=bool) | (tp > 1)
+
+
+def batch_ok(global_batch: int, dp, micro_batch):
+    """The global batch splits into whole microbatches on every data-parallel rank."""
+    return global_batch % (dp * micro_batch) == 0
+
+
 def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, seq_len: int) -> None:
     """Raise ``IsoflopError`` naming the first violated constraint of ``layout``."""
     lay = layout
@@ -191,14 +220,14 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
         )
     if spec.n_heads % lay.tp:
         raise IsoflopError(f"tp={lay.tp} does not divide n_heads={spec.n_heads}; use a divisor of the head count")
-    if spec.n_kv_heads % lay.tp and lay.tp % spec.n_kv_heads:
+    if not tp_ok(lay.tp, spec.n_heads, spec.n_kv_heads):
         raise IsoflopError(
             f"tp={lay.tp} and n_kv_heads={spec.n_kv_heads} must divide one another (KV heads are split or replicated)"
         )
     if lay.pp > spec.n_layers:
         raise IsoflopError(f"pp={lay.pp} exceeds n_layers={spec.n_layers}; use at most one pipeline stage per layer")
     per_stage = int(stage_layers(spec.n_layers, lay.pp))
-    if lay.interleave > 1 and (lay.pp == 1 or per_stage % lay.interleave):
+    if not interleave_ok(lay.interleave, lay.pp, spec.n_layers):
         raise IsoflopError(
             f"interleave={lay.interleave} does not divide the {per_stage} layers per pipeline stage "
             f"(n_layers={spec.n_layers}, pp={lay.pp}); use pp > 1 and an interleave that divides {per_stage}"
@@ -208,13 +237,13 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
     if lay.ep > 1:
         if not spec.is_moe:
             raise IsoflopError(f"ep={lay.ep} needs a mixture-of-experts model; use ep=1 for dense models")
-        if spec.n_experts % lay.ep or (lay.dp * lay.cp) % lay.ep:
+        if not ep_ok(lay.ep, lay.dp * lay.cp, spec.n_experts):
             raise IsoflopError(f"ep={lay.ep} must divide n_experts={spec.n_experts} and dp*cp={lay.dp * lay.cp}")
-    if lay.sequence_parallel and lay.tp == 1:
+    if not sp_ok(lay.sequence_parallel, lay.tp):
         raise IsoflopError("sequence parallel needs tp > 1; drop --sequence-parallel or raise --tp")
     if not hsdp_ok(lay.replicate, lay.zero, lay.dp * lay.cp):
         raise IsoflopError(f"replicate={lay.replicate} (HSDP) needs zero=3 and must divide dp*cp={lay.dp * lay.cp}")
-    if global_batch % (lay.dp * lay.micro_batch):
+    if not batch_ok(global_batch, lay.dp, lay.micro_batch):
         raise IsoflopError(
             f"global batch {global_batch} is not divisible by dp*micro_batch = {lay.dp}*{lay.micro_batch}; "
             "choose a global batch that is a multiple of it"
