@@ -4,11 +4,15 @@
    (C4, OpenLM), fit on 5 small runs (0.011B-0.411B at M = 20 and 0.011B at M = 320) and predict the larger runs
    held out: 1.4B at its largest M (640 for RedPajama, 320 for RefinedWeb, 80 for C4) and 6.9B at M = 20.
    Forms side by side: the paper's (``overtraining``, least squares on raw loss) and isoflop's (tied and free
-   Chinchilla forms, Huber on log loss). Intervals: residual bootstrap (5 runs: resampling runs cannot work).
-2. Leave-one-out coverage: every run of a data set is held out in turn, the law is refitted on the rest with a
-   bootstrap, and the held-out loss is compared with the 95% prediction interval (draws plus resampled modified
-   residuals, ``isoflop.laws.predict``). Chinchilla (Besiroglu et al. 2024's points, 5 highest-loss dropped;
-   run bootstrap) and Gadre (per training set, C4 eval; run bootstrap on ~35 runs).
+   Chinchilla forms, Huber on log loss), all on the paper's 5 runs.
+2. isoflop's choice (``cross_validate``): fit set (which small runs), form and objective chosen on the small runs
+   alone, never the targets: fit to 0.011B-0.154B, score on 0.411B (one size up), lowest median |error| wins; the
+   choice then predicts the same 12 targets. Intervals: residual bootstrap below 30 fitted runs, run bootstrap
+   from there on (``isoflop fit --bootstrap-method auto``).
+3. Leave-one-out coverage: every run of a data set is held out in turn, the law is refitted on the rest with a
+   run bootstrap, and the held-out loss is compared with the 95% prediction interval (every draw plus every
+   modified residual, ``isoflop.laws.predict``). Chinchilla (Besiroglu et al. 2024's points, 5 highest-loss
+   dropped) and Gadre (per training set, C4 eval, ~35 runs each; and the three pooled).
 
 Usage: python benchmarks/predict_heldout.py [--json] [--bootstrap 200] [--loo-bootstrap 60] [--loo-stride 1]
 Prints a table (or one JSON object with --json).
@@ -22,6 +26,7 @@ import csv
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -166,46 +171,65 @@ def paper_protocol(configs: list[tuple[str, str, str]], bootstrap: int) -> list[
     return out
 
 
-def loo(name: str, n, d, loss, form: str, objective: str, bootstrap: int, stride: int) -> dict:
-    """Leave-one-out: refit without run i (run bootstrap), is run i inside the 95% prediction interval?"""
-    covered, widths, errors, failed = [], [], [], 0
+@dataclass
+class Held:
+    """One leave-one-out prediction: inside the 95% prediction interval, its width and its |error| (% of loss)."""
+
+    covered: bool
+    width_pct: float
+    abs_error_pct: float
+
+
+def loo(n, d, loss, form: str, objective: str, bootstrap: int, stride: int) -> tuple[list[Held], int]:
+    """Leave-one-out: refit without run i (run bootstrap), is run i inside the 95% prediction interval? Returns the
+    held-out predictions and the number of refits that did not converge (counted, not scored)."""
+    held, failed = [], 0
     for i in range(0, len(n), stride):
         keep = np.arange(len(n)) != i
         try:
             law = _fit(form, objective, n[keep], d[keep], loss[keep], bootstrap, "runs")
-        except IsoflopError:  # the refit did not converge: counted, not scored
+        except IsoflopError:
             failed += 1
             continue
         p = predict(law, n[i], d[i])
         if p.pi95 is None:
             failed += 1
             continue
-        covered.append(p.pi95[0] <= loss[i] <= p.pi95[1])
-        widths.append((p.pi95[1] - p.pi95[0]) / p.loss * 100)
-        errors.append(abs(p.loss / loss[i] - 1) * 100)
+        width = (p.pi95[1] - p.pi95[0]) / p.loss * 100
+        held.append(Held(p.pi95[0] <= loss[i] <= p.pi95[1], width, abs(p.loss / loss[i] - 1) * 100))
+    return held, failed
+
+
+def _loo_row(name: str, held: list[Held], failed: int) -> dict:
     return {
         "data": name,
-        "form": form,
-        "objective": objective,
-        "held_out": len(covered),
+        "form": "chinchilla",
+        "objective": "huber_log",
+        "held_out": len(held),
         "refit_failed": failed,
-        "coverage_pct": 100 * float(np.mean(covered)),
-        "median_width_pct": float(np.median(widths)),
-        "median_abs_error_pct": float(np.median(errors)),
+        "coverage_pct": 100 * float(np.mean([h.covered for h in held])),
+        "median_width_pct": float(np.median([h.width_pct for h in held])),
+        "median_abs_error_pct": float(np.median([h.abs_error_pct for h in held])),
     }
 
 
 def coverage(bootstrap: int, stride: int) -> list[dict]:
+    """Leave-one-out on Chinchilla (every ``stride``-th point) and on Gadre et al. per training set (C4 eval), and
+    on the Gadre data set as a whole (the three training sets' held-out runs pooled)."""
     rows = list(csv.DictReader(CHINCHILLA.open()))
     n = np.array([float(r["Model Size"]) for r in rows])
     c = np.array([float(r["Training FLOP"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
     n, d, loss = F.drop_highest_loss(n, c / (6 * n), loss, 5)
-    out = [loo("chinchilla", n, d, loss, "chinchilla", "huber_log", bootstrap, stride)]
+    out = [_loo_row("chinchilla", *loo(n, d, loss, "chinchilla", "huber_log", bootstrap, stride))]
     gadre = list(csv.DictReader(GADRE.open()))
-    for ds in ("c4_original", "rpj", "rw_original"):
+    pooled, pooled_failed = [], 0
+    for ds in TRAIN_SETS:
         gn, gd, gl = _arrays([r for r in gadre if r["train_dataset"] == ds], "loss_c4_val")
-        out.append(loo(f"gadre/{ds}", gn, gd, gl, "chinchilla", "huber_log", bootstrap, 1))
+        held, failed = loo(gn, gd, gl, "chinchilla", "huber_log", bootstrap, 1)
+        out.append(_loo_row(f"gadre/{ds}", held, failed))
+        pooled, pooled_failed = pooled + held, pooled_failed + failed
+    out.append(_loo_row("gadre", pooled, pooled_failed))
     return out
 
 
