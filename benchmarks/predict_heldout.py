@@ -26,8 +26,8 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -171,8 +171,7 @@ def paper_protocol(configs: list[tuple[str, str, str]], bootstrap: int) -> list[
     return out
 
 
-@dataclass
-class Held:
+class Held(NamedTuple):
     """One leave-one-out prediction: inside the 95% prediction interval, its width and its |error| (% of loss)."""
 
     covered: bool
