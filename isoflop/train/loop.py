@@ -180,6 +180,8 @@ class _Run:
                     "sync.mode=diloco and DDP comm hooks run with data parallelism only; "
                     "drop parallel.tp/pp/cp/interleave or the sync settings"
                 )
+            if cfg.train.init_from:
+                raise IsoflopError("train.init_from runs with data parallelism only; drop parallel.tp/pp/cp/interleave")
             plan_layout(cfg, env.world)  # one-line errors before any work
             self.strategy = "model-parallel"
         elif cfg.sync.mode == "diloco":  # DiLoCo workers train unwrapped copies (isoflop.train.lowcomm / diloco)
@@ -202,12 +204,17 @@ class _Run:
             self.par = ParallelModel(cfg, env, self.dtype)
             self.micro_batch, self.accum, self.strategy = self.par.micro_batch, self.par.accum, self.par.description
             return self.par.module
-        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp")
+        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp") and not cfg.train.init_from
         if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
             with torch.device("meta"):
                 model = Transformer(self.spec)
         else:
-            model = build_model(self.spec, "cpu", seed=cfg.train.seed).to(env.device)
+            model = build_model(self.spec, "cpu", seed=cfg.train.seed)
+            if cfg.train.init_from:  # another run's weights, upcycled dense -> MoE (isoflop.train.upcycle)
+                from isoflop.train.upcycle import init_from_run
+
+                self._say(f"initial weights from {init_from_run(model, cfg.train.init_from)}")
+            model = model.to(env.device)
         if cfg.train.activation_checkpointing:
             apply_activation_checkpointing(model)
         if cfg.train.compile:
@@ -672,9 +679,14 @@ class _Run:
         """Gather the full weights and write ``out/hf`` (safetensors, config.json, the tokenizer) on rank 0."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from isoflop.train.export import export_hf
+        from isoflop.train.export import export_hf, hf_architecture
         from isoflop.train.model import build_model
 
+        try:
+            hf_architecture(self.spec)
+        except IsoflopError as exc:  # e.g. a router Hugging Face has no class for: the run itself is fine
+            self._say(f"note: no Hugging Face export: {exc}")
+            return None
         if self.par is not None:
             full = self.par.full_state_dict()
         else:
