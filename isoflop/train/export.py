@@ -1,6 +1,6 @@
 """Export a ``Transformer`` as a Hugging Face checkpoint: ``model.safetensors`` + ``config.json``.
 
-Two targets, chosen by the spec:
+The target is chosen by the spec:
 
 * ``GPT2LMHeadModel`` for GPT-2 specs (LayerNorm, GELU, learned positions, biases, ``n_kv_heads =
   n_heads``, ``head_dim = d_model / n_heads``). GPT-2's ``Conv1D`` stores weights as ``(in, out)``,
@@ -14,6 +14,11 @@ Two targets, chosen by the spec:
   norms and embeddings are written as for Llama; each layer's router becomes ``block_sparse_moe.gate``
   and expert ``e`` becomes ``block_sparse_moe.experts.e.w1/w3/w2`` (gate/up/down), the layout of the
   released Mixtral checkpoints, which transformers 4.x reads as is and 5.x fuses on load.
+* ``Glm4MoeForCausalLM`` for MoE specs with DeepSeek-V3's router (Liu et al. 2024: sigmoid scores, top-k
+  chosen on scores + the balancing bias, weights = the chosen scores normalised to sum 1) and optional shared
+  experts. Hugging Face's ``DeepseekV3ForCausalLM`` has the same MoE but multi-head latent attention,
+  which no GQA model equals; GLM-4.5's class pairs that MoE with GQA. It is configured to one expert group,
+  full-width RoPE, no QK norm, no attention bias, no dense first layers and a routed scaling factor of 1.
 
 Weights are written with ``safetensors`` only (no pickle), atomically (``isoflop.atomic``). A tied
 model writes no ``lm_head.weight`` and sets ``tie_word_embeddings: true``. Given the run's tokenizer, the
@@ -38,7 +43,8 @@ if TYPE_CHECKING:
 
 
 def hf_architecture(spec: ModelSpec) -> str:
-    """``gpt2``, ``llama`` or ``mixtral``: the Hugging Face class that computes exactly this spec's function."""
+    """``gpt2``, ``llama``, ``mixtral`` or ``glm4_moe``: the Hugging Face class that computes exactly this spec's
+    function."""
     if spec.norm == "layernorm" and spec.mlp == "gelu" and spec.position == "learned" and spec.bias:
         if spec.is_moe:
             raise IsoflopError("MoE export needs a Llama-family model (rmsnorm/swiglu/rope/no bias); GPT-2 has no MoE")
@@ -49,8 +55,7 @@ def hf_architecture(spec: ModelSpec) -> str:
         return "gpt2"
     if spec.norm == "rmsnorm" and spec.mlp == "swiglu" and spec.position == "rope" and not spec.bias:
         if spec.is_moe:
-            _check_mixtral(spec)
-            return "mixtral"
+            return _moe_architecture(spec)
         return "llama"
     raise IsoflopError(
         f"no Hugging Face architecture matches norm={spec.norm}, mlp={spec.mlp}, position={spec.position}, "
@@ -59,22 +64,29 @@ def hf_architecture(spec: ModelSpec) -> str:
     )
 
 
-def _check_mixtral(spec: ModelSpec) -> None:
-    """Mixtral routes every token to its top-k experts by a renormalised softmax, without shared experts and
-    without dropping tokens; anything else computes another function."""
-    supported = "Mixtral export supports the softmax router, no shared experts and dropless routing"
-    if spec.n_shared_experts:
-        raise IsoflopError(f"cannot export n_shared_experts={spec.n_shared_experts}; {supported}")
-    router = getattr(spec, "router", "softmax")
-    if router != "softmax":
-        raise IsoflopError(f"cannot export router={router}; {supported} (router: softmax)")
+def _moe_architecture(spec: ModelSpec) -> str:
+    """``mixtral`` (softmax router, no shared experts) or ``glm4_moe`` (DeepSeek-V3's sigmoid router, shared experts
+    allowed); both route every token (no capacity dropping), as the Hugging Face classes do."""
+    supported = (
+        "export supports the softmax router without shared experts (Mixtral) and the sigmoid router "
+        "(DeepSeek-V3 style, Glm4Moe), both dropless"
+    )
     capacity = getattr(spec, "capacity_factor", None)
     if capacity:
         raise IsoflopError(f"cannot export capacity_factor={capacity} (token dropping); {supported}")
+    router = getattr(spec, "router", "softmax")
+    if router == "sigmoid":
+        return "glm4_moe"
+    if spec.n_shared_experts:
+        raise IsoflopError(
+            f"cannot export the softmax router with n_shared_experts={spec.n_shared_experts}; {supported}"
+        )
+    return "mixtral"
 
 
 def hf_config(spec: ModelSpec, dtype: str = "float32", eos_id: int = 0) -> dict[str, Any]:
-    """The ``config.json`` mapping for ``spec`` (keys of ``GPT2Config``, ``LlamaConfig`` or ``MixtralConfig``);
+    """The ``config.json`` mapping for ``spec`` (keys of ``GPT2Config``, ``LlamaConfig``, ``MixtralConfig``
+    or ``Glm4MoeConfig``);
     ``eos_id`` is the end-of-document token, also used as BOS (GPT-2 style)."""
     arch = hf_architecture(spec)
     if arch == "gpt2":
@@ -124,6 +136,25 @@ def hf_config(spec: ModelSpec, dtype: str = "float32", eos_id: int = 0) -> dict[
     }
     if spec.head_dim is not None:  # only when set: Hugging Face derives hidden_size / heads otherwise
         config["head_dim"] = spec.head_dim
+    if arch == "glm4_moe":
+        del config["mlp_bias"]
+        config.update(
+            architectures=["Glm4MoeForCausalLM"],
+            model_type="glm4_moe",
+            n_routed_experts=spec.n_experts,
+            num_experts_per_tok=spec.top_k,
+            n_shared_experts=spec.n_shared_experts,
+            moe_intermediate_size=spec.d_ff,
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=1.0,
+            first_k_dense_replace=0,
+            partial_rotary_factor=1.0,
+            use_qk_norm=False,
+            num_nextn_predict_layers=0,
+            output_router_logits=False,
+        )
     if arch == "mixtral":
         del config["attention_bias"], config["mlp_bias"]
         config.update(
@@ -173,6 +204,30 @@ def _mixtral_moe(state: dict[str, Tensor], spec: ModelSpec, i: int) -> dict[str,
     return out
 
 
+def _glm4_moe(state: dict[str, Tensor], spec: ModelSpec, i: int) -> dict[str, Tensor]:
+    """Layer ``i``'s router (its selection bias is ``e_score_correction_bias``), routed experts and shared experts
+    (one MLP of width ``n_shared_experts * d_ff``; an empty one when there are none) under Glm4Moe's names."""
+    p, h = f"layers.{i}.mlp.", f"model.layers.{i}.mlp."
+    out = {h + "gate.weight": state[p + "router.weight"], h + "gate.e_score_correction_bias": state[p + "expert_bias"]}
+    gate, up = state[p + "experts.gate_up"].split([spec.d_ff, spec.d_ff], dim=1)
+    down = state[p + "experts.down"]
+    for e in range(spec.n_experts):
+        out[f"{h}experts.{e}.gate_proj.weight"] = gate[e]
+        out[f"{h}experts.{e}.up_proj.weight"] = up[e]
+        out[f"{h}experts.{e}.down_proj.weight"] = down[e]
+    width = spec.n_shared_experts * spec.d_ff
+    if width:
+        shared_gate, shared_up = state[p + "shared.gate_up.weight"].split([width, width], dim=0)
+        shared_down = state[p + "shared.down.weight"]
+    else:
+        shared_gate = shared_up = down.new_zeros(0, spec.d_model)
+        shared_down = down.new_zeros(spec.d_model, 0)
+    out[h + "shared_experts.gate_proj.weight"] = shared_gate
+    out[h + "shared_experts.up_proj.weight"] = shared_up
+    out[h + "shared_experts.down_proj.weight"] = shared_down
+    return out
+
+
 def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor]:
     """Rename (and split/transpose) an isoflop state dict into Hugging Face tensor names."""
     arch = hf_architecture(spec)
@@ -196,6 +251,8 @@ def hf_state_dict(state: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor
         out.update(_llama_attention(state, spec, i))
         if arch == "mixtral":
             out.update(_mixtral_moe(state, spec, i))
+        elif arch == "glm4_moe":
+            out.update(_glm4_moe(state, spec, i))
         else:
             h = f"model.layers.{i}."
             gate, up = state[p + "mlp.gate_up.weight"].split([spec.d_ff, spec.d_ff], dim=0)
