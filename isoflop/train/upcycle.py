@@ -5,15 +5,16 @@ over; ``--set`` and ``--max-steps`` change the rest) and its newest verified che
 weights; the optimizer state, step count and data position start fresh.
 
 Sparse upcycling (Komatsuzaki et al. 2022): ``--upcycle E,K`` turns a dense run into a mixture of ``E``
-experts with top-``K`` routing. Every expert of a layer is a copy of that layer's dense MLP (``gate_up`` and
-``down``); attention, norms, embeddings and the output head are carried over unchanged. The router is new,
-as in the paper: it keeps the trainer's initialisation of every linear layer, N(0, 0.02) (``model.py``), so
-the initial routing is close to uniform and varies by token; the sigmoid router's selection bias starts at 0.
+experts with top-``K`` routing (other MoE fields, e.g. ``model.router``, through ``--set``). Every expert of a
+layer is a copy of that layer's dense MLP (``gate_up`` and ``down``); attention, norms, embeddings and the
+output head are carried over unchanged. The router is new, as in the paper: it keeps the trainer's
+initialisation of every linear layer, N(0, 0.02) (``model.py``), so the initial routing is close to uniform and
+varies by token; the sigmoid router's selection bias starts at 0.
 
 Since the experts are identical and the top-k weights of the softmax (Mixtral) and normalised sigmoid
 (DeepSeek-V3) routers sum to 1, the upcycled model computes exactly the dense model's function until
-training moves the experts apart (with dropless routing; a capacity factor drops tokens, and shared
-experts add an MLP the dense model does not have, so both are refused).
+training moves the experts apart. That holds for dropless routing (a ``capacity_factor`` drops some
+assignments, which is allowed); shared experts would add an MLP the dense model does not have, and are refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from isoflop.spec.model import ModelSpec
 from isoflop.train.config import TrainConfig, load_train_config
 
 RUN_CONFIG = "config.yaml"
-_MOE_FIELDS = ("n_experts", "top_k", "n_shared_experts")
+_MOE_FIELDS = ("n_experts", "top_k", "n_shared_experts", "router", "capacity_factor")
 
 
 def parse_upcycle(text: str) -> tuple[int, int]:
@@ -79,37 +80,19 @@ def _dense_shape(spec: ModelSpec) -> dict:
     return {k: v for k, v in spec.model_dump().items() if k != "name" and k not in _MOE_FIELDS}
 
 
-def _check_upcycle(source: ModelSpec, target: ModelSpec) -> None:
-    if source.is_moe:
-        raise IsoflopError(
-            f"cannot upcycle {source.name}: it is already an MoE model ({source.n_experts} experts); "
-            "upcycling takes a dense run"
-        )
-    if not source.gated:
-        raise IsoflopError("upcycling copies a SwiGLU MLP into the experts; the source run has a GELU MLP")
-    if target.n_shared_experts:
-        raise IsoflopError(
-            f"upcycling gives routed experts only; drop n_shared_experts={target.n_shared_experts} (set it to 0)"
-        )
-    if getattr(target, "capacity_factor", None):
-        raise IsoflopError(
-            "upcycling starts from the dense model's function, which dropping tokens breaks; "
-            "leave capacity_factor unset (dropless)"
-        )
-
-
 def upcycle_state(dense: dict[str, Tensor], moe: dict[str, Tensor], spec: ModelSpec) -> dict[str, Tensor]:
     """The MoE model's state dict from a dense one: ``moe`` (the MoE model's own, initialised state) with every
     tensor but the routers (and their selection biases) replaced by the dense model's; each layer's experts are
-    ``n_experts`` copies of its dense ``mlp.gate_up.weight`` and ``mlp.down.weight``."""
+    ``n_experts`` copies of its dense ``mlp.gate_up.weight`` (``mlp.up.weight`` for GELU) and ``mlp.down.weight``."""
     out = dict(moe)
     expert_keys = set()
     for i in range(spec.n_layers):
         p = f"layers.{i}.mlp."
-        for dense_key, expert_key in (("gate_up.weight", "experts.gate_up"), ("down.weight", "experts.down")):
-            weight = dense[p + dense_key]
-            out[p + expert_key] = weight.unsqueeze(0).expand(spec.n_experts, *weight.shape).clone()
-            expert_keys.add(p + dense_key)
+        for name in ("gate_up", "up", "down"):  # gate_up for SwiGLU, up for GELU
+            if p + name + ".weight" in dense:
+                weight = dense[p + name + ".weight"]
+                out[p + "experts." + name] = weight.unsqueeze(0).expand(spec.n_experts, *weight.shape).clone()
+                expert_keys.add(p + name + ".weight")
     for key, value in dense.items():
         if key not in expert_keys:
             out[key] = value
@@ -172,7 +155,10 @@ def init_from_run(model: nn.Module, run: str | Path) -> Path:
         )
     path, weights = latest_weights(run, source)
     if target.is_moe and not source.is_moe:
-        _check_upcycle(source, target)
+        if target.n_shared_experts:
+            raise IsoflopError(
+                f"upcycling gives routed experts only; drop n_shared_experts={target.n_shared_experts} (set it to 0)"
+            )
         weights = upcycle_state(weights, model.state_dict(), target)
     elif (source.n_experts, source.top_k, source.n_shared_experts) != (
         target.n_experts,
