@@ -71,11 +71,9 @@ def _moe_architecture(spec: ModelSpec) -> str:
         "export supports the softmax router without shared experts (Mixtral) and the sigmoid router "
         "(DeepSeek-V3 style, Glm4Moe), both dropless"
     )
-    capacity = getattr(spec, "capacity_factor", None)
-    if capacity:
-        raise IsoflopError(f"cannot export capacity_factor={capacity} (token dropping); {supported}")
-    router = getattr(spec, "router", "softmax")
-    if router == "sigmoid":
+    if spec.capacity_factor is not None:
+        raise IsoflopError(f"cannot export capacity_factor={spec.capacity_factor} (token dropping); {supported}")
+    if spec.router == "sigmoid":
         return "glm4_moe"
     if spec.n_shared_experts:
         raise IsoflopError(
