@@ -58,8 +58,22 @@ def _data(run) -> dict:
         (["--init-from", "{dense}", "--upcycle", "2,3"], "1 <= top-k <= experts"),
         (["--init-from", "{missing}"], "is not a training run folder"),
         (["--init-from", "{dense}", "--preset", "tiny"], "--init-from takes its config from the run folder"),
+        (
+            ["--init-from", "{dense}", "--upcycle", "4,2", "--set", "model.n_shared_experts=1"],
+            "upcycling gives routed experts only",
+        ),
+        (["--init-from", "{dense}", "--set", "model.d_model=64"], "its model differs in d_model"),
     ],
-    ids=["no-init-from", "already-moe", "malformed", "top-k-above-experts", "not-a-run", "with-preset"],
+    ids=[
+        "no-init-from",
+        "already-moe",
+        "malformed",
+        "top-k-above-experts",
+        "not-a-run",
+        "with-preset",
+        "shared-experts",
+        "other-shape",
+    ],
 )
 def test_bad_input_is_one_line(cli, tmp_path, dense_run, args, message):
     moe = tmp_path / "moe"
