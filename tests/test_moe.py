@@ -3,6 +3,7 @@ balancing loss, a per-token loop for the sigmoid router and capacity, FlopCounte
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -183,3 +184,44 @@ def test_bad_moe_input_is_one_line() -> None:
             _spec(capacity_factor=cf)
     with pytest.raises(IsoflopError, match="set bias: false"):
         Transformer(_spec(bias=True))
+
+
+def _sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+DATA = ("data.vocab_size=512", "data.max_bytes=400000", "train.global_batch=8", "train.seq_len=64")
+FAST = _sets(*DATA, "train.max_steps=12", "train.eval_every=6", "train.eval_batches=2", "train.log_every=6")
+
+
+def test_tiny_moe_preset_trains_with_falling_validation_loss_and_reports_routing(tmp_path_factory) -> None:
+    from _train_common import run_cli, shared_cache, summary
+
+    from isoflop.spec.loader import load_spec
+
+    cache, out = shared_cache(tmp_path_factory), tmp_path_factory.mktemp("tiny-moe") / "run"
+    result = run_cli(["train", "--preset", "tiny-moe", "--out", str(out), *FAST], cache)
+    assert result.returncode == 0, result.stderr
+    got = summary(out)
+    spec = load_spec("tiny-moe")
+    assert got["params"] == count_params(spec).total and got["model"] == "tiny-moe"
+    history = [v for _, v in got["val_history"]]
+    assert history[-1] < history[1] < history[0]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        load = row["moe_tokens_per_expert"]
+        assert len(load) == spec.n_layers and all(sum(layer) == 8 * 64 * spec.top_k for layer in load)
+        assert row["moe_dropped_fraction"] == 0 and row["moe_aux_loss"] >= 1 - 1e-6 and row["moe_z_loss"] > 0
+    assert got["moe"] == {k: v for k, v in rows[-1].items() if k.startswith("moe_")}
+
+
+def test_moe_fields_set_on_a_dense_spec(tmp_path_factory) -> None:
+    from _train_common import run_cli, shared_cache, summary
+
+    cache, out = shared_cache(tmp_path_factory), tmp_path_factory.mktemp("set-moe") / "run"
+    moe = ("model.n_experts=4", "model.top_k=1", "model.router=sigmoid", "model.capacity_factor=1.0")
+    args = _sets(*DATA, *moe, "moe.bias_rate=0.01", "train.max_steps=2", "train.log_every=1", "train.eval_batches=1")
+    result = run_cli(["train", "--preset", "tiny", "--out", str(out), *args], cache)
+    assert result.returncode == 0, result.stderr
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(row["moe_tokens_per_expert"][0]) == 4 and summary(out)["steps"] == 2

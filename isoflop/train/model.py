@@ -45,9 +45,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
+from isoflop.train.config import AUX_LOSS_COEF, Z_LOSS_COEF
 from isoflop.train.kernels import RMSNormCPU, SwiGLUFn, eager_cpu_training, uses_math_attention
 from isoflop.train.loss import linear_cross_entropy
-from isoflop.train.moe import AUX_LOSS_COEF, Z_LOSS_COEF, MoE, moe_layers, moe_loss
+from isoflop.train.moe import MoE, moe_layers, moe_loss
 
 INIT_STD = 0.02
 

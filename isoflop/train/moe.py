@@ -40,9 +40,6 @@ from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
 from isoflop.train.kernels import SwiGLUFn, eager_cpu_training
 
-AUX_LOSS_COEF = 0.01  # Switch (Fedus et al. 2022, Sec. 2.2): alpha = 1e-2
-Z_LOSS_COEF = 0.001  # ST-MoE (Zoph et al. 2022, Sec. 3.1): c_z = 1e-3
-
 
 @register_flop_formula(torch.ops.aten._grouped_mm)
 def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
