@@ -4,6 +4,8 @@ dense model's function (the top-k weights sum to 1), and training continues from
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -41,6 +43,9 @@ def test_init_from_continues_from_the_runs_weights(cli, tmp_path, dense_run):
     after = result.json()
     assert after["val_loss_initial"] == pytest.approx(before["val_loss"], rel=1e-6)
     assert after["steps"] == 3 and after["resumed_from"] is None
+    # The data continues after the source run's 6 steps of 8 windows (no batch is replayed).
+    state = json.loads((tmp_path / "next" / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())
+    assert (state["sampler"]["epoch"], state["sampler"]["pos"]) == (0, (6 + 3) * 8)
     config = yaml.safe_load((tmp_path / "next" / "config.yaml").read_text())
     assert config["train"]["init_from"] == str(run.resolve()) and config["data"] == _data(run)
 

@@ -175,6 +175,7 @@ class _Run:
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
+        self.init_checkpoint: Path | None = None  # the other run's checkpoint train.init_from loaded
         check_expert_parallel(cfg.model, cfg.parallel.ep, env.world)
         if cfg.parallel.ep > 1 and cfg.sync.mode == "diloco":
             raise IsoflopError("parallel.ep > 1 needs every step synchronised; drop sync.mode=diloco or set ep: 1")
@@ -217,7 +218,8 @@ class _Run:
             if cfg.train.init_from:  # another run's weights, upcycled dense -> MoE (isoflop.train.upcycle)
                 from isoflop.train.upcycle import init_from_run
 
-                self._say(f"initial weights from {init_from_run(model, cfg.train.init_from)}")
+                self.init_checkpoint = init_from_run(model, cfg.train.init_from)
+                self._say(f"initial weights from {self.init_checkpoint}")
             model = model.to(env.device)
         model.moe_coefs = (cfg.moe.aux_loss, cfg.moe.z_loss)
         enable_expert_parallel(model, cfg.parallel.ep)
@@ -331,6 +333,10 @@ class _Run:
                 state[key] = loaded.get(key, state[key])
             state["resumed_from"] = state["step"]
             self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+        elif self.init_checkpoint is not None:
+            from isoflop.train.upcycle import continue_data
+
+            continue_data(sampler, self.init_checkpoint, self._say)
         self._record_run()
         lowcomm = LowComm(cfg, env, self.strategy)
         lowcomm.attach(model, optimizer, out, state["resumed_from"])

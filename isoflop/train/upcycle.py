@@ -2,7 +2,8 @@
 
 ``--init-from RUN`` takes ``RUN/config.yaml`` as the new run's config (data, hence the tokenizer, carried
 over; ``--set`` and ``--max-steps`` change the rest) and its newest verified checkpoint as the initial
-weights; the optimizer state, step count and data position start fresh.
+weights. The data continues where that checkpoint stopped (with the same data, ``seq_len`` and seed; from the
+start otherwise); the optimizer state and the step count start fresh.
 
 Sparse upcycling (Komatsuzaki et al. 2022): ``--upcycle E,K`` turns a dense run into a mixture of ``E``
 experts with top-``K`` routing (other MoE fields, e.g. ``model.router``, through ``--set``). Every expert of a
@@ -20,7 +21,9 @@ assignments, which is allowed); shared experts would add an MLP the dense model 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +31,9 @@ from torch import Tensor, nn
 from isoflop.errors import IsoflopError, quote
 from isoflop.spec.model import ModelSpec
 from isoflop.train.config import TrainConfig, load_train_config
+
+if TYPE_CHECKING:
+    from isoflop.train.data.sampler import PackedSampler
 
 RUN_CONFIG = "config.yaml"
 _MOE_FIELDS = ("n_experts", "top_k", "n_shared_experts", "router", "capacity_factor")
@@ -171,3 +177,16 @@ def init_from_run(model: nn.Module, run: str | Path) -> Path:
         )
     model.load_state_dict(weights, strict=True)
     return path
+
+
+def continue_data(sampler: PackedSampler, checkpoint: Path, say: Callable[[str], None]) -> None:
+    """Move ``sampler`` to the data position of ``checkpoint``, so the new run trains on the
+    data that follows instead of replaying it; a run on other data, ``seq_len`` or seed starts at the beginning."""
+    from isoflop.train.checkpoint import read_trainer_state
+
+    try:
+        sampler.load_state_dict(read_trainer_state(checkpoint, ("sampler",))["sampler"])
+    except IsoflopError as exc:
+        say(f"note: the data starts from the beginning: {str(exc).split(';')[0]}")
+        return
+    say(f"data continues after {checkpoint.name} (epoch {sampler.epoch}, window {sampler.pos})")
