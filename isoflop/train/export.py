@@ -13,7 +13,7 @@ The target is chosen by the spec:
   (softmax over all experts, top-k, renormalised), no shared experts and dropless routing. Attention,
   norms and embeddings are written as for Llama; each layer's router becomes ``block_sparse_moe.gate``
   and expert ``e`` becomes ``block_sparse_moe.experts.e.w1/w3/w2`` (gate/up/down), the layout of the
-  released Mixtral checkpoints, which transformers 4.x reads as is and 5.x fuses on load.
+  released Mixtral checkpoints (transformers 5.x fuses them on load).
 * ``Glm4MoeForCausalLM`` for MoE specs with DeepSeek-V3's router (Liu et al. 2024: sigmoid scores, top-k
   chosen on scores + the balancing bias, weights = the chosen scores normalised to sum 1) and optional shared
   experts. Hugging Face's ``DeepseekV3ForCausalLM`` has the same MoE but multi-head latent attention,
