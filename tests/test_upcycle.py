@@ -46,6 +46,9 @@ def test_init_from_continues_from_the_runs_weights(cli, tmp_path, dense_run):
     # The data continues after the source run's 6 steps of 8 windows (no batch is replayed).
     state = json.loads((tmp_path / "next" / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())
     assert (state["sampler"]["epoch"], state["sampler"]["pos"]) == (0, (6 + 3) * 8)
+    # Another seed draws another data order: that run starts at its beginning, and says so.
+    other = cli("train", "--init-from", str(run), "--max-steps", "1", "--seed", "5", "--out", str(tmp_path / "seed5"))
+    assert other.code == 0 and "note: the data starts from the beginning: sampler state has seed=0" in other.err
     config = yaml.safe_load((tmp_path / "next" / "config.yaml").read_text())
     assert config["train"]["init_from"] == str(run.resolve()) and config["data"] == _data(run)
 
