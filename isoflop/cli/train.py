@@ -63,6 +63,14 @@ def _render(summary: dict):
             ("wall s", fmt(summary["wall_s"], ".1f")),
             ("export", summary.get("hf_dir") or "n/a"),
         ]
+        moe = summary.get("moe")
+        if moe:  # the last logged step's routing (isoflop.train.moe.MoEStepStats)
+            worst = max(max(layer) * len(layer) / max(1, sum(layer)) for layer in moe["moe_tokens_per_expert"])
+            rows += [
+                ("MoE aux / z loss", f"{fmt(moe['moe_aux_loss'])} / {fmt(moe['moe_z_loss'])}"),
+                ("MoE dropped assignments", fmt(moe["moe_dropped_fraction"], ".2%")),
+                ("MoE busiest expert / mean load", fmt(worst, ".2f")),
+            ]
         for key, pred in (summary.get("predicted") or {}).items():
             meas = (summary.get("measured") or {}).get(key)
             if isinstance(pred, (int, float)):

@@ -123,7 +123,7 @@ class ParallelSection(_Section):
     pp: int = Field(1, gt=0)
     dp: int | None = Field(None, gt=0)
     cp: int = Field(1, gt=0)
-    ep: int = Field(1, gt=0)
+    ep: int = Field(1, gt=0, description="Expert parallelism of an MoE model over groups of ep data-parallel ranks.")
     recompute: Literal["none", "selective", "full"] | None = None
     sequence_parallel: bool | None = None
     micro_batch: int | None = Field(None, gt=0)
