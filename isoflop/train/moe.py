@@ -18,9 +18,12 @@
 * Capacity: ``ceil(capacity_factor * T k / E)`` slots per expert; assignments beyond it are dropped (the token
   keeps its residual and its other experts). ``capacity_factor: null`` is dropless.
 * Expert parallelism (``enable_expert_parallel``): each rank of an ``ep`` group runs ``E / ep`` experts; tokens
-  travel there and back with autograd-aware all-to-alls (dispatch and combine). Expert weights stay whole on
-  every rank (replicated under DDP, sharded by FSDP2 over the data-parallel mesh), so DDP/FSDP2 average the
-  gradients exactly as for a dense layer, and checkpoints and exports see ordinary tensors.
+  travel there and back with autograd-aware all-to-alls (dispatch and combine). Each rank holds only its
+  experts: the weights are DTensors ``Shard(0)`` over the ``ep`` dimension of a ``(dp_mod_ep, ep)`` mesh
+  (torchtitan's ``ExpertParallel``), so weights, gradients and optimizer state shrink by ``ep`` while DCP
+  checkpoints and the full-state export keep the ``[E, ...]`` layout. DDP ignores them and
+  ``reduce_expert_grads`` averages over ``dp_mod_ep``; FSDP2 shards them over ``dp_mod_ep``; both divide by the
+  world size, like the other gradients.
 
 FLOPs: the grouped path runs exactly ``T k`` expert rows, what ``isoflop.spec.accounting`` counts; a
 ``FlopCounterMode`` formula for ``aten._grouped_mm`` (which torch does not count) is registered below.
