@@ -159,6 +159,22 @@ def memory_bytes(
     const: PerfConstants,
 ) -> dict[str, np.ndarray]:
     """Peak bytes per GPU, by part, for the fuller of the first and the last pipeline stage."""
+    first, last = memory_bytes_by_stage(spec, gpu, la, global_batch, seq_len, dtype, optimizer, const)
+    first_larger = first["total_gib"] >= last["total_gib"]
+    return {key: np.where(first_larger, first[key], last[key]) * np.ones(len(la)) for key in MEMORY_KEYS}
+
+
+def memory_bytes_by_stage(
+    spec: ModelSpec,
+    gpu: GPU,
+    la: LayoutArrays,
+    global_batch: int,
+    seq_len: int,
+    dtype: str,
+    optimizer: str,
+    const: PerfConstants,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Peak bytes per GPU, by part (``MEMORY_KEYS``, in bytes), on the first and on the last pipeline stage."""
     prec = precision(spec, dtype, optimizer, const)
     sp = stage_params(spec, la)
     shard = (la.dp * la.cp / la.replicate).astype(float)
@@ -207,7 +223,6 @@ def memory_bytes(
     p2p = np.where(la.pp > 1, 2 * tokens * spec.d_model * prec.act, 0.0)
     comm = np.where(zero >= 3, fsdp, ddp) + p2p
 
-    out: dict[str, np.ndarray] = {}
     parts = []
     for dense, act, lg, cast in (
         (sp.dense_first, act_first, logits_first, copies),
@@ -219,7 +234,5 @@ def memory_bytes(
         tensors = w + g + o + act + lg + comm
         overhead = const.fixed_overhead_gib * GIB + const.allocator_fraction * tensors
         parts.append((w, g, o, act, lg, comm, overhead, tensors + overhead))
-    first_larger = parts[0][-1] >= parts[1][-1]
-    for key, a, b in zip(MEMORY_KEYS, parts[0], parts[1]):
-        out[key] = np.where(first_larger, a, b) * np.ones(len(la))
-    return out
+    first, last = ({key: v * np.ones(len(la)) for key, v in zip(MEMORY_KEYS, p)} for p in parts)
+    return first, last
