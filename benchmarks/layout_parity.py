@@ -48,12 +48,12 @@ SEQ, GLOBAL_BATCH, MICRO_BATCH = 32, 8, 2
 LAYOUTS: dict[str, tuple[int, dict]] = {
     "tp2": (2, {"tp": 2}),
     "pp2-1f1b": (2, {"pp": 2, "pp_schedule": "1f1b"}),
-    "pp2-gpipe": (2, {"pp": 2, "pp_schedule": "gpipe"}),
     "dp2-fsdp": (2, {"strategy": "fsdp"}),
     "tp2xdp2-fsdp": (4, {"tp": 2, "strategy": "fsdp"}),
     "tp2xpp2": (4, {"tp": 2, "pp": 2}),
 }
 MEASURED_STEPS = 3
+FRAMEWORK = "torchtitan"  # torch's parallelize_module saves the all-gathered sequence-parallel inputs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def _worker(names: list[str]) -> None:
             if self.tail:
                 self.tail_bytes += size
                 return
-            key = (group, kind)
+            key = (group, kind, func.namespace == "_c10d_functional")
             self.bytes[key] = self.bytes.get(key, 0) + size
             self.calls[key] = self.calls.get(key, 0) + 1
 
@@ -220,7 +220,7 @@ def _worker(names: list[str]) -> None:
             blocks = list(model.layers)
             coords = {"pp_rank": 0, "tp": 1, "pp": 1, "dp": env.world}
 
-            def step(opt, sampler):
+            def step(opt, sampler, module=module, accum=accum):
                 for i in range(accum):
                     x, y = sampler.next_batch()
                     with no_grad_sync(module, i == accum - 1):
@@ -260,8 +260,10 @@ def _worker(names: list[str]) -> None:
         params = {p for p in module.parameters()}
         states = [t for s in opt.state.values() for k, t in s.items() if k != "step" and torch.is_tensor(t)]
         comm: dict[str, dict[str, int]] = {}
-        for (group, kind), size in counter.bytes.items():
-            comm.setdefault(groups.get(group, "dp"), {})[kind] = size
+        for (group, kind, functional), size in counter.bytes.items():
+            # a group this rank's mesh slices do not name: DTensor collectives are tensor parallel, FSDP2's dp
+            dim = groups.get(group) or ("tp" if functional else "pp" if kind in ("send", "recv") else "dp")
+            comm.setdefault(dim, {})[kind] = comm.get(dim, {}).get(kind, 0) + size
         results.append(
             {
                 "layout": name,
@@ -330,7 +332,7 @@ def predict(rec: dict) -> dict:
     from isoflop.spec import ModelSpec
 
     spec, lay, gpu = ModelSpec(**SPEC), _layout(rec), get_gpu("h100-sxm")
-    const = load_constants(gpu.name)
+    const = load_constants(gpu.name, FRAMEWORK)
     stages = memory_bytes_by_stage(
         spec, gpu, LayoutArrays.from_layouts([lay]), GLOBAL_BATCH, SEQ, lay.dtype, lay.optimizer, const
     )

@@ -11,7 +11,8 @@ activation elements:
   reduce-scatter each under sequence parallelism; the vocabulary-parallel embedding (output reduced) and output
   head (input gradient reduced) add one more each on the first and last stage; the vocabulary-parallel
   cross-entropy all-reduces 3 fp32 values per token (the max logit, the target logit, the sum of exponentials;
-  Megatron-LM's ``_VocabParallelCrossEntropy``, torch's ``loss_parallel``).
+  Megatron-LM's ``_VocabParallelCrossEntropy``, torch's ``loss_parallel``); under sequence parallelism the
+  norm weights' gradients are all-reduced once per step (Korthikanti et al. 2022, Sec. 4.2.2).
 * pipeline parallel (Narayanan et al. 2021, Sec. 2.2): each virtual stage sends its output activations forward
   and its input gradients backward, ``x / t`` under sequence parallelism, once per microbatch.
 * data parallel, once per step for the gradients (accumulated locally over the microbatches, as DDP's
@@ -109,7 +110,8 @@ def rank_comm_bytes(
         reduce = m * per_mb * x
         loss = m * LOSS_PARALLEL_REDUCTIONS * T * 4.0 if last else 0.0
         if lay.sequence_parallel:
-            tp = Collectives(all_reduce=loss, all_gather=reduce, reduce_scatter=reduce)
+            norms = (2 * layers + last) * _norm_params(spec) * prec.grad
+            tp = Collectives(all_reduce=loss + norms, all_gather=reduce, reduce_scatter=reduce)
         else:
             tp = Collectives(all_reduce=loss + reduce)
 
