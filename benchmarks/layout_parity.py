@@ -44,6 +44,7 @@ SPEC = {
     "tie_embeddings": False,
 }
 SEQ, GLOBAL_BATCH, MICRO_BATCH = 32, 8, 2
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
 # name -> (processes, the trainer's parallel section)
 LAYOUTS: dict[str, tuple[int, dict]] = {
     "tp2": (2, {"tp": 2}),
@@ -51,6 +52,7 @@ LAYOUTS: dict[str, tuple[int, dict]] = {
     "dp2-fsdp": (2, {"strategy": "fsdp"}),
     "tp2xdp2-fsdp": (4, {"tp": 2, "strategy": "fsdp"}),
     "tp2xpp2": (4, {"tp": 2, "pp": 2}),
+    "pp2xdp2-fsdp": (4, {"pp": 2, "strategy": "fsdp"}),
 }
 MEASURED_STEPS = 3
 FRAMEWORK = "torchtitan"  # torch's parallelize_module saves the all-gathered sequence-parallel inputs
@@ -339,7 +341,7 @@ def predict(rec: dict) -> dict:
     mem = stages[0 if rec["pp_rank"] == 0 else 1]
     comm = rank_comm_bytes(spec, lay, GLOBAL_BATCH, SEQ, const, rec["pp_rank"])
     return {
-        "memory": {k: float(mem[f"{k}_gib"][0]) for k in ("weights", "gradients", "optimizer", "activations")},
+        "memory": {k: float(mem[f"{k}_gib"][0]) for k in MEMORY_PARTS},
         "comm": {g: {k: v for k, v in c.items() if v and k != "total"} for g, c in comm.to_dict().items()},
         "bubble": (lay.pp - 1) / (lay.interleave * rec["microbatches"]) if lay.pp > 1 else None,
     }
@@ -351,7 +353,7 @@ def compare(measured: list[dict]) -> list[dict]:
         pred = predict(rec)
         mem = {
             k: {"measured": rec[k], "model": pred["memory"][k], "ratio": rec[k] / pred["memory"][k]}
-            for k in ("weights", "gradients", "optimizer", "activations")
+            for k in MEMORY_PARTS
         }
         comm = {}
         for group in sorted(set(rec["comm"]) | set(pred["comm"])):
@@ -375,17 +377,65 @@ def compare(measured: list[dict]) -> list[dict]:
     return rows
 
 
+def _summary(rows: list[dict]) -> dict:
+    """The largest |measured / model - 1| per memory part and over all collectives, and the bubbles."""
+    worst = {k: max(abs(r["memory"][k]["ratio"] - 1) for r in rows) for k in MEMORY_PARTS}
+    ratios = [c["ratio"] for r in rows for c in r["comm"].values()]
+    return {
+        "memory_max_abs_error": worst,
+        "comm_max_abs_error": max(abs(x - 1) for x in ratios if x is not None),
+        "comm_unpredicted_kinds": sum(x is None for x in ratios),
+        "bubble": {f"{r['layout']} rank {r['rank']}": r["bubble"] for r in rows if "bubble" in r},
+    }
+
+
 def run() -> dict:
     measured: list[dict] = []
     for nproc in sorted({n for n, _ in LAYOUTS.values()}):
         measured += _measure(nproc, [k for k, (n, _) in LAYOUTS.items() if n == nproc])
+    rows = compare(measured)
     return {
         "spec": SPEC,
         "seq_len": SEQ,
         "global_batch": GLOBAL_BATCH,
         "micro_batch": MICRO_BATCH,
-        "ranks": compare(measured),
+        "framework": FRAMEWORK,
+        "summary": _summary(rows),
+        "ranks": rows,
     }
+
+
+def _stages(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Rows grouped by (layout, pipeline stage); the ranks of one stage measure the same."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["layout"], r["pp_rank"]), []).append(r)
+    order = sorted(groups, key=lambda key: (list(LAYOUTS).index(key[0]), key[1]))
+    return [(f"{lay} stage {st}", groups[(lay, st)]) for lay, st in order]
+
+
+def tables(result: dict) -> str:
+    """The README's markdown tables (bytes per rank; ratio = measured / model)."""
+    out = ["| layout, pipeline stage (ranks) | " + " | ".join(MEMORY_PARTS) + " |", "|---" * 5 + "|"]
+    for name, rs in _stages(result["ranks"]):
+        m = rs[0]["memory"]
+        cells = [f"{m[k]['measured']:,} ({m[k]['ratio']:.4f})" for k in MEMORY_PARTS]
+        out.append(f"| {name} ({','.join(str(r['rank']) for r in rs)}) | " + " | ".join(cells) + " |")
+    kinds = sorted({k for r in result["ranks"] for k in r["comm"]})
+    out += ["", "| layout, pipeline stage | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for name, rs in _stages(result["ranks"]):
+        comm = rs[0]["comm"]
+        cells = [
+            f"{comm[k]['measured']:,} ({comm[k]['ratio']:.4f})" if k in comm and comm[k]["ratio"] else "-"
+            for k in kinds
+        ]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "| layout, rank | measured idle / busy | model (p-1)/(v m) |", "|---" * 3 + "|"]
+    for r in result["ranks"]:
+        if "bubble" in r:
+            b = r["bubble"]
+            out.append(f"| {r['layout']} rank {r['rank']} | {b['measured']:.2f} | {b['model']:.2f} |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -397,7 +447,7 @@ def main() -> None:
         _worker(args.worker.split(","))
         return
     result = run()
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if args.json else tables(result))
 
 
 if __name__ == "__main__":

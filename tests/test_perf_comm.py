@@ -78,6 +78,9 @@ def test_data_parallel_volume_follows_zero_stage() -> None:
     assert z3.all_gather == pytest.approx(2 * m * 2.0 * psi, rel=1e-12)
     z2 = comm_bytes(GPT, Layout(dp=dp, zero=2, micro_batch=b), m * b * dp, S, CONST).dp
     assert z2.all_gather == pytest.approx(m * 2.0 * psi, rel=1e-12)
+    # under a pipeline the weights stay gathered between backwards: m + 1 gathers a step (ZeRO-3)
+    piped = [rank_comm_bytes(GPT, Layout(pp=2, dp=4, zero=3), 4 * m, S, CONST, r).dp for r in (0, 1)]
+    assert sum(p.all_gather for p in piped) == pytest.approx((m + 1) * 2.0 * psi, rel=1e-12)
     # pipeline ranks split the parameters; together they hold the whole model once
     ranks = [rank_comm_bytes(GPT, Layout(pp=2, dp=4), 8, S, CONST, r).dp.all_reduce for r in (0, 1)]
     assert sum(ranks) == pytest.approx(2.0 * psi, rel=1e-12)

@@ -19,7 +19,10 @@ activation elements:
   ``no_sync`` and FSDP2's ``set_requires_gradient_sync(False)``): ZeRO-0 all-reduces them; ZeRO-1/2/3
   reduce-scatter them (Rajbhandari et al. 2020, Sec. 5). ZeRO-1 all-gathers the updated weights once per step;
   FSDP2's ZeRO-2 (``reshard_after_forward=False``) all-gathers the weights once per microbatch, ZeRO-3 twice
-  (forward and backward). Under HSDP the shard group is ``dp cp / replicate`` and the reduced shards are then
+  (forward and backward). Under pipeline parallelism torch's ``PipelineStage`` keeps them gathered after every
+  backward but the last (``set_reshard_after_backward(False)``): ZeRO-3 gathers ``m + 1`` times a step with
+  1F1B or GPipe (each forward but those that follow a backward, and each backward that follows a forward),
+  ZeRO-2 once. Under HSDP the shard group is ``dp cp / replicate`` and the reduced shards are then
   all-reduced over the replicas.
 * context parallel (ring attention, Liu et al. 2023): each layer passes the local K and V around the ring
   ``cp - 1`` times forward and K, V and their gradients backward (3 x), per microbatch, sent and received.
@@ -131,7 +134,8 @@ def rank_comm_bytes(
         if lay.zero == 0:
             dp = Collectives(all_reduce=grads)
         else:
-            gathers = {1: 1, 2: m, 3: 2 * m}[lay.zero]
+            piped = lay.pp > 1  # the pipeline keeps the weights gathered from one backward to the next
+            gathers = {1: 1, 2: 1 if piped else m, 3: m + 1 if piped else 2 * m}[lay.zero]
             hsdp = grads / (group / lay.replicate) if lay.replicate > 1 else 0.0
             dp = Collectives(all_reduce=hsdp, all_gather=gathers * weights, reduce_scatter=grads)
 
