@@ -54,7 +54,7 @@ LAYOUTS: dict[str, tuple[int, dict]] = {
     "tp2xpp2": (4, {"tp": 2, "pp": 2}),
     "pp2xdp2-fsdp": (4, {"pp": 2, "strategy": "fsdp"}),
 }
-MEASURED_STEPS = 3
+MEASURED_STEPS = 5
 FRAMEWORK = "torchtitan"  # torch's parallelize_module saves the all-gathered sequence-parallel inputs
 
 
