@@ -99,12 +99,11 @@ def _worker(names: list[str]) -> None:
     }
 
     class CommCounter(TorchDispatchMode):
-        """Message bytes per (group name, kind); scalar reductions apart."""
+        """Message bytes per (group, kind); reductions of scalars and those after the backward apart."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.bytes: dict[tuple[str, str], int] = {}
-            self.calls: dict[tuple[str, str], int] = {}
+            self.bytes: dict[tuple[str, str, bool], int] = {}  # (group name, kind, functional) -> bytes
             self.scalar_bytes = 0
             self.tail = False  # after the backward pass: the gradient norm and the optimizer step
             self.tail_bytes = 0
@@ -127,8 +126,9 @@ def _worker(names: list[str]) -> None:
                 first = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
                 tensors = first if isinstance(first, (list, tuple)) else [first]
                 size = sum(nbytes(t) for t in tensors)
-                if kind == "reduce_scatter" and func._overloadpacket.__name__ == "_reduce_scatter_base_":
-                    size = nbytes(args[1])  # the full input, not the output shard
+                if kind == "reduce_scatter":  # the full input, not the output shard
+                    inputs = args[1] if isinstance(args[1], torch.Tensor) else args[1][0]
+                    size = sum(nbytes(t) for t in ([inputs] if isinstance(inputs, torch.Tensor) else inputs))
             if size <= 8:
                 self.scalar_bytes += size
                 return
@@ -137,7 +137,6 @@ def _worker(names: list[str]) -> None:
                 return
             key = (group, kind, func.namespace == "_c10d_functional")
             self.bytes[key] = self.bytes.get(key, 0) + size
-            self.calls[key] = self.calls.get(key, 0) + 1
 
     class SavedActivations:
         """Peak bytes of unique storages saved for backward inside the blocks (parameters excluded)."""
@@ -431,7 +430,7 @@ def tables(result: dict) -> str:
         ]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out += ["", "| layout, rank | measured idle / busy | model (p-1)/(v m) |", "|---" * 3 + "|"]
-    for r in result["ranks"]:
+    for r in sorted(result["ranks"], key=lambda r: (list(LAYOUTS).index(r["layout"]), r["rank"])):
         if "bubble" in r:
             b = r["bubble"]
             out.append(f"| {r['layout']} rank {r['rank']} | {b['measured']:.2f} | {b['model']:.2f} |")
