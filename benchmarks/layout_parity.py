@@ -49,6 +49,7 @@ MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
 LAYOUTS: dict[str, tuple[int, dict]] = {
     "tp2": (2, {"tp": 2}),
     "pp2-1f1b": (2, {"pp": 2, "pp_schedule": "1f1b"}),
+    "pp2-interleaved": (2, {"pp": 2, "interleave": 2}),
     "dp2-fsdp": (2, {"strategy": "fsdp"}),
     "tp2xdp2-fsdp": (4, {"tp": 2, "strategy": "fsdp"}),
     "tp2xpp2": (4, {"tp": 2, "pp": 2}),
@@ -319,6 +320,7 @@ def _layout(rec: dict):
         zero=zero,
         sequence_parallel=rec["tp"] > 1,
         micro_batch=MICRO_BATCH,
+        interleave=par.get("interleave", 1),
         dtype="fp32",
         optimizer="adamw",
     )

@@ -8,7 +8,7 @@ import pytest
 from _benchmarks import load_benchmark
 
 from isoflop.hardware import get_gpu
-from isoflop.perf import Layout, estimate
+from isoflop.perf import Layout, estimate, load_constants
 from isoflop.perf.layout import LayoutArrays
 from isoflop.perf.memory import layer_activation_bytes
 from isoflop.spec import ModelSpec, count_params, get_model_preset
@@ -154,3 +154,23 @@ def test_context_expert_hsdp_and_fp8() -> None:
     p = count_params(moe)
     experts = p.mlp * 2 / GIB
     assert ep1 - ep8 == pytest.approx(experts * 7 / 8, rel=1e-9)
+
+
+def test_interleaved_last_stage_keeps_its_warmup_chunks() -> None:
+    """Interleaved 1F1B: the last rank warms up with (v - 1) p chunks of L / (p v) layers, so it keeps
+    ((v - 1) p + 1) / v microbatches of its L / p layers (one without interleaving); measured on the trainer by
+    benchmarks/layout_parity.py."""
+    from isoflop.perf.memory import memory_bytes_by_stage
+
+    spec = get_model_preset("llama2-7b")
+    const = load_constants("h100-sxm")
+    acts = {}
+    for v in (1, 2, 4):
+        la = _arrays(pp=4, interleave=v)
+        first, last = memory_bytes_by_stage(spec, H100, la, 64, 4096, "bf16", "adamw", const)
+        acts[v] = (first["activations_gib"][0], last["activations_gib"][0])
+    one_mb = acts[1][1]
+    assert acts[1][0] == pytest.approx(4 * one_mb, rel=1e-12)  # min(p, m) = 4 on the first stage
+    assert acts[2][1] == pytest.approx(one_mb * (1 * 4 + 1) / 2, rel=1e-12)
+    assert acts[4][1] == pytest.approx(one_mb * (3 * 4 + 1) / 4, rel=1e-12)
+    assert acts[2][0] == pytest.approx(4 * one_mb * (1 + 3 / 8), rel=1e-12)

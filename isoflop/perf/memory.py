@@ -21,7 +21,8 @@
   Context parallelism divides the tokens by ``cp``.
 * Pipeline parallelism (Narayanan et al. 2021, Sec. 2.2; Korthikanti et al. 2022, Sec. 4.2.3): with 1F1B
   the first stage keeps ``min(p, m)`` microbatches in flight; interleaving multiplies that by
-  ``1 + (p - 1) / (p v)``. The last stage holds the logits; the model reports the larger stage.
+  ``1 + (p - 1) / (p v)``, the last stage one microbatch, ``((v - 1) p + 1) / v`` interleaved. The last stage
+  holds the logits; the model reports the larger stage.
 """
 
 from __future__ import annotations
@@ -213,7 +214,9 @@ def memory_bytes_by_stage(
     live = np.where(la.recompute == 2, per_layer["none"] + hidden_grad, 0.0)
     inflight = np.minimum(pp, m) * np.where(la.interleave > 1, 1.0 + (pp - 1) / (pp * v), 1.0)
     act_first = layers * kept * inflight
-    act_last = layers * kept
+    # the last rank's warm-up runs (v - 1) p chunks of L / (p v) layers before its first backward (Megatron-LM's
+    # interleaved schedule, torch's Interleaved1F1B), so it keeps (v - 1) p + 1 chunks: one microbatch when v = 1
+    act_last = layers * kept * ((v - 1.0) * np.minimum(pp, m) + 1.0) / v
     tokens = la.micro_batch * seq_len / la.cp
     rep_div = np.where(la.sequence_parallel, la.tp, 1)
     head_in = (
