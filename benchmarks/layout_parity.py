@@ -3,8 +3,8 @@
 Each layout trains the tiny model of ``SPEC`` (fp32, AdamW) with the trainer's own code
 (``isoflop.train.parallel.ParallelModel`` for tp/pp, FSDP2 through ``isoflop.train.distributed.wrap_model`` for
 data parallelism) under ``torchrun`` with gloo: one warm-up step, then measured steps. Per rank it prints,
-beside the model's prediction for the same layout and knobs (``isoflop estimate``; ``memory_bytes_by_stage`` for
-the rank's pipeline stage, ``comm_bytes`` for its collectives):
+beside the model's prediction for the same layout and knobs (``isoflop estimate --framework torchtitan``;
+``memory_bytes_by_stage`` for the rank's pipeline stage, ``rank_comm_bytes`` for its collectives):
 
 * ``memory``: weights, gradients and optimizer states (the bytes of this rank's local shards: parameters,
   ``.grad`` when the optimizer steps, AdamW's moments; its scalar ``step`` counters are left out), and the peak
@@ -13,7 +13,9 @@ the rank's pipeline stage, ``comm_bytes`` for its collectives):
 * ``comm``: collective message bytes per step (the full buffer each collective reduces or gathers, the
   bytes each send/recv moves), by group (tp, pp, dp) and kind, counted by a ``TorchDispatchMode`` over the
   functional and c10d collective ops (the ops ``CommDebugMode`` counts; DTensor is let to desugar first, as
-  ``CommDebugMode`` does). Scalar reductions (the loss average, the gradient norm) are counted apart.
+  ``CommDebugMode`` does), against ``rank_comm_bytes`` (the busiest rank's is ``estimate --json``'s
+  ``comm_bytes``). The reductions after the backward (the gradient norm: one fp32 per parameter tensor) and
+  scalar ones (the loss average) are counted apart (``step_tail_bytes``, ``scalar_bytes``).
 * ``bubble``: for pipeline layouts, the time each rank waits in the schedule's point-to-point receives over its
   busy time, against Narayanan et al. (2021)'s ``(p - 1) / (v m)``.
 
