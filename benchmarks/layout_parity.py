@@ -17,7 +17,8 @@ beside the model's prediction for the same layout and knobs (``isoflop estimate 
   ``comm_bytes``). The reductions after the backward (the gradient norm: one fp32 per parameter tensor) and
   scalar ones (the loss average) are counted apart (``step_tail_bytes``, ``scalar_bytes``).
 * ``bubble``: for pipeline layouts, the time each rank waits in the schedule's point-to-point receives over its
-  busy time, against Narayanan et al. (2021)'s ``(p - 1) / (v m)``.
+  busy time (``measured``), the same from a replay of the recorded schedule with the measured chunk times
+  (``replayed``, ``replay``), against Narayanan et al. (2021)'s ``(p - 1) / (v m)``.
 
 Run: ``python benchmarks/layout_parity.py --json`` (a few minutes on 2 loaded cores).
 """
@@ -71,6 +72,7 @@ def _worker(names: list[str]) -> None:
     import torch
     import torch.distributed as dist
     from torch.distributed.pipelining import schedules
+    from torch.distributed.pipelining import stage as stage_module
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from isoflop.train.config import TrainConfig
@@ -180,6 +182,20 @@ def _worker(names: list[str]) -> None:
         return out
 
     schedules._wait_batch_p2p = timed_wait
+    ops: list[tuple[int, str, int, float]] = []  # (stage index, F/B, microbatch, seconds) in execution order
+    base = stage_module._PipelineStageBase
+
+    def timed_chunk(method, kind: str):
+        def run(self, chunk, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = method(self, chunk, *args, **kwargs)
+            ops.append((self.stage_index, kind, chunk, time.perf_counter() - t0))
+            return out
+
+        return run
+
+    base.forward_one_chunk = timed_chunk(base.forward_one_chunk, "F")
+    base.backward_one_chunk = timed_chunk(base.backward_one_chunk, "B")
 
     env = init_distributed("cpu")
     results = []
@@ -249,10 +265,11 @@ def _worker(names: list[str]) -> None:
         step(opt, Sampler())  # warm-up: optimizer states, pipeline shapes
         acts = SavedActivations(blocks)
         counter.__init__()
-        times, waits = [], []
+        times, waits, durations = [], [], {}
         for i in range(MEASURED_STEPS):
             dist.barrier()
             waited[0] = 0.0
+            ops.clear()
             t0 = time.perf_counter()
             if i == 0:
                 with counter, acts.context():
@@ -261,6 +278,8 @@ def _worker(names: list[str]) -> None:
                 step(opt, Sampler())
             times.append(time.perf_counter() - t0)
             waits.append(waited[0])
+            for st, kind, _, sec in ops:
+                durations.setdefault(f"{st}{kind}", []).append(sec)
         params = {p for p in module.parameters()}
         states = [t for s in opt.state.values() for k, t in s.items() if k != "step" and torch.is_tensor(t)]
         comm: dict[str, dict[str, int]] = {}
@@ -283,6 +302,8 @@ def _worker(names: list[str]) -> None:
                 "tail_bytes": counter.tail_bytes,
                 "wait_s": sorted(waits)[len(waits) // 2],
                 "step_s": sorted(times)[len(times) // 2],
+                "schedule": [[st, kind, mb] for st, kind, mb, _ in ops],  # the last step's order
+                "op_s": {k: min(v) for k, v in durations.items()},  # fastest per stage and kind: the least disturbed
             }
         )
         del module, opt
@@ -377,7 +398,46 @@ def compare(measured: list[dict]) -> list[dict]:
             busy = rec["step_s"] - rec["wait_s"]
             row["bubble"] = {"measured": rec["wait_s"] / busy, "model": pred["bubble"]}
         rows.append(row)
+    for layout in {r["layout"] for r in measured if r["pp"] > 1}:
+        replayed = replay([r for r in measured if r["layout"] == layout])
+        for row in rows:
+            if row["layout"] == layout:
+                row["bubble"]["replayed"] = replayed[row["pp_rank"]]
     return rows
+
+
+def replay(records: list[dict]) -> dict[int, float]:
+    """Idle over busy time per pipeline rank when the ranks run the schedule's recorded order of forward (F) and
+    backward (B) chunks with their measured durations (each stage's fastest chunk: the least disturbed by other
+    jobs), F of stage s after F of s - 1, B of s after B of s + 1 (after F of the last stage): the schedule's
+    bubble with the real, unequal stage times, without the waits a loaded machine adds."""
+    first = {}
+    for r in records:
+        first.setdefault(r["pp_rank"], r)
+    queues = {pr: [tuple(op) for op in r["schedule"]] for pr, r in first.items()}
+    dur = {k: v for r in first.values() for k, v in r["op_s"].items()}
+    last = max(st for q in queues.values() for st, _, _ in q)
+    done: dict[tuple, float] = {}
+    clock = dict.fromkeys(queues, 0.0)
+    busy = dict.fromkeys(queues, 0.0)
+    while any(queues.values()):
+        progressed = False
+        for pr, queue in queues.items():
+            while queue:
+                st, kind, mb = queue[0]
+                dep = (st - 1, "F", mb) if kind == "F" else (st + 1, "B", mb) if st < last else (st, "F", mb)
+                if (kind == "F" and st == 0) or dep in done:
+                    start = max(clock[pr], done.get(dep, 0.0))
+                    clock[pr] = done[(st, kind, mb)] = start + dur[f"{st}{kind}"]
+                    busy[pr] += dur[f"{st}{kind}"]
+                    queue.pop(0)
+                    progressed = True
+                else:
+                    break
+        if not progressed:
+            raise SystemExit("error: the recorded pipeline schedule does not replay; its dependencies form a cycle")
+    span = max(clock.values())
+    return {pr: (span - b) / b for pr, b in busy.items()}
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -433,11 +493,17 @@ def tables(result: dict) -> str:
             for k in kinds
         ]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out += ["", "| layout, rank | measured idle / busy | model (p-1)/(v m) |", "|---" * 3 + "|"]
+    out += [
+        "",
+        "| layout, rank | idle / busy: measured | replayed | model (p-1)/(v m) |",
+        "|---" * 4 + "|",
+    ]
     for r in sorted(result["ranks"], key=lambda r: (list(LAYOUTS).index(r["layout"]), r["rank"])):
         if "bubble" in r:
             b = r["bubble"]
-            out.append(f"| {r['layout']} rank {r['rank']} | {b['measured']:.2f} | {b['model']:.2f} |")
+            out.append(
+                f"| {r['layout']} rank {r['rank']} | {b['measured']:.2f} | {b['replayed']:.2f} | {b['model']:.2f} |"
+            )
     return "\n".join(out)
 
 
