@@ -29,7 +29,15 @@ PRESETS: dict[str, LadderDesign] = {
         max_extensions=0,
         extra_data={"max_bytes": 3_000_000},
     ),
-    "quick": LadderDesign(name="quick", budgets=(8e10, 1.6e11, 3.2e11), sizes=4, size_ratio=2.0, tokens_per_param=40.0),
+    "quick": LadderDesign(
+        name="quick",
+        budgets=(8e10, 1.6e11, 3.2e11, 6.4e11),
+        sizes=4,
+        size_ratio=2.0,
+        tokens_per_param=40.0,
+        lr_width=0.25,
+        heldout_factor=2.0,
+    ),
     "medium": LadderDesign(
         name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8, tokens_per_param=35.0
     ),
