@@ -20,6 +20,7 @@ from isoflop.ladder import verify as V
 from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid, edge_extensions
 from isoflop.ladder.registry import Registry, RunRecord
 from isoflop.ladder.runner import ExecOptions, Job, execute
+from isoflop.laws.intervals import ci95
 
 Say = Callable[[str], None]
 
@@ -131,8 +132,13 @@ def _point_dict(r: RunRecord) -> dict[str, Any]:
 
 
 def _law_dict(law) -> dict[str, Any]:
+    """The law's file content without its bootstrap draws, plus the 95% interval of ``a = beta / (alpha + beta)``
+    (Hoffmann et al. 2022, Eq. 4) over those draws."""
     data = law.to_dict()
     data.pop("bootstrap_samples", None)
+    if law.samples_ is not None:
+        alpha, beta = (law.samples_[:, law.param_names.index(k)] for k in ("alpha", "beta"))
+        data["a_opt_ci95"] = ci95(beta / (alpha + beta))
     return data
 
 
