@@ -84,7 +84,7 @@ def test_noisy_runs_give_intervals_that_cover_the_truth(tmp_path) -> None:
 def test_overtrained_heldout_is_off_the_ladder_and_predicted_by_approach3(tmp_path) -> None:
     design, arr = _ladder(tmp_path, noise=0.0)
     fits = fit_ladder(arr, bootstrap=20)
-    over = plan_overtrained(design, fits)
+    over = plan_overtrained(design, fits, plan_heldout(design, fits))
     top = arr["n"][arr["budget"] == max(design.budgets)]
     assert over.role == "heldout_overtrained" and over.budget == max(design.budgets)
     assert over.n_params_non_embedding < top.min()  # never a fitted run
@@ -93,7 +93,7 @@ def test_overtrained_heldout_is_off_the_ladder_and_predicted_by_approach3(tmp_pa
     (pred,), _ = predict(fits, over.n_params_non_embedding, over.tokens, over.flops, compute_optimal=False)
     assert pred["method"] == "approach3"
     assert pred["predicted_loss"] == pytest.approx(float(law(over.n_params_non_embedding, over.tokens)), rel=1e-3)
-    assert plan_overtrained(dataclasses.replace(design, overtrain=0.0), fits) is None
+    assert plan_overtrained(dataclasses.replace(design, overtrain=0.0), fits, plan_heldout(design, fits)) is None
 
 
 def test_envelope_interval_on_a_four_size_ladder(tmp_path) -> None:

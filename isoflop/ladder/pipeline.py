@@ -262,7 +262,7 @@ def run_pipeline(
     if fits.note:
         say(f"note: {fits.note}")
     held_points = [V.plan_heldout(design, fits, shape_fn)]
-    if (over := V.plan_overtrained(design, fits, shape_fn)) is not None:
+    if (over := V.plan_overtrained(design, fits, held_points[0], shape_fn)) is not None:
         held_points.append(over)
     heldouts = [_heldout_entry(design, fits, p, corpus_tokens, say) for p in held_points]
     if verify:

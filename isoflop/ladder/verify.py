@@ -204,28 +204,27 @@ def plan_heldout(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPo
     return point_for(design, spec, c_h, role="heldout")
 
 
-def plan_overtrained(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPoint | None:
-    """The over-trained held-out run (``None`` when ``design.overtrain`` is 0): a model ``sqrt(overtrain)`` x
-    smaller than ``N_opt`` at its compute, trained on ``sqrt(overtrain)`` x more tokens, so it sees about
-    ``overtrain`` x the compute-optimal tokens per parameter (Gadre et al. 2024's over-training multiple
-    ``M / M_opt``). Its compute is the largest ladder budget, with a size below every ladder run there, so it is
-    never a fitted point; where the shape family has no such size (the smallest ladders), the compute-optimal
-    held-out run's compute, where no ladder run is. It tests the law's extrapolation in tokens per parameter."""
+def plan_overtrained(design: LadderDesign, fits: LadderFit, held: GridPoint, shape_fn=None) -> GridPoint | None:
+    """The over-trained held-out run: a model ``sqrt(overtrain)`` x smaller than ``N_opt`` at its compute, trained
+    on ``sqrt(overtrain)`` x more tokens, so it sees about ``overtrain`` x the compute-optimal tokens per parameter
+    (Gadre et al. 2024's over-training multiple ``M / M_opt``). Its compute is the largest ladder budget, with a
+    size below every ladder run there, so it is never a fitted point; where the shape family has no such size (the
+    smallest ladders), the compute-optimal held-out run ``held``'s compute, below ``held``'s size. ``None`` when
+    ``design.overtrain`` is 0 or no such size exists. It tests the law's extrapolation in tokens per parameter."""
     if design.overtrain <= 0:
         return None
     shape = shape_fn or default_shape
-    c = max(design.budgets)
-    smallest = fits.arrays["n"][fits.arrays["budget"] == c].min(initial=np.inf)
-    target = _optimal_size(design, fits, c) / math.sqrt(design.overtrain)
-    for _ in range(40):  # down to 1.1^-40 = 1/45 of the target
-        spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
-        if count_params(spec).non_embedding < smallest:
-            return point_for(design, spec, c, role="heldout_overtrained")
-        target /= 1.1
-    c = heldout_budget(design)
-    target = _optimal_size(design, fits, c) / math.sqrt(design.overtrain)
-    spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
-    return point_for(design, spec, c, role="heldout_overtrained")
+    for c, below in (
+        (max(design.budgets), fits.arrays["n"][fits.arrays["budget"] == max(design.budgets)].min(initial=np.inf)),
+        (held.budget, held.n_params_non_embedding),
+    ):
+        target = _optimal_size(design, fits, c) / math.sqrt(design.overtrain)
+        for _ in range(40):  # down to 1.1^-40 = 1/45 of the target
+            spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
+            if count_params(spec).non_embedding < below:
+                return point_for(design, spec, c, role="heldout_overtrained")
+            target /= 1.1
+    return None
 
 
 def predict(
