@@ -64,7 +64,7 @@ from isoflop.train.metrics import (
     peak_flops_per_process,
     relative_errors,
 )
-from isoflop.train.parallel.apply import ParallelModel, plan_layout, uses_model_parallelism
+from isoflop.train.parallel.apply import ParallelModel, check_layout, uses_model_parallelism
 from isoflop.train.precheck import check_memory
 from isoflop.train.schedule import lr_at
 
@@ -203,13 +203,13 @@ class _Run:
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
+        check_layout(cfg, env.world)  # one-line errors before any work
         if uses_model_parallelism(cfg):
             if cfg.sync.mode == "diloco" or cfg.sync.comm_hook != "default":
                 raise IsoflopError(
                     "sync.mode=diloco and DDP comm hooks run with data parallelism only; "
                     "drop parallel.tp/pp/cp/interleave or the sync settings"
                 )
-            plan_layout(cfg, env.world)  # one-line errors before any work
             self.strategy = "model-parallel"
         elif cfg.sync.mode == "diloco":  # DiLoCo workers train unwrapped copies (isoflop.train.lowcomm / diloco)
             self.strategy = "diloco"
