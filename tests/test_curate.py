@@ -86,6 +86,8 @@ def test_curate_removes_planted_duplicates_junk_and_contamination(corpus, curate
     assert stats["removed"]["decont"] == 1
     assert stats["removed"]["exact_dedup"] == 1
     assert stats["removed"]["minhash_dedup"] >= 1  # the near copy (and the jsonl copy when J is above the curve)
+    check = next(s for s in stats["stages"] if s["name"] == "minhash_chk")["minhash_pairs"]
+    assert check["candidates"] > check["rejected"] >= 0  # 4 bands x 3 rows pair far more than the verified ones
     assert sum(stats["removed"].values()) + len(kept) == stats["documents_read"]
     for i in (0, 1, 2):  # one member of each planted cluster survives
         copies = [d for d in kept if d["text"].startswith(corpus["texts"][i][:200])]
@@ -171,7 +173,7 @@ def test_slurm_dry_run_writes_sbatch_scripts_without_submitting(corpus, tmp_path
     assert res.code == 0, res.err
     scripts = [Path(p) for p in res.json()["slurm_scripts"]]
     assert [p.parent.name for p in scripts] == [
-        "filter", "exact_sig", "exact_find", "minhash_sig", "minhash_bkt", "minhash_clu", "write"
+        "filter", "exact_sig", "exact_find", "minhash_sig", "minhash_bkt", "minhash_chk", "minhash_clu", "write"
     ]  # fmt: skip
     text = scripts[0].read_text()
     assert text.startswith("#!/bin/bash\n")
@@ -189,6 +191,43 @@ def test_recipes_and_minhash_curve():
     assert spec.threshold == pytest.approx((1 / 14) ** (1 / 8))
     # at the threshold the band-collision probability is 1 - (1 - 1/b)^b (close to 1 - 1/e)
     assert spec.detect_probability(spec.threshold) == pytest.approx(1 - (1 - 1 / 14) ** 14)
+
+
+def test_candidate_check_keeps_exactly_the_pairs_at_or_above_the_threshold(tmp_path):
+    """The check step against a brute-force reference: the exact Jaccard of Python sets of word 5-grams."""
+    import struct
+
+    from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature
+    from datatrove.pipeline.readers import JsonlReader
+
+    from isoflop.curate.steps import MinhashVerifyCandidates
+
+    words = [
+        "".join(chr(97 + (i // 26**k) % 26) for k in range(3)) for i in range(200)
+    ]  # letters: digits are normalised away
+    docs = [" ".join(words), " ".join(words[:190] + ["x"] * 10), " ".join(words[:120] + ["y"] * 80), "short"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "00000.jsonl").write_text(
+        "".join(json.dumps({"text": t, "id": str(i)}) + "\n" for i, t in enumerate(docs))
+    )
+    pairs = [(0, 0, 0, 1), (0, 0, 0, 2), (0, 1, 0, 2), (0, 2, 0, 3)]
+    (tmp_path / "bkt").mkdir()
+    (tmp_path / "bkt" / "00000_00.dups").write_bytes(b"".join(struct.pack("<4I", *p) for p in pairs))
+    sig = MinhashDedupSignature(str(tmp_path / "sig"), config=MinhashConfig(n_grams=5))
+    reader = JsonlReader(str(tmp_path / "in"), glob_pattern="*.jsonl", compression=None)
+    step = MinhashVerifyCandidates(str(tmp_path / "bkt"), str(tmp_path / "chk"), sig, [reader], 1, threshold=0.8)
+    list(step.run())
+    raw = (tmp_path / "chk" / "00000_00.dups").read_bytes()
+    kept = {struct.unpack("<4I", raw[i : i + 16]) for i in range(0, len(raw), 16)}
+
+    def grams(t: str) -> set[tuple[str, ...]]:
+        w = t.split()
+        return {tuple(w[i : i + 5]) for i in range(len(w) - 4)}
+
+    def jaccard(a: str, b: str) -> float:
+        return len(grams(a) & grams(b)) / len(grams(a) | grams(b)) if grams(a) and grams(b) else 0.0
+
+    assert kept == {p for p in pairs if jaccard(docs[p[1]], docs[p[3]]) >= 0.8} == {(0, 0, 0, 1)}
 
 
 def test_build_stages_uses_datatrove_steps(corpus, tmp_path):

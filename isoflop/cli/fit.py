@@ -30,6 +30,8 @@ from isoflop.laws.forms import (
 )
 from isoflop.laws.intervals import ci95
 from isoflop.laws.io import Runs, read_runs, read_table
+from isoflop.laws.moe import MOE_FORMS
+from isoflop.laws.moe_fit import moe_fit_report, read_moe_runs, render_moe
 from isoflop.laws.predict import extrapolation_warning, parse_point, predict
 
 APPROACH3_FORMS = ("chinchilla", "chinchilla_tied", "overtraining")
@@ -271,7 +273,8 @@ def fit(
         "chinchilla",
         "--form",
         help="Approach 3 form: chinchilla (E + A/N^alpha + B/D^beta), chinchilla_tied (alpha = beta) or "
-        "overtraining (Gadre et al. 2024: E + (a M^eta + b M^-eta) C^-eta).",
+        "overtraining (Gadre et al. 2024: E + (a M^eta + b M^-eta) C^-eta); MoE: moe_routed (Clark et al. 2022, "
+        "N and experts) or moe_granularity (Krajewski et al. 2024, N, D and granularity).",
     ),
     objective: str = typer.Option(
         "huber_log",
@@ -291,9 +294,18 @@ def fit(
         help="What the N column counts: total or non_embedding "
         "(Kaplan et al. 2020); recorded in the law file, `isoflop plan` sizes models in it.",
     ),
+    experts_col: str | None = typer.Option(
+        None, "--experts-col", help="Column of expert counts for --form moe_routed (default: n_experts)."
+    ),
+    granularity_col: str | None = typer.Option(
+        None, "--granularity-col", help="Column of granularities for --form moe_granularity (default: granularity)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a scaling law to training runs, with bootstrap confidence intervals."""
+    if form in MOE_FORMS:
+        _fit_moe(file, form, locals())
+        return
     if plot and "." in Path(plot).name and Path(plot).suffix[1:].lower() not in PLOT_FORMATS:
         raise IsoflopError(
             f"--plot {plot}: unknown figure format {Path(plot).suffix!r}; use one of .{', .'.join(PLOT_FORMATS)}"
@@ -336,3 +348,38 @@ def fit(
         _plot(law, points, plot)
         report["plot"] = plot
     emit(report, as_json, _render(report))
+
+
+def _fit_moe(file: str, form: str, opts: dict[str, Any]) -> None:
+    """``isoflop fit --form moe_routed|moe_granularity`` (``isoflop.laws.moe_fit``)."""
+    unsupported = [
+        flag
+        for flag, given in (
+            ("--approach", opts["approach"] != 3),
+            ("--group-by", opts["group_by"] is not None),
+            ("--predict", bool(opts["predict_at"])),
+            ("--drop-highest-loss", opts["drop"] != 0),
+            ("--plot", opts["plot"] is not None),
+            ("--objective", opts["objective"] != "huber_log"),
+        )
+        if given
+    ]
+    if unsupported:
+        raise IsoflopError(f"{', '.join(unsupported)} do(es) not apply to --form {form}; drop them")
+    runs = read_moe_runs(
+        file,
+        form,
+        n_col=opts["n_col"],
+        d_col=opts["d_col"],
+        c_col=opts["c_col"],
+        loss_col=opts["loss_col"],
+        experts_col=opts["experts_col"],
+        granularity_col=opts["granularity_col"],
+        where=opts["where"],
+        param_kind=opts["param_kind"],
+    )
+    report, law = moe_fit_report(runs, form, opts["param_kind"], opts["bootstrap"], opts["seed"])
+    if opts["out"]:
+        law.save(opts["out"])
+        report["out"] = opts["out"]
+    emit(report, opts["as_json"], render_moe(report))

@@ -138,10 +138,11 @@ def _render(plan: Plan, out: str | None, cross: SyncChoice | None = None):
 
 @app.command()
 def plan(
-    law: str = typer.Option(
-        "besiroglu",
+    law: str | None = typer.Option(
+        None,
         "--law",
-        help="Law preset (besiroglu, hoffmann, kaplan, muennighoff) or a file from `isoflop fit --out`.",
+        help="Law preset (besiroglu, hoffmann, kaplan, muennighoff) or a file from `isoflop fit --out` "
+        "(default besiroglu; with --moe krajewski).",
     ),
     budget_flops: float | None = typer.Option(None, "--budget-flops", help="Training compute budget in FLOPs."),
     target_loss: float | None = typer.Option(
@@ -180,9 +181,29 @@ def plan(
         None, "--sites", help="Sites the GPUs are split over (with --inter-site-gbps): DDP or DiLoCo across them."
     ),
     inter_site_gbps: float | None = typer.Option(None, "--inter-site-gbps", help="Link of each site in Gbit/s."),
+    moe: bool = typer.Option(
+        False, "--moe", help="Plan a mixture-of-experts: experts, top-k, granularity and shape, against dense."
+    ),
+    experts: int | None = typer.Option(None, "--experts", help="--moe: fix the routed experts (with --top-k)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="--moe: fix the experts per token (= granularity)."),
+    max_experts: int | None = typer.Option(
+        None, "--max-experts", help="--moe: search granularities with at most this many routed experts."
+    ),
+    expansion: int = typer.Option(
+        64, "--expansion", help="--moe: expert parameters over a dense MLP's (Krajewski et al. fit 64)."
+    ),
+    dense_law: str = typer.Option("krajewski-dense", "--dense-law", help="--moe: the dense law compared against."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Compute-optimal plan: model size and tokens from a scaling law, architecture, layout, time, cost and energy."""
+    if moe:
+        from isoflop.cli.plan_moe import run_moe_plan
+
+        run_moe_plan(locals())
+        return
+    if experts is not None or top_k is not None or max_experts is not None:
+        raise IsoflopError("--experts, --top-k and --max-experts plan a mixture-of-experts; add --moe")
+    law = law or "besiroglu"
     if data is not None:
         from pathlib import Path
 

@@ -54,6 +54,9 @@ class StageStats(BaseModel):
     removed: dict[str, int]
     removed_reasons: dict[str, int]
     skipped_inputs: dict[str, int]
+    minhash_pairs: dict[str, int] = Field(
+        default_factory=dict, description="LSH candidate pairs checked by exact Jaccard, and those rejected"
+    )
     seconds: float = Field(ge=0, description="wall time of this stage in the latest invocation")
 
 

@@ -8,8 +8,9 @@ Stages (each a datatrove executor; a stage starts when the one before it complet
 3. ``exact_find``   duplicate ids (``ExactFindDedups``; one task)
 4. ``minhash_sig``  drop exact duplicates, MinHash signatures (``MinhashDedupSignature``)
 5. ``minhash_bkt``  LSH buckets (``MinhashDedupBuckets``; one task per band)
-6. ``minhash_clu``  duplicate clusters (``MinhashDedupCluster``; one task)
-7. ``write``        drop exact and near duplicates, write the kept documents to ``DIR/data``
+6. ``minhash_chk``  candidate pairs checked by exact shingle Jaccard (``MinhashVerifyCandidates``; one task)
+7. ``minhash_clu``  duplicate clusters (``MinhashDedupCluster``; one task)
+8. ``write``        drop exact and near duplicates, write the kept documents to ``DIR/data``
 
 Every task writes a completion marker under ``DIR/.curate/logs/<stage>/completions``; a rerun skips finished tasks.
 """
@@ -166,7 +167,7 @@ def build_stages(req: CurateRequest) -> list[Stage]:
     )
     from datatrove.pipeline.readers import JsonlReader
 
-    from isoflop.curate.steps import EvalFilesIndexer, TagDomain, doc_text
+    from isoflop.curate.steps import EvalFilesIndexer, MinhashVerifyCandidates, TagDomain, doc_text
 
     work, recipe, tasks = req.out / WORK, req.recipe, req.n_tasks
     removed = req.out / REMOVED if req.keep_removed else None
@@ -194,6 +195,7 @@ def build_stages(req: CurateRequest) -> list[Stage]:
         return JsonlReader(str(filtered), glob_pattern="*.jsonl", compression=None)
 
     dedup_steps: list[Any] = []
+    stream: list[Any] = [read_filtered()]  # the documents the MinHash signatures index, without side outputs
     if recipe.dedup.exact:
         exact = ExactDedupConfig(content_getter=doc_text)
         stages.append(Stage("exact_sig", [read_filtered(), ExactDedupSignature(str(work / "exact_sig"), exact)], tasks))
@@ -203,6 +205,7 @@ def build_stages(req: CurateRequest) -> list[Stage]:
         dedup_steps.append(
             ExactDedupFilter(str(work / "exact_dups"), exact, exclusion_writer=_removed_writer(removed, "exact_dedup"))
         )
+        stream.append(ExactDedupFilter(str(work / "exact_dups"), exact))
     spec = recipe.dedup.minhash
     if spec is not None:
         config = MinhashConfig(n_grams=spec.n_grams, num_buckets=spec.bands, hashes_per_bucket=spec.rows)
@@ -210,7 +213,16 @@ def build_stages(req: CurateRequest) -> list[Stage]:
         stages.append(Stage("minhash_sig", [read_filtered(), *dedup_steps, sig], tasks))
         buckets = MinhashDedupBuckets(str(work / "minhash_sig"), str(work / "minhash_buckets"), config=config)
         stages.append(Stage("minhash_bkt", [buckets], spec.bands))
-        cluster = MinhashDedupCluster(str(work / "minhash_buckets"), str(work / "minhash_remove"), config=config)
+        check = MinhashVerifyCandidates(
+            str(work / "minhash_buckets"),
+            str(work / "minhash_checked"),
+            signature=sig,
+            stream=stream,
+            stream_tasks=tasks,
+            threshold=spec.jaccard_threshold,
+        )
+        stages.append(Stage("minhash_chk", [check], 1))
+        cluster = MinhashDedupCluster(str(work / "minhash_checked"), str(work / "minhash_remove"), config=config)
         stages.append(Stage("minhash_clu", [cluster], 1))
         dedup_steps.append(
             MinhashDedupFilter(str(work / "minhash_remove"), exclusion_writer=_removed_writer(removed, "minhash_dedup"))

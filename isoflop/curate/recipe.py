@@ -24,6 +24,8 @@ class MinhashSpec(BaseModel):
     Each document gets ``bands * rows`` min-hashes of its word ``n_grams``; two documents become duplicate
     candidates when all ``rows`` hashes of at least one band agree, which happens with probability
     ``1 - (1 - J**rows)**bands`` for Jaccard similarity ``J``. The S-curve's midpoint is ``(1/bands)**(1/rows)``.
+    Candidates are then checked exactly: a pair is a duplicate only when the Jaccard similarity of its shingle sets
+    is at least ``jaccard_threshold`` (LSH alone also pairs documents below it; Leskovec et al., Sec. 3.4.3).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -31,6 +33,7 @@ class MinhashSpec(BaseModel):
     n_grams: int = Field(5, ge=1, le=64)
     bands: int = Field(14, ge=1, le=512)
     rows: int = Field(8, ge=1, le=64)
+    jaccard_threshold: float = Field(0.8, gt=0, le=1, description="exact shingle Jaccard a candidate pair must reach")
 
     @property
     def threshold(self) -> float:

@@ -123,6 +123,7 @@ def _stage_stats(folder: Path, stage: Stage, seconds: float) -> StageStats:
     skipped: Counter[str] = Counter()
     docs_in = bytes_in = docs_out = 0
     readers = 0
+    pairs: dict[str, int] = {}
     for step, st in zip(stage.pipeline, total.stats):
         values = {k: _value(v) for k, v in st.to_dict()["stats"].items()}
         kind = type(step).__name__
@@ -131,6 +132,8 @@ def _stage_stats(folder: Path, stage: Stage, seconds: float) -> StageStats:
             docs_in += values.get("documents", 0)
             bytes_in += values.get("doc_len", 0)
             skipped.update({k.removeprefix("skipped_"): v for k, v in values.items() if k.startswith("skipped_")})
+        elif kind == "MinhashVerifyCandidates":
+            pairs = {"candidates": values.get("candidate_pairs", 0), "rejected": values.get("rejected_pairs", 0)}
         elif kind in STEP_LABELS:
             label = STEP_LABELS[kind]
             removed[label] += values.get("dropped", 0)
@@ -145,6 +148,7 @@ def _stage_stats(folder: Path, stage: Stage, seconds: float) -> StageStats:
         removed=dict(removed),
         removed_reasons=dict(reasons),
         skipped_inputs=dict(skipped),
+        minhash_pairs=pairs,
         seconds=seconds,
     )
 

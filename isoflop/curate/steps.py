@@ -202,3 +202,79 @@ class EvalFilesIndexer(PipelineStep):
         with self.output_folder.open("eval_files.index.hashes", mode="wb") as handle:
             handle.write(array.tobytes())
         return iter(())
+
+
+class MinhashVerifyCandidates(PipelineStep):
+    """Candidate verification between datatrove's MinHash buckets and clustering: every pair that shares an LSH band
+    is kept only when the exact Jaccard similarity of the two documents' shingle sets (datatrove's own
+    ``get_shingles``: the sets the signatures estimate) is at least ``threshold``. LSH alone also pairs documents
+    below the threshold with probability ``1 - (1 - J^r)^b`` (Leskovec et al., *Mining of Massive Datasets*,
+    Sec. 3.4.3, which recommends checking candidates exactly); clustering would then remove them.
+
+    Documents are addressed as datatrove does, ``(signature task, index in that task's stream)``; the stream is
+    rebuilt with ``readers`` (the signature stage's reader and exact-dedup filter), and only candidate documents are
+    shingled. Output: the ``.dups`` files of the input, same names and format, without the rejected pairs."""
+
+    type = "🫂 - DEDUP"
+    name = "🔍 MinHash candidate check"
+
+    def __init__(
+        self,
+        input_folder: str,
+        output_folder: str,
+        signature: Any,
+        stream: list[Any],
+        stream_tasks: int,
+        threshold: float,
+    ):
+        super().__init__()
+        self.input_folder = get_datafolder(input_folder)
+        self.output_folder = get_datafolder(output_folder)
+        self.signature = signature
+        self.stream = stream
+        self.stream_tasks = stream_tasks
+        self.threshold = threshold
+
+    def _candidates(self) -> dict[str, np.ndarray]:
+        """Each ``.dups`` file's pairs as an ``(n, 4)`` array of (task1, doc1, task2, doc2)."""
+        out = {}
+        for name in self.input_folder.list_files(glob_pattern="*.dups"):
+            with self.input_folder.open(name, "rb") as handle:
+                out[name] = np.frombuffer(handle.read(), dtype="<u4").reshape(-1, 4)
+        return out
+
+    def _shingles(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        found: dict[tuple[int, int], np.ndarray] = {}
+        for task in sorted({t for t, _ in wanted}):
+            data: Any = None
+            for step in self.stream:
+                data = step.run(data, rank=task, world_size=self.stream_tasks)
+            for index, doc in enumerate(data):
+                if (task, index) in wanted:
+                    found[(task, index)] = np.unique(self.signature.get_shingles(doc.text).ravel())
+        return found
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from datatrove.pipeline.dedup.minhash import SENTINEL
+
+        with self.track_time():
+            candidates = self._candidates()
+            pairs = np.concatenate([*candidates.values(), np.zeros((0, 4), dtype="<u4")])
+            wanted = {(int(t), int(d)) for t, d in pairs.reshape(-1, 2) if t != SENTINEL}
+            shingles = self._shingles(wanted)
+            for name, rows in candidates.items():
+                keep = np.array([self._similar(row, shingles, SENTINEL) for row in rows], dtype=bool)
+                self.stat_update("candidate_pairs", value=len(rows))
+                self.stat_update("rejected_pairs", value=int((~keep).sum()))
+                with self.output_folder.open(name, "wb") as handle:
+                    handle.write(rows[keep].tobytes())
+        return iter(())
+
+    def _similar(self, row: np.ndarray, shingles: dict[tuple[int, int], np.ndarray], sentinel: int) -> bool:
+        if row[0] == sentinel:  # a match against a prebuilt index: no text to check it against
+            return True
+        a, b = shingles.get((int(row[0]), int(row[1]))), shingles.get((int(row[2]), int(row[3])))
+        if a is None or b is None or not (a.size and b.size):
+            return False
+        inter = np.intersect1d(a, b, assume_unique=True).size
+        return inter / (a.size + b.size - inter) >= self.threshold

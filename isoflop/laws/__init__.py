@@ -17,6 +17,7 @@ from isoflop.laws.forms import (
     law_from_dict,
     load_law,
 )
+from isoflop.laws.moe import GranularityLaw, RoutedLaw  # registers the MoE forms and presets
 
 __all__ = [
     "PRESETS",
@@ -30,4 +31,6 @@ __all__ = [
     "law_from_dict",
     "load_law",
     "get_law_preset",
+    "GranularityLaw",
+    "RoutedLaw",
 ]

@@ -689,6 +689,8 @@ def fit(law: LawT, *runs: Any, **options: Any) -> LawT:
         return _fit_saturating(law, *runs)
     if isinstance(law, AllocationLaw):
         return _fit_approach1(law, *runs) if law.approach == 1 else _fit_approach2(law, *runs, **options)
+    if hasattr(law, "fit_runs"):  # forms that fit themselves (isoflop.laws.moe)
+        return law.fit_runs(*runs)
     raise IsoflopError(
         f"{law.form} laws cannot be fitted; fit a Chinchilla, Kaplan, data-constrained, saturating or allocation law"
     )

@@ -50,6 +50,7 @@ class PerfConstants(BaseModel):
     dp_overlap: float
     fsdp_overlap: float
     cp_overlap: float
+    ep_overlap: float = 0.0  # isoflop.perf.moe: compute share hiding the expert all-to-all
     pp_overlap: float
     pipeline_rebalance: float
     pcie_gbps: float

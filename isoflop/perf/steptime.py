@@ -19,7 +19,8 @@ Model (all times per GPU; the slowest pipeline stage, i.e. the one holding the l
   x ``(1 - tp_overlap)``; data-parallel gradient reduction hides behind the last microbatch's backward
   (``dp_overlap``); ZeRO-3/FSDP gathers and reduce-scatters every microbatch behind its compute
   (``fsdp_overlap``); ring attention (context parallel) hides behind the attention kernel; expert-parallel
-  all-to-all (4 per MoE layer) and pipeline point-to-point sends are exposed.
+  all-to-all (4 per MoE layer, ``isoflop.perf.moe``) hides behind ``ep_overlap`` of the layer's compute;
+  pipeline point-to-point sends are exposed.
 * Pipeline bubble (Narayanan et al. 2021, Sec. 2.2): ``(p - 1) / (v m)`` of the ideal ``m`` microbatch times,
   the tick being the slowest stage's (``_slowest_stage``: uneven layer counts, the head on the last stage).
 * Small models are launch-bound: a microbatch never takes less than its kernel count x ``kernel_launch_s``
@@ -34,6 +35,7 @@ from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
 from isoflop.perf.layout import LayoutArrays, peak_dtype
 from isoflop.perf.memory import precision, stage_params
+from isoflop.perf.moe import exposed_expert_comm_s
 from isoflop.spec.model import ModelSpec
 
 STEP_KEYS = (
@@ -197,7 +199,8 @@ def step_time(
     comm_cp = np.maximum(0.0, cp_time - c.cp_overlap * (a_fwd + a_bwd))
     if spec.is_moe:
         ep_local = np.clip(G // la.tp, 1, la.ep)
-        comm_ep = 4.0 * _collective(T * spec.top_k * h * act, ep, ep_local, 1.0, gpu, c)
+        layer_compute = (3.0 * g_fwd + a_fwd + a_bwd + 3.0 * mb_fwd) / c.framework_eff
+        comm_ep = exposed_expert_comm_s(T * spec.top_k * h * act, ep, ep_local, layer_compute, gpu, c)
     else:
         comm_ep = np.zeros_like(tp)
 

@@ -28,6 +28,7 @@ from isoflop.laws.allocation import Allocation, compute_optimal, data_constraine
 from isoflop.laws.forms import AllocationLaw, Law, load_law
 from isoflop.laws.hyperparams import recommend, warmup_steps
 from isoflop.laws.intervals import ci95
+from isoflop.laws.moe import MOE_FORMS
 from isoflop.perf.layout import check_counts
 from isoflop.plan.arch import NoShapeError, shape_for_params
 from isoflop.spec import ModelSpec, count_params
@@ -244,6 +245,8 @@ def make_plan(req: PlanRequest) -> Plan:
     """The full plan (``Plan.to_dict()`` is ``isoflop plan --json``)."""
     _check(req)
     law = load_law(req.law)
+    if law.form in MOE_FORMS:
+        raise IsoflopError(f"{law.name} is a mixture-of-experts law ({law.form}); plan it with `isoflop plan --moe`")
     gpu = get_gpu(req.gpu, req.hardware_file) if req.gpu else None
     if gpu is not None and req.dtype is None:
         req = replace(req, dtype=next(d for d in ("bf16", "fp16", "fp32", "tf32", "fp8") if gpu.peak_tflops.get(d)))
