@@ -140,6 +140,23 @@ def test_tensor_parallel_two_processes_match_one(reference, cache_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["strategy"] == "tp2 x pp1 x dp1"
     _assert_same_training(ref_out, out)
+    _assert_resumes_bitwise(
+        out, ["train", str(cfg), "--out", str(out), "--nproc-per-node", "2", "--set", "parallel.tp=2"], cache_dir
+    )
+
+
+def _assert_resumes_bitwise(out, args, cache_dir):
+    """Lose the final checkpoint (as a SIGKILL would): the resumed run ends bitwise the same."""
+    final = json.loads((out / "summary.json").read_text())
+    weights = _weights(out)
+    shutil.rmtree(out / "checkpoints" / "step-00000020")
+    (out / "summary.json").unlink()
+    result = run_cli(args, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((out / "summary.json").read_text())
+    assert again["resumed_from"] == 10
+    assert (again["final_train_loss"], again["grad_norm"]) == (final["final_train_loss"], final["grad_norm"])
+    assert all(bool((weights[k] == w).all()) for k, w in _weights(out).items())
 
 
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
@@ -151,15 +168,10 @@ def test_uneven_pipeline_two_stages_match_one(reference, cache_dir, tmp_path, sc
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["strategy"] == f"tp1 x pp2 {schedule} x dp1"
     _assert_same_training(ref_out, out)
-    if schedule == "1f1b":  # lose the final checkpoint (as a SIGKILL would): the resumed run ends bitwise the same
-        final = json.loads((out / "summary.json").read_text())
-        shutil.rmtree(out / "checkpoints" / "step-00000020")
-        (out / "summary.json").unlink()
-        result = run_cli([*args, "--set", "parallel.pp=2", "--set", f"parallel.pp_schedule={schedule}"], cache_dir)
-        assert result.returncode == 0, result.stderr[-3000:]
-        again = json.loads((out / "summary.json").read_text())
-        assert again["resumed_from"] == 10
-        assert (again["final_train_loss"], again["grad_norm"]) == (final["final_train_loss"], final["grad_norm"])
+    if schedule == "1f1b":
+        _assert_resumes_bitwise(
+            out, [*args, "--set", "parallel.pp=2", "--set", f"parallel.pp_schedule={schedule}"], cache_dir
+        )
 
 
 @pytest.mark.parametrize(

@@ -424,11 +424,12 @@ class Checkpointer:
             dist.barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": {"state": _scalars_as_tensors(optim_sd["state"])}}
-        state, _ = fuse_for_checkpoint(state)  # the same keys and logical tensors under every layout
-        _only_tensors(state, "")
+        fused, _ = fuse_for_checkpoint(state)  # the same keys and logical tensors under every layout
+        _only_tensors(fused, "")
         writer = dcp.FileSystemWriter(str(tmp))
         meta = {"step": step, **trainer_state, "optim_param_groups": _groups_to_json(optim_sd["param_groups"])}
-        if self.async_save:
+        # async staging copies each value to the CPU whole, which the fused views (row blocks only) cannot do
+        if self.async_save and fused is state:
             if self._async_group is None and dist.is_initialized():
                 self._async_group = dist.new_group(backend="gloo")
             with _quiet():
@@ -439,7 +440,7 @@ class Checkpointer:
         else:
             try:
                 with _quiet():
-                    dcp.save(state, storage_writer=writer)
+                    dcp.save(fused, storage_writer=writer)
             except CheckpointException as exc:
                 raise IsoflopError(
                     f"cannot write checkpoint {tmp} ({_first_error(exc)}); "
