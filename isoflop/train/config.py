@@ -113,7 +113,7 @@ _KNOB_HELP = {
     "pp": "Pipeline stages.",
     "dp": "Data-parallel degree; null = the processes left by tp*pp*cp (must match when given).",
     "cp": "Context parallel degree (refused: ring attention does not run on CPU/gloo here).",
-    "ep": "Expert parallel degree.",
+    "ep": "Expert parallelism of an MoE model over groups of ep data-parallel ranks.",
     "zero": "0 = replicated (DDP), 1/2 = FSDP2 without resharding after forward (ZeRO-1 runs as ZeRO-2), 3 = FSDP2.",
     "recompute": "none/full = train.activation_checkpointing; selective and op are refused (not in the trainer).",
     "sequence_parallel": "Tensor parallelism always runs sequence-parallel here; false with tp > 1 is refused.",

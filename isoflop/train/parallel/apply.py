@@ -27,7 +27,7 @@ from isoflop.train.parallel.pipeline import build_schedule, build_stages, check_
 def uses_model_parallelism(cfg: TrainConfig) -> bool:
     """Tensor, pipeline or context parallelism requested: the trainer takes this package's path."""
     p = cfg.parallel
-    return p.tp > 1 or p.pp > 1 or p.cp > 1 or p.ep > 1 or p.interleave > 1
+    return p.tp > 1 or p.pp > 1 or p.cp > 1 or p.interleave > 1
 
 
 def check_layout(cfg: TrainConfig, world: int) -> None:
