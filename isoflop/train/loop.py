@@ -64,6 +64,7 @@ from isoflop.train.metrics import (
     peak_flops_per_process,
     relative_errors,
 )
+from isoflop.train.moe import check_expert_parallel, enable_expert_parallel, step_stats
 from isoflop.train.parallel.apply import ParallelModel, check_layout, uses_model_parallelism
 from isoflop.train.precheck import check_memory
 from isoflop.train.schedule import lr_at
@@ -111,6 +112,7 @@ class TrainerState:
     last_loss: float | None = None
     last_grad_norm: float | None = None
     lr_scale: float = 1.0  # the product of the rollbacks' learning-rate factors
+    moe: dict[str, Any] | None = None  # the last logged step's routing statistics (not saved)
 
     _SAVED = ("tokens", "val_history", "skipped_steps", "rollbacks", "lr_scale", "last_loss", "last_grad_norm")
 
@@ -203,13 +205,19 @@ class _Run:
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
+        self.init_checkpoint: Path | None = None  # the other run's checkpoint train.init_from loaded
         check_layout(cfg, env.world)  # one-line errors before any work
+        check_expert_parallel(cfg.model, cfg.parallel.ep, env.world)
+        if cfg.parallel.ep > 1 and cfg.sync.mode == "diloco":
+            raise IsoflopError("parallel.ep > 1 needs every step synchronised; drop sync.mode=diloco or set ep: 1")
         if uses_model_parallelism(cfg):
             if cfg.sync.mode == "diloco" or cfg.sync.comm_hook != "default":
                 raise IsoflopError(
                     "sync.mode=diloco and DDP comm hooks run with data parallelism only; "
                     "drop parallel.tp/pp/cp/interleave or the sync settings"
                 )
+            if cfg.train.init_from:
+                raise IsoflopError("train.init_from runs with data parallelism only; drop parallel.tp/pp/cp/interleave")
             self.strategy = "model-parallel"
         elif cfg.sync.mode == "diloco":  # DiLoCo workers train unwrapped copies (isoflop.train.lowcomm / diloco)
             self.strategy = "diloco"
@@ -231,12 +239,20 @@ class _Run:
             self.par = ParallelModel(cfg, env, self.dtype)
             self.micro_batch, self.accum, self.strategy = self.par.micro_batch, self.par.accum, self.par.description
             return self.par.module
-        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp")
+        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp") and not cfg.train.init_from
         if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
             with torch.device("meta"):
                 model = Transformer(self.spec)
         else:
-            model = build_model(self.spec, "cpu", seed=cfg.train.seed).to(env.device)
+            model = build_model(self.spec, "cpu", seed=cfg.train.seed)
+            if cfg.train.init_from:  # another run's weights, upcycled dense -> MoE (isoflop.train.upcycle)
+                from isoflop.train.upcycle import init_from_run
+
+                self.init_checkpoint = init_from_run(model, cfg.train.init_from)
+                self._say(f"initial weights from {self.init_checkpoint}")
+            model = model.to(env.device)
+        model.moe_coefs = (cfg.moe.aux_loss, cfg.moe.z_loss)
+        enable_expert_parallel(model, cfg.parallel.ep)
         if cfg.train.activation_checkpointing:
             apply_activation_checkpointing(model)
         if cfg.train.compile:
@@ -360,6 +376,10 @@ class _Run:
                 ) from None
             self.state.load_state_dict(loaded)
             self._say(f"resuming from {latest} (step {self.state.step} of {self.total_steps})")
+        elif self.init_checkpoint is not None:
+            from isoflop.train.upcycle import continue_data
+
+            continue_data(self.sampler, self.init_checkpoint, self._say)
         self._record_run()
         self.lowcomm = LowComm(cfg, env, self.strategy)
         self.lowcomm.attach(self.model, self.optimizer, self.out, self.state.resumed_from)
@@ -398,6 +418,7 @@ class _Run:
             ceiling = self._loss_ceiling(recent)
             loss, grad_norm = self._step(self.model, self.optimizer, self.sampler, ceiling)
             elapsed = self.timer.stop()
+            moe = step_stats(self.model, cfg.moe.bias_rate)  # None for a dense model
             self.ckpt.poll()
             if not (math.isfinite(loss) and math.isfinite(grad_norm) and loss <= ceiling):
                 bad += 1
@@ -415,10 +436,10 @@ class _Run:
             bad = 0
             recent.append(loss)
             del recent[:-_SPIKE_WINDOW]
-            self._after_step(loss, grad_norm, lr, elapsed)
+            self._after_step(loss, grad_norm, lr, elapsed, moe)
         return False
 
-    def _after_step(self, loss: float, grad_norm: float, lr: float, elapsed: float) -> None:
+    def _after_step(self, loss: float, grad_norm: float, lr: float, elapsed: float, moe: Any) -> None:
         """Count an accepted step; evaluate, log and checkpoint when due."""
         cfg, env, state = self.cfg, self.env, self.state
         state.step = step = state.step + 1
@@ -448,6 +469,9 @@ class _Run:
             }
             if state.val_history and state.val_history[-1][0] == step:
                 row["val_loss"] = state.val_history[-1][1]
+            if moe is not None:
+                row.update(moe.to_row())
+                state.moe = moe.to_row()
             if self.metrics is not None:
                 self.metrics.log(row)
             self._window = [0, 0.0]
@@ -539,6 +563,8 @@ class _Run:
             "hf_dir": str(hf_dir) if hf_dir else None,
             "comm": comm.to_dict(),
         }
+        if state.moe is not None:
+            summary["moe"] = state.moe  # the last logged step's routing statistics
         if cfg.predicted is not None:
             predicted = cfg.predicted.model_dump(exclude_none=True)
             summary["predicted"] = predicted
@@ -715,9 +741,14 @@ class _Run:
         """Gather the full weights and write ``out/hf`` (safetensors, config.json, the tokenizer) on rank 0."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from isoflop.train.export import export_hf
+        from isoflop.train.export import export_hf, hf_architecture
         from isoflop.train.model import build_model
 
+        try:
+            hf_architecture(self.spec)
+        except IsoflopError as exc:  # e.g. a router Hugging Face has no class for: the run itself is fine
+            self._say(f"note: no Hugging Face export: {exc}")
+            return None
         if self.par is not None:
             full = self.par.full_state_dict()
         else:
@@ -730,7 +761,14 @@ class _Run:
         tmp = self.out / "hf.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
+        try:
+            export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
+        except IsoflopError as exc:
+            if not self.spec.is_moe:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._say(f"note: no Hugging Face export: {exc}")
+            return None
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
