@@ -761,14 +761,7 @@ class _Run:
         tmp = self.out / "hf.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        try:
-            export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
-        except IsoflopError as exc:
-            if not self.spec.is_moe:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            self._say(f"note: no Hugging Face export: {exc}")
-            return None
+        export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

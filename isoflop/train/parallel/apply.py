@@ -202,6 +202,10 @@ class ParallelModel:
             with self._loss_context():
                 self._run_schedule(self.schedule.step, x, y, losses)
             loss_value = self._mean_over_replicas(torch.stack(losses).mean() if losses else torch.zeros(()))
+        if self.layout.tp > 1:
+            from isoflop.train.parallel.tensor import settle_gradients
+
+            settle_gradients(self.module)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         norm = self._grad_norm_and_clip(clip)
         if math.isfinite(loss_value) and math.isfinite(norm):

@@ -138,3 +138,14 @@ def apply_tensor_parallel(model: Transformer, tp_mesh) -> Transformer:
         parallelize_module(block, tp_mesh, block_plan)
         block.attn.n_heads, block.attn.n_kv = spec.n_heads // tp, spec.n_kv_heads // tp
     return model
+
+
+def settle_gradients(module: nn.Module) -> None:
+    """Give each DTensor gradient its parameter's placements, once per step after accumulation: the
+    sequence-parallel norms' ``Partial`` gradients are all-reduced once (Korthikanti et al. 2022, Sec. 4.2.2),
+    not again by each reader (the gradient norm, the optimizer); the vocabulary-parallel embedding's
+    ``Replicate`` gradient is cut to its shard (no communication), so no rank keeps a full-size gradient."""
+    for p in module.parameters():
+        grad = p.grad
+        if isinstance(p, DTensor) and isinstance(grad, DTensor) and grad.placements != p.placements:
+            p.grad = grad.redistribute(p.device_mesh, p.placements)
