@@ -66,14 +66,14 @@ def _split_fused(model: Transformer) -> None:
             mlp.gate_up = _Concat(_split_linear(mlp.gate_up, {"gate": spec.d_ff, "up": spec.d_ff}))
 
 
-_FUSED = {"attn.qkv": ("q", "k", "v"), "mlp.gate_up": ("gate", "up")}
+FUSED = {"attn.qkv": ("q", "k", "v"), "mlp.gate_up": ("gate", "up")}
 
 
 def fused_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A (full, unsharded) state dict of a split model with the fused keys of ``Transformer`` restored."""
     out = dict(state)
     for key in list(state):
-        for fused, parts in _FUSED.items():
+        for fused, parts in FUSED.items():
             head = f".{fused}.{parts[0]}."
             if head in key:
                 prefix, kind = key.split(head)
