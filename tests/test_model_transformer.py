@@ -137,12 +137,6 @@ def test_init_scheme() -> None:
     assert torch.all(model.layers[0].attn_norm.weight == 1)
 
 
-def test_moe_is_rejected_with_a_fix() -> None:
-    spec = ModelSpec(d_model=64, n_layers=2, n_heads=4, d_ff=96, vocab_size=300, max_seq_len=64, n_experts=4, top_k=2)
-    with pytest.raises(IsoflopError, match="MoE training is not supported yet; "):
-        Transformer(spec)
-
-
 def test_too_long_sequence_is_an_error() -> None:
     spec = SPECS["llama-mqa"]
     with pytest.raises(IsoflopError, match="max_seq_len"):

@@ -12,7 +12,11 @@ Two families are covered by the same fields:
 
 Mixture-of-experts (Fedus et al. 2022; Jiang et al. 2024, Mixtral) replaces each layer's MLP by
 ``n_experts`` expert MLPs of width ``d_ff``, of which ``top_k`` run per token, plus ``n_shared_experts``
-that always run (Dai et al. 2024, DeepSeekMoE), and a bias-free linear router.
+that always run (Dai et al. 2024, DeepSeekMoE), and a bias-free linear router. ``router`` picks Mixtral's
+softmax top-k or DeepSeek-V3's sigmoid with normalised top-k; ``capacity_factor`` bounds each expert at
+``ceil(capacity_factor * tokens * top_k / n_experts)`` tokens and drops the rest (Fedus et al. 2022, Sec. 2.2),
+null means dropless (Gale et al. 2023, MegaBlocks). Fine-grained experts (Krajewski et al. 2024) are more,
+narrower experts: a larger ``n_experts`` with a smaller ``d_ff``. Loss coefficients live in the training config.
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ class ModelSpec(BaseModel):
     n_experts: int = Field(0, description="Routed experts per MoE layer; 0 means a dense MLP.")
     top_k: int = Field(0, description="Routed experts each token runs through.")
     n_shared_experts: int = Field(0, description="Experts every token runs through (DeepSeekMoE).")
+    router: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="MoE router: softmax top-k (Mixtral) or sigmoid with normalised top-k (DeepSeek-V3)."
+    )
+    capacity_factor: float | None = Field(
+        None, description="MoE expert capacity as a multiple of the even share; null = dropless (no token dropped)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -108,9 +118,17 @@ class ModelSpec(BaseModel):
             raise IsoflopError("n_experts, top_k and n_shared_experts must be >= 0")
         if self.n_experts:
             if not 1 <= self.top_k <= self.n_experts:
-                raise IsoflopError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
+                raise IsoflopError(
+                    f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}; "
+                    f"choose 1 <= top_k <= {self.n_experts} or add experts"
+                )
         elif self.top_k or self.n_shared_experts:
             raise IsoflopError("top_k and n_shared_experts need n_experts > 0; set n_experts or drop them")
+        cf = self.capacity_factor
+        if cf is not None and not (isinstance(cf, (int, float)) and math.isfinite(cf) and cf > 0):
+            raise IsoflopError(
+                f"capacity_factor must be a positive number, got {cf}; use e.g. 1.25, or null for dropless routing"
+            )
         return self
 
     @field_validator(*_INT_FIELDS, mode="before")

@@ -1,6 +1,7 @@
 """``TrainConfig``: the training run as one YAML file (the planner's ``plan.yaml`` runs as it is).
 
-Sections (the shared schema): ``model``, ``data``, ``train``, ``optim``, ``parallel``, ``predicted``, ``plan``.
+Sections (the shared schema): ``model``, ``data``, ``train``, ``optim``, ``parallel``, ``sync``, ``moe``,
+``predicted``, ``plan``.
 Unknown keys are errors naming the closest valid key; values are validated by pydantic and reported on one
 line. Overrides use dotted keys (``train.max_steps=40``) and YAML values.
 """
@@ -166,6 +167,21 @@ class SyncSection(_Section):
         return self
 
 
+AUX_LOSS_COEF = 0.01  # Switch (Fedus et al. 2022, Sec. 2.2): alpha = 1e-2
+Z_LOSS_COEF = 0.001  # ST-MoE (Zoph et al. 2022, Sec. 3.1): c_z = 1e-3
+
+
+class MoESection(_Section):
+    """Mixture-of-experts training settings (``isoflop.train.moe``); the architecture (experts, top-k, router,
+    capacity factor) is in the model spec."""
+
+    aux_loss: float = Field(AUX_LOSS_COEF, ge=0, description="Switch load-balancing loss coefficient; 0 = off.")
+    z_loss: float = Field(Z_LOSS_COEF, ge=0, description="ST-MoE router z-loss coefficient; 0 = off.")
+    bias_rate: float = Field(
+        0.0, ge=0, description="DeepSeek-V3 aux-loss-free balancing: expert-bias step per update (1e-3); 0 = off."
+    )
+
+
 class PredictedSection(BaseModel):
     """What the planner predicted; copied into ``summary.json`` beside the measured values."""
 
@@ -189,6 +205,7 @@ class TrainConfig(_Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     parallel: ParallelSection = Field(default_factory=ParallelSection)
     sync: SyncSection = Field(default_factory=SyncSection)
+    moe: MoESection = Field(default_factory=MoESection)
     predicted: PredictedSection | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
@@ -350,6 +367,7 @@ def _explain(exc: ValidationError, origin: str) -> IsoflopError:
         "optim": OptimSection,
         "parallel": ParallelSection,
         "sync": SyncSection,
+        "moe": MoESection,
         "data": DataConfig,
     }
     parts = []

@@ -63,6 +63,7 @@ from isoflop.train.metrics import (
     peak_flops_per_process,
     relative_errors,
 )
+from isoflop.train.moe import check_expert_parallel, enable_expert_parallel, step_stats
 from isoflop.train.parallel.apply import ParallelModel, plan_layout, uses_model_parallelism
 from isoflop.train.precheck import check_memory
 from isoflop.train.schedule import lr_at
@@ -174,6 +175,9 @@ class _Run:
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
+        check_expert_parallel(cfg.model, cfg.parallel.ep, env.world)
+        if cfg.parallel.ep > 1 and cfg.sync.mode == "diloco":
+            raise IsoflopError("parallel.ep > 1 needs every step synchronised; drop sync.mode=diloco or set ep: 1")
         if uses_model_parallelism(cfg):
             if cfg.sync.mode == "diloco" or cfg.sync.comm_hook != "default":
                 raise IsoflopError(
@@ -208,6 +212,8 @@ class _Run:
                 model = Transformer(self.spec)
         else:
             model = build_model(self.spec, "cpu", seed=cfg.train.seed).to(env.device)
+        model.moe_coefs = (cfg.moe.aux_loss, cfg.moe.z_loss)
+        enable_expert_parallel(model, cfg.parallel.ep)
         if cfg.train.activation_checkpointing:
             apply_activation_checkpointing(model)
         if cfg.train.compile:
@@ -363,6 +369,7 @@ class _Run:
                 ceiling = self._loss_ceiling(recent)
                 loss, grad_norm = self._step(model, optimizer, sampler, ceiling)
                 elapsed = timer.stop()
+                moe = step_stats(model, cfg.moe.bias_rate)  # None for a dense model
                 ckpt.poll()
                 if not (math.isfinite(loss) and math.isfinite(grad_norm) and loss <= ceiling):
                     bad += 1
@@ -405,6 +412,9 @@ class _Run:
                     }
                     if state["val_history"] and state["val_history"][-1][0] == step:
                         row["val_loss"] = state["val_history"][-1][1]
+                    if moe is not None:
+                        row.update(moe.to_row())
+                        state["moe"] = moe.to_row()
                     if metrics is not None:
                         metrics.log(row)
                     window_tokens, window_time = 0, 0.0
@@ -490,6 +500,8 @@ class _Run:
             "hf_dir": str(hf_dir) if hf_dir else None,
             "comm": comm.to_dict(),
         }
+        if state.get("moe") is not None:
+            summary["moe"] = state["moe"]  # the last logged step's routing statistics
         if cfg.predicted is not None:
             predicted = cfg.predicted.model_dump(exclude_none=True)
             summary["predicted"] = predicted
@@ -687,7 +699,14 @@ class _Run:
         tmp = self.out / "hf.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
+        try:
+            export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
+        except IsoflopError as exc:
+            if not self.spec.is_moe:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._say(f"note: no Hugging Face export: {exc}")
+            return None
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

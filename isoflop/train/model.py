@@ -30,8 +30,8 @@ residual output projections of each block (``attn.out`` and ``mlp.down``) ~ N(0,
 construction, so a model built on the meta device, moved with ``to_empty`` and then initialised is
 the same as one built directly (same seed, same values).
 
-Mixture-of-experts specs are rejected with an ``IsoflopError`` (the accounting handles them; the
-trainer does not yet).
+Mixture-of-experts specs put an ``isoflop.train.moe.MoE`` at ``layers.{i}.mlp``; in training the forward
+with targets adds ``moe_coefs = (aux, z)`` times the layers' mean balancing and z losses to the cross-entropy.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
+from isoflop.train.config import AUX_LOSS_COEF, Z_LOSS_COEF
 from isoflop.train.kernels import RMSNormCPU, SwiGLUFn, eager_cpu_training, uses_math_attention
 from isoflop.train.loss import linear_cross_entropy
+from isoflop.train.moe import MoE, moe_layers, moe_loss
 
 INIT_STD = 0.02
 
@@ -150,7 +152,7 @@ class Block(nn.Module):
         self.attn_norm = _norm(spec)
         self.attn = Attention(spec)
         self.mlp_norm = _norm(spec)
-        self.mlp = MLP(spec)
+        self.mlp = MoE(spec) if spec.is_moe else MLP(spec)
 
     def forward(self, x: Tensor, rope: Tensor | None) -> Tensor:
         x = x + self.attn(self.attn_norm(x), rope)
@@ -163,12 +165,8 @@ class Transformer(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        if spec.is_moe:
-            raise IsoflopError(
-                f"MoE training is not supported yet; {spec.name} has n_experts={spec.n_experts}, "
-                "train a dense model (n_experts: 0) instead"
-            )
         self.spec = spec
+        self.moe_coefs = (AUX_LOSS_COEF, Z_LOSS_COEF)  # MoE balancing and z-loss coefficients (train config moe)
         self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
         self.pos_embed = nn.Embedding(spec.max_seq_len, spec.d_model) if spec.position == "learned" else None
         self.layers = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
@@ -194,10 +192,12 @@ class Transformer(nn.Module):
         residual_std = INIT_STD / math.sqrt(2 * self.spec.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                std = residual_std if name.endswith(("attn.out", "mlp.down")) else INIT_STD
+                std = residual_std if name.endswith(("attn.out", "mlp.down", "mlp.shared.down")) else INIT_STD
                 nn.init.normal_(module.weight, 0.0, std, generator=generator)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, MoE):
+                module.init_weights(INIT_STD, residual_std, generator)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, INIT_STD, generator=generator)
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
@@ -233,7 +233,12 @@ class Transformer(nn.Module):
         if targets is None:
             return F.linear(h, self.output_weight)
         # Softmax in float32 whatever the autocast dtype; fused and chunked on CPU (isoflop.train.loss).
-        return linear_cross_entropy(h.flatten(0, 1), self.output_weight, targets.reshape(-1))
+        loss = linear_cross_entropy(h.flatten(0, 1), self.output_weight, targets.reshape(-1))
+        if self.training and self.spec.is_moe:
+            extra = moe_loss(moe_layers(self), *self.moe_coefs)
+            if extra is not None:
+                loss = loss + extra
+        return loss
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:

@@ -38,8 +38,11 @@ def plan_layout(cfg: TrainConfig, world: int) -> tuple[MeshLayout, str, int, int
             "cp > 1 needs torch's context_parallel (ring attention over SDPA), which does not run on CPU/gloo "
             "here; set parallel.cp: 1"
         )
-    if p.ep > 1:
-        raise IsoflopError("ep > 1 needs a mixture-of-experts trainer, which isoflop does not have; set parallel.ep: 1")
+    if spec.is_moe:
+        raise IsoflopError(
+            "mixture-of-experts models train with data and expert parallelism (ddp/fsdp, parallel.ep) only; "
+            "set parallel.tp, pp and cp to 1"
+        )
     data = world // (p.tp * p.pp * p.cp) if world % (p.tp * p.pp * p.cp) == 0 else 1
     if p.strategy == "none" and data > 1:
         raise IsoflopError(f"parallel.strategy is none but the layout leaves dp={data}; use ddp, fsdp, hsdp or auto")
