@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from isoflop.errors import IsoflopError
-from isoflop.ladder.grid import GridPoint, LadderDesign, default_shape, family_spec, heldout_budget, point_for
+from isoflop.ladder.grid import GridPoint, LadderDesign, design_shape, family_spec, heldout_budget, point_for
 from isoflop.ladder.registry import RunRecord
 from isoflop.laws import bootstrap as B
 from isoflop.laws.fit import IsoflopMinimum, fit, fit_approach2, fit_loss_envelope, isoflop_minima
@@ -158,7 +158,7 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
 def plan_heldout(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPoint:
     """The held-out run: ``heldout_factor`` x the largest budget, at approach 2's N_opt for that compute (or,
     without approach 2, the family member with the lowest approach-3 loss at that compute)."""
-    shape = shape_fn or default_shape
+    shape = shape_fn or design_shape(design)
     c_h = heldout_budget(design)
     if fits.approach2 is not None:
         n_target = float(fits.approach2.optimal(c_h)[0])
