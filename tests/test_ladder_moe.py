@@ -13,7 +13,7 @@ from isoflop.ladder.presets import PRESETS, with_family
 from isoflop.spec import count_flops, count_params
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick"])
+@pytest.mark.parametrize("name", ["smoke", "tiny", "quick"])
 def test_moe_family_is_the_dense_grid_with_routed_experts_on_the_budgets(name: str) -> None:
     dense_design = PRESETS[name]
     moe_design = with_family(dense_design, "moe", 8, 2)
@@ -89,7 +89,7 @@ def test_tiny_moe_ladder_end_to_end(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("ISOFLOP_CACHE", str(tmp_path / "cache"))
     tiny = LadderDesign(
         name="tiny",
-        budgets=(5e8, 1e9, 2e9),
+        budgets=(2.5e8, 5e8, 1e9),
         seq_len=32,
         batch_seqs=8,
         eval_batches=2,
@@ -105,7 +105,7 @@ def test_tiny_moe_ladder_end_to_end(tmp_path, monkeypatch) -> None:
     assert analysis["design"]["n_experts"] == 4 and len(analysis["points"]) == 12
     held = summary["heldout"]
     assert held["run_id"] not in {p["run_id"] for p in analysis["points"]}  # never in the fit
-    assert math.isfinite(held["actual_loss"]) and held["flops"] > 2e9 * 1.9
+    assert math.isfinite(held["actual_loss"]) and held["flops"] > 1e9 * 1.9
     assert held["error_pct"] == pytest.approx(
         100 * (held["predicted_loss"] - held["actual_loss"]) / held["actual_loss"]
     )

@@ -80,7 +80,7 @@ def render_summary(summary: dict):
 @app.command()
 def ladder(
     preset: str = typer.Option(
-        "quick", "--preset", "-p", help="Ladder preset: smoke (machinery check), quick, medium or large."
+        "quick", "--preset", "-p", help="Ladder preset: smoke (machinery check), tiny, quick, medium or large."
     ),
     out: Path = typer.Option(Path("ladder"), "--out", "-o", help="Folder for the registry, runs, fits and report."),
     workers: int | None = typer.Option(None, "--workers", help="Runs at once (default: cores / threads)."),

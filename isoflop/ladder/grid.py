@@ -169,8 +169,8 @@ ShapeFn = Callable[[int, int, int, int], ModelSpec]
 
 def moe_member(dense: ModelSpec, n_experts: int, top_k: int) -> ModelSpec:
     """``dense`` with each MLP replaced by ``n_experts`` routed experts of width ``d_ff / top_k`` (rounded to a
-    multiple of 8, which keeps the grouped GEMM's rows 16-byte aligned), ``top_k`` of them per token."""
-    width = max(8, round(dense.d_ff / top_k / 8) * 8)
+    multiple of 4, which keeps the grouped GEMM's fp32 rows 16-byte aligned), ``top_k`` of them per token."""
+    width = max(4, round(dense.d_ff / top_k / 4) * 4)
     update = {"n_experts": n_experts, "top_k": top_k, "d_ff": width, "name": "ladder-moe"}
     return ModelSpec.model_validate({**dense.model_dump(), **update})
 

@@ -29,6 +29,20 @@ PRESETS: dict[str, LadderDesign] = {
         max_extensions=0,
         extra_data={"max_bytes": 3_000_000},
     ),
+    # The smoke budgets on a finer shape family (head_dim 8: 856 to 6,984 non-embedding parameters), so the
+    # expected optima (1.0k-2.2k at 20 tokens per parameter) fall inside the sizes: the smallest design with
+    # interior IsoFLOP minima, for comparisons on a loaded machine (benchmarks/moe_vs_dense.py).
+    "tiny": LadderDesign(
+        name="tiny",
+        budgets=(2e9, 4e9, 8e9),
+        sizes=4,
+        size_ratio=2.0,
+        dim_multiple=8,
+        eval_batches=8,
+        bootstrap=100,
+        max_extensions=0,
+        extra_data={"max_bytes": 3_000_000},
+    ),
     "quick": LadderDesign(name="quick", budgets=(8e10, 1.6e11, 3.2e11), sizes=4, size_ratio=2.0, tokens_per_param=40.0),
     "medium": LadderDesign(
         name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8, tokens_per_param=35.0
