@@ -29,16 +29,16 @@ PRESETS: dict[str, LadderDesign] = {
         max_extensions=0,
         extra_data={"max_bytes": 3_000_000},
     ),
-    # The smoke budgets on a finer shape family (head_dim 8: 856 to 6,984 non-embedding parameters), so the
-    # expected optima (1.0k-2.2k at 20 tokens per parameter) fall inside the sizes: the smallest design with
-    # interior IsoFLOP minima, for comparisons on a loaded machine (benchmarks/moe_vs_dense.py).
+    # The smoke budgets on a finer shape family (head_dim 8: 856 to 6,984 non-embedding parameters) with a
+    # 256-token batch (4x smoke's steps), for comparisons on a loaded machine (benchmarks/moe_vs_dense.py).
     "tiny": LadderDesign(
         name="tiny",
         budgets=(2e9, 4e9, 8e9),
         sizes=4,
         size_ratio=2.0,
+        batch_seqs=4,
         dim_multiple=8,
-        eval_batches=8,
+        eval_batches=16,
         bootstrap=100,
         max_extensions=0,
         extra_data={"max_bytes": 3_000_000},
