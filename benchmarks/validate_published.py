@@ -82,6 +82,7 @@ class Run:
     layout: Layout
     metric: str
     published: float
+    hardware: tuple[tuple[str, float], ...] = ()  # the run's published deviations from the catalogue GPU
 
     @property
     def name(self) -> str:
@@ -123,6 +124,7 @@ def runs() -> list[Run]:
                 layout=Layout(**knobs),
                 metric=row["metric"],
                 published=float(row["published"]),
+                hardware=tuple(sorted((row.get("hardware") or {}).items())),
             )
         )
     return out
@@ -135,8 +137,15 @@ def narayanan_flops(spec: ModelSpec, batch: int, seq: int) -> float:
 
 
 @cache
-def _gpu(name: str) -> GPU:
-    return get_gpu(name)
+def _gpu(name: str, hardware: tuple[tuple[str, float], ...] = ()) -> GPU:
+    """The catalogue GPU with the run's published deviations (``hardware``: ``hbm_gbps``, ``memory_gib``,
+    ``tdp_watts``, ``bf16_tflops``) applied."""
+    gpu = get_gpu(name)
+    changes: dict[str, Any] = dict(hardware)
+    if "bf16_tflops" in changes:
+        bf16 = changes.pop("bf16_tflops")
+        changes["peak_tflops"] = {**gpu.peak_tflops, "bf16": bf16, "fp16": bf16}
+    return gpu.model_copy(update=changes) if changes else gpu
 
 
 @cache
@@ -172,7 +181,7 @@ def _fixed(run: Run) -> tuple[LayoutArrays, float, float]:
 def predict(run: Run, params: dict[str, float] | None = None) -> float:
     """The run's metric as the model predicts it (``isoflop.perf.steptime.step_time``, as ``estimate`` does)."""
     la, model_flops, eq3_flops = _fixed(run)
-    gpu = _gpu(run.gpu)
+    gpu = _gpu(run.gpu, run.hardware)
     lay = run.layout
     seconds = float(
         step_time(run.spec, gpu, la, run.batch, run.seq, lay.dtype, lay.optimizer, constants_for(run, params))[

@@ -70,3 +70,52 @@ def test_export_with_tokenizer_loads_in_auto_tokenizer(tmp_path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert hf_tok.eos_token == EOT and hf_tok.eos_token_id == config["eos_token_id"] == eos
     assert hf_tok.model_max_length == spec.max_seq_len
+
+
+MOE = ModelSpec(d_model=64, n_layers=2, n_heads=8, n_kv_heads=2, d_ff=48, vocab_size=300, max_seq_len=32)
+
+
+@pytest.mark.parametrize(
+    ("changes", "hf_class"),
+    [
+        ({"router": "softmax"}, "MixtralForCausalLM"),
+        ({"router": "sigmoid"}, "Glm4MoeForCausalLM"),
+        ({"router": "sigmoid", "n_shared_experts": 2}, "Glm4MoeForCausalLM"),
+    ],
+    ids=["mixtral", "sigmoid-router", "sigmoid-router-shared-experts"],
+)
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # Glm4Moe's empty shared-expert MLP
+def test_moe_export_loads_in_transformers_with_same_logits(tmp_path, changes, hf_class) -> None:
+    """An MoE with a router far from uniform (and selection biases for the sigmoid router), so that the top-k
+    choice varies by token: Hugging Face's class routes every token to the same experts with the same weights."""
+    spec = MOE.replace(n_experts=4, top_k=2, **changes)
+    model = build_model(spec, seed=1).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in model.layers:
+            block.mlp.router.weight.normal_(0.0, 0.5, generator=generator)
+            if changes["router"] == "sigmoid":
+                block.mlp.expert_bias.normal_(0.0, 0.3, generator=generator)
+    out = export_hf(model, tmp_path / "hf")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
+    assert type(ref).__name__ == hf_class
+    idx = torch.randint(0, spec.vocab_size, (2, spec.max_seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(input_ids=idx).logits, rtol=1e-4, atol=1e-5)
+    if hf_class == "MixtralForCausalLM":  # the loader reads a Mixtral config.json back as the same spec
+        assert load_spec(out / "config.json").replace(name=spec.name) == spec
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_shared_experts": 1}, "cannot export the softmax router with n_shared_experts=1"),
+        ({"capacity_factor": 1.25}, "cannot export capacity_factor=1.25"),
+    ],
+)
+def test_moe_export_unsupported_combinations(changes, message) -> None:
+    from isoflop.train.export import hf_architecture
+
+    with pytest.raises(IsoflopError, match=message) as info:
+        hf_architecture(MOE.replace(n_experts=4, top_k=2, **changes))
+    assert "export supports the softmax router without shared experts (Mixtral)" in str(info.value)

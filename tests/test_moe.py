@@ -15,7 +15,7 @@ from isoflop.spec.accounting import count_flops, count_params
 from isoflop.spec.model import ModelSpec
 from isoflop.train import moe as moe_mod
 from isoflop.train.model import Transformer, build_model
-from isoflop.train.moe import MoE, step_stats
+from isoflop.train.moe import MoE, moe_loss, step_stats
 
 BASE = dict(d_model=64, n_layers=2, n_heads=4, d_ff=96, vocab_size=320, max_seq_len=64)
 
@@ -114,6 +114,7 @@ def test_capacity_drops_the_overflow_in_choice_order() -> None:
                 ref[t] += weights[t, j] * (ex.down[e] @ (torch.nn.functional.silu(gate) * up))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     dropped = sum(max(0, s - cap) for s in seen)
+    moe_loss([layer], 0.0, 0.0)
     stats = step_stats(layer)
     assert dropped > 0 and stats.dropped_fraction == pytest.approx(dropped / 80)
     big = _layer(spec.replace(capacity_factor=4.0))
@@ -153,6 +154,15 @@ def test_training_loss_adds_the_coefficients_and_bias_moves_against_load() -> No
     expected = 0.01 * torch.sign(load.mean(1, keepdim=True) - load)
     torch.testing.assert_close(torch.stack([b.mlp.expert_bias for b in model.layers]).double(), expected)
     assert stats.dropped_fraction == 0 and stats.aux_loss >= 1 - 1e-6
+
+
+def test_activation_checkpointing_counts_each_forward_once() -> None:
+    from isoflop.train.distributed import apply_activation_checkpointing
+
+    model = build_model(_spec(), seed=0)
+    apply_activation_checkpointing(model)
+    model(torch.randint(0, 320, (2, 32)), torch.randint(0, 320, (2, 32))).backward()
+    assert [sum(layer) for layer in step_stats(model).tokens_per_expert] == [2 * 32 * 2] * 2
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,10 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _flips(a: list[list[int]], b: list[list[int]]) -> int:
+    return sum(abs(x - y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True))
+
+
 @pytest.mark.parametrize(
     ("capacity", "strategy"), [(None, "ddp"), (1.0, "fsdp")], ids=["dropless-ddp", "capacity-fsdp"]
 )
@@ -39,36 +43,23 @@ def test_ep2_on_two_processes_equals_one_process(cache_dir, tmp_path, capacity, 
     cfg = write_config(tmp_path / "moe.yaml", _config(capacity_factor=capacity))
     ref = run_cli(["train", str(cfg), "--out", str(tmp_path / "one")], cache_dir)
     assert ref.returncode == 0, ref.stderr
-    for strategy in [strategy]:
-        out = tmp_path / strategy
-        args = [
-            "train",
-            str(cfg),
-            "--out",
-            str(out),
-            "--set",
-            "parallel.ep=2",
-            "--set",
-            f"parallel.strategy={strategy}",
-        ]
-        result = run_torchrun(2, args, cache_dir)
-        assert result.returncode == 0, result.stderr
-        assert summary(out)["world"] == 2
-        one, two = _rows(tmp_path / "one"), _rows(out)
-        assert len(one) == len(two) == 20
-        for a, b in zip(one, two, strict=True):
-            assert b["loss"] == pytest.approx(a["loss"], rel=REL)
-            assert b["moe_aux_loss"] == pytest.approx(a["moe_aux_loss"], rel=REL)
-            # An expert GEMM sums rows from both ranks at once, so the weights agree to rounding, and a token
-            # whose top-2 is a near tie may flip: allow one flipped assignment per layer and step.
-            flips = sum(
-                abs(x - y) for p, q in zip(a["moe_tokens_per_expert"], b["moe_tokens_per_expert"]) for x, y in zip(p, q)
-            )
-            assert flips <= 2 * len(a["moe_tokens_per_expert"])
-            assert b["moe_dropped_fraction"] == a["moe_dropped_fraction"]
-        assert summary(out)["val_loss"] == pytest.approx(summary(tmp_path / "one")["val_loss"], rel=REL)
-    if capacity is not None:
-        assert any(r["moe_dropped_fraction"] > 0 for r in one)
+    out = tmp_path / strategy
+    args = ["train", str(cfg), "--out", str(out), "--set", "parallel.ep=2", "--set", f"parallel.strategy={strategy}"]
+    result = run_torchrun(2, args, cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert summary(out)["world"] == 2 and summary(out)["strategy"] == strategy
+    one, two = _rows(tmp_path / "one"), _rows(out)
+    assert len(one) == len(two) == 20
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=REL)
+        assert b["moe_aux_loss"] == pytest.approx(a["moe_aux_loss"], rel=REL)
+        # An expert GEMM sums the rows of both ranks at once, so the weights agree to rounding and a token whose
+        # top-2 is a near tie may flip: at most one flipped assignment per layer and step.
+        flips = _flips(a["moe_tokens_per_expert"], b["moe_tokens_per_expert"])
+        assert flips <= 2 * len(a["moe_tokens_per_expert"])
+        assert b["moe_dropped_fraction"] == pytest.approx(a["moe_dropped_fraction"], abs=flips / 512)
+    assert summary(out)["val_loss"] == pytest.approx(summary(tmp_path / "one")["val_loss"], rel=REL)
+    assert (capacity is None) == all(r["moe_dropped_fraction"] == 0 for r in one)
 
 
 def test_ep_that_does_not_divide_is_one_line(cache_dir, tmp_path):

@@ -92,3 +92,12 @@ def test_rebalanced_last_stage_is_never_slower() -> None:
 def test_unknown_framework_names_the_known_ones() -> None:
     with pytest.raises(IsoflopError, match="unknown framework profile 'jax'; use one of deepspeed, fsdp"):
         load_constants("h100-sxm", "jax")
+
+
+@pytest.mark.parametrize("held_out", ["torchtitan", "llama3_2024"])
+def test_held_out_source_within_the_targets(runs, held_out) -> None:
+    """A cross-validated regression guard (error bounds, not timings): constants fitted without ``held_out``
+    predict its runs within the issue's targets (max |error| <= 20%, median <= 7%)."""
+    params = vp.fit([r for r in runs if r.source != held_out])
+    errors = [abs(vp.predict(r, params) / r.published - 1.0) for r in runs if r.source == held_out]
+    assert max(errors) <= 0.20 and statistics.median(errors) <= 0.07, errors

@@ -19,7 +19,7 @@ def test_search_equals_brute_force_over_estimate() -> None:
     fixed = dict(cp=1, interleave=1, offload=False, replicate=1)
     brute = []
     for tp, pp, zero, rc, sp, mb in itertools.product(
-        (1, 2, 4, 8), (1, 2, 4, 8), (0, 1, 2, 3), ("none", "selective", "full"), (False, True), (1, 2, 4, 8, 16)
+        (1, 2, 4, 8), (1, 2, 4, 8), (0, 1, 2, 3), ("none", "selective", "full", "op"), (False, True), (1, 2, 4, 8, 16)
     ):
         if n % (tp * pp):
             continue
@@ -88,3 +88,19 @@ def test_search_and_validate_agree_on_hsdp_and_uneven_stages() -> None:
         except IsoflopError:
             ok = False
         assert ((zero, replicate, pp, v) in found) == ok, (zero, replicate, pp, v)
+
+
+def test_layout_knobs_are_listed_once() -> None:
+    """``KNOBS`` is the ``Layout`` fields but dtype/optimizer, in order; the array form and its round trip follow
+    it, and an enumeration member and its string are one layout (equal and hashed alike)."""
+    from dataclasses import fields
+
+    from isoflop.perf.layout import KNOBS, RECOMPUTE, LayoutArrays, Recompute
+
+    assert tuple(f.name for f in fields(Layout) if f.name not in ("dtype", "optimizer")) == KNOBS
+    assert tuple(f.name for f in fields(LayoutArrays)) == KNOBS
+    assert RECOMPUTE == ("none", "selective", "full", "op")
+    layouts = [Layout(tp=2, pp=2, dp=2, recompute=r, sequence_parallel=True, micro_batch=4) for r in Recompute]
+    la = LayoutArrays.from_layouts(layouts)
+    assert [la.layout(i, "bf16", "adamw") for i in range(len(la))] == layouts
+    assert {Layout(recompute=Recompute.OP): 1}[Layout(recompute="op")] == 1

@@ -12,6 +12,7 @@ from rich.table import Table
 from isoflop import env, structured
 from isoflop.cli.app import app
 from isoflop.cli.output import JSON_OPTION, emit
+from isoflop.errors import IsoflopError
 
 LAUNCHED_ENV = env.TRAIN_LAUNCHED
 
@@ -62,6 +63,14 @@ def _render(summary: dict):
             ("wall s", fmt(summary["wall_s"], ".1f")),
             ("export", summary.get("hf_dir") or "n/a"),
         ]
+        moe = summary.get("moe")
+        if moe:  # the last logged step's routing (isoflop.train.moe.MoEStepStats)
+            worst = max(max(layer) * len(layer) / max(1, sum(layer)) for layer in moe["moe_tokens_per_expert"])
+            rows += [
+                ("MoE aux / z loss", f"{fmt(moe['moe_aux_loss'])} / {fmt(moe['moe_z_loss'])}"),
+                ("MoE dropped assignments", fmt(moe["moe_dropped_fraction"], ".2%")),
+                ("MoE busiest expert / mean load", fmt(worst, ".2f")),
+            ]
         for key, pred in (summary.get("predicted") or {}).items():
             meas = (summary.get("measured") or {}).get(key)
             if isinstance(pred, (int, float)):
@@ -96,6 +105,12 @@ def train(
     inner_steps: int | None = typer.Option(None, "--inner-steps", help="DiLoCo H: inner steps per outer step."),
     outer_lr: float | None = typer.Option(None, "--outer-lr", help="DiLoCo outer learning rate."),
     outer_momentum: float | None = typer.Option(None, "--outer-momentum", help="DiLoCo outer Nesterov momentum."),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="Start from this run folder's config and newest checkpoint (fresh optimizer)."
+    ),
+    upcycle: str | None = typer.Option(
+        None, "--upcycle", help="With --init-from: turn the dense run into EXPERTS,TOPK experts (sparse upcycling)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a decoder-only transformer: one process, or several through torchrun (DDP / FSDP2).
@@ -106,6 +121,15 @@ def train(
     lowcomm = {"mode": sync, "inner_steps": inner_steps, "outer_lr": outer_lr, "outer_momentum": outer_momentum}
     sets = list(sets) + [f"sync.{key}={value}" for key, value in lowcomm.items() if value is not None]
     overrides = _overrides(max_steps, ckpt_every, seed, sets, micro_batch)
+    if init_from is not None:
+        from isoflop.train.upcycle import init_overrides
+
+        if config or preset:
+            raise IsoflopError("--init-from takes its config from the run folder; drop CONFIG/--preset, use --set")
+        run_config, items = init_overrides(init_from, upcycle)
+        config, overrides = str(run_config), items + overrides
+    elif upcycle is not None:
+        raise IsoflopError("--upcycle needs the dense run to start from; add --init-from RUN")
     cfg = load_train_config(config, preset or (None if config else "tiny"), overrides)
     from isoflop.train.parallel.apply import plan_layout, uses_model_parallelism
 

@@ -17,6 +17,7 @@ from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants, load_constants
 from isoflop.perf.layout import RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
 from isoflop.perf.memory import GIB, MEMORY_KEYS, memory_bytes
+from isoflop.perf.sac import recomputed_flops_per_token
 from isoflop.perf.steptime import STEP_KEYS, step_time
 from isoflop.spec.accounting import FlopCount, count_flops, recompute_flops_per_token
 from isoflop.spec.model import ModelSpec
@@ -82,11 +83,11 @@ class Estimate:
         }
 
 
-def _recompute_flops(flops: FlopCount, policy: str) -> float:
-    """Recomputed FLOPs per token; ``op`` (torchtitan's op-level SAC) redoes every other matmul but not the
-    attention core."""
+def _recompute_flops(spec: ModelSpec, flops: FlopCount, policy: str) -> float:
+    """Recomputed FLOPs per token; ``op`` (torchtitan's op-level SAC) redoes the even matmuls of each block
+    (``isoflop.perf.sac``), not the attention core."""
     if policy == "op":
-        return 0.5 * (flops.forward - flops.logits - flops.attention_scores)
+        return recomputed_flops_per_token(spec)
     return recompute_flops_per_token(flops, policy)  # type: ignore[arg-type]
 
 
@@ -107,7 +108,7 @@ def evaluate(
     flops = count_flops(spec, seq_len)
     tokens = global_batch * seq_len
     model_flops = tokens * flops.training
-    extra = np.array([_recompute_flops(flops, p) for p in RECOMPUTE])[la.recompute] * tokens
+    extra = np.array([_recompute_flops(spec, flops, p) for p in RECOMPUTE])[la.recompute] * tokens
     step = times["step_time_s"]
     peak = gpu.peak_flops(peak_dtype(dtype)) * n_gpus
     out = {k: v / GIB for k, v in mem.items()}

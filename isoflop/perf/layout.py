@@ -8,6 +8,7 @@ parallelism is carved out of the data x context group (Megatron-Core MoE), so ``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
@@ -34,23 +35,40 @@ def check_counts(**values: int | None) -> None:
             raise IsoflopError(f"{flag} {value:.3g} is beyond any real run; use at most {limit:,}")
 
 
-RECOMPUTE = ("none", "selective", "full", "op")
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "amp")
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "adam8bit")
-KNOBS = (
-    "tp",
-    "pp",
-    "dp",
-    "cp",
-    "ep",
-    "zero",
-    "recompute",
-    "sequence_parallel",
-    "micro_batch",
-    "interleave",
-    "offload",
-    "replicate",
-)
+class _Choice(StrEnum):
+    """A string enumeration that hashes as its value, so ``Layout(recompute="op")`` and
+    ``Layout(recompute=Recompute.OP)`` are one dictionary key."""
+
+    __hash__ = str.__hash__
+
+
+class Recompute(_Choice):
+    """Activation recomputation policies; the order is the integer code of ``LayoutArrays.recompute``."""
+
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+    OP = "op"
+
+
+class Precision(_Choice):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    AMP = "amp"
+
+
+class Optimizer(_Choice):
+    ADAMW = "adamw"
+    SGD = "sgd"
+    ADAFACTOR = "adafactor"
+    ADAM8BIT = "adam8bit"
+
+
+RECOMPUTE: tuple[str, ...] = tuple(r.value for r in Recompute)
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
+OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in Optimizer)
 
 
 @dataclass(frozen=True)
@@ -77,17 +95,18 @@ class Layout:
     cp: int = 1
     ep: int = 1
     zero: Literal[0, 1, 2, 3] = 0
-    recompute: Literal["none", "selective", "full", "op"] = "none"
+    recompute: Recompute = Recompute.NONE
     sequence_parallel: bool = False
     micro_batch: int = 1
     interleave: int = 1
     offload: bool = False
-    dtype: Literal["fp32", "bf16", "fp16", "fp8", "amp"] = "bf16"
-    optimizer: Literal["adamw", "sgd", "adafactor", "adam8bit"] = "adamw"
+    dtype: Precision = Precision.BF16
+    optimizer: Optimizer = Optimizer.ADAMW
     replicate: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The knobs as plain values (enumeration members as their strings, for JSON and YAML)."""
+        return {k: v.value if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
 
     def replace(self, **changes: Any) -> Layout:
         return Layout(**{**asdict(self), **changes})
@@ -95,6 +114,12 @@ class Layout:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+# The layout knobs the model evaluates as arrays: every ``Layout`` field but the step-wide dtype and optimizer
+# (listed once, here; ``LayoutArrays`` and the search's candidate columns follow this order).
+KNOBS: tuple[str, ...] = tuple(f.name for f in fields(Layout) if f.name not in ("dtype", "optimizer"))
+_FLAGS = ("sequence_parallel", "offload")
 
 
 def peak_dtype(dtype: str) -> str:
@@ -143,6 +168,35 @@ def hsdp_ok(replicate, zero, dpc):
     return (replicate == 1) | ((zero == 3) & (dpc % replicate == 0))
 
 
+# The layout rules, each for scalars or arrays: ``validate`` raises on the first one a layout breaks, and the
+# search's vectorised candidate filter (``isoflop.perf.search.candidates``) keeps the layouts that pass them all.
+
+
+def tp_ok(tp, n_heads: int, n_kv_heads: int):
+    """Tensor parallelism splits the query heads, and splits or replicates the KV heads."""
+    return (n_heads % tp == 0) & ((n_kv_heads % tp == 0) | (tp % n_kv_heads == 0))
+
+
+def interleave_ok(interleave, pp, n_layers: int):
+    """Interleaving needs a pipeline and must divide the fullest stage's ``ceil(n_layers / pp)`` layers."""
+    return (interleave == 1) | ((pp > 1) & (stage_layers(n_layers, pp) % interleave == 0))
+
+
+def ep_ok(ep, dpc, n_experts: int):
+    """Expert parallelism divides the experts and the data x context group (``dpc``); dense models use 1."""
+    return (ep == 1) | ((n_experts > 0) & (n_experts % ep == 0) & (dpc % ep == 0))
+
+
+def sp_ok(sequence_parallel, tp):
+    """Sequence parallelism shards along the tensor-parallel group, so it needs ``tp > 1``."""
+    return ~np.asarray(sequence_parallel, dtype=bool) | (tp > 1)
+
+
+def batch_ok(global_batch: int, dp, micro_batch):
+    """The global batch splits into whole microbatches on every data-parallel rank."""
+    return global_batch % (dp * micro_batch) == 0
+
+
 def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, seq_len: int) -> None:
     """Raise ``IsoflopError`` naming the first violated constraint of ``layout``."""
     lay = layout
@@ -166,14 +220,14 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
         )
     if spec.n_heads % lay.tp:
         raise IsoflopError(f"tp={lay.tp} does not divide n_heads={spec.n_heads}; use a divisor of the head count")
-    if spec.n_kv_heads % lay.tp and lay.tp % spec.n_kv_heads:
+    if not tp_ok(lay.tp, spec.n_heads, spec.n_kv_heads):
         raise IsoflopError(
             f"tp={lay.tp} and n_kv_heads={spec.n_kv_heads} must divide one another (KV heads are split or replicated)"
         )
     if lay.pp > spec.n_layers:
         raise IsoflopError(f"pp={lay.pp} exceeds n_layers={spec.n_layers}; use at most one pipeline stage per layer")
     per_stage = int(stage_layers(spec.n_layers, lay.pp))
-    if lay.interleave > 1 and (lay.pp == 1 or per_stage % lay.interleave):
+    if not interleave_ok(lay.interleave, lay.pp, spec.n_layers):
         raise IsoflopError(
             f"interleave={lay.interleave} does not divide the {per_stage} layers per pipeline stage "
             f"(n_layers={spec.n_layers}, pp={lay.pp}); use pp > 1 and an interleave that divides {per_stage}"
@@ -183,13 +237,13 @@ def validate(layout: Layout, spec: ModelSpec, n_gpus: int, global_batch: int, se
     if lay.ep > 1:
         if not spec.is_moe:
             raise IsoflopError(f"ep={lay.ep} needs a mixture-of-experts model; use ep=1 for dense models")
-        if spec.n_experts % lay.ep or (lay.dp * lay.cp) % lay.ep:
+        if not ep_ok(lay.ep, lay.dp * lay.cp, spec.n_experts):
             raise IsoflopError(f"ep={lay.ep} must divide n_experts={spec.n_experts} and dp*cp={lay.dp * lay.cp}")
-    if lay.sequence_parallel and lay.tp == 1:
+    if not sp_ok(lay.sequence_parallel, lay.tp):
         raise IsoflopError("sequence parallel needs tp > 1; drop --sequence-parallel or raise --tp")
     if not hsdp_ok(lay.replicate, lay.zero, lay.dp * lay.cp):
         raise IsoflopError(f"replicate={lay.replicate} (HSDP) needs zero=3 and must divide dp*cp={lay.dp * lay.cp}")
-    if global_batch % (lay.dp * lay.micro_batch):
+    if not batch_ok(global_batch, lay.dp, lay.micro_batch):
         raise IsoflopError(
             f"global batch {global_batch} is not divisible by dp*micro_batch = {lay.dp}*{lay.micro_batch}; "
             "choose a global batch that is a multiple of it"
@@ -223,24 +277,12 @@ class LayoutArrays:
             values = [getattr(lay, name) for lay in layouts]
             if name == "recompute":
                 values = [RECOMPUTE.index(v) for v in values]
-            dtype = bool if name in ("sequence_parallel", "offload") else np.int64
+            dtype = bool if name in _FLAGS else np.int64
             cols[name] = np.asarray(values, dtype=dtype)
         return cls(**cols)
 
     def layout(self, i: int, dtype: str, optimizer: str) -> Layout:
-        return Layout(
-            tp=int(self.tp[i]),
-            pp=int(self.pp[i]),
-            dp=int(self.dp[i]),
-            cp=int(self.cp[i]),
-            ep=int(self.ep[i]),
-            zero=int(self.zero[i]),
-            recompute=RECOMPUTE[int(self.recompute[i])],  # type: ignore[arg-type]
-            sequence_parallel=bool(self.sequence_parallel[i]),
-            micro_batch=int(self.micro_batch[i]),
-            interleave=int(self.interleave[i]),
-            offload=bool(self.offload[i]),
-            dtype=dtype,  # type: ignore[arg-type]
-            optimizer=optimizer,
-            replicate=int(self.replicate[i]),  # type: ignore[arg-type]
-        )
+        knobs: dict[str, Any] = {k: getattr(self, k)[i] for k in KNOBS}
+        knobs = {k: bool(v) if k in _FLAGS else int(v) for k, v in knobs.items()}
+        knobs["recompute"] = RECOMPUTE[knobs["recompute"]]
+        return Layout(**knobs, dtype=dtype, optimizer=optimizer)  # type: ignore[arg-type]

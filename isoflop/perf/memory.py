@@ -31,6 +31,7 @@ from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
 from isoflop.perf.layout import LayoutArrays, stage_layers
 from isoflop.perf.optimizer_state import ADAM8BIT_BLOCK, optimizer_state_bytes, param_shapes
+from isoflop.perf.sac import saved_and_recomputed
 from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
 from isoflop.spec.model import ModelSpec
 
@@ -142,9 +143,14 @@ def layer_activation_bytes(
     none = tokens * (replicated + attn_in + core_out + proj_in + mlp)
     selective = none - tokens * core_out
     full = tokens * h * resid / rep_div
-    # op-level SAC (torchtitan): the layer input, the attention output and every other matmul output are
-    # saved; norms, RoPE and the activation function are recomputed
-    op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
+    # op-level SAC (torchtitan, isoflop.perf.sac): the layer input, the attention output and the odd matmuls'
+    # outputs are saved; the rest (norms, RoPE, the activation function, the even matmuls) is recomputed
+    if spec.is_moe:
+        op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
+    else:
+        width = {"h": h, "q": q / tp, "kv": kv_local, "f": spec.d_ff / tp}
+        attention = (q / tp) * act + (spec.n_heads / tp) * 4.0  # the attention kernel's output + fp32 log-sum-exp
+        op = full + tokens * (attention + act * sum(width[out] for out, _ in saved_and_recomputed(spec)[0]))
     return {"none": none, "selective": selective, "full": full, "op": op}
 
 
@@ -203,6 +209,10 @@ def memory_bytes(
     copies_last = keep * (matmul_layers + head_w)
     unsharded_layer = sp.layer_dense + sp.layer_expert
     fsdp = const.fsdp_prefetch_layers * unsharded_layer * prec.weight + unsharded_layer * prec.grad
+    # FSDP keeps the root unit (embedding, final norm, head) unsharded from its forward to its backward
+    # (FSDP1 _post_forward_reshard and FSDP2 fully_shard _lazy_init skip the root's reshard after forward)
+    root = sp.dense_first - layers * sp.layer_dense - layers * sp.layer_expert
+    fsdp = fsdp + np.where(la.pp == 1, root * prec.weight, 0.0)
     ddp = np.where(la.dp * la.cp > 1, 2 * const.ddp_bucket_mib * 2**20, 0.0)
     p2p = np.where(la.pp > 1, 2 * tokens * spec.d_model * prec.act, 0.0)
     comm = np.where(zero >= 3, fsdp, ddp) + p2p

@@ -24,9 +24,13 @@ from isoflop.perf.layout import (
     RECOMPUTE,
     Layout,
     LayoutArrays,
+    batch_ok,
+    ep_ok,
     hsdp_ok,
+    interleave_ok,
     peak_dtype,
-    stage_layers,
+    sp_ok,
+    tp_ok,
     validate,
 )
 from isoflop.spec.model import ModelSpec
@@ -42,18 +46,12 @@ def _divisors(n: int) -> list[int]:
 def _choices(spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int) -> dict[str, list[Any]]:
     gpu_divs = _divisors(n_gpus)
     return {
-        "tp": [
-            t
-            for t in gpu_divs
-            if t <= gpu.gpus_per_node
-            and spec.n_heads % t == 0
-            and (spec.n_kv_heads % t == 0 or t % spec.n_kv_heads == 0)
-        ],
+        "tp": [t for t in gpu_divs if t <= gpu.gpus_per_node and tp_ok(t, spec.n_heads, spec.n_kv_heads)],
         "pp": [p for p in gpu_divs if p <= spec.n_layers],
         "cp": [c for c in gpu_divs if seq_len % c == 0 and (c == 1 or seq_len // c >= 512)],
         "ep": [e for e in gpu_divs if spec.n_experts % e == 0] if spec.is_moe else [1],
         "zero": [0, 1, 2, 3],
-        "recompute": [0, 1, 2],
+        "recompute": list(range(len(RECOMPUTE))),  # every policy, torchtitan's op-level SAC included
         "sequence_parallel": [False, True],
         "micro_batch": [b for b in _divisors(global_batch) if b <= MAX_MICRO_BATCH],
         "interleave": list(INTERLEAVES),
@@ -93,8 +91,8 @@ def candidates(
         ok &= dp == fix["dp"]
     ok &= dp >= 1
     dpc = dp * base["cp"]
-    ok &= global_batch % np.maximum(dp * base["micro_batch"], 1) == 0
-    ok &= (dpc % base["ep"] == 0) & ((spec.n_experts % base["ep"] == 0) if spec.is_moe else (base["ep"] == 1))
+    ok &= batch_ok(global_batch, np.maximum(dp, 1), base["micro_batch"])
+    ok &= ep_ok(base["ep"], dpc, spec.n_experts if spec.is_moe else 0)
     ok &= hsdp_ok(base["replicate"], 3, dpc)  # the rule with the most permissive ZeRO stage; stage 2 applies it
     keep = np.nonzero(ok)[0]
     base = {k: v[keep] for k, v in base.items()}
@@ -107,9 +105,8 @@ def candidates(
     cols = {k: np.repeat(v, n_flags) for k, v in base.items()}
     cols.update({k: np.tile(v, n_base) for k, v in flags.items()})
     dpc = cols["dp"] * cols["cp"]
-    ok = ~(cols["sequence_parallel"] & (cols["tp"] == 1))
-    per_stage = stage_layers(spec.n_layers, cols["pp"])
-    ok &= (cols["interleave"] == 1) | ((cols["pp"] > 1) & (per_stage % cols["interleave"] == 0))
+    ok = sp_ok(cols["sequence_parallel"], cols["tp"])
+    ok &= interleave_ok(cols["interleave"], cols["pp"], spec.n_layers)
     ok &= hsdp_ok(cols["replicate"], cols["zero"], dpc)
     ok &= ~((cols["zero"] >= 1) & (dpc == 1) & ("zero" not in fix))  # sharding over one replica is a no-op
     ok &= ~(cols["offload"] & (cols["zero"] == 0) & ("offload" not in fix))

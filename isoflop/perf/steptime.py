@@ -29,13 +29,16 @@ Model (all times per GPU; the slowest pipeline stage, i.e. the one holding the l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
 from isoflop.perf.layout import LayoutArrays, peak_dtype
-from isoflop.perf.memory import precision, stage_params
+from isoflop.perf.memory import Precision, precision, stage_params
 from isoflop.perf.moe import exposed_expert_comm_s
+from isoflop.perf.sac import saved_and_recomputed
 from isoflop.spec.model import ModelSpec
 
 STEP_KEYS = (
@@ -111,6 +114,15 @@ def _collective(nbytes, group, local, factor: float, gpu: GPU, c: PerfConstants)
     return np.where(group > 1, factor * (t_intra + t_inter), 0.0)
 
 
+def _op_sac_gemms(spec: ModelSpec, T, tp, kv_local, g_fwd, gemm) -> np.ndarray:
+    """Seconds of the matmuls torchtitan's op-level SAC recomputes (``isoflop.perf.sac``: the even matmuls of
+    each block; half the block's matmuls for MoE)."""
+    if spec.is_moe:
+        return 0.5 * g_fwd
+    width = {"h": float(spec.d_model), "q": spec.q_dim / tp, "kv": kv_local, "f": spec.d_ff / tp}
+    return sum(gemm(T, width[out], width[inp]) for out, inp in saved_and_recomputed(spec)[1])
+
+
 def _slowest_stage(n_layers: int, pp: np.ndarray, layer_t, head_t, rebalance: float) -> tuple[np.ndarray, np.ndarray]:
     """Layers on the slowest pipeline stage and whether it holds the head (1.0) or not (0.0).
 
@@ -139,6 +151,155 @@ def _slowest_stage(n_layers: int, pp: np.ndarray, layer_t, head_t, rebalance: fl
     return best_layers, best_head
 
 
+# Structural numbers of a transformer step (not tunable; the tunable ones are in constants.yaml):
+FWD_BWD_GEMMS = 3.0  # forward + backward GEMM work per forward GEMM: backward = 2 GEMMs (Kaplan et al. 2020, 2.1)
+BWD_GEMMS = 2.0  # of them the backward's (what DP gradient reduction can hide behind: 2/3 of a microbatch)
+TP_COLLECTIVES = 4.0  # per layer: 2 all-reduces forward + 2 backward (Shoeybi et al. 2019, Fig. 4)
+TP_COLLECTIVES_FULL_RECOMPUTE = 2.0  # the recomputed forward repeats its 2 (Korthikanti et al. 2022, Sec. 5)
+CP_KV_PASSES = 3.0  # ring attention sends K/V once forward and K/V + their gradients backward (Liu et al. 2023)
+PP_SENDS = 2.0  # per microbatch and virtual stage: activation forward, gradient backward (Narayanan et al. 2021)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What every term of one ``step_time`` call shares: the workload, rates, and per-layout arrays."""
+
+    spec: ModelSpec
+    gpu: GPU
+    la: LayoutArrays
+    c: PerfConstants
+    prec: Precision
+    seq_len: int
+    peak: float
+    attn_peak: float
+    tp: np.ndarray
+    pp: np.ndarray
+    cp: np.ndarray
+    dp: np.ndarray
+    ep: np.ndarray
+    v: np.ndarray
+    m: np.ndarray
+    T: np.ndarray  # tokens per GPU per microbatch
+    kv_local: np.ndarray
+    rep_div: np.ndarray  # sequence parallelism divides the replicated activations by tp
+    hbm: float  # achievable HBM bandwidth, bytes/s
+
+    def gemm(self, M, N, K, n=1.0) -> np.ndarray:
+        return _gemm(M, N, K, n, self.peak, self.prec.act, self.gpu, self.c)
+
+
+def _layer_gemms(s: _Step) -> np.ndarray:
+    """Forward seconds of one layer's GEMMs for one microbatch (QKV, output projection, MLP or experts)."""
+    spec, tp, T, h, q, f = s.spec, s.tp, s.T, s.spec.d_model, s.spec.q_dim, s.spec.d_ff
+    mats = 2.0 if spec.gated else 1.0
+    g_fwd = s.gemm(T, q / tp + 2 * s.kv_local, h) + s.gemm(T, h, q / tp)
+    if spec.is_moe:
+        local_experts = spec.n_experts / s.ep
+        Te = T * s.ep * spec.top_k / spec.n_experts
+        g_fwd = g_fwd + s.gemm(Te, mats * f / tp, h, local_experts) + s.gemm(Te, h, f / tp, local_experts)
+        g_fwd = g_fwd + s.gemm(T, spec.n_experts, h)
+        if spec.n_shared_experts:
+            n = spec.n_shared_experts
+            g_fwd = g_fwd + s.gemm(T, mats * f / tp, h, n) + s.gemm(T, h, f / tp, n)
+        return g_fwd
+    return g_fwd + s.gemm(T, mats * f / tp, h) + s.gemm(T, h, f / tp)
+
+
+def _layer_memory_bound(s: _Step) -> np.ndarray:
+    """Forward seconds of one layer's memory-bound kernels for one microbatch: elements read + written by the
+    fused norms and residual adds (10 h), RoPE (2 (q + kv)) and the activation function (3 f gated, 2 f),
+    times ``elementwise_passes``."""
+    spec, tp = s.spec, s.tp
+    h, q, f = spec.d_model, spec.q_dim, spec.d_ff
+    elems = (
+        10.0 * h / s.rep_div
+        + 2.0 * (q / tp + s.kv_local)
+        + (3.0 if spec.gated else 2.0) * f / tp * ((spec.top_k + spec.n_shared_experts) if spec.is_moe else 1.0)
+    )
+    if spec.is_moe:
+        elems = elems + 4.0 * spec.top_k * h
+    return s.T * elems * s.prec.act * s.c.elementwise_passes / s.hbm
+
+
+def _layer_comm(s: _Step, g_fwd, a_fwd, a_bwd, mb_fwd) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exposed seconds of one layer's tensor-, context- and expert-parallel communication, one microbatch."""
+    spec, gpu, c, la, G = s.spec, s.gpu, s.c, s.la, s.gpu.gpus_per_node
+    tp, cp, T, h, act = s.tp, s.cp, s.T, spec.d_model, s.prec.act
+    n_tp = TP_COLLECTIVES + np.where(la.recompute == 2, TP_COLLECTIVES_FULL_RECOMPUTE, 0.0)
+    comm_tp = n_tp * _collective(T * h * act, tp, np.minimum(tp, G), 2.0, gpu, c) * (1.0 - c.tp_overlap)
+    cp_bytes = T * 2 * s.kv_local * act * (cp - 1)
+    cp_link = (
+        np.where(tp * cp <= G, gpu.intra_node_gbps * c.intra_node_eff, gpu.inter_node_gbps * c.inter_node_eff) * 1e9
+    )
+    cp_time = np.where(cp > 1, CP_KV_PASSES * cp_bytes / cp_link, 0.0)
+    comm_cp = np.maximum(0.0, cp_time - c.cp_overlap * (a_fwd + a_bwd))
+    if spec.is_moe:
+        ep_local = np.clip(G // la.tp, 1, la.ep)
+        layer_compute = (FWD_BWD_GEMMS * g_fwd + a_fwd + a_bwd + FWD_BWD_GEMMS * mb_fwd) / c.framework_eff
+        comm_ep = exposed_expert_comm_s(T * spec.top_k * h * act, s.ep, ep_local, layer_compute, gpu, c)
+    else:
+        comm_ep = np.zeros_like(tp)
+    return comm_tp, comm_cp, comm_ep
+
+
+def _recompute(s: _Step, g_fwd, a_fwd, mb_fwd) -> np.ndarray:
+    """Seconds one layer spends recomputing in the backward: ``full`` its forward, ``selective`` the attention
+    core (Korthikanti et al. 2022, Sec. 5), ``op`` torchtitan's even matmuls and the elementwise ops."""
+    op = _op_sac_gemms(s.spec, s.T, s.tp, s.kv_local, g_fwd, s.gemm) + mb_fwd
+    rc = s.la.recompute
+    return np.select([rc == 2, rc == 1, rc == 3], [g_fwd + a_fwd + mb_fwd, a_fwd, op], 0.0)
+
+
+def _head(s: _Step) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of the output head's GEMMs (forward + 2 backward) and of the loss's memory traffic."""
+    vocab = s.spec.vocab_size / s.tp
+    return s.gemm(s.T, vocab, s.spec.d_model, FWD_BWD_GEMMS), s.T * vocab * s.c.loss_bytes_per_logit / s.hbm
+
+
+def _p2p(s: _Step) -> np.ndarray:
+    """Exposed seconds of one microbatch's pipeline sends (activations forward, gradients backward)."""
+    gpu, c = s.gpu, s.c
+    inter = s.tp * s.cp * s.dp >= gpu.gpus_per_node
+    link = np.where(inter, gpu.inter_node_gbps * c.inter_node_eff, gpu.intra_node_gbps * c.intra_node_eff) * 1e9
+    sends = PP_SENDS * s.v * s.T * s.spec.d_model * s.prec.act / s.rep_div / link
+    return np.where(s.la.pp > 1, sends, 0.0) * (1.0 - c.pp_overlap)
+
+
+def _data_parallel(s: _Step, params, t_mb) -> np.ndarray:
+    """Exposed seconds of the data-parallel traffic: DDP all-reduce or ZeRO-1/2 reduce-scatter + all-gather
+    behind the last microbatch's backward; ZeRO-3/FSDP gathers and reduce-scatters every microbatch, and HSDP
+    all-reduces the shards across replicas."""
+    la, gpu, c, prec = s.la, s.gpu, s.c, s.prec
+    group = s.dp * s.cp
+    dp_local = np.clip(gpu.gpus_per_node // (la.tp * la.cp), 1, la.dp * la.cp)
+    shard_group = group / la.replicate
+    ar = _collective(params * prec.grad, group, dp_local, 2.0, gpu, c)
+    rs_ag = _collective(params * prec.grad, group, dp_local, 1.0, gpu, c) + _collective(
+        params * prec.weight, group, dp_local, 1.0, gpu, c
+    )
+    fsdp_mb = 2.0 * _collective(params * prec.weight, shard_group, dp_local, 1.0, gpu, c) + _collective(
+        params * prec.grad, shard_group, dp_local, 1.0, gpu, c
+    )
+    hsdp = _collective(params * prec.grad / shard_group, la.replicate, 1.0, 2.0, gpu, c)
+    bwd_mb = t_mb * BWD_GEMMS / FWD_BWD_GEMMS
+    return np.select(
+        [la.zero == 0, la.zero <= 2],
+        [np.maximum(0.0, ar - c.dp_overlap * bwd_mb), np.maximum(0.0, rs_ag - c.dp_overlap * bwd_mb)],
+        s.m * np.maximum(0.0, fsdp_mb - c.fsdp_overlap * t_mb) + hsdp,
+    )
+
+
+def _optimizer(s: _Step, params) -> np.ndarray:
+    """Seconds of the optimizer step on this GPU's share of the states (HBM-bound), or on the CPU when
+    offloaded (ZeRO-Offload, Ren et al. 2021: CPU Adam plus the PCIe round trip)."""
+    la, c, prec = s.la, s.c, s.prec
+    group = s.dp * s.cp
+    opt_params = params / np.where(la.zero >= 1, group / np.where(la.zero >= 3, la.replicate, 1.0), 1.0)
+    on_gpu = opt_params * prec.optimizer_rw / s.hbm
+    offloaded = opt_params / c.cpu_adam_params_per_s + opt_params * (prec.grad + prec.weight) / (c.pcie_gbps * 1e9)
+    return np.where(la.offload, offloaded, on_gpu)
+
+
 def step_time(
     spec: ModelSpec,
     gpu: GPU,
@@ -150,117 +311,57 @@ def step_time(
     c: PerfConstants,
 ) -> dict[str, np.ndarray]:
     """Seconds per optimizer step, as an additive breakdown (``STEP_KEYS``) plus ``step_time_s``."""
-    prec = precision(spec, dtype, optimizer, c)
-    act = prec.act
     peak = gpu.peak_flops(peak_dtype(dtype))
-    attn_peak = gpu.peak_flops("bf16") if dtype == "fp8" else peak
-    G = gpu.gpus_per_node
     tp, pp, cp, dp, ep = (x.astype(float) for x in (la.tp, la.pp, la.cp, la.dp, la.ep))
-    v = la.interleave.astype(float)
-    m = (global_batch // (la.dp * la.micro_batch)).astype(float)
-    T = la.micro_batch * seq_len / cp  # tokens per GPU per microbatch
-    h, q, f = spec.d_model, spec.q_dim, spec.d_ff
-    kv_local = np.maximum(spec.n_kv_heads / tp, 1.0) * spec.head_dim
-
-    # --- one layer, one microbatch, forward ------------------------------------------------------------
-    gemm = lambda M, N, K, n=1.0: _gemm(M, N, K, n, peak, act, gpu, c)  # noqa: E731
-    mats = 2.0 if spec.gated else 1.0
-    g_fwd = gemm(T, q / tp + 2 * kv_local, h) + gemm(T, h, q / tp)
-    if spec.is_moe:
-        local_experts = spec.n_experts / ep
-        Te = T * ep * spec.top_k / spec.n_experts
-        g_fwd = g_fwd + gemm(Te, mats * f / tp, h, local_experts) + gemm(Te, h, f / tp, local_experts)
-        g_fwd = g_fwd + gemm(T, spec.n_experts, h)
-        if spec.n_shared_experts:
-            g_fwd = g_fwd + gemm(T, mats * f / tp, h, spec.n_shared_experts) + gemm(T, h, f / tp, spec.n_shared_experts)
-    else:
-        g_fwd = g_fwd + gemm(T, mats * f / tp, h) + gemm(T, h, f / tp)
-    a_fwd, a_bwd = _attention(spec, la, T, seq_len, tp, peak, attn_peak, act, gpu, c)
-    rep_div = np.where(la.sequence_parallel, tp, 1.0)
-    elems = (
-        10.0 * h / rep_div
-        + 2.0 * (q / tp + kv_local)
-        + (3.0 if spec.gated else 2.0) * f / tp * ((spec.top_k + spec.n_shared_experts) if spec.is_moe else 1.0)
+    s = _Step(
+        spec=spec,
+        gpu=gpu,
+        la=la,
+        c=c,
+        prec=precision(spec, dtype, optimizer, c),
+        seq_len=seq_len,
+        peak=peak,
+        attn_peak=gpu.peak_flops("bf16") if dtype == "fp8" else peak,
+        tp=tp,
+        pp=pp,
+        cp=cp,
+        dp=dp,
+        ep=ep,
+        v=la.interleave.astype(float),
+        m=(global_batch // (la.dp * la.micro_batch)).astype(float),
+        T=la.micro_batch * seq_len / cp,
+        kv_local=np.maximum(spec.n_kv_heads / tp, 1.0) * spec.head_dim,
+        rep_div=np.where(la.sequence_parallel, tp, 1.0),
+        hbm=gpu.hbm_gbps * 1e9 * c.hbm_eff,
     )
-    if spec.is_moe:
-        elems = elems + 4.0 * spec.top_k * h
-    hbm = gpu.hbm_gbps * 1e9 * c.hbm_eff
-    mb_fwd = T * elems * act * c.elementwise_passes / hbm
-
-    # --- communication inside the layer ------------------------------------------------------------------
-    tp_local = np.minimum(tp, G)
-    n_tp = 4.0 + np.where(la.recompute == 2, 2.0, 0.0)
-    comm_tp = n_tp * _collective(T * h * act, tp, tp_local, 2.0, gpu, c) * (1.0 - c.tp_overlap)
-    cp_bytes = T * 2 * kv_local * act * (cp - 1)
-    cp_link = (
-        np.where(tp * cp <= G, gpu.intra_node_gbps * c.intra_node_eff, gpu.inter_node_gbps * c.inter_node_eff) * 1e9
-    )
-    cp_time = np.where(cp > 1, 3.0 * cp_bytes / cp_link, 0.0)
-    comm_cp = np.maximum(0.0, cp_time - c.cp_overlap * (a_fwd + a_bwd))
-    if spec.is_moe:
-        ep_local = np.clip(G // la.tp, 1, la.ep)
-        layer_compute = (3.0 * g_fwd + a_fwd + a_bwd + 3.0 * mb_fwd) / c.framework_eff
-        comm_ep = exposed_expert_comm_s(T * spec.top_k * h * act, ep, ep_local, layer_compute, gpu, c)
-    else:
-        comm_ep = np.zeros_like(tp)
-
-    recompute = np.select(
-        [la.recompute == 2, la.recompute == 1, la.recompute == 3],
-        [g_fwd + a_fwd + mb_fwd, a_fwd, 0.5 * g_fwd + mb_fwd],  # op: every other matmul + the elementwise ops
-        0.0,
-    )
-    # --- the last stage also runs the output head and the loss -----------------------------------------------
-    head_g = gemm(T, spec.vocab_size / tp, h, 3.0)
-    head_m = T * spec.vocab_size / tp * c.loss_bytes_per_logit / hbm
+    # one layer, one microbatch
+    g_fwd = _layer_gemms(s)
+    a_fwd, a_bwd = _attention(spec, la, s.T, seq_len, tp, peak, s.attn_peak, s.prec.act, gpu, c)
+    mb_fwd = _layer_memory_bound(s)
+    comm_tp, comm_cp, comm_ep = _layer_comm(s, g_fwd, a_fwd, a_bwd, mb_fwd)
+    recompute = _recompute(s, g_fwd, a_fwd, mb_fwd)
+    head_g, head_m = _head(s)
     # a framework's efficiency (< 1: host scheduling, unfused kernels) stretches every microbatch's compute
     slow = 1.0 / c.framework_eff
     g_fwd, a_fwd, a_bwd, mb_fwd, recompute = (x * slow for x in (g_fwd, a_fwd, a_bwd, mb_fwd, recompute))
-    layer_t = 3.0 * g_fwd + a_fwd + a_bwd + 3.0 * mb_fwd + recompute + comm_tp + comm_cp + comm_ep
+    # the slowest pipeline stage, one microbatch
+    layer_t = FWD_BWD_GEMMS * g_fwd + a_fwd + a_bwd + FWD_BWD_GEMMS * mb_fwd + recompute + comm_tp + comm_cp + comm_ep
     layers, head = _slowest_stage(spec.n_layers, la.pp, layer_t, head_g + head_m, c.pipeline_rebalance)
-    stage_gemm = layers * 3.0 * g_fwd + head * head_g
+    stage_gemm = layers * FWD_BWD_GEMMS * g_fwd + head * head_g
     stage_attn = layers * (a_fwd + a_bwd)
-    stage_mb = layers * 3.0 * mb_fwd + head * head_m
+    stage_mb = layers * FWD_BWD_GEMMS * mb_fwd + head * head_m
     stage_rc = layers * recompute
     stage_comm = layers * (comm_tp + comm_cp + comm_ep)
-    pp_link = (
-        np.where(tp * cp * dp >= G, gpu.inter_node_gbps * c.inter_node_eff, gpu.intra_node_gbps * c.intra_node_eff)
-        * 1e9
-    )
-    p2p = np.where(la.pp > 1, 2.0 * v * T * h * act / rep_div / pp_link, 0.0) * (1.0 - c.pp_overlap)
+    p2p = _p2p(s)
     t_mb = stage_gemm + stage_attn + stage_mb + stage_rc + stage_comm + p2p
     # small models are launch-bound: the host cannot issue kernels faster than kernel_launch_s each
     launch = (layers * c.kernels_per_layer + c.kernels_head) * c.kernel_launch_s
     launch_excess = np.maximum(0.0, launch - t_mb)
-    bubble = (pp - 1.0) / v * t_mb
-
-    # --- data parallel ---------------------------------------------------------------------------------
+    bubble = (pp - 1.0) / s.v * t_mb
+    # the step: data parallel and the optimizer on the stage with the most parameters
     sp = stage_params(spec, la)
     params = np.maximum(sp.dense_first, sp.dense_last) + sp.expert
-    group = dp * cp
-    dp_local = np.clip(G // (la.tp * la.cp), 1, la.dp * la.cp)
-    shard_group = group / la.replicate
-    zero = la.zero
-    ar = _collective(params * prec.grad, group, dp_local, 2.0, gpu, c)
-    rs_ag = _collective(params * prec.grad, group, dp_local, 1.0, gpu, c) + _collective(
-        params * prec.weight, group, dp_local, 1.0, gpu, c
-    )
-    fsdp_mb = 2.0 * _collective(params * prec.weight, shard_group, dp_local, 1.0, gpu, c) + _collective(
-        params * prec.grad, shard_group, dp_local, 1.0, gpu, c
-    )
-    hsdp = _collective(params * prec.grad / shard_group, la.replicate, 1.0, 2.0, gpu, c)
-    bwd_mb = t_mb * 2.0 / 3.0
-    dp_exposed = np.select(
-        [zero == 0, zero <= 2],
-        [np.maximum(0.0, ar - c.dp_overlap * bwd_mb), np.maximum(0.0, rs_ag - c.dp_overlap * bwd_mb)],
-        m * np.maximum(0.0, fsdp_mb - c.fsdp_overlap * t_mb) + hsdp,
-    )
-
-    # --- optimizer step -------------------------------------------------------------------------------------
-    opt_params = params / np.where(zero >= 1, group / np.where(zero >= 3, la.replicate, 1.0), 1.0)
-    on_gpu = opt_params * prec.optimizer_rw / hbm
-    offloaded = opt_params / c.cpu_adam_params_per_s + opt_params * (prec.grad + prec.weight) / (c.pcie_gbps * 1e9)
-    optimizer_s = np.where(la.offload, offloaded, on_gpu)
-
+    m = s.m
     out = {
         "gemm_s": m * stage_gemm,
         "attention_s": m * stage_attn,
@@ -270,12 +371,12 @@ def step_time(
         "comm_cp_s": m * layers * comm_cp,
         "comm_ep_s": m * layers * comm_ep,
         "comm_pp_s": m * p2p,
-        "comm_dp_s": dp_exposed,
+        "comm_dp_s": _data_parallel(s, params, t_mb),
         "bubble_s": bubble,
-        "optimizer_s": optimizer_s,
+        "optimizer_s": _optimizer(s, params),
         "overhead_s": c.step_overhead_s + m * launch_excess,
     }
     out["compute_s"] = out["gemm_s"] + out["attention_s"] + out["memory_bound_s"] + out["recompute_s"]
     out["exposed_comm_s"] = out["comm_tp_s"] + out["comm_cp_s"] + out["comm_ep_s"] + out["comm_pp_s"] + out["comm_dp_s"]
-    out["step_time_s"] = out["compute_s"] + out["exposed_comm_s"] + bubble + optimizer_s + out["overhead_s"]
+    out["step_time_s"] = out["compute_s"] + out["exposed_comm_s"] + bubble + out["optimizer_s"] + out["overhead_s"]
     return {k: np.broadcast_to(np.asarray(val, dtype=float), (len(la),)) for k, val in out.items()}

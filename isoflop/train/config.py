@@ -72,6 +72,9 @@ class TrainSection(_Section):
     max_rollbacks: int = Field(3, ge=0, description="Rollbacks before a divergence stops the run (exit code 3).")
     rollback_lr_factor: float = Field(1.0, gt=0, le=1, description="Learning-rate multiplier at each rollback.")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Used only if installed.")
+    init_from: str | None = Field(
+        None, description="Run folder whose newest checkpoint gives the initial weights (upcycled when dense -> MoE)."
+    )
 
     @field_validator("seq_len", "global_batch", "micro_batch", "max_steps", "tokens", "seed", mode="before")
     @classmethod
@@ -120,7 +123,7 @@ class ParallelSection(_Section):
     pp: int = Field(1, gt=0)
     dp: int | None = Field(None, gt=0)
     cp: int = Field(1, gt=0)
-    ep: int = Field(1, gt=0)
+    ep: int = Field(1, gt=0, description="Expert parallelism of an MoE model over groups of ep data-parallel ranks.")
     recompute: Literal["none", "selective", "full"] | None = None
     sequence_parallel: bool | None = None
     micro_batch: int | None = Field(None, gt=0)

@@ -175,6 +175,7 @@ class _Run:
         self.micro_batch, self.accum = cfg.micro_batch_for(env.world)
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
+        self.init_checkpoint: Path | None = None  # the other run's checkpoint train.init_from loaded
         check_expert_parallel(cfg.model, cfg.parallel.ep, env.world)
         if cfg.parallel.ep > 1 and cfg.sync.mode == "diloco":
             raise IsoflopError("parallel.ep > 1 needs every step synchronised; drop sync.mode=diloco or set ep: 1")
@@ -184,6 +185,8 @@ class _Run:
                     "sync.mode=diloco and DDP comm hooks run with data parallelism only; "
                     "drop parallel.tp/pp/cp/interleave or the sync settings"
                 )
+            if cfg.train.init_from:
+                raise IsoflopError("train.init_from runs with data parallelism only; drop parallel.tp/pp/cp/interleave")
             plan_layout(cfg, env.world)  # one-line errors before any work
             self.strategy = "model-parallel"
         elif cfg.sync.mode == "diloco":  # DiLoCo workers train unwrapped copies (isoflop.train.lowcomm / diloco)
@@ -206,12 +209,18 @@ class _Run:
             self.par = ParallelModel(cfg, env, self.dtype)
             self.micro_batch, self.accum, self.strategy = self.par.micro_batch, self.par.accum, self.par.description
             return self.par.module
-        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp")
+        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp") and not cfg.train.init_from
         if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
             with torch.device("meta"):
                 model = Transformer(self.spec)
         else:
-            model = build_model(self.spec, "cpu", seed=cfg.train.seed).to(env.device)
+            model = build_model(self.spec, "cpu", seed=cfg.train.seed)
+            if cfg.train.init_from:  # another run's weights, upcycled dense -> MoE (isoflop.train.upcycle)
+                from isoflop.train.upcycle import init_from_run
+
+                self.init_checkpoint = init_from_run(model, cfg.train.init_from)
+                self._say(f"initial weights from {self.init_checkpoint}")
+            model = model.to(env.device)
         model.moe_coefs = (cfg.moe.aux_loss, cfg.moe.z_loss)
         enable_expert_parallel(model, cfg.parallel.ep)
         if cfg.train.activation_checkpointing:
@@ -324,6 +333,10 @@ class _Run:
                 state[key] = loaded.get(key, state[key])
             state["resumed_from"] = state["step"]
             self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+        elif self.init_checkpoint is not None:
+            from isoflop.train.upcycle import continue_data
+
+            continue_data(sampler, self.init_checkpoint, self._say)
         self._record_run()
         lowcomm = LowComm(cfg, env, self.strategy)
         lowcomm.attach(model, optimizer, out, state["resumed_from"])
@@ -684,9 +697,14 @@ class _Run:
         """Gather the full weights and write ``out/hf`` (safetensors, config.json, the tokenizer) on rank 0."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from isoflop.train.export import export_hf
+        from isoflop.train.export import export_hf, hf_architecture
         from isoflop.train.model import build_model
 
+        try:
+            hf_architecture(self.spec)
+        except IsoflopError as exc:  # e.g. a router Hugging Face has no class for: the run itself is fine
+            self._say(f"note: no Hugging Face export: {exc}")
+            return None
         if self.par is not None:
             full = self.par.full_state_dict()
         else:

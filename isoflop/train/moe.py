@@ -159,6 +159,7 @@ class MoE(nn.Module):
         self.ep_group = None  # torch.distributed group of the expert-parallel ranks (enable_expert_parallel)
         self.aux_loss: Tensor | None = None  # this forward's losses, read by Transformer.forward
         self.z_loss: Tensor | None = None
+        self._routed: tuple[Tensor, Tensor, int] | None = None
         self.stats: MoEStats | None = None
 
     # -- routing ----------------------------------------------------------------------------------
@@ -200,10 +201,17 @@ class MoE(nn.Module):
         return y.view(shape).to(dtype)
 
     def _losses(self, logits: Tensor, probs: Tensor, counts: Tensor, assignments: int, kept: Tensor | None) -> None:
+        """This forward's losses and routing counts, consumed once per model forward by ``moe_loss`` (so the
+        re-run forward of activation checkpointing overwrites them instead of counting twice)."""
         frac = counts.float() / assignments
         self.aux_loss = self.n_experts * (frac * probs.mean(dim=0)).sum()
         self.z_loss = torch.logsumexp(logits, dim=-1).square().mean()
         dropped = (assignments - kept.sum()) if kept is not None else torch.zeros((), device=counts.device)
+        self._routed = (counts, dropped, assignments)
+
+    def _record(self) -> None:
+        """Add this forward's counts and losses to the step's ``stats``."""
+        counts, dropped, assignments = self._routed
         if self.stats is None:
             zero = torch.zeros((), device=counts.device)
             self.stats = MoEStats(torch.zeros_like(counts), zero.clone(), zero.clone(), zero.clone(), zero.clone())
@@ -285,12 +293,14 @@ def moe_layers(model: nn.Module) -> list[MoE]:
 
 
 def moe_loss(layers: list[MoE], aux_coef: float, z_coef: float) -> Tensor | None:
-    """``aux_coef * mean aux + z_coef * mean z`` over the layers' last training forward, which it consumes
-    (None when nothing was recorded)."""
-    aux = [m.aux_loss for m in layers if m.aux_loss is not None]
-    z = [m.z_loss for m in layers if m.z_loss is not None]
+    """``aux_coef * mean aux + z_coef * mean z`` over the layers' last training forward, which it consumes and
+    adds to each layer's step ``stats`` (None when nothing was recorded)."""
+    layers = [m for m in layers if m.aux_loss is not None]
+    aux = [m.aux_loss for m in layers]
+    z = [m.z_loss for m in layers]
     for m in layers:
-        m.aux_loss = m.z_loss = None
+        m._record()
+        m.aux_loss = m.z_loss = m._routed = None
     if not aux:
         return None
     return aux_coef * torch.stack(aux).mean() + z_coef * torch.stack(z).mean()
