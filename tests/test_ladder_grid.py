@@ -42,11 +42,19 @@ def test_hyperparameter_rule() -> None:
     # Kaplan et al. 2020, Eq. D.1 at N = 1e5 and 1e6 non-embedding parameters.
     assert kaplan_lr(1e5) == pytest.approx(0.003239 - 0.0001395 * math.log(1e5))
     assert kaplan_lr(1e6) < kaplan_lr(1e5)
+    for p in design_grid(PRESETS["medium"]):
+        assert p.config.optim.lr == pytest.approx(3 * kaplan_lr(p.n_params_non_embedding), abs=1e-6)
+    # The quick ladder's muP-style rule (Yang et al. 2022, Table 3): lr = lr_width / fan-in, halving per doubling.
+    widths = {}
     for p in design_grid(PRESETS["quick"]):
         optim, train = p.config.optim.model_dump(), p.config.train.model_dump()
-        assert optim["lr"] == pytest.approx(3 * kaplan_lr(p.n_params_non_embedding), abs=1e-6)
+        assert optim["lr"] == pytest.approx(PRESETS["quick"].lr_width / p.spec.d_model, abs=1e-6)
+        widths[p.spec.d_model] = optim["lr"]
         assert optim["schedule"] == "cosine" and optim["warmup_steps"] == max(1, round(0.05 * train["max_steps"]))
         assert train["seed"] == 0 and p.config.data.vocab_size == PRESETS["quick"].vocab_size
+    assert widths[16] == pytest.approx(2 * widths[32], rel=1e-4)
+    with pytest.raises(IsoflopError, match="lr_width"):
+        design_grid(LadderDesign(name="x", budgets=(1e9, 2e9, 4e9), lr_width=0.0))
 
 
 def test_too_small_a_grid_is_refused() -> None:

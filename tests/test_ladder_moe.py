@@ -96,6 +96,7 @@ def test_tiny_moe_ladder_end_to_end(tmp_path, monkeypatch) -> None:
         bootstrap=20,
         max_extensions=0,
         heldout_factor=2.0,
+        overtrain=0.0,
         extra_data={"max_bytes": 300_000},
     )
     design = with_family(tiny, "moe", 4, 2)

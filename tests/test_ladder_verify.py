@@ -9,7 +9,7 @@ import pytest
 
 from isoflop.ladder.grid import LadderDesign, design_grid
 from isoflop.ladder.registry import Registry
-from isoflop.ladder.verify import fit_ladder, plan_heldout, predict, run_arrays
+from isoflop.ladder.verify import fit_ladder, parabola_residuals, plan_heldout, plan_overtrained, predict, run_arrays
 
 # A law of the published form with tiny-model constants: L = E + A / N^alpha + B / D^beta.
 TRUTH = {"E": 1.9, "A": 40.0, "B": 90.0, "alpha": 0.35, "beta": 0.3}
@@ -23,8 +23,8 @@ def law(n, d):
     )
 
 
-def _ladder(tmp_path, noise: float, seed: int = 0):
-    design = LadderDesign(name="synthetic", budgets=(1e11, 3e11, 1e12, 3e12), sizes=5, size_ratio=2.0, bootstrap=100)
+def _ladder(tmp_path, noise: float, seed: int = 0, budgets=(1e11, 3e11, 1e12, 3e12), sizes: int = 5):
+    design = LadderDesign(name="synthetic", budgets=budgets, sizes=sizes, size_ratio=2.0, bootstrap=100)
     reg = Registry(tmp_path / "reg.sqlite")
     rng = np.random.default_rng(seed)
     for p in design_grid(design):
@@ -79,3 +79,39 @@ def test_noisy_runs_give_intervals_that_cover_the_truth(tmp_path) -> None:
         assert lo < p["predicted_loss"] < hi
         assert lo <= truth <= hi, p
         assert abs(p["predicted_loss"] / truth - 1) < 0.03
+
+
+def test_overtrained_heldout_is_off_the_ladder_and_predicted_by_approach3(tmp_path) -> None:
+    design, arr = _ladder(tmp_path, noise=0.0)
+    fits = fit_ladder(arr, bootstrap=20)
+    over = plan_overtrained(design, fits, plan_heldout(design, fits))
+    top = arr["n"][arr["budget"] == max(design.budgets)]
+    assert over.role == "heldout_overtrained" and over.budget == max(design.budgets)
+    assert over.n_params_non_embedding < top.min()  # never a fitted run
+    # About sqrt(16) = 4x below approach 2's optimum (family sizes are discrete), so ~16x its tokens per parameter.
+    assert 2.5 < fits.approach2.optimal(over.budget)[0] / over.n_params_non_embedding < 8
+    (pred,), _ = predict(fits, over.n_params_non_embedding, over.tokens, over.flops, compute_optimal=False)
+    assert pred["method"] == "approach3"
+    assert pred["predicted_loss"] == pytest.approx(float(law(over.n_params_non_embedding, over.tokens)), rel=1e-3)
+    assert plan_overtrained(dataclasses.replace(design, overtrain=0.0), fits, plan_heldout(design, fits)) is None
+
+
+def test_envelope_interval_on_a_four_size_ladder(tmp_path) -> None:
+    # 3 budgets x 4 sizes: resampling runs left most budgets with < 3 sizes; the parabolas' residual bootstrap keeps
+    # every size, so the envelope has an interval, and it covers the true compute-optimal loss.
+    design, arr = _ladder(tmp_path, noise=0.003, seed=2, budgets=(1e11, 3e11, 1e12), sizes=4)
+    fitted, r = parabola_residuals(arr)
+    dof = len(r) - 3 * 3
+    raw = arr["loss"] - fitted
+    assert r == pytest.approx(raw * np.sqrt(len(r) / dof)) and abs(raw.sum()) < 1e-9  # least-squares residuals
+    fits = fit_ladder(arr, bootstrap=100)
+    held = plan_heldout(design, fits)
+    env = next(
+        p for p in predict(fits, held.n_params_non_embedding, held.tokens, held.flops)[0] if p["method"] == "envelope"
+    )
+    ns = np.logspace(np.log10(held.n_params_non_embedding) - 1, np.log10(held.n_params_non_embedding) + 1, 400)
+    from isoflop.ladder.grid import family_spec, point_for
+
+    best = min(float(law(n, point_for(design, family_spec(n, design), held.budget).tokens)) for n in ns)
+    lo, hi = env["ci95"]
+    assert lo < env["predicted_loss"] < hi and lo <= best <= hi

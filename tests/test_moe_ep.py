@@ -70,6 +70,7 @@ def test_ep_that_does_not_divide_is_one_line(cache_dir, tmp_path):
         (["--set", "parallel.ep=2", "--set", "model.n_experts=0", "--set", "model.top_k=0"], "needs a mixture-of"),
         (["--set", "model.capacity_factor=0"], "capacity_factor must be a positive number, got 0"),
         (["--set", "model.top_k=5"], "top_k=5 must be between 1 and n_experts=4"),
+        (["--set", "parallel.tp=2"], "mixture-of-experts models train with data and expert parallelism"),
     ]
     for extra, message in cases:
         result = run_cli(["train", str(cfg), "--out", str(tmp_path / "bad"), *extra], cache_dir)

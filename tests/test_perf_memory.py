@@ -8,7 +8,7 @@ import pytest
 from _benchmarks import load_benchmark
 
 from isoflop.hardware import get_gpu
-from isoflop.perf import Layout, estimate
+from isoflop.perf import Layout, estimate, load_constants
 from isoflop.perf.layout import LayoutArrays
 from isoflop.perf.memory import layer_activation_bytes
 from isoflop.spec import ModelSpec, count_params, get_model_preset
@@ -53,8 +53,8 @@ def _arrays(**knobs) -> LayoutArrays:
 
 
 def test_activations_follow_korthikanti_forms() -> None:
-    """Korthikanti et al. 2022: 34 s b h per layer for GPT shapes (their dropout masks are replaced here by
-    FlashAttention's saved output and log-sum-exp, and the 5 a s / h term vanishes); sequence parallel
+    """Korthikanti et al. 2022: 34 s b h per layer for GPT shapes less their two s b h dropout masks (none
+    here; FlashAttention's fp32 log-sum-exp is added and the 5 a s / h term vanishes); sequence parallel
     divides everything by t; full recomputation keeps 2 s b h."""
     h, s, b = 12288, 2048, 1
     gpt = ModelSpec(
@@ -70,7 +70,8 @@ def test_activations_follow_korthikanti_forms() -> None:
         bias=True,
     )
     none = layer_activation_bytes(gpt, _arrays(micro_batch=b), s, 2.0)
-    assert none["none"][0] == pytest.approx(34 * s * b * h, rel=0.01)
+    lse, stats = s * b * gpt.n_heads * 4.0, s * b * 2 * 8.0  # fp32 log-sum-exp; fp32 mean and rstd of 2 norms
+    assert none["none"][0] == pytest.approx(32 * s * b * h + lse + stats, rel=1e-12)
     assert none["full"][0] == 2 * s * b * h
     sp = layer_activation_bytes(gpt, _arrays(tp=8, sequence_parallel=True), s, 2.0)
     assert sp["none"][0] == pytest.approx(none["none"][0] / 8, rel=1e-12)
@@ -153,3 +154,23 @@ def test_context_expert_hsdp_and_fp8() -> None:
     p = count_params(moe)
     experts = p.mlp * 2 / GIB
     assert ep1 - ep8 == pytest.approx(experts * 7 / 8, rel=1e-9)
+
+
+def test_interleaved_last_stage_keeps_its_warmup_chunks() -> None:
+    """Interleaved 1F1B: the last rank warms up with (v - 1) p chunks of L / (p v) layers, so it keeps
+    ((v - 1) p + 1) / v microbatches of its L / p layers (one without interleaving); measured on the trainer by
+    benchmarks/layout_parity.py."""
+    from isoflop.perf.memory import memory_bytes_by_stage
+
+    spec = get_model_preset("llama2-7b")
+    const = load_constants("h100-sxm")
+    acts = {}
+    for v in (1, 2, 4):
+        la = _arrays(pp=4, interleave=v)
+        first, last = memory_bytes_by_stage(spec, H100, la, 64, 4096, "bf16", "adamw", const)
+        acts[v] = (first["activations_gib"][0], last["activations_gib"][0])
+    one_mb = acts[1][1]
+    assert acts[1][0] == pytest.approx(4 * one_mb, rel=1e-12)  # min(p, m) = 4 on the first stage
+    assert acts[2][1] == pytest.approx(one_mb * (1 * 4 + 1) / 2, rel=1e-12)
+    assert acts[4][1] == pytest.approx(one_mb * (3 * 4 + 1) / 4, rel=1e-12)
+    assert acts[2][0] == pytest.approx(4 * one_mb * (1 + 3 / 8), rel=1e-12)

@@ -17,7 +17,8 @@ def test_quickstart_smoke_end_to_end_and_resume(cli, tmp_path, monkeypatch) -> N
     out = tmp_path / "qs"
     first = cli("quickstart", "--out", str(out), "--preset", "smoke")
     assert first.code == 0, first.err + first.out
-    assert "held-out: predicted" in first.out and "report:" in first.out and "[1/12]" in first.out
+    assert "held-out (compute-optimal" in first.out
+    assert "report:" in first.out and "[1/12]" in first.out
     summary = json.loads((out / "summary.json").read_text())
     held = summary["heldout"]
     lo, hi = held["ci95"]
@@ -26,6 +27,18 @@ def test_quickstart_smoke_end_to_end_and_resume(cli, tmp_path, monkeypatch) -> N
         100 * (held["predicted_loss"] - held["actual_loss"]) / held["actual_loss"]
     )
     assert held["flops"] > 3 * 8e9 and summary["wall_s"] > 0
+    # `heldouts` lists every held-out run, none of them fitted: the compute-optimal one first (primary, `heldout`),
+    # then an over-trained one (several times the compute-optimal tokens per parameter, approach 3 alone) where the
+    # shape family has a size below the compute-optimal one (the quick ladder has; the smoke ladder may not).
+    assert summary["heldouts"][0] == held and held["role"] == "heldout"
+    for over in summary["heldouts"][1:]:
+        assert over["role"] == "heldout_overtrained" and over["n"] < held["n"]
+        assert [p["method"] for p in over["predictions"]] == ["approach3"] and math.isfinite(over["actual_loss"])
+        assert over["tokens_per_param"] > 2 * held["tokens_per_param"]
+        assert over["error_pct"] == pytest.approx(
+            100 * (over["predicted_loss"] - over["actual_loss"]) / over["actual_loss"]
+        )
+    assert summary["runs"]["total"] == 12 + len(summary["heldouts"])
     assert {"approach3", "approach2", "envelope"} <= set(summary["fit"])
     assert held["epochs"] == pytest.approx(held["tokens"] / summary["corpus_train_tokens"])
     assert summary["runs"]["finished"] == summary["runs"]["total"] and summary["runs"]["failed"] == 0
@@ -46,3 +59,4 @@ def test_quickstart_smoke_end_to_end_and_resume(cli, tmp_path, monkeypatch) -> N
     resumed = again.json()
     assert resumed["runs"]["skipped"] == resumed["runs"]["total"] and resumed["runs"]["finished"] == 0
     assert resumed["heldout"]["actual_loss"] == held["actual_loss"]
+    assert [h["actual_loss"] for h in resumed["heldouts"]] == [h["actual_loss"] for h in summary["heldouts"]]

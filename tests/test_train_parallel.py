@@ -14,13 +14,16 @@ from isoflop.perf.layout import rank_layers, stage_layers, stage_split
 from isoflop.train.config import build_config
 from isoflop.train.data import DataConfig, prepare_data
 from isoflop.train.parallel.apply import plan_layout
+from isoflop.train.parallel.context import cp_positions
 from isoflop.train.parallel.mesh import MeshLayout
 
 REL = 1e-5
 # 3 layers: a 2-stage pipeline is uneven (1 + 2); untied head so the embedding and the head sit on different stages
 CFG = micro_config(
     model={"n_layers": 3, "tie_embeddings": False},
-    train={"max_steps": 5, "eval_every": 0, "ckpt_every": 2, "log_every": 1, "micro_batch": 2},
+    train={"max_steps": 20, "eval_every": 0, "ckpt_every": 10, "log_every": 1, "micro_batch": 2},
+    # lr 0.01 spikes the gradient norm at step 6 and amplifies fp32 reduction-order noise past 1e-5 there
+    optim={"lr": 0.003, "warmup_steps": 2},
 )
 
 
@@ -50,6 +53,8 @@ def test_mesh_coordinates_put_tp_innermost():
         ({"tp": 4}, 4, "must divide n_heads=2"),
         ({"pp": 4}, 4, "exceeds n_layers=3"),
         ({"cp": 2}, 2, "context_parallel"),
+        ({"cp": 3}, 3, "does not split into 2\\*cp = 6 equal chunks"),  # seq_len 32
+        ({"cp": 2, "tp": 2}, 4, "context_parallel"),
         ({"pp": 2, "interleave": 2}, 2, "exceeds n_layers"),
         ({"pp": 2, "pp_schedule": "zero-bubble"}, 2, "needs interleave > 1"),
     ],
@@ -58,6 +63,27 @@ def test_bad_layouts_are_refused_before_any_work(parallel, world, needle):
     cfg = build_config(json.loads(json.dumps({**CFG, "parallel": parallel})))
     with pytest.raises(IsoflopError, match=needle):
         plan_layout(cfg, world)
+
+
+def test_tp_must_divide_the_kv_heads():
+    cfg = build_config({**CFG, "model": {**CFG["model"], "n_heads": 4, "n_kv_heads": 2}, "parallel": {"tp": 4}})
+    with pytest.raises(IsoflopError, match="must divide n_heads=4 and n_kv_heads=2"):
+        plan_layout(cfg, 4)
+
+
+@pytest.mark.parametrize("seq_len, cp", [(32, 2), (48, 4), (24, 3), (16, 1)])
+def test_cp_split_is_torchs_head_tail_load_balancing(seq_len, cp):
+    """``cp_positions`` against torch's own ``_HeadTailLoadBalancer`` (what ``context_parallel`` shards by): the
+    rearranged sequence cut into ``cp`` equal parts, one per rank."""
+    from torch.distributed.tensor.experimental._context_parallel._load_balancer import _HeadTailLoadBalancer
+
+    order = _HeadTailLoadBalancer(seq_len, cp, "cpu")._generate_indices()[0].tolist()
+    per_rank = seq_len // cp
+    for rank in range(cp):
+        assert cp_positions(seq_len, cp, rank) == order[rank * per_rank : (rank + 1) * per_rank]
+    assert sorted(i for r in range(cp) for i in cp_positions(seq_len, cp, r)) == list(range(seq_len))
+    with pytest.raises(IsoflopError, match="equal chunks"):
+        cp_positions(seq_len + 2, 2 * cp if cp > 1 else 2, 0)
 
 
 def test_pipeline_with_tied_embeddings_is_refused():
@@ -114,6 +140,23 @@ def test_tensor_parallel_two_processes_match_one(reference, cache_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["strategy"] == "tp2 x pp1 x dp1"
     _assert_same_training(ref_out, out)
+    _assert_resumes_bitwise(
+        out, ["train", str(cfg), "--out", str(out), "--nproc-per-node", "2", "--set", "parallel.tp=2"], cache_dir
+    )
+
+
+def _assert_resumes_bitwise(out, args, cache_dir):
+    """Lose the final checkpoint (as a SIGKILL would): the resumed run ends bitwise the same."""
+    final = json.loads((out / "summary.json").read_text())
+    weights = _weights(out)
+    shutil.rmtree(out / "checkpoints" / "step-00000020")
+    (out / "summary.json").unlink()
+    result = run_cli(args, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((out / "summary.json").read_text())
+    assert again["resumed_from"] == 10
+    assert (again["final_train_loss"], again["grad_norm"]) == (final["final_train_loss"], final["grad_norm"])
+    assert all(bool((weights[k] == w).all()) for k, w in _weights(out).items())
 
 
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
@@ -125,22 +168,27 @@ def test_uneven_pipeline_two_stages_match_one(reference, cache_dir, tmp_path, sc
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["strategy"] == f"tp1 x pp2 {schedule} x dp1"
     _assert_same_training(ref_out, out)
-    if schedule == "1f1b":  # lose the final checkpoint (as a SIGKILL would): the resumed run ends bitwise the same
-        final = json.loads((out / "summary.json").read_text())
-        shutil.rmtree(out / "checkpoints" / "step-00000005")
-        (out / "summary.json").unlink()
-        result = run_cli([*args, "--set", "parallel.pp=2", "--set", f"parallel.pp_schedule={schedule}"], cache_dir)
-        assert result.returncode == 0, result.stderr[-3000:]
-        again = json.loads((out / "summary.json").read_text())
-        assert again["resumed_from"] == 4
-        assert (again["final_train_loss"], again["grad_norm"]) == (final["final_train_loss"], final["grad_norm"])
+    if schedule == "1f1b":
+        _assert_resumes_bitwise(
+            out, [*args, "--set", "parallel.pp=2", "--set", f"parallel.pp_schedule={schedule}"], cache_dir
+        )
 
 
-def test_world_size_mismatch_is_one_line_exit_2(reference, cache_dir, tmp_path):
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "parallel.tp=2"], "error: tp*pp*cp = 2*1*1 = 2 does not divide the 1 launched"),
+        (["--nproc-per-node", "4", "--set", "parallel.tp=2", "--set", "parallel.dp=1"], "error: tp*pp*cp*dp = 2"),
+        (["--nproc-per-node", "2", "--set", "parallel.pp=4"], "error: tp*pp*cp = 1*4*1 = 4 does not divide"),
+        (["--nproc-per-node", "4", "--set", "parallel.pp=4"], "error: pp=4 exceeds n_layers=3"),
+    ],
+)
+def test_bad_layouts_are_one_line_exit_2_before_any_process_starts(reference, cache_dir, tmp_path, args, needle):
     cfg, _ = reference
-    result = run_cli(["train", str(cfg), "--out", str(tmp_path / "x"), "--set", "parallel.tp=2"], cache_dir)
+    result = run_cli(["train", str(cfg), "--out", str(tmp_path / "x"), *args], cache_dir)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: tp*pp*cp") and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip().startswith(needle) and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # refused before any process did work
 
 
 @pytest.mark.slow
@@ -148,13 +196,14 @@ def test_world_size_mismatch_is_one_line_exit_2(reference, cache_dir, tmp_path):
     "sets, strategy",
     [
         (["parallel.tp=2", "parallel.pp=2"], "tp2 x pp2 1f1b x dp1"),  # sequence-parallel shards cross the stages
-        (["parallel.tp=2", "parallel.strategy=fsdp"], "tp2 x pp1 x dp2"),
-        (["parallel.pp=2", "parallel.strategy=fsdp"], "tp1 x pp2 1f1b x dp2"),
+        (["parallel.tp=2", "parallel.strategy=ddp"], "tp2 x pp1 x dp2"),  # replicated over dp (HSDP, shard 1)
+        (["parallel.pp=2", "parallel.strategy=ddp"], "tp1 x pp2 1f1b x dp2"),
+        (["parallel.tp=2", "parallel.strategy=fsdp"], "tp2 x pp1 x dp2"),  # FSDP2 over dp_shard=2
     ],
-    ids=["tp2xpp2", "tp2xdp2", "pp2xdp2"],
+    ids=["tp2xpp2", "tp2xdp2", "pp2xdp2", "fsdp2xtp2"],
 )
 def test_four_process_layouts_match_one(reference, cache_dir, tmp_path, sets, strategy):
-    """4-process layouts on one DeviceMesh against 1 process on the same global batch."""
+    """The four 4-process layouts on one DeviceMesh against 1 process on the same global batch, 20 steps."""
     cfg, ref_out = reference
     out = tmp_path / "four"
     flags = [x for item in sets for x in ("--set", item)]

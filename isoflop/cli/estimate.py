@@ -103,6 +103,10 @@ def render_estimate(est_dict: dict[str, Any], title: str):
                 st.add_row(f"  {key.removesuffix('_s')}", f"{b[key]:.4g}", f"{b[key] / total:.1%}")
         st.add_row("step", f"{total:.4g}", "100%")
         console.print(st)
+        comm = {k: v["total"] for k, v in e.get("comm_bytes", {}).items() if v["total"] > 0}
+        if comm:
+            shown = ", ".join(f"{k} {v / 2**30:.3g} GiB" for k, v in comm.items())
+            console.print(f"communication per GPU per step (message bytes): {shown}")
         console.print(
             f"tokens/s {e['tokens_per_s']:,.0f} ({e['tokens_per_s_per_gpu']:,.0f} per GPU), "
             f"model TFLOP/s per GPU {e['tflops_per_gpu']:.1f}, MFU {e['mfu']:.1%}, HFU {e['hfu']:.1%}"

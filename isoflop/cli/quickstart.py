@@ -25,7 +25,8 @@ def quickstart(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Plan a tiny IsoFLOP ladder, train it, fit the law, predict a 3.5x bigger run, train that run, compare, report."""
+    """Plan a tiny IsoFLOP ladder, train it, fit the laws, predict held-out runs (a bigger compute-optimal one and an
+    over-trained one), train them, compare, report."""
     from isoflop.ladder.pipeline import run_pipeline
     from isoflop.ladder.presets import get_ladder_preset
     from isoflop.ladder.runner import ExecOptions
@@ -54,15 +55,17 @@ def quickstart(
         return
     say = (lambda msg: None) if as_json else (lambda msg: print(msg, flush=True))
     summary = run_pipeline(design, out, ExecOptions(threads=1), say=say)
-    held = summary["heldout"]
 
     def render(console) -> None:
         render_summary(summary)(console)
-        if held.get("actual_loss") is not None:
+        for held in summary["heldouts"]:
+            if held.get("actual_loss") is None:
+                continue
             lo, hi = held["ci95"] or (float("nan"), float("nan"))
+            kind = "compute-optimal" if held["role"] == "heldout" else "over-trained"
             console.print(
-                f"[bold]held-out: predicted {held['predicted_loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}], actual "
-                f"{held['actual_loss']:.4f}, error {held['error_pct']:+.2f}% "
+                f"[bold]held-out ({kind}, {held['method']}): predicted {held['predicted_loss']:.4f} "
+                f"[95% CI {lo:.4f}, {hi:.4f}], actual {held['actual_loss']:.4f}, error {held['error_pct']:+.2f}% "
                 f"({'inside' if held['inside_ci'] else 'outside'} the interval)[/]"
             )
         console.print(f"summary: {out / 'summary.json'}")

@@ -131,12 +131,11 @@ def train(
     elif upcycle is not None:
         raise IsoflopError("--upcycle needs the dense run to start from; add --init-from RUN")
     cfg = load_train_config(config, preset or (None if config else "tiny"), overrides)
-    from isoflop.train.parallel.apply import plan_layout, uses_model_parallelism
+    from isoflop.train.parallel.apply import check_layout, uses_model_parallelism
 
-    if uses_model_parallelism(cfg):
-        # the layout against the processes, before any of them starts (torchrun by hand sets WORLD_SIZE)
-        plan_layout(cfg, int(os.environ.get("WORLD_SIZE", nproc_per_node)))
-    elif nproc_per_node > 1:
+    # the layout against the processes, before any of them starts (torchrun by hand sets WORLD_SIZE)
+    check_layout(cfg, int(os.environ.get("WORLD_SIZE", nproc_per_node)))
+    if nproc_per_node > 1 and not uses_model_parallelism(cfg):
         cfg.micro_batch_for(nproc_per_node)
     if nproc_per_node > 1:
         from isoflop.train.distributed import launch

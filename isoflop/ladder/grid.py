@@ -10,7 +10,11 @@ Hyperparameters for tiny models follow one stated rule, identical across sizes b
 * learning rate ``lr_factor`` (3) x Kaplan et al. 2020, App. D.6, Eq. D.1: ``lr(N) = 0.003239 - 0.0001395 ln N``
   with ``N`` the non-embedding parameters. Eq. D.1 was fit to 250k-step runs; ladder runs take 10^2-10^3 steps.
   The factor was measured on ladder points only (13k and 40k parameters at 1.2e11 FLOPs, factors 1, 3, 6, 12:
-  3 was best or within 0.1 nats of best for both), never on the held-out run;
+  3 was best or within 0.1 nats of best for both), never on the held-out run. Eq. D.1 barely moves with N (5.8e-3
+  at d_model 16, 5.1e-3 at 48), but the best rate halves when the width doubles: at 1.6e11 FLOPs (factors 1.5,
+  3, 6, 12 of Eq. D.1) d_model 16 was best at 1.2e-2 to 2.4e-2 and d_model 32 at 1.1e-2, with 2.2e-2 0.22 nats
+  worse. A design with ``lr_width`` set uses ``lr = lr_width / d_model`` instead: muP's Adam rule for hidden
+  weights, learning rate proportional to 1 / fan-in (Yang et al. 2022, Table 3);
 * a fixed batch in tokens for every run (the same optimizer noise scale on the whole ladder);
 * linear warmup over ``warmup_fraction`` of the steps, then cosine decay to 10% of the peak at the
   run's own last step (the schedule length matched to the tokens, Hoffmann et al. 2022, Sec. 3 / App. B);
@@ -54,7 +58,9 @@ class LadderDesign:
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.1
     heldout_factor: float = 3.5
+    overtrain: float = 16.0
     lr_factor: float = 3.0
+    lr_width: float | None = None
     seed: int = 0
     data_source: str = "stdlib"
     eval_batches: int = 16
@@ -75,6 +81,10 @@ class LadderDesign:
             raise IsoflopError("ladder budgets must be positive FLOP counts")
         if self.primary not in ("envelope", "approach3"):
             raise IsoflopError(f"primary must be envelope or approach3, got {self.primary!r}")
+        if self.lr_width is not None and self.lr_width <= 0:
+            raise IsoflopError(f"lr_width must be > 0, got {self.lr_width}")
+        if self.overtrain < 0:
+            raise IsoflopError(f"overtrain must be >= 0 (0: no over-trained held-out run), got {self.overtrain}")
         if self.size_ratio <= 1:
             raise IsoflopError(f"size_ratio must be > 1, got {self.size_ratio}")
         if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
@@ -194,9 +204,15 @@ def design_shape(design: LadderDesign) -> ShapeFn:
     return shape
 
 
+def design_lr(design: LadderDesign, spec: ModelSpec) -> float:
+    """The design's peak learning rate for ``spec``: ``lr_width / d_model`` when set, else ``lr_factor`` x Eq. D.1."""
+    if design.lr_width is not None:
+        return design.lr_width / spec.d_model
+    return ladder_lr(fit_params(spec), design.lr_factor)
+
+
 def ladder_train_config(design: LadderDesign, spec: ModelSpec, steps: int, budget: float, role: str) -> TrainConfig:
     """The ``TrainConfig`` of one ladder run: what the design decides; the rest is the trainer's default."""
-    n_ne = fit_params(spec)
     return TrainConfig(
         model=spec,
         data=DataConfig(source=design.data_source, vocab_size=design.vocab_size, **design.extra_data),
@@ -213,7 +229,7 @@ def ladder_train_config(design: LadderDesign, spec: ModelSpec, steps: int, budge
             ckpt_every=0,
         ),
         optim=OptimSection(
-            lr=round(ladder_lr(n_ne, design.lr_factor), 6),
+            lr=round(design_lr(design, spec), 6),
             min_lr_ratio=design.min_lr_ratio,
             schedule="cosine",
             warmup_steps=max(1, round(design.warmup_fraction * steps)),

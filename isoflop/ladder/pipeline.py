@@ -20,6 +20,7 @@ from isoflop.ladder import verify as V
 from isoflop.ladder.grid import GridPoint, LadderDesign, design_grid, edge_extensions
 from isoflop.ladder.registry import Registry, RunRecord
 from isoflop.ladder.runner import ExecOptions, Job, execute
+from isoflop.laws.intervals import ci95
 
 Say = Callable[[str], None]
 
@@ -131,9 +132,78 @@ def _point_dict(r: RunRecord) -> dict[str, Any]:
 
 
 def _law_dict(law) -> dict[str, Any]:
+    """The law's file content without its bootstrap draws, plus the 95% interval of ``a = beta / (alpha + beta)``
+    (Hoffmann et al. 2022, Eq. 4) over those draws."""
     data = law.to_dict()
     data.pop("bootstrap_samples", None)
+    if law.samples_ is not None:
+        alpha, beta = (law.samples_[:, law.param_names.index(k)] for k in ("alpha", "beta"))
+        data["a_opt_ci95"] = ci95(beta / (alpha + beta))
     return data
+
+
+def _heldout_entry(
+    design: LadderDesign, fits: V.LadderFit, point: GridPoint, corpus_tokens: int, say: Say
+) -> dict[str, Any]:
+    """One held-out run's plan and predictions, made before it trains. The primary method is the design's (for a
+    compute-optimal run; approach 3 for the over-trained one); if it has no interval, the first method that has
+    one."""
+    if note := repetition_note(point.tokens, corpus_tokens, f"the {point.role} run"):
+        say(note)
+    optimal = point.role == "heldout"
+    preds, interval_note = V.predict(fits, point.n_params_non_embedding, point.tokens, point.flops, optimal)
+    wanted = design.primary if optimal else "approach3"
+    primary = next(
+        (p for p in preds if p["method"] == wanted and p["ci95"]),
+        next((p for p in preds if p["ci95"]), preds[0]),
+    )
+    lo, hi = primary["ci95"] or (float("nan"), float("nan"))
+    kind = "compute-optimal" if optimal else f"over-trained ({design.overtrain:g}x the compute-optimal tokens/param)"
+    say(
+        f"held-out prediction, {kind}, at C = {point.budget:.3g} FLOPs (N = {point.n_params_non_embedding:,} "
+        f"non-embedding, D = {point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} "
+        f"[95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})"
+    )
+    return {
+        "role": point.role,
+        "budget": point.budget,
+        "flops": point.flops,
+        "n": point.n_params_non_embedding,
+        "n_total": point.n_params,
+        "tokens": point.tokens,
+        "tokens_per_param": point.tokens / point.n_params,
+        "epochs": point.tokens / corpus_tokens,
+        "method": primary["method"],
+        "sized_by": "approach2" if fits.approach2 else "approach3",
+        "note": interval_note or fits.note,
+        "predicted_loss": primary["predicted_loss"],
+        "ci95": primary["ci95"],
+        "predictions": preds,
+        "actual_loss": None,
+        "error_pct": None,
+        "inside_ci": None,
+        "shape": {k: getattr(point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
+    }
+
+
+def _verify_entry(entry: dict[str, Any], rec: RunRecord | None) -> None:
+    """Fill a held-out entry with its trained run's loss and every method's error."""
+    if not (rec and rec.status == "finished" and rec.val_loss is not None):
+        return
+    actual = rec.val_loss
+    for p in entry["predictions"]:
+        p["error_pct"] = 100 * (p["predicted_loss"] - actual) / actual
+        p["inside_ci"] = bool(p["ci95"] and p["ci95"][0] <= actual <= p["ci95"][1])
+    primary = next(p for p in entry["predictions"] if p["method"] == entry["method"])
+    entry.update(
+        actual_loss=actual,
+        error_pct=primary["error_pct"],
+        inside_ci=primary["inside_ci"],
+        curve=read_curve(rec.out_dir),
+        run_id=rec.run_id,
+        wall_s=rec.wall_s,
+        step_time_s=rec.step_time_s,
+    )
 
 
 def run_pipeline(
@@ -147,8 +217,10 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run the whole loop and return ``summary.json``'s content (also written to ``out_dir``).
 
-    The held-out run trains alone with ``heldout_threads`` torch threads (default: the ladder's thread count;
-    ``benchmarks/ladder_concurrency.py`` measures whether more threads help on this machine)."""
+    The held-out runs (the compute-optimal one at ``heldout_factor`` x the largest budget and, unless
+    ``design.overtrain`` is 0, the over-trained one) train together, one per worker, each with ``heldout_threads``
+    torch threads (default: the ladder's thread count; ``benchmarks/ladder_concurrency.py`` measures whether more
+    threads help on this machine). ``heldouts`` lists them all; ``heldout`` is the compute-optimal one."""
     start = time.perf_counter()
     out = Path(out_dir)
     opts = opts or ExecOptions()
@@ -189,66 +261,25 @@ def run_pipeline(
     fits = V.fit_ladder(arr, bootstrap=design.bootstrap, seed=design.seed)
     if fits.note:
         say(f"note: {fits.note}")
-    held_point = V.plan_heldout(design, fits, shape_fn)
-    if note := repetition_note(held_point.tokens, corpus_tokens, "the held-out run"):
-        say(note)
-    preds, interval_note = V.predict(fits, held_point.n_params_non_embedding, held_point.tokens, held_point.flops)
-    # The design's primary method; if it has no interval (fragile minima), the first method that has one.
-    primary = next(
-        (p for p in preds if p["method"] == design.primary and p["ci95"]),
-        next((p for p in preds if p["ci95"]), preds[0]),
-    )
-    heldout: dict[str, Any] = {
-        "budget": held_point.budget,
-        "flops": held_point.flops,
-        "n": held_point.n_params_non_embedding,
-        "n_total": held_point.n_params,
-        "tokens": held_point.tokens,
-        "epochs": held_point.tokens / corpus_tokens,
-        "method": primary["method"],
-        "sized_by": "approach2" if fits.approach2 else "approach3",
-        "note": interval_note or fits.note,
-        "predicted_loss": primary["predicted_loss"],
-        "ci95": primary["ci95"],
-        "predictions": preds,
-        "actual_loss": None,
-        "error_pct": None,
-        "inside_ci": None,
-        "shape": {k: getattr(held_point.spec, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
-    }
-    lo, hi = primary["ci95"] or (float("nan"), float("nan"))
-    say(
-        f"held-out prediction at C = {held_point.budget:.3g} FLOPs (N = {held_point.n_params_non_embedding:,} "
-        f"non-embedding, D = {held_point.tokens:,} tokens): loss {primary['predicted_loss']:.4f} "
-        f"[95% CI {lo:.4f}, {hi:.4f}] ({primary['method']})"
-    )
+    held_points = [V.plan_heldout(design, fits, shape_fn)]
+    if (over := V.plan_overtrained(design, fits, held_points[0], shape_fn)) is not None:
+        held_points.append(over)
+    heldouts = [_heldout_entry(design, fits, p, corpus_tokens, say) for p in held_points]
     if verify:
         held_opts = ExecOptions(
-            workers=1,
+            workers=min(len(held_points), opts.n_workers()),
             threads=heldout_threads or opts.threads,
             launcher=opts.launcher,
             nproc_per_node=opts.nproc_per_node,
             slurm=opts.slurm,
             entry=opts.entry,
         )
-        say(f"training the held-out run to verify ({held_opts.threads} thread(s))")
-        (held_job,) = _jobs(reg, design, [held_point], out)
-        outcome.update(execute(reg, [held_job], held_opts, _progress(say, 1)))
-        rec = reg.get(held_job.run_id)
-        if rec and rec.status == "finished" and rec.val_loss is not None:
-            actual = rec.val_loss
-            for p in preds:
-                p["error_pct"] = 100 * (p["predicted_loss"] - actual) / actual
-                p["inside_ci"] = bool(p["ci95"] and p["ci95"][0] <= actual <= p["ci95"][1])
-            heldout.update(
-                actual_loss=actual,
-                error_pct=primary["error_pct"],
-                inside_ci=primary["inside_ci"],
-                curve=read_curve(rec.out_dir),
-                run_id=rec.run_id,
-                wall_s=rec.wall_s,
-                step_time_s=rec.step_time_s,
-            )
+        say(f"training the {len(held_points)} held-out run(s) to verify ({held_opts.threads} thread(s) each)")
+        held_jobs = _jobs(reg, design, held_points, out)
+        outcome.update(execute(reg, held_jobs, held_opts, _progress(say, len(held_jobs))))
+        for entry, job in zip(heldouts, held_jobs, strict=True):
+            _verify_entry(entry, reg.get(job.run_id))
+    heldout = heldouts[0]
     fit_summary = {
         "param_kind": "non_embedding",
         "approach3": _law_dict(fits.approach3),
@@ -264,8 +295,9 @@ def run_pipeline(
         "parabolas": fits.parabolas(),
         "n_opt_fit": fits.n_opt_fit(),
         "d_opt_fit": fits.d_opt_fit(),
-        "curves": V.curves(fits, held_point.flops),
+        "curves": V.curves(fits, heldout["flops"]),
         "heldout": heldout,
+        "heldouts": heldouts,
         "fits": fit_summary,
     }
     atomic_write_json(out / "analysis.json", json_safe(analysis))
@@ -279,6 +311,7 @@ def run_pipeline(
         "runs": {"total": len(outcome), **counts},
         "corpus_train_tokens": corpus_tokens,
         "heldout": {k: v for k, v in heldout.items() if k != "curve"},
+        "heldouts": [{k: v for k, v in h.items() if k != "curve"} for h in heldouts],
         "fit": fit_summary,
         "report": str(report),
         "wall_s": time.perf_counter() - start,

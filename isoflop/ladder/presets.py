@@ -1,11 +1,14 @@
 """Named ladders for ``isoflop ladder`` and ``isoflop quickstart``: larger presets spend more compute on more
 budgets, which gives a longer, more accurate extrapolation base. Budgets are training FLOPs (exact accounting).
 
-``smoke`` only checks the machinery in about a minute; ``quick`` fits the quickstart's 5 minutes on 2 CPU cores
-(``python -m isoflop quickstart``, measured in the README); ``medium`` took 370 s there (2.6x quick) and ``large``
-954 s (its largest runs repeat the stdlib corpus: give ``isoflop ladder --data`` a larger one). The grid centres
-(tokens per parameter, embeddings included) come from the quick ladder's own IsoFLOP minima (about 47, 36 and 33
-tokens per parameter at 8e10, 1.6e11 and 3.2e11 FLOPs, falling with compute), not from any held-out run.
+``smoke`` only checks the machinery in about a minute; ``quick`` is sized for the quickstart's 5 minutes on 2 CPU
+cores (``python -m isoflop quickstart``, measured in the README): 4 budgets over 8x (an earlier 3-budget, 4x quick
+ladder gave a degenerate approach-3 fit, E -> 0 and alpha 0.087), learning rate ``0.25 / d_model`` (the LR sweep in
+``isoflop.ladder.grid``), held-out runs at 2x the largest budget (compute-optimal) and at the largest budget 16x
+over-trained, trained side by side. ``medium`` took 370 s there and ``large`` 954 s (its largest runs repeat the
+stdlib corpus: give ``isoflop ladder --data`` a larger one). The grid centres (tokens per parameter, embeddings
+included) come from the 3-budget quick ladder's own IsoFLOP minima (about 47, 36 and 33 tokens per parameter at
+8e10, 1.6e11 and 3.2e11 FLOPs, falling with compute), not from any held-out run.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ PRESETS: dict[str, LadderDesign] = {
         extra_data={"max_bytes": 3_000_000},
     ),
     # The smoke budgets on a finer shape family (head_dim 8: 856 to 6,984 non-embedding parameters) with a
-    # 256-token batch (4x smoke's steps), for comparisons on a loaded machine (benchmarks/moe_vs_dense.py).
+    # 256-token batch (4x smoke's steps), for comparisons on a loaded machine (benchmarks/moe_vs_dense.py); one
+    # (compute-optimal) held-out run.
     "tiny": LadderDesign(
         name="tiny",
         budgets=(2e9, 4e9, 8e9),
@@ -40,10 +44,19 @@ PRESETS: dict[str, LadderDesign] = {
         dim_multiple=8,
         eval_batches=16,
         bootstrap=100,
+        overtrain=0.0,
         max_extensions=0,
         extra_data={"max_bytes": 3_000_000},
     ),
-    "quick": LadderDesign(name="quick", budgets=(8e10, 1.6e11, 3.2e11), sizes=4, size_ratio=2.0, tokens_per_param=40.0),
+    "quick": LadderDesign(
+        name="quick",
+        budgets=(8e10, 1.6e11, 3.2e11, 6.4e11),
+        sizes=4,
+        size_ratio=2.0,
+        tokens_per_param=40.0,
+        lr_width=0.25,
+        heldout_factor=2.0,
+    ),
     "medium": LadderDesign(
         name="medium", budgets=(1e11, 2e11, 4e11, 8e11), sizes=5, size_ratio=1.8, tokens_per_param=35.0
     ),

@@ -10,11 +10,14 @@ Every fit is ``isoflop.laws``':
 
 The held-out run spends ``heldout_factor`` x the largest budget at the size approach 2 predicts as optimal.
 Both laws predict its loss; 95% intervals are percentile bootstraps (``isoflop.laws.bootstrap``): approach 3
-resamples runs (Besiroglu et al. 2024, Sec. 3); the envelope resamples runs within each budget and refits the
-parabolas and the envelope. Which prediction is primary is fixed by the design (``primary``), never by the
-held-out result. ``N`` is the non-embedding parameter count (Kaplan et al. 2020, Sec. 1.2): in tiny models the
-embedding table is a large, nearly free share of the parameters, and the non-embedding count scales more
-cleanly. The fitted laws say so (``param_kind="non_embedding"``), so ``isoflop plan`` sizes models by that count.
+resamples runs (Besiroglu et al. 2024, Sec. 3) from 30 runs up and its modified residuals below that (a 5-parameter
+law on a dozen runs: most run resamples lose too many distinct runs); the envelope resamples the parabolas'
+residuals and refits the parabolas and the envelope (``LadderFit.envelope_draws``). An over-trained held-out run
+(``plan_overtrained``) is predicted by approach 3 alone: the envelope gives the compute-optimal loss only.
+Which prediction is primary is fixed by the design (``primary``), never by the held-out result. ``N`` is the
+non-embedding parameter count (Kaplan et al. 2020, Sec. 1.2): in tiny models the embedding table is a large, nearly
+free share of the parameters, and the non-embedding count scales more cleanly. The fitted laws say so
+(``param_kind="non_embedding"``), so ``isoflop plan`` sizes models by that count.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from isoflop.errors import IsoflopError
-from isoflop.ladder.grid import GridPoint, LadderDesign, design_shape, family_spec, heldout_budget, point_for
+from isoflop.ladder.grid import (
+    GridPoint,
+    LadderDesign,
+    design_shape,
+    family_spec,
+    fit_params,
+    heldout_budget,
+    point_for,
+)
 from isoflop.ladder.registry import RunRecord
 from isoflop.laws import bootstrap as B
 from isoflop.laws.fit import IsoflopMinimum, fit, fit_approach2, fit_loss_envelope, isoflop_minima
@@ -35,6 +46,7 @@ from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, PowerLaw, Saturatin
 from isoflop.laws.intervals import ci95, ci95_band
 
 MIN_BUDGETS = 3  # interior IsoFLOP minima needed for approach 2 and the envelope
+RUN_BOOTSTRAP_MIN = 30  # runs from which approach 3 resamples runs rather than residuals (as `isoflop fit` does)
 
 
 def run_arrays(runs: list[RunRecord]) -> dict[str, np.ndarray]:
@@ -112,22 +124,43 @@ class LadderFit:
         ]
 
     def envelope_draws(self, c_eval: np.ndarray) -> np.ndarray:
-        """Envelope predictions at ``c_eval`` for resamples of runs within each budget (rows: resamples)."""
+        """Envelope predictions at ``c_eval`` (rows: resamples) from a residual bootstrap of the IsoFLOP parabolas:
+        every run keeps its size and budget, its loss is its parabola's value plus a resampled modified residual
+        (``parabola_residuals``), and the parabolas, their minima and the envelope are refit. Resampling runs
+        instead leaves most 4-size budgets with fewer than 3 distinct sizes (with 4 sizes a budget keeps 3 or more
+        in 66% of draws, all of 3 budgets in 28%), so that interval rarely exists on a small ladder."""
         arr = self.arrays
+        fitted, r = parabola_residuals(arr)
 
         def refit(idx: np.ndarray) -> np.ndarray | None:
-            sub = {k: v[idx] for k, v in arr.items()}
-            if any(len(np.unique(sub["n"][sub["budget"] == b])) < 3 for b in np.unique(sub["budget"])):
-                return None
-            minima = _minima(sub)
-            return _envelope(minima).predict(c_eval) if len(minima) >= MIN_BUDGETS else None
+            minima = _minima({**arr, "loss": fitted + r[idx]})
+            return _envelope(minima).predict(c_eval) if len(minima) == len(self.minima) else None
 
-        rows, _ = B.resample(self.bootstrap, self.seed, B.within_groups(arr["budget"]), refit)
-        if len(rows) < max(10, self.bootstrap // 4):
+        rows, _ = B.resample(self.bootstrap, self.seed, B.with_replacement(len(r)), refit)
+        if len(rows) < max(10, self.bootstrap // 2):
             raise IsoflopError(
-                f"only {len(rows)} of {self.bootstrap} envelope resamples had interior minima; widen the ladder's sizes"
+                f"only {len(rows)} of {self.bootstrap} envelope resamples kept an interior minimum at every budget; "
+                "widen the ladder's sizes"
             )
         return np.array(rows)
+
+
+def parabola_residuals(arr: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's loss on its budget's parabola in ``ln N`` (budgets with 3+ sizes; other runs keep their loss),
+    and the residuals times ``sqrt(n / (n - p))`` with ``p`` the parabolas' coefficients (Davison & Hinkley 1997,
+    Alg. 6.1's modified residuals, pooled over budgets)."""
+    fitted = arr["loss"].copy()
+    n_coef = 0
+    for b in np.unique(arr["budget"]):
+        idx = arr["budget"] == b
+        x = np.log(arr["n"][idx])
+        if len(np.unique(np.round(x, 6))) >= 3:
+            fitted[idx] = np.polyval(np.polyfit(x, arr["loss"][idx], 2), x)
+            n_coef += 3
+    dof = len(fitted) - n_coef
+    if dof < 1:
+        raise IsoflopError(f"{len(fitted)} runs leave no residual degree of freedom for {n_coef // 3} parabolas")
+    return fitted, (arr["loss"] - fitted) * math.sqrt(len(fitted) / dof)
 
 
 def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) -> LadderFit:
@@ -148,11 +181,25 @@ def fit_ladder(arr: dict[str, np.ndarray], bootstrap: int = 200, seed: int = 0) 
             "widen the sizes or raise the budgets"
         )
     law = fit(ChinchillaLaw(name="ladder", param_kind="non_embedding"), arr["n"], arr["d"], arr["loss"])
+    method = "runs" if len(arr["n"]) >= RUN_BOOTSTRAP_MIN else "residual"
     with contextlib.suppress(IsoflopError):  # no approach-3 interval: predictions carry ci95 None
-        B.bootstrap(law, bootstrap, seed=seed)
+        B.bootstrap(law, bootstrap, seed=seed, method=method)
     return LadderFit(
         arrays=arr, minima=minima, approach2=a2, envelope=env, approach3=law, bootstrap=bootstrap, seed=seed, note=note
     )
+
+
+def _optimal_size(design: LadderDesign, fits: LadderFit, c: float) -> float:
+    """Approach 2's ``N_opt(c)``, or without approach 2 the family member with the lowest approach-3 loss at ``c``."""
+    if fits.approach2 is not None:
+        return float(fits.approach2.optimal(c)[0])
+    n = fits.arrays["n"]
+    cands = [
+        point_for(design, family_spec(x, design), c)
+        for x in np.logspace(np.log10(n.min() / 4), np.log10(n.max() * 8), 40)
+    ]
+    best = min(cands, key=lambda p: float(fits.approach3.predict(p.n_params_non_embedding, p.tokens)))
+    return best.n_params_non_embedding
 
 
 def plan_heldout(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPoint:
@@ -160,26 +207,42 @@ def plan_heldout(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPo
     without approach 2, the family member with the lowest approach-3 loss at that compute)."""
     shape = shape_fn or design_shape(design)
     c_h = heldout_budget(design)
-    if fits.approach2 is not None:
-        n_target = float(fits.approach2.optimal(c_h)[0])
-    else:
-        n = fits.arrays["n"]
-        cands = [
-            point_for(design, family_spec(x, design), c_h)
-            for x in np.logspace(np.log10(n.min() / 4), np.log10(n.max() * 8), 40)
-        ]
-        best = min(cands, key=lambda p: float(fits.approach3.predict(p.n_params_non_embedding, p.tokens)))
-        n_target = best.n_params_non_embedding
-    spec = shape(int(n_target), design.vocab_size, design.seq_len, design.dim_multiple)
+    spec = shape(int(_optimal_size(design, fits, c_h)), design.vocab_size, design.seq_len, design.dim_multiple)
     return point_for(design, spec, c_h, role="heldout")
 
 
-def predict(fits: LadderFit, n: float, d: float, c: float) -> tuple[list[dict[str, Any]], str | None]:
+def plan_overtrained(design: LadderDesign, fits: LadderFit, held: GridPoint, shape_fn=None) -> GridPoint | None:
+    """The over-trained held-out run: a model ``sqrt(overtrain)`` x smaller than ``N_opt`` at its compute, trained
+    on ``sqrt(overtrain)`` x more tokens, so it sees about ``overtrain`` x the compute-optimal tokens per parameter
+    (Gadre et al. 2024's over-training multiple ``M / M_opt``). Its compute is the largest ladder budget, with a
+    size below every ladder run there, so it is never a fitted point; where the shape family has no such size (the
+    smallest ladders), the compute-optimal held-out run ``held``'s compute, below ``held``'s size. ``None`` when
+    ``design.overtrain`` is 0 or no such size exists. It tests the law's extrapolation in tokens per parameter."""
+    if design.overtrain <= 0:
+        return None
+    shape = shape_fn or design_shape(design)
+    for c, below in (
+        (max(design.budgets), fits.arrays["n"][fits.arrays["budget"] == max(design.budgets)].min(initial=np.inf)),
+        (held.budget, held.n_params_non_embedding),
+    ):
+        target = _optimal_size(design, fits, c) / math.sqrt(design.overtrain)
+        for _ in range(40):  # down to 1.1^-40 = 1/45 of the target
+            spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
+            if fit_params(spec) < below:
+                return point_for(design, spec, c, role="heldout_overtrained")
+            target /= 1.1
+    return None
+
+
+def predict(
+    fits: LadderFit, n: float, d: float, c: float, compute_optimal: bool = True
+) -> tuple[list[dict[str, Any]], str | None]:
     """Every method's prediction for a run of ``n`` parameters, ``d`` tokens and ``c`` FLOPs, with 95% CIs, and a
-    note when the envelope's interval is unavailable (its minima too fragile to resample)."""
+    note when the envelope's interval is unavailable. The envelope predicts the loss at the compute-optimal size
+    only, so a run that is not compute-optimal (``compute_optimal=False``) gets approach 3 alone."""
     law = fits.approach3
     preds, note = [], None
-    if fits.envelope is not None:
+    if fits.envelope is not None and compute_optimal:
         env_pred = float(fits.envelope.predict(c))
         try:
             env_ci = ci95(fits.envelope_draws(np.array([c]))[:, 0])

@@ -66,6 +66,7 @@ class PerfConstants(BaseModel):
     fp8_weight_copy_bytes: float
     ddp_bucket_mib: float
     fsdp_prefetch_layers: float
+    sp_saves_gathered_input: float = 0.0
     fixed_overhead_gib: float
     allocator_fraction: float
 

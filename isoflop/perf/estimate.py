@@ -8,12 +8,13 @@ HFU adds the FLOPs of recomputation (Korthikanti et al. 2022, Sec. 6).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from isoflop.hardware import GPU
+from isoflop.perf.comm import CommBytes, comm_bytes
 from isoflop.perf.constants import PerfConstants, load_constants
 from isoflop.perf.layout import RECOMPUTE, Layout, LayoutArrays, peak_dtype, validate
 from isoflop.perf.memory import GIB, MEMORY_KEYS, memory_bytes
@@ -44,6 +45,7 @@ class Estimate:
     microbatches: int
     overflow: str | None = None
     step_time_s_ci90: tuple[float, float] = (0.0, 0.0)
+    comm_bytes: CommBytes | None = None  # message bytes per GPU per step by group (``isoflop.perf.comm``)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,6 +81,7 @@ class Estimate:
             "mfu_ci90": list(self.mfu_ci90),
             "hfu": self.hfu,
             "breakdown": dict(self.breakdown),
+            **({"comm_bytes": self.comm_bytes.to_dict()} if self.comm_bytes is not None else {}),
             **self.extra,
         }
 
@@ -187,4 +190,5 @@ def estimate(
     const = constants or load_constants(gpu.name)
     la = LayoutArrays.from_layouts([layout])
     row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, layout.dtype, layout.optimizer, const)
-    return build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len, const)
+    est = build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len, const)
+    return replace(est, comm_bytes=comm_bytes(spec, layout, global_batch, seq_len, const))

@@ -10,15 +10,19 @@
 * Activations per layer (Korthikanti et al. 2022, Sec. 4, Eq. 1-2): ``s b h (34 + 5 a s / h)`` for GPT with
   dropout and unfused attention. isoflop assumes FlashAttention (no ``s^2`` term) and no dropout, and
   counts the tensors autograd saves in a Llama/GPT block: 4 replicated ``h`` vectors per token (both norm
-  inputs, the QKV and MLP inputs; divided by ``t`` with sequence parallelism), and per tensor-parallel
-  shard Q, K, V, the attention output, the output-projection input, the log-sum-exp and the MLP's
-  hidden tensors (GELU 2 ``d_ff``; SwiGLU 4 ``d_ff``). Selective recomputation drops the attention core's
-  outputs; full recomputation keeps only each layer's input, ``2 s b h`` (Korthikanti Eq. 6), plus one
-  layer's full set during its backward (alive after the loss buffers are freed, so the peak takes the larger).
+  inputs, the QKV and MLP inputs; divided by ``t`` with sequence parallelism, the QKV and MLP inputs not when
+  the framework saves them all-gathered, ``sp_saves_gathered_input``), and per tensor-parallel shard Q, K, V,
+  the attention output (one tensor: the kernel's output is the output projection's input), the log-sum-exp
+  and the MLP's hidden tensors (GELU 2 ``d_ff``; SwiGLU 4 ``d_ff``): for GPT shapes Korthikanti's 34 less
+  their two ``s b h`` dropout masks, 32 ``s b h``, plus the log-sum-exp. Selective recomputation drops the
+  attention core's log-sum-exp (the output stays as the projection's input); full recomputation keeps only
+  each layer's input, ``2 s b h`` (Korthikanti Eq. 6), plus one layer's full set during its backward (alive
+  after the loss buffers are freed, so the peak takes the larger).
   Context parallelism divides the tokens by ``cp``.
 * Pipeline parallelism (Narayanan et al. 2021, Sec. 2.2; Korthikanti et al. 2022, Sec. 4.2.3): with 1F1B
   the first stage keeps ``min(p, m)`` microbatches in flight; interleaving multiplies that by
-  ``1 + (p - 1) / (p v)``. The last stage holds the logits; the model reports the larger stage.
+  ``1 + (p - 1) / (p v)``, the last stage one microbatch, ``((v - 1) p + 1) / v`` interleaved. The last stage
+  holds the logits; the model reports the larger stage.
 """
 
 from __future__ import annotations
@@ -119,11 +123,17 @@ def stage_params(spec: ModelSpec, la: LayoutArrays) -> StageParams:
 
 
 def layer_activation_bytes(
-    spec: ModelSpec, la: LayoutArrays, seq_len: int, act: float, resid: float | None = None
+    spec: ModelSpec,
+    la: LayoutArrays,
+    seq_len: int,
+    act: float,
+    resid: float | None = None,
+    gathered_input: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Bytes autograd keeps for one layer and one microbatch, by recompute policy (``none``,
     ``selective``, ``full`` = kept input only, ``op``) on one GPU. ``resid``: bytes per residual-stream element
-    (the two norm inputs; default ``act``)."""
+    (the two norm inputs; default ``act``). ``gathered_input`` = 1: sequence parallelism saves the all-gathered
+    QKV and MLP inputs (torch's ``parallelize_module``), 0: their sequence shards (Megatron-LM)."""
     resid = act if resid is None else resid
     tp = la.tp.astype(float)
     tokens = la.micro_batch * seq_len / la.cp
@@ -131,10 +141,13 @@ def layer_activation_bytes(
     kv_local = np.maximum(spec.n_kv_heads / tp, 1.0) * hd
     rep_div = np.where(la.sequence_parallel, tp, 1.0)
     stat_bytes = (4.0 if spec.norm == "rmsnorm" else 8.0) * 2  # fp32 rstd (and mean) of the two norms
-    replicated = (2 * h * resid + 2 * h * act + stat_bytes) / rep_div  # norm inputs + QKV/MLP inputs
+    inputs_div = np.where(la.sequence_parallel & (gathered_input > 0), 1.0, rep_div)
+    replicated = (2 * h * resid + stat_bytes) / rep_div + 2 * h * act / inputs_div  # norm inputs + QKV/MLP inputs
     attn_in = (q / tp + 2 * kv_local) * act  # Q, K, V (saved by the attention kernel)
-    core_out = (q / tp) * act + (spec.n_heads / tp) * 4.0  # attention output + fp32 log-sum-exp
-    proj_in = (q / tp) * act  # output projection's input
+    # the attention output is saved once: the kernel's output is the output projection's input (Korthikanti
+    # et al. 2022, Sec. 4.1, count it once, as "linear projection: 2sbh"); the kernel adds its fp32 log-sum-exp
+    core_out = (spec.n_heads / tp) * 4.0
+    proj_in = (q / tp) * act
     hidden = (4 if spec.gated else 2) * spec.d_ff / tp * act
     if spec.is_moe:
         mlp = spec.top_k * (h * act + hidden) + spec.n_shared_experts * hidden + spec.n_experts * 8.0
@@ -146,7 +159,7 @@ def layer_activation_bytes(
     # op-level SAC (torchtitan, isoflop.perf.sac): the layer input, the attention output and the odd matmuls'
     # outputs are saved; the rest (norms, RoPE, the activation function, the even matmuls) is recomputed
     if spec.is_moe:
-        op = full + tokens * (core_out + 0.5 * (attn_in + proj_in + mlp))
+        op = full + tokens * (core_out + proj_in + 0.5 * (attn_in + proj_in + mlp))
     else:
         width = {"h": h, "q": q / tp, "kv": kv_local, "f": spec.d_ff / tp}
         attention = (q / tp) * act + (spec.n_heads / tp) * 4.0  # the attention kernel's output + fp32 log-sum-exp
@@ -165,6 +178,22 @@ def memory_bytes(
     const: PerfConstants,
 ) -> dict[str, np.ndarray]:
     """Peak bytes per GPU, by part, for the fuller of the first and the last pipeline stage."""
+    first, last = memory_bytes_by_stage(spec, gpu, la, global_batch, seq_len, dtype, optimizer, const)
+    first_larger = first["total_gib"] >= last["total_gib"]
+    return {key: np.where(first_larger, first[key], last[key]) * np.ones(len(la)) for key in MEMORY_KEYS}
+
+
+def memory_bytes_by_stage(
+    spec: ModelSpec,
+    gpu: GPU,
+    la: LayoutArrays,
+    global_batch: int,
+    seq_len: int,
+    dtype: str,
+    optimizer: str,
+    const: PerfConstants,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Peak bytes per GPU, by part (``MEMORY_KEYS``, in bytes), on the first and on the last pipeline stage."""
     prec = precision(spec, dtype, optimizer, const)
     sp = stage_params(spec, la)
     shard = (la.dp * la.cp / la.replicate).astype(float)
@@ -180,7 +209,7 @@ def memory_bytes(
     m = global_batch // (la.dp * la.micro_batch)
     pp, v = la.pp.astype(float), la.interleave.astype(float)
     layers = stage_layers(spec.n_layers, pp).astype(float)  # the fullest stage
-    per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid)
+    per_layer = layer_activation_bytes(spec, la, seq_len, prec.act, prec.resid, const.sp_saves_gathered_input)
     kept = np.select(
         [la.recompute == 0, la.recompute == 1, la.recompute == 3],
         [per_layer["none"], per_layer["selective"], per_layer["op"]],
@@ -191,7 +220,9 @@ def memory_bytes(
     live = np.where(la.recompute == 2, per_layer["none"] + hidden_grad, 0.0)
     inflight = np.minimum(pp, m) * np.where(la.interleave > 1, 1.0 + (pp - 1) / (pp * v), 1.0)
     act_first = layers * kept * inflight
-    act_last = layers * kept
+    # the last rank's warm-up runs (v - 1) p chunks of L / (p v) layers before its first backward (Megatron-LM's
+    # interleaved schedule, torch's Interleaved1F1B), so it keeps (v - 1) p + 1 chunks: one microbatch when v = 1
+    act_last = layers * kept * ((v - 1.0) * np.minimum(pp, m) + 1.0) / v
     tokens = la.micro_batch * seq_len / la.cp
     rep_div = np.where(la.sequence_parallel, la.tp, 1)
     head_in = (
@@ -217,7 +248,6 @@ def memory_bytes(
     p2p = np.where(la.pp > 1, 2 * tokens * spec.d_model * prec.act, 0.0)
     comm = np.where(zero >= 3, fsdp, ddp) + p2p
 
-    out: dict[str, np.ndarray] = {}
     parts = []
     for dense, act, lg, cast in (
         (sp.dense_first, act_first, logits_first, copies),
@@ -229,7 +259,5 @@ def memory_bytes(
         tensors = w + g + o + act + lg + comm
         overhead = const.fixed_overhead_gib * GIB + const.allocator_fraction * tensors
         parts.append((w, g, o, act, lg, comm, overhead, tensors + overhead))
-    first_larger = parts[0][-1] >= parts[1][-1]
-    for key, a, b in zip(MEMORY_KEYS, parts[0], parts[1]):
-        out[key] = np.where(first_larger, a, b) * np.ones(len(la))
-    return out
+    first, last = ({key: v * np.ones(len(la)) for key, v in zip(MEMORY_KEYS, p)} for p in parts)
+    return first, last

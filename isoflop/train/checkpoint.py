@@ -57,6 +57,7 @@ from isoflop.atomic import atomic_write_json
 from isoflop.checksum import sha256_file
 from isoflop.errors import IsoflopError
 from isoflop.train.distributed import DistEnv, all_reduce, broadcast_object
+from isoflop.train.parallel.reshard import canonical_name, fuse_for_checkpoint
 
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -348,20 +349,35 @@ def _groups_to_json(groups: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _groups_from_json(path: Path, saved: Any, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """This rank's saved param groups (the set whose fields and parameters match the optimizer's), with tuples
-    restored where the optimizer has tuples (``betas``)."""
+    """This rank's param groups from the saved sets, with tuples restored where the optimizer has tuples (``betas``).
+
+    Layouts may differ between save and load: group ``i`` of this rank matches when the saved sets with the same
+    fields name all its parameters between them (pipeline stages each saved their own), tensor-parallel split
+    parameters counted under their fused names (``reshard.canonical_name``)."""
     if not isinstance(saved, list) or not all(isinstance(c, list) for c in saved):
         raise CheckpointInvalid(path, "trainer-state", "optim_param_groups is not a list of param-group lists")
-    for candidate in saved:
-        if len(candidate) == len(current) and all(
-            isinstance(old, dict) and set(old) == set(now) and old["params"] == now["params"]
-            for old, now in zip(candidate, current)
-        ):
-            return [
-                {k: tuple(v) if isinstance(now[k], tuple) else v for k, v in old.items()}
-                for old, now in zip(candidate, current)
-            ]
-    raise CheckpointInvalid(path, "trainer-state", "optim_param_groups name other fields or parameters")
+    candidates = [
+        c
+        for c in saved
+        if len(c) == len(current)
+        and all(
+            isinstance(old, dict) and set(old) == set(now) and isinstance(old["params"], list)
+            for old, now in zip(c, current)
+        )
+    ]
+    out = []
+    for i, now in enumerate(current):
+        known = {canonical_name(str(name)) for c in candidates for name in c[i]["params"]}
+        if not candidates or not {canonical_name(name) for name in now["params"]} <= known:
+            raise CheckpointInvalid(path, "trainer-state", "optim_param_groups name other fields or parameters")
+        first = candidates[0][i]
+        out.append(
+            {
+                k: now["params"] if k == "params" else tuple(v) if isinstance(now[k], tuple) else v
+                for k, v in first.items()
+            }
+        )
+    return out
 
 
 # Saving and loading --------------------------------------------------------------------------------
@@ -408,10 +424,12 @@ class Checkpointer:
             dist.barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": {"state": _scalars_as_tensors(optim_sd["state"])}}
-        _only_tensors(state, "")
+        fused, _ = fuse_for_checkpoint(state)  # the same keys and logical tensors under every layout
+        _only_tensors(fused, "")
         writer = dcp.FileSystemWriter(str(tmp))
         meta = {"step": step, **trainer_state, "optim_param_groups": _groups_to_json(optim_sd["param_groups"])}
-        if self.async_save:
+        # async staging copies each value to the CPU whole, which the fused views (row blocks only) cannot do
+        if self.async_save and fused is state:
             if self._async_group is None and dist.is_initialized():
                 self._async_group = dist.new_group(backend="gloo")
             with _quiet():
@@ -422,7 +440,7 @@ class Checkpointer:
         else:
             try:
                 with _quiet():
-                    dcp.save(state, storage_writer=writer)
+                    dcp.save(fused, storage_writer=writer)
             except CheckpointException as exc:
                 raise IsoflopError(
                     f"cannot write checkpoint {tmp} ({_first_error(exc)}); "
@@ -491,9 +509,11 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         groups = _groups_from_json(path, trainer["optim_param_groups"], optim_sd["param_groups"])
         state = {"model": model_sd, "optim": {"state": _scalars_as_tensors(optim_sd["state"])}}
+        fused, after_load = fuse_for_checkpoint(state)  # DCP fills the split parts in place
         try:
             with _quiet():
-                dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=TensorOnlyLoadPlanner())
+                dcp.load(fused, storage_reader=SafeFileSystemReader(str(path)), planner=TensorOnlyLoadPlanner())
+            after_load()
             set_state_dict(
                 model,
                 optimizer,

@@ -8,7 +8,9 @@ line. Overrides use dotted keys (``train.max_steps=40``) and YAML values.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 import math
 import typing
 from importlib import resources
@@ -16,10 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from isoflop import structured
 from isoflop.errors import IsoflopError
+from isoflop.perf.layout import Layout
 from isoflop.spec.loader import load_spec, spec_from_dict
 from isoflop.spec.model import ModelSpec
 from isoflop.train.data import DataConfig
@@ -106,38 +109,89 @@ class OptimSection(_Section):
         return _integral(value)
 
 
-class ParallelSection(_Section):
-    """How processes share the model: data parallelism (DDP, FSDP2, HSDP) and, with ``tp``/``pp`` > 1, tensor +
-    sequence and pipeline parallelism on one DeviceMesh (``isoflop.train.parallel``). The other layout fields
-    come from the planner for information."""
+# The performance model's ``Layout`` knobs are the parallel section's fields (one list, ``isoflop.perf.layout``).
+# Degrees default to the Layout's 1; every other knob defaults to null: the trainer's own setting decides.
+_DEGREES = ("tp", "pp", "cp", "ep", "interleave", "replicate")
+_KNOB_HELP = {
+    "tp": "Tensor (+ sequence) parallel degree.",
+    "pp": "Pipeline stages.",
+    "dp": "Data-parallel degree; null = the processes left by tp*pp*cp (must match when given).",
+    "cp": "Context parallel degree (refused: ring attention does not run on CPU/gloo here).",
+    "ep": "Expert parallelism of an MoE model over groups of ep data-parallel ranks.",
+    "zero": "0 = replicated (DDP), 1/2 = FSDP2 without resharding after forward (ZeRO-1 runs as ZeRO-2), 3 = FSDP2.",
+    "recompute": "none/full = train.activation_checkpointing; selective and op are refused (not in the trainer).",
+    "sequence_parallel": "Tensor parallelism always runs sequence-parallel here; false with tp > 1 is refused.",
+    "micro_batch": "Sets train.micro_batch (they must agree when both are given).",
+    "interleave": "Virtual pipeline stages per rank (interleaved 1F1B).",
+    "offload": "Optimizer-state offload to the CPU: refused (not in the trainer).",
+    "dtype": "fp32 or bf16/amp set train.dtype (they must agree when both are given); fp16/fp8 are refused.",
+    "optimizer": "Sets optim.name (they must agree when both are given).",
+    "replicate": "HSDP replica groups (the outer data-parallel mesh dimension); needs strategy hsdp.",
+}
+
+
+_KNOB_FIX = {"recompute": "none or full", "offload": "false", "dtype": "fp32 or bf16"}
+
+
+def _knob_fields() -> dict[str, Any]:
+    hints = typing.get_type_hints(Layout)
+    out: dict[str, Any] = {}
+    for knob in dataclasses.fields(Layout):
+        kind, help_ = hints[knob.name], _KNOB_HELP[knob.name]
+        if knob.name in _DEGREES:
+            out[knob.name] = (int, Field(knob.default, gt=0, description=help_))
+        elif kind is int:
+            out[knob.name] = (int | None, Field(None, gt=0, description=help_))
+        else:
+            out[knob.name] = (kind | None, Field(None, description=help_))
+    return out
+
+
+_LayoutKnobs = create_model("_LayoutKnobs", __base__=_Section, **_knob_fields())
+
+
+class ParallelSection(_LayoutKnobs):  # type: ignore[misc, valid-type]
+    """How processes share the model: the performance model's ``Layout`` knobs (``isoflop.perf.layout``), each
+    taking effect or refused with one line (``TrainConfig`` and ``isoflop.train.parallel.apply.plan_layout``), and
+    the trainer's own choices: the data-parallel wrapper, FSDP resharding and the pipeline schedule. With
+    ``tp``/``pp`` > 1 the trainer composes tensor + sequence and pipeline parallelism on one DeviceMesh
+    (``isoflop.train.parallel``)."""
 
     strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
-    replicate: int = Field(1, gt=0, description="HSDP replica groups (the outer mesh dimension).")
     reshard_after_forward: bool | None = Field(
         None,
         description="FSDP: true = ZeRO-3, false = SHARD_GRAD_OP (ZeRO-2). "
         "null: false when zero <= 2 is given, else true.",
     )
-    zero: int | None = Field(None, ge=0, le=3)
-    tp: int = Field(1, gt=0)
-    pp: int = Field(1, gt=0)
-    dp: int | None = Field(None, gt=0)
-    cp: int = Field(1, gt=0)
-    ep: int = Field(1, gt=0, description="Expert parallelism of an MoE model over groups of ep data-parallel ranks.")
-    recompute: Literal["none", "selective", "full"] | None = None
-    sequence_parallel: bool | None = None
-    micro_batch: int | None = Field(None, gt=0)
-    interleave: int | None = Field(None, gt=0)
     pp_schedule: Literal["gpipe", "1f1b", "interleaved-1f1b", "zero-bubble"] | None = Field(
         None, description="Pipeline schedule; null: 1f1b, or interleaved-1f1b when interleave > 1."
     )
-    offload: bool | None = None
-    dtype: str | None = None
+
+    @field_validator(*_DEGREES, mode="before")
+    @classmethod
+    def _degree(cls, value: Any) -> Any:
+        return 1 if value is None else value  # null (as older plan files write it): the Layout's default
 
     def fsdp_reshard(self) -> bool:
         if self.reshard_after_forward is not None:
             return self.reshard_after_forward
         return not (self.zero is not None and self.zero <= 2)
+
+    def layout(self, world: int, strategy: str, micro_batch: int, recompute: bool, dtype: str) -> Layout:
+        """The performance model's ``Layout`` of this run: the section's degrees, with ``strategy`` (the resolved
+        wrapper, or ``model-parallel``), the micro batch, recomputation and dtype the trainer settled on."""
+        dp = max(1, world // (self.tp * self.pp * self.cp))
+        sharded = strategy in ("fsdp", "hsdp") or (strategy == "model-parallel" and self.strategy != "ddp")
+        knobs = {k: getattr(self, k) for k in _DEGREES}
+        return Layout(
+            **{**knobs, "replicate": self.replicate if self.strategy == "hsdp" else 1},
+            dp=dp,
+            zero=self.zero if self.zero is not None else (3 if sharded and dp > 1 else 0),
+            sequence_parallel=self.tp > 1,
+            micro_batch=micro_batch,
+            recompute="full" if recompute else "none",
+            dtype="amp" if dtype == "bf16" else "fp32",
+        )
 
 
 class SyncSection(_Section):
@@ -223,6 +277,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        self._apply_layout_knobs()
         if self.train.seq_len > self.model.max_seq_len:
             raise IsoflopError(
                 f"train.seq_len={self.train.seq_len} exceeds the model's max_seq_len={self.model.max_seq_len}; "
@@ -237,6 +292,52 @@ class TrainConfig(_Section):
                 "pick a divisor"
             )
         return self
+
+    def _apply_layout_knobs(self) -> None:
+        """The ``parallel`` knobs that other sections own take effect there, or are refused with one line: a knob
+        the trainer does not implement, or one that contradicts the section that owns it."""
+        p, train, optim = self.parallel, self.train, self.optim
+        for knob, value, refused in (
+            ("recompute", p.recompute, ("selective", "op")),
+            ("offload", p.offload, (True,)),
+            ("dtype", p.dtype, ("fp16", "fp8")),
+        ):
+            if value in refused:
+                raise IsoflopError(
+                    f"parallel.{knob}={json.dumps(value)} is not implemented by the trainer; "
+                    f"drop it or use {_KNOB_FIX[knob]}"
+                )
+        if p.sequence_parallel is False and p.tp > 1:
+            raise IsoflopError(
+                "parallel.sequence_parallel=false: the trainer's tensor parallelism always runs sequence-parallel; "
+                "drop it or set it true"
+            )
+        if p.replicate > 1 and p.strategy != "hsdp":
+            raise IsoflopError(f"parallel.replicate={p.replicate} needs parallel.strategy: hsdp (got {p.strategy})")
+        if p.zero is not None and (p.zero == 0) != (p.strategy == "ddp") and p.strategy not in ("auto", "none"):
+            raise IsoflopError(
+                f"parallel.zero={p.zero} contradicts parallel.strategy={p.strategy}; "
+                "zero 0 is ddp, zero 1-3 are fsdp or hsdp"
+            )
+        if p.zero is not None and p.strategy == "auto":
+            p.strategy = "ddp" if p.zero == 0 else "fsdp"
+        owned: list[tuple[str, Any, Any, str]] = [
+            ("micro_batch", p.micro_batch, train, "micro_batch"),
+            ("recompute", None if p.recompute is None else p.recompute == "full", train, "activation_checkpointing"),
+            ("dtype", {"amp": "bf16"}.get(p.dtype, p.dtype), train, "dtype"),
+            ("optimizer", p.optimizer, optim, "name"),
+        ]
+        for knob, value, section, field in owned:
+            if value is None:
+                continue
+            current = getattr(section, field)
+            if field in section.model_fields_set and current != value and current != "auto":
+                raise IsoflopError(
+                    f"parallel.{knob}={json.dumps(getattr(p, knob))} contradicts "
+                    f"{'optim' if section is optim else 'train'}.{field}={json.dumps(current)}; "
+                    "give one of them"
+                )
+            setattr(section, field, value)
 
     # Derived values -------------------------------------------------------------------------------
     def total_steps(self) -> int:

@@ -31,6 +31,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,7 @@ from isoflop.train.metrics import (
     relative_errors,
 )
 from isoflop.train.moe import check_expert_parallel, enable_expert_parallel, step_stats
-from isoflop.train.parallel.apply import ParallelModel, plan_layout, uses_model_parallelism
+from isoflop.train.parallel.apply import ParallelModel, check_layout, uses_model_parallelism
 from isoflop.train.precheck import check_memory
 from isoflop.train.schedule import lr_at
 
@@ -95,6 +96,35 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, out_dir: str | Path
         return _Run(cfg, Path(out_dir), env).run()
     finally:
         shutdown(env)
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands, beside the weights: what a checkpoint's ``trainer_state.json`` carries (with the data
+    position and RNG) and the summary reports."""
+
+    step: int = 0
+    tokens: int = 0
+    val_history: list[list[float]] = field(default_factory=list)  # [step, validation loss] pairs
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    resumed_from: int | None = None
+    last_loss: float | None = None
+    last_grad_norm: float | None = None
+    lr_scale: float = 1.0  # the product of the rollbacks' learning-rate factors
+    moe: dict[str, Any] | None = None  # the last logged step's routing statistics (not saved)
+
+    _SAVED = ("tokens", "val_history", "skipped_steps", "rollbacks", "lr_scale", "last_loss", "last_grad_norm")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The saved fields (the step is the checkpoint's own)."""
+        return {key: getattr(self, key) for key in self._SAVED}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Take the step and the saved fields of a checkpoint's trainer state (missing ones keep their value)."""
+        for key in ("step", *self._SAVED):
+            setattr(self, key, saved.get(key, getattr(self, key)))
+        self.resumed_from = self.step
 
 
 class _StopFlag:
@@ -176,6 +206,7 @@ class _Run:
         self.dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
         self.par: ParallelModel | None = None  # tensor/pipeline parallel (isoflop.train.parallel)
         self.init_checkpoint: Path | None = None  # the other run's checkpoint train.init_from loaded
+        check_layout(cfg, env.world)  # one-line errors before any work
         check_expert_parallel(cfg.model, cfg.parallel.ep, env.world)
         if cfg.parallel.ep > 1 and cfg.sync.mode == "diloco":
             raise IsoflopError("parallel.ep > 1 needs every step synchronised; drop sync.mode=diloco or set ep: 1")
@@ -187,7 +218,6 @@ class _Run:
                 )
             if cfg.train.init_from:
                 raise IsoflopError("train.init_from runs with data parallelism only; drop parallel.tp/pp/cp/interleave")
-            plan_layout(cfg, env.world)  # one-line errors before any work
             self.strategy = "model-parallel"
         elif cfg.sync.mode == "diloco":  # DiLoCo workers train unwrapped copies (isoflop.train.lowcomm / diloco)
             self.strategy = "diloco"
@@ -252,14 +282,36 @@ class _Run:
         if self.env.is_main:
             note(message)
 
-    # -- the run ----------------------------------------------------------------------------------
+    # -- the run: setup / resume / loop / finish -----------------------------------------------
     def run(self) -> dict[str, Any]:
+        self.wall0 = time.perf_counter()
+        self._setup()
+        self._resume()
+        cfg, env = self.cfg, self.env
+        self.metrics = (
+            MetricsLog(self.out, cfg.train.loggers, cfg.model_dump(mode="json"), self.state.step)
+            if env.is_main
+            else None
+        )
+        self.progress = Progress(self.total_steps, self.state.step, env.is_main)
+        try:
+            if self._loop():
+                return self._preempted()
+            final_val, hf_dir = self._finish_training()
+        finally:
+            comm = self.lowcomm.close()
+            self.stop.restore()
+            self.progress.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        return self._finish(final_val, hf_dir, comm)
+
+    def _setup(self) -> None:
+        """Data, model, optimizer, sampler and checkpointer; a fresh ``TrainerState``."""
         from isoflop.train.data import PackedSampler, prepare_data
-        from isoflop.train.lowcomm import LowComm
         from isoflop.train.optim import build_named_optimizer
 
-        cfg, env, out = self.cfg, self.env, self.out
-        wall0 = time.perf_counter()
+        cfg, env = self.cfg, self.env
         if env.device.type == "cpu":
             from isoflop.train.cpu import tune_allocator
 
@@ -267,16 +319,17 @@ class _Run:
         torch.manual_seed(cfg.train.seed)
         check_memory(cfg, env, self.micro_batch, self.dtype, self.strategy)
         self._check_out_dir()
-        data = prepare_data(cfg.data)
-        if data.vocab_size > self.spec.vocab_size:
+        self.data = prepare_data(cfg.data)
+        if self.data.vocab_size > self.spec.vocab_size:
             raise IsoflopError(
-                f"the tokenizer has {data.vocab_size} tokens but the model's vocab_size is {self.spec.vocab_size}; "
-                f"set data.vocab_size <= {self.spec.vocab_size} or enlarge the model's vocab_size"
+                f"the tokenizer has {self.data.vocab_size} tokens but the model's vocab_size is "
+                f"{self.spec.vocab_size}; set data.vocab_size <= {self.spec.vocab_size} or enlarge the model's "
+                "vocab_size"
             )
-        model = self._build_model()
-        optimizer = build_named_optimizer(model, cfg.optim)
-        sampler = PackedSampler(
-            data.train,
+        self.model = self._build_model()
+        self.optimizer = build_named_optimizer(self.model, cfg.optim)
+        self.sampler = PackedSampler(
+            self.data.train,
             cfg.train.seq_len,
             self.micro_batch,
             cfg.train.seed,
@@ -284,26 +337,27 @@ class _Run:
             self.par.dp_world if self.par else env.world,
             global_batch=cfg.train.global_batch,
         )
-        ckpt = Checkpointer(
-            out / "checkpoints",
+        self.ckpt = Checkpointer(
+            self.out / "checkpoints",
             cfg.train.keep_checkpoints,
             env,
             log=self._say,
             required=("tokens", "sampler"),
             identity=json_safe(_identity(cfg)),
         )
-        state: dict[str, Any] = {
-            "step": 0,
-            "tokens": 0,
-            "val_history": [],
-            "skipped_steps": 0,
-            "rollbacks": 0,
-            "resumed_from": None,
-            "last_loss": None,
-            "last_grad_norm": None,
-            "lr_scale": 1.0,
-        }
-        restored = ckpt.restore(model, optimizer)
+        self.state = TrainerState()
+        self.params = count_params(self.spec)
+        self.peak, self.peak_source = peak_flops_per_process(env.device, self.dtype)
+        self.step_flops = flops_per_step(self.spec, cfg.train.global_batch, cfg.train.seq_len).model
+        self.val_sets = self.data.val_batches(cfg.train.seq_len, cfg.train.global_batch, cfg.train.eval_batches)
+        self.timer = StepTimer(env.device)
+
+    def _resume(self) -> None:
+        """Load the newest checkpoint that verifies (if any), record the run, attach the sync scheme."""
+        from isoflop.train.lowcomm import LowComm
+
+        cfg, env, ckpt = self.cfg, self.env, self.ckpt
+        restored = ckpt.restore(self.model, self.optimizer)
         aside = broadcast_object([p.name for p in ckpt.set_aside], env)  # rank 0 verified and renamed
         if restored is None and aside:
             raise IsoflopError(
@@ -313,155 +367,151 @@ class _Run:
         if restored is not None:
             latest, loaded = restored
             try:
-                sampler.load_state_dict(loaded["sampler"])
+                self.sampler.load_state_dict(loaded["sampler"])
                 _set_rng_state(loaded.get("rng", {}))
             except (KeyError, TypeError, ValueError, RuntimeError) as exc:
                 raise IsoflopError(
                     f"checkpoint {latest} has a malformed data or RNG state ({type(exc).__name__}); "
                     "move that folder aside to resume from an older checkpoint"
                 ) from None
-            for key in (
-                "step",
-                "tokens",
-                "val_history",
-                "skipped_steps",
-                "rollbacks",
-                "last_loss",
-                "last_grad_norm",
-                "lr_scale",
-            ):
-                state[key] = loaded.get(key, state[key])
-            state["resumed_from"] = state["step"]
-            self._say(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+            self.state.load_state_dict(loaded)
+            self._say(f"resuming from {latest} (step {self.state.step} of {self.total_steps})")
         elif self.init_checkpoint is not None:
             from isoflop.train.upcycle import continue_data
 
-            continue_data(sampler, self.init_checkpoint, self._say)
+            continue_data(self.sampler, self.init_checkpoint, self._say)
         self._record_run()
-        lowcomm = LowComm(cfg, env, self.strategy)
-        lowcomm.attach(model, optimizer, out, state["resumed_from"])
-        sampler = lowcomm.wrap_sampler(sampler)
-        params = count_params(self.spec)
+        self.lowcomm = LowComm(cfg, env, self.strategy)
+        self.lowcomm.attach(self.model, self.optimizer, self.out, self.state.resumed_from)
+        self.sampler = self.lowcomm.wrap_sampler(self.sampler)
         self._say(
-            f"{self.spec.name}: {params.total:,} parameters, {self.total_steps} steps of {cfg.train.global_batch} x "
-            f"{cfg.train.seq_len} tokens, {env.world} process(es), {self.strategy}, {self.dtype} on {env.device.type}"
+            f"{self.spec.name}: {self.params.total:,} parameters, {self.total_steps} steps of "
+            f"{cfg.train.global_batch} x {cfg.train.seq_len} tokens, {env.world} process(es), {self.strategy}, "
+            f"{self.dtype} on {env.device.type}"
         )
-        peak, peak_source = peak_flops_per_process(env.device, self.dtype)
-        step_flops = flops_per_step(self.spec, cfg.train.global_batch, cfg.train.seq_len).model
-        val_sets = data.val_batches(cfg.train.seq_len, cfg.train.global_batch, cfg.train.eval_batches)
-        metrics = (
-            MetricsLog(out, cfg.train.loggers, cfg.model_dump(mode="json"), state["step"]) if env.is_main else None
-        )
-        progress = Progress(self.total_steps, state["step"], env.is_main)
-        timer = StepTimer(env.device)
-        if state["step"] == 0 and not state["val_history"]:
-            state["val_history"].append([0, self._evaluate(model, val_sets)])
+
+    def _loop(self) -> bool:
+        """Train until the last step; True when a signal stopped the run first."""
+        cfg, state = self.cfg, self.state
+        if state.step == 0 and not state.val_history:
+            state.val_history.append([0, self._evaluate(self.model, self.val_sets)])
         self.stop.install()
         bad = 0
         recent: list[float] = []  # the last accepted losses (spike reference)
-        window_tokens, window_time = 0, 0.0
-        preempted = False
-        try:
-            while state["step"] < self.total_steps:
-                if self._should_stop():
-                    preempted = True
-                    break
-                step = state["step"]
-                lr = lr_at(
-                    step,
-                    self.total_steps,
-                    cfg.optim.lr,
-                    self.warmup,
-                    cfg.optim.schedule,
-                    cfg.optim.min_lr_ratio,
-                    cfg.optim.decay_fraction,
-                ) * float(state["lr_scale"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                timer.start()
-                ceiling = self._loss_ceiling(recent)
-                loss, grad_norm = self._step(model, optimizer, sampler, ceiling)
-                elapsed = timer.stop()
-                moe = step_stats(model, cfg.moe.bias_rate)  # None for a dense model
-                ckpt.poll()
-                if not (math.isfinite(loss) and math.isfinite(grad_norm) and loss <= ceiling):
-                    bad += 1
-                    state["skipped_steps"] += 1
-                    what = "spiking" if math.isfinite(loss) and math.isfinite(grad_norm) else "non-finite"
-                    self._say(
-                        f"step {step + 1}: {what} loss {loss:.4g} / grad norm {grad_norm:.4g} (ceiling {ceiling:.4g}); "
-                        f"update skipped ({bad} in a row, rollback after {cfg.train.max_bad_steps})"
-                    )
-                    if bad >= cfg.train.max_bad_steps:
-                        self._rollback(ckpt, model, optimizer, state, loss)
-                        recent.clear()
-                        bad = 0
-                    continue
-                bad = 0
-                recent.append(loss)
-                del recent[:-_SPIKE_WINDOW]
-                state["step"] = step = step + 1
-                lowcomm.after_step(step)
-                tokens = cfg.train.global_batch * cfg.train.seq_len
-                state["tokens"] += tokens
-                window_tokens += tokens
-                window_time += elapsed
-                state["last_loss"], state["last_grad_norm"] = loss, grad_norm
-                log_now = step % cfg.train.log_every == 0 or step == self.total_steps
-                if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != self.total_steps:
-                    state["val_history"].append([step, self._evaluate(model, val_sets)])
-                if log_now:
-                    tps = window_tokens / window_time if window_time else float("nan")
-                    row = {
-                        "step": step,
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens": state["tokens"],
-                        "tokens_per_s": tps,
-                        "step_time_s": window_time / max(1, round(window_tokens / tokens)),
-                        "mfu": _at_most_one((step_flops * tps / tokens) / (peak * env.world) if peak else None),
-                        "memory_gib": memory_gib(env.device),
-                    }
-                    if state["val_history"] and state["val_history"][-1][0] == step:
-                        row["val_loss"] = state["val_history"][-1][1]
-                    if moe is not None:
-                        row.update(moe.to_row())
-                        state["moe"] = moe.to_row()
-                    if metrics is not None:
-                        metrics.log(row)
-                    window_tokens, window_time = 0, 0.0
-                progress.update(step, f"loss {loss:.4f} lr {lr:.2e}", log_now)
-                if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step != self.total_steps:
-                    ckpt.save(step, model, optimizer, self._trainer_state(state, sampler))
-            if preempted:
-                ckpt.save(state["step"], model, optimizer, self._trainer_state(state, sampler))
-                ckpt.close()
+        self._window = [0, 0.0]  # tokens and seconds since the last logged row
+        while state.step < self.total_steps:
+            if self._should_stop():
+                return True
+            step = state.step
+            lr = lr_at(
+                step,
+                self.total_steps,
+                cfg.optim.lr,
+                self.warmup,
+                cfg.optim.schedule,
+                cfg.optim.min_lr_ratio,
+                cfg.optim.decay_fraction,
+            ) * float(state.lr_scale)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.timer.start()
+            ceiling = self._loss_ceiling(recent)
+            loss, grad_norm = self._step(self.model, self.optimizer, self.sampler, ceiling)
+            elapsed = self.timer.stop()
+            moe = step_stats(self.model, cfg.moe.bias_rate)  # None for a dense model
+            self.ckpt.poll()
+            if not (math.isfinite(loss) and math.isfinite(grad_norm) and loss <= ceiling):
+                bad += 1
+                state.skipped_steps += 1
+                what = "spiking" if math.isfinite(loss) and math.isfinite(grad_norm) else "non-finite"
                 self._say(
-                    f"stopped by signal {self.stop.signal} at step {state['step']}; checkpoint saved, "
-                    "run the same command again to resume"
+                    f"step {step + 1}: {what} loss {loss:.4g} / grad norm {grad_norm:.4g} (ceiling {ceiling:.4g}); "
+                    f"update skipped ({bad} in a row, rollback after {cfg.train.max_bad_steps})"
                 )
-                return {
-                    "status": "preempted",
-                    "step": state["step"],
-                    "steps": self.total_steps,
-                    "checkpoint": str(latest_checkpoint(ckpt.root)),
-                }
-            final_val = self._evaluate(model, val_sets)
-            if not state["val_history"] or state["val_history"][-1][0] != state["step"]:
-                state["val_history"].append([state["step"], final_val])
-            done = latest_checkpoint(ckpt.root)
-            if done is None or int(done.name.split("-")[1]) != state["step"] or state["resumed_from"] != state["step"]:
-                ckpt.save(state["step"], model, optimizer, self._trainer_state(state, sampler))
-            ckpt.close()
-            hf_dir = self._export(model, data)
-        finally:
-            comm = lowcomm.close()
-            self.stop.restore()
-            progress.close()
-            if metrics is not None:
-                metrics.close()
-        steady = timer.steady()
+                if bad >= cfg.train.max_bad_steps:
+                    self._rollback(self.ckpt, self.model, self.optimizer, state, loss)
+                    recent.clear()
+                    bad = 0
+                continue
+            bad = 0
+            recent.append(loss)
+            del recent[:-_SPIKE_WINDOW]
+            self._after_step(loss, grad_norm, lr, elapsed, moe)
+        return False
+
+    def _after_step(self, loss: float, grad_norm: float, lr: float, elapsed: float, moe: Any) -> None:
+        """Count an accepted step; evaluate, log and checkpoint when due."""
+        cfg, env, state = self.cfg, self.env, self.state
+        state.step = step = state.step + 1
+        self.lowcomm.after_step(step)
+        tokens = cfg.train.global_batch * cfg.train.seq_len
+        state.tokens += tokens
+        self._window[0] += tokens
+        self._window[1] += elapsed
+        state.last_loss, state.last_grad_norm = loss, grad_norm
+        log_now = step % cfg.train.log_every == 0 or step == self.total_steps
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != self.total_steps:
+            state.val_history.append([step, self._evaluate(self.model, self.val_sets)])
+        if log_now:
+            window_tokens, window_time = self._window
+            tps = window_tokens / window_time if window_time else float("nan")
+            peak = self.peak
+            row = {
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": state.tokens,
+                "tokens_per_s": tps,
+                "step_time_s": window_time / max(1, round(window_tokens / tokens)),
+                "mfu": _at_most_one((self.step_flops * tps / tokens) / (peak * env.world) if peak else None),
+                "memory_gib": memory_gib(env.device),
+            }
+            if state.val_history and state.val_history[-1][0] == step:
+                row["val_loss"] = state.val_history[-1][1]
+            if moe is not None:
+                row.update(moe.to_row())
+                state.moe = moe.to_row()
+            if self.metrics is not None:
+                self.metrics.log(row)
+            self._window = [0, 0.0]
+        self.progress.update(step, f"loss {loss:.4f} lr {lr:.2e}", log_now)
+        if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step != self.total_steps:
+            self.ckpt.save(step, self.model, self.optimizer, self._trainer_state())
+
+    def _preempted(self) -> dict[str, Any]:
+        """Save where a signal stopped the run; the same command resumes it."""
+        step = self.state.step
+        self.ckpt.save(step, self.model, self.optimizer, self._trainer_state())
+        self.ckpt.close()
+        self._say(
+            f"stopped by signal {self.stop.signal} at step {step}; checkpoint saved, run the same command again to "
+            "resume"
+        )
+        return {
+            "status": "preempted",
+            "step": step,
+            "steps": self.total_steps,
+            "checkpoint": str(latest_checkpoint(self.ckpt.root)),
+        }
+
+    def _finish_training(self) -> tuple[float, Path | None]:
+        """The final evaluation, the final checkpoint (unless resumed at the end) and the export."""
+        state, ckpt = self.state, self.ckpt
+        final_val = self._evaluate(self.model, self.val_sets)
+        if not state.val_history or state.val_history[-1][0] != state.step:
+            state.val_history.append([state.step, final_val])
+        done = latest_checkpoint(ckpt.root)
+        if done is None or int(done.name.split("-")[1]) != state.step or state.resumed_from != state.step:
+            ckpt.save(state.step, self.model, self.optimizer, self._trainer_state())
+        ckpt.close()
+        return final_val, self._export(self.model, self.data)
+
+    def _finish(self, final_val: float, hf_dir: Path | None, comm: Any) -> dict[str, Any]:
+        """The summary (steady-state step time, MFU, predictions against measurements), written by rank 0."""
+        cfg, env, state, out = self.cfg, self.env, self.state, self.out
+        peak, peak_source, step_flops = self.peak, self.peak_source, self.step_flops
+        steady = self.timer.steady()
         step_time = sorted(steady)[len(steady) // 2] if steady else None
         session_tokens = cfg.train.global_batch * cfg.train.seq_len * len(steady)
         tokens_per_s = session_tokens / sum(steady) if steady and sum(steady) > 0 else None
@@ -484,22 +534,22 @@ class _Run:
         }
         summary: dict[str, Any] = {
             "status": "complete",
-            "final_train_loss": state["last_loss"],
+            "final_train_loss": state.last_loss,
             "val_loss": final_val,
-            "val_loss_initial": state["val_history"][0][1] if state["val_history"] else None,
-            "val_history": state["val_history"],
-            "steps": state["step"],
-            "tokens": state["tokens"],
+            "val_loss_initial": state.val_history[0][1] if state.val_history else None,
+            "val_history": state.val_history,
+            "steps": state.step,
+            "tokens": state.tokens,
             "tokens_per_s": tokens_per_s,
             "step_time_s": step_time,
             "mfu": mfu,
             "mfu_peak": peak_source,
             "memory_gib": mem,
-            "wall_s": time.perf_counter() - wall0,
-            "grad_norm": state["last_grad_norm"],
-            "params": params.total,
+            "wall_s": time.perf_counter() - self.wall0,
+            "grad_norm": state.last_grad_norm,
+            "params": self.params.total,
             "model_flops_per_step": step_flops,
-            "model_flops": step_flops * state["step"],
+            "model_flops": step_flops * state.step,
             "model": self.spec.name,
             "world": env.world,
             "strategy": self.strategy,
@@ -507,14 +557,14 @@ class _Run:
             "device": env.device.type,
             "micro_batch": self.micro_batch,
             "grad_accum": self.accum,
-            "resumed_from": state["resumed_from"],
-            "skipped_steps": state["skipped_steps"],
-            "rollbacks": state["rollbacks"],
+            "resumed_from": state.resumed_from,
+            "skipped_steps": state.skipped_steps,
+            "rollbacks": state.rollbacks,
             "hf_dir": str(hf_dir) if hf_dir else None,
             "comm": comm.to_dict(),
         }
-        if state.get("moe") is not None:
-            summary["moe"] = state["moe"]  # the last logged step's routing statistics
+        if state.moe is not None:
+            summary["moe"] = state.moe  # the last logged step's routing statistics
         if cfg.predicted is not None:
             predicted = cfg.predicted.model_dump(exclude_none=True)
             summary["predicted"] = predicted
@@ -524,7 +574,7 @@ class _Run:
             atomic_write_json(out / SUMMARY_FILE, json_safe(summary))
             train_loss = summary["final_train_loss"]
             self._say(
-                f"done: {state['step']} steps, train loss "
+                f"done: {state.step} steps, train loss "
                 f"{train_loss if train_loss is None else round(train_loss, 4)}, "
                 f"val loss {final_val:.4f}, {tokens_per_s or 0:,.0f} tokens/s -> {out / SUMMARY_FILE}"
             )
@@ -631,17 +681,11 @@ class _Run:
             all_reduce(flag, "max")
         return bool(flag.item() > 0)
 
-    def _trainer_state(self, state: dict[str, Any], sampler: Any) -> dict[str, Any]:
+    def _trainer_state(self) -> dict[str, Any]:
         return {
-            "tokens": state["tokens"],
-            "val_history": state["val_history"],
-            "skipped_steps": state["skipped_steps"],
-            "rollbacks": state["rollbacks"],
-            "lr_scale": state["lr_scale"],
-            "sampler": sampler.state_dict(),
+            **self.state.state_dict(),
+            "sampler": self.sampler.state_dict(),
             "rng": _rng_state(),
-            "last_loss": state["last_loss"],
-            "last_grad_norm": state["last_grad_norm"],
             "world": self.env.world,
             "total_steps": self.total_steps,
             "identity": json_safe(_identity(self.cfg)),
@@ -652,7 +696,7 @@ class _Run:
         ckpt: Checkpointer,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        state: dict[str, Any],
+        state: TrainerState,
         loss: float,
     ) -> None:
         """Restore weights and optimizer from the newest checkpoint from before the diverging update; the data
@@ -660,12 +704,12 @@ class _Run:
         ``DivergedError`` after ``train.max_rollbacks`` rollbacks or when no such checkpoint is left."""
         train_cfg = self.cfg.train
         ckpt.wait()
-        before = state["step"]
+        before = state.step
         where = f"at step {before + 1} (loss {loss:.4g})"
         fix = "lower optim.lr, raise optim.warmup_steps or set train.rollback_lr_factor below 1"
-        if state["rollbacks"] >= train_cfg.max_rollbacks:
+        if state.rollbacks >= train_cfg.max_rollbacks:
             raise DivergedError(
-                f"training diverged {where} after {state['rollbacks']} rollback(s) "
+                f"training diverged {where} after {state.rollbacks} rollback(s) "
                 f"(train.max_rollbacks={train_cfg.max_rollbacks}); {fix}"
             )
         # The weights of step `before` produced the bad losses: the last update taken diverged.
@@ -677,20 +721,20 @@ class _Run:
             )
         path, loaded = restored
         ckpt.set_aside_after(int(loaded["step"]))
-        state["step"] = int(loaded["step"])
-        state["tokens"] = int(loaded.get("tokens", state["tokens"]))
-        state["val_history"] = [v for v in state["val_history"] if v[0] <= state["step"]]
-        state["rollbacks"] += 1
-        state["lr_scale"] = float(state["lr_scale"]) * train_cfg.rollback_lr_factor
+        state.step = int(loaded["step"])
+        state.tokens = int(loaded.get("tokens", state.tokens))
+        state.val_history = [v for v in state.val_history if v[0] <= state.step]
+        state.rollbacks += 1
+        state.lr_scale = float(state.lr_scale) * train_cfg.rollback_lr_factor
         lr_note = (
-            f"; learning rate x{train_cfg.rollback_lr_factor:g} (now x{state['lr_scale']:.4g} of the schedule)"
+            f"; learning rate x{train_cfg.rollback_lr_factor:g} (now x{state.lr_scale:.4g} of the schedule)"
             if train_cfg.rollback_lr_factor != 1
             else ""
         )
         self._say(
-            f"ROLLBACK {state['rollbacks']}/{train_cfg.max_rollbacks}: {train_cfg.max_bad_steps} consecutive bad "
-            f"steps at step {before}; restored {path} (step {state['step']}) and continuing with the next data "
-            f"(the data since step {state['step']} is not replayed){lr_note}"
+            f"ROLLBACK {state.rollbacks}/{train_cfg.max_rollbacks}: {train_cfg.max_bad_steps} consecutive bad "
+            f"steps at step {before}; restored {path} (step {state.step}) and continuing with the next data "
+            f"(the data since step {state.step} is not replayed){lr_note}"
         )
 
     def _export(self, model: nn.Module, data: TokenData) -> Path | None:
@@ -717,14 +761,7 @@ class _Run:
         tmp = self.out / "hf.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        try:
-            export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
-        except IsoflopError as exc:
-            if not self.spec.is_moe:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            self._say(f"note: no Hugging Face export: {exc}")
-            return None
+        export_hf(clean, tmp, tokenizer=data.tokenizer, eos_id=data.eot_id)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

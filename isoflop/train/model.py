@@ -110,7 +110,8 @@ class Attention(nn.Module):
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         q, k, v = self.qkv(x).view(B, T, H + 2 * K, D).split([H, K, K], dim=2)
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+            # V gets its own buffer: as a view it would keep the fused QKV output alive beside the rotated Q and K
+            q, k, v = apply_rope(q, rope), apply_rope(k, rope), v.contiguous()
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         # GQA/MQA: each group of H / K query heads shares one key/value head, without copying K and V.
         if uses_math_attention(q):

@@ -43,16 +43,8 @@ def predicted_memory(
     does not cover it (the run is not refused for that)."""
     from isoflop.hardware import get_gpu
     from isoflop.perf.estimate import estimate
-    from isoflop.perf.layout import Layout
 
-    layout = Layout(
-        dp=world,
-        zero=3 if strategy in ("fsdp", "hsdp") else 0,
-        replicate=cfg.parallel.replicate if strategy == "hsdp" else 1,
-        micro_batch=micro_batch,
-        recompute="full" if recompute else "none",
-        dtype="amp" if dtype == "bf16" else "fp32",
-    )
+    layout = cfg.parallel.layout(world, strategy, micro_batch, recompute, dtype)
     try:  # the GPU only provides the model's constants here; memory per part does not depend on it
         est = estimate(cfg.model, get_gpu("h100-sxm"), world, layout, cfg.train.global_batch, cfg.train.seq_len)
     except IsoflopError:

@@ -27,17 +27,24 @@ from isoflop.train.parallel.pipeline import build_schedule, build_stages, check_
 def uses_model_parallelism(cfg: TrainConfig) -> bool:
     """Tensor, pipeline or context parallelism requested: the trainer takes this package's path."""
     p = cfg.parallel
-    return p.tp > 1 or p.pp > 1 or p.cp > 1 or (p.interleave or 1) > 1
+    return p.tp > 1 or p.pp > 1 or p.cp > 1 or p.interleave > 1
+
+
+def check_layout(cfg: TrainConfig, world: int) -> None:
+    """The whole layout against ``world`` processes before any work (one-line errors)."""
+    p = cfg.parallel
+    if uses_model_parallelism(cfg):
+        plan_layout(cfg, world)
+    elif p.dp is not None and p.dp != world:
+        raise IsoflopError(
+            f"tp*pp*cp*dp = {p.dp} must equal the {world} launched processes; "
+            f"launch {p.dp} processes or set parallel.dp to {world}"
+        )
 
 
 def plan_layout(cfg: TrainConfig, world: int) -> tuple[MeshLayout, str, int, int]:
     """Check the whole layout before any work: ``(mesh layout, pp schedule, micro batch, microbatches)``."""
     p, spec = cfg.parallel, cfg.model
-    if p.cp > 1:
-        raise IsoflopError(
-            "cp > 1 needs torch's context_parallel (ring attention over SDPA), which does not run on CPU/gloo "
-            "here; set parallel.cp: 1"
-        )
     if spec.is_moe:
         raise IsoflopError(
             "mixture-of-experts models train with data and expert parallelism (ddp/fsdp, parallel.ep) only; "
@@ -49,8 +56,13 @@ def plan_layout(cfg: TrainConfig, world: int) -> tuple[MeshLayout, str, int, int
     # ddp: FSDP2 over a (dp, 1) mesh, i.e. replicated parameters with an all-reduce of the gradients (ZeRO-0)
     replicate = {"hsdp": p.replicate, "ddp": data}.get(p.strategy, 1)
     layout = resolve_layout(world, p.tp, p.pp, p.cp, p.dp, replicate, spec, cfg.train.seq_len)
+    if p.cp > 1:  # after the layout's checks, so that a sequence CP cannot split is named as such
+        raise IsoflopError(
+            "cp > 1 needs torch's context_parallel (ring attention over SDPA), which does not run on CPU/gloo "
+            "here; set parallel.cp: 1"
+        )
     micro_batch, accum = cfg.micro_batch_for(layout.dp)
-    v = p.interleave or 1
+    v = p.interleave
     schedule = p.pp_schedule or ("1f1b" if v == 1 else "interleaved-1f1b")
     if layout.pp > 1:
         check_pipeline(spec.n_layers, spec.tie_embeddings, layout.pp, v, schedule, accum)
@@ -115,7 +127,7 @@ class ParallelModel:
         if lay.pp == 1:
             self._shard(model, list(model.layers))
             return model, None, True
-        v = cfg.parallel.interleave or 1
+        v = cfg.parallel.interleave
         stages, module = build_stages(model, lay.pp, self.pp_rank, v)
         for _, stage in stages:
             stage.seq_shards = lay.tp
@@ -190,6 +202,10 @@ class ParallelModel:
             with self._loss_context():
                 self._run_schedule(self.schedule.step, x, y, losses)
             loss_value = self._mean_over_replicas(torch.stack(losses).mean() if losses else torch.zeros(()))
+        if self.layout.tp > 1:
+            from isoflop.train.parallel.tensor import settle_gradients
+
+            settle_gradients(self.module)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         norm = self._grad_norm_and_clip(clip)
         if math.isfinite(loss_value) and math.isfinite(norm):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
+from isoflop.train.parallel.context import check_cp_split
 
 DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 
@@ -76,10 +77,7 @@ def resolve_layout(
         raise IsoflopError(f"tp={tp} must divide d_ff={spec.d_ff} and vocab_size={spec.vocab_size}")
     if pp > spec.n_layers:
         raise IsoflopError(f"pp={pp} exceeds n_layers={spec.n_layers}; use at most one stage per layer")
-    if seq_len % (cp * tp if tp > 1 else cp):
-        raise IsoflopError(
-            f"seq_len={seq_len} does not split over cp*tp = {cp}*{tp} (sequence parallelism); use a multiple of it"
-        )
+    check_cp_split(seq_len, cp, tp)
     return MeshLayout(pp=pp, dp_replicate=replicate, dp_shard=derived // replicate, cp=cp, tp=tp)
 
 

@@ -66,14 +66,14 @@ def _split_fused(model: Transformer) -> None:
             mlp.gate_up = _Concat(_split_linear(mlp.gate_up, {"gate": spec.d_ff, "up": spec.d_ff}))
 
 
-_FUSED = {"attn.qkv": ("q", "k", "v"), "mlp.gate_up": ("gate", "up")}
+FUSED = {"attn.qkv": ("q", "k", "v"), "mlp.gate_up": ("gate", "up")}
 
 
 def fused_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A (full, unsharded) state dict of a split model with the fused keys of ``Transformer`` restored."""
     out = dict(state)
     for key in list(state):
-        for fused, parts in _FUSED.items():
+        for fused, parts in FUSED.items():
             head = f".{fused}.{parts[0]}."
             if head in key:
                 prefix, kind = key.split(head)
@@ -138,3 +138,14 @@ def apply_tensor_parallel(model: Transformer, tp_mesh) -> Transformer:
         parallelize_module(block, tp_mesh, block_plan)
         block.attn.n_heads, block.attn.n_kv = spec.n_heads // tp, spec.n_kv_heads // tp
     return model
+
+
+def settle_gradients(module: nn.Module) -> None:
+    """Give each DTensor gradient its parameter's placements, once per step after accumulation: the
+    sequence-parallel norms' ``Partial`` gradients are all-reduced once (Korthikanti et al. 2022, Sec. 4.2.2),
+    not again by each reader (the gradient norm, the optimizer); the vocabulary-parallel embedding's
+    ``Replicate`` gradient is cut to its shard (no communication), so no rank keeps a full-size gradient."""
+    for p in module.parameters():
+        grad = p.grad
+        if isinstance(p, DTensor) and isinstance(grad, DTensor) and grad.placements != p.placements:
+            p.grad = grad.redistribute(p.device_mesh, p.placements)
