@@ -80,7 +80,7 @@ def render_summary(summary: dict):
 @app.command()
 def ladder(
     preset: str = typer.Option(
-        "quick", "--preset", "-p", help="Ladder preset: smoke (machinery check), quick, medium or large."
+        "quick", "--preset", "-p", help="Ladder preset: smoke (machinery check), tiny, quick, medium or large."
     ),
     out: Path = typer.Option(Path("ladder"), "--out", "-o", help="Folder for the registry, runs, fits and report."),
     workers: int | None = typer.Option(None, "--workers", help="Runs at once (default: cores / threads)."),
@@ -94,6 +94,14 @@ def ladder(
     primary: str | None = typer.Option(
         None, "--primary", help="Primary prediction: envelope or approach3 (default: the preset's)."
     ),
+    family: str = typer.Option(
+        "dense",
+        "--family",
+        help="Model family: dense, or moe (the dense shapes with each MLP replaced by routed experts of width "
+        "d_ff / top-k; sized and fitted by active non-embedding parameters).",
+    ),
+    experts: int | None = typer.Option(None, "--experts", help="Routed experts per layer, --family moe (default 8)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Experts per token, --family moe (default 2)."),
     data: str = typer.Option(
         "stdlib",
         "--data",
@@ -108,10 +116,10 @@ def ladder(
     import dataclasses
 
     from isoflop.ladder.pipeline import run_pipeline
-    from isoflop.ladder.presets import get_ladder_preset, with_data
+    from isoflop.ladder.presets import get_ladder_preset, with_data, with_family
 
+    design = with_family(with_data(get_ladder_preset(preset), data), family, experts, top_k)
     require_trainer()
-    design = with_data(get_ladder_preset(preset), data)
     if primary:
         design = dataclasses.replace(design, primary=primary)
         design.validate()

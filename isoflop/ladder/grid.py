@@ -20,6 +20,14 @@ Hyperparameters for tiny models follow one stated rule, identical across sizes b
   run's own last step (the schedule length matched to the tokens, Hoffmann et al. 2022, Sec. 3 / App. B);
 * AdamW (beta2 0.95, weight decay 0.1), fp32, the same data and validation set (same seed) for all runs;
   the validation loss is measured on the same ``eval_batches`` x ``batch_seqs`` windows for every run.
+
+The MoE family (``n_experts > 0``) is the dense family with each MLP replaced by ``n_experts`` routed SwiGLU
+experts of width ``d_ff / top_k``, ``top_k`` per token (fine-grained experts, Krajewski et al. 2024, granularity
+``G = top_k``): attention, embeddings and the active MLP width are the dense member's, so a token costs the dense
+member's FLOPs plus the router's ``2 d E`` per layer. Sizes, grid centres, learning rates and fits count
+``fit_params``: active non-embedding parameters (Clark et al. 2022 and Krajewski et al. 2024 scale in active
+parameters; at equal active parameters and tokens the two families spend equal FLOPs). For a dense model
+that is the non-embedding count.
 """
 
 from __future__ import annotations
@@ -61,6 +69,8 @@ class LadderDesign:
     max_extensions: int = 2
     bootstrap: int = 200
     extra_data: dict[str, Any] = field(default_factory=dict)
+    n_experts: int = 0
+    top_k: int = 0
 
     def validate(self) -> None:
         if len(self.budgets) < 3 or self.sizes < 4:
@@ -77,6 +87,13 @@ class LadderDesign:
             raise IsoflopError(f"overtrain must be >= 0 (0: no over-trained held-out run), got {self.overtrain}")
         if self.size_ratio <= 1:
             raise IsoflopError(f"size_ratio must be > 1, got {self.size_ratio}")
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
+            raise IsoflopError(
+                f"--top-k {self.top_k} with --experts {self.n_experts}: an MoE ladder routes each token to "
+                f"1 <= top-k <= experts; lower --top-k or raise --experts"
+            )
+        if not self.n_experts and self.top_k:
+            raise IsoflopError(f"--top-k {self.top_k} needs routed experts; give --family moe --experts E")
 
     @property
     def batch_tokens(self) -> int:
@@ -93,13 +110,20 @@ class GridPoint:
     tokens: int
     flops: float
     n_params: int
-    n_params_non_embedding: int
+    n_params_non_embedding: int  # the fit count, ``fit_params``: active non-embedding parameters
     config: TrainConfig
     role: str = "ladder"
 
     @property
     def label(self) -> str:
         return f"C={self.budget:.2e} N={self.n_params_non_embedding:,} D={self.tokens:,}"
+
+
+def fit_params(spec: ModelSpec) -> int:
+    """The parameters the ladder sizes, centres and fits by: non-embedding and active (an MoE's top-k experts and
+    router; every parameter of a dense model)."""
+    params = count_params(spec)
+    return params.active - params.embedding
 
 
 def kaplan_lr(n_non_embedding: float) -> float:
@@ -153,11 +177,38 @@ def default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -
 ShapeFn = Callable[[int, int, int, int], ModelSpec]
 
 
+def moe_member(dense: ModelSpec, n_experts: int, top_k: int) -> ModelSpec:
+    """``dense`` with each MLP replaced by ``n_experts`` routed experts of width ``d_ff / top_k`` (rounded to a
+    multiple of 4, which keeps the grouped GEMM's fp32 rows 16-byte aligned), ``top_k`` of them per token."""
+    width = max(4, round(dense.d_ff / top_k / 4) * 4)
+    update = {"n_experts": n_experts, "top_k": top_k, "d_ff": width, "name": "ladder-moe"}
+    return ModelSpec.model_validate({**dense.model_dump(), **update})
+
+
+def design_shape(design: LadderDesign) -> ShapeFn:
+    """The design's shape rule: ``default_shape``, or for an MoE design the dense member whose MoE version has the
+    active count nearest the one asked for (members a router's ``d E`` per layer apart), made MoE."""
+    if not design.n_experts:
+        return default_shape
+
+    def moe_fit(d_layers: tuple[int, int], vocab_size: int, seq_len: int, multiple: int) -> int:
+        dense = dense_member(*d_layers, vocab_size, seq_len, multiple)
+        return fit_params(moe_member(dense, design.n_experts, design.top_k))
+
+    def shape(n_active: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:
+        members = {family_size(n_active * f, multiple) for f in (0.6, 0.7, 0.8, 0.9, 1.0)}
+        best = min(members, key=lambda m: abs(math.log(moe_fit(m, vocab_size, seq_len, multiple) / n_active)))
+        n_dense = fit_params(dense_member(*best, vocab_size, seq_len, multiple))
+        return moe_member(default_shape(n_dense, vocab_size, seq_len, multiple), design.n_experts, design.top_k)
+
+    return shape
+
+
 def design_lr(design: LadderDesign, spec: ModelSpec) -> float:
     """The design's peak learning rate for ``spec``: ``lr_width / d_model`` when set, else ``lr_factor`` x Eq. D.1."""
     if design.lr_width is not None:
         return design.lr_width / spec.d_model
-    return ladder_lr(count_params(spec).non_embedding, design.lr_factor)
+    return ladder_lr(fit_params(spec), design.lr_factor)
 
 
 def ladder_train_config(design: LadderDesign, spec: ModelSpec, steps: int, budget: float, role: str) -> TrainConfig:
@@ -201,38 +252,43 @@ def point_for(design: LadderDesign, spec: ModelSpec, budget: float, role: str = 
         tokens=tokens,
         flops=tokens * per_token,
         n_params=params.total,
-        n_params_non_embedding=params.non_embedding,
+        n_params_non_embedding=fit_params(spec),
         config=ladder_train_config(design, spec, steps, budget, role),
         role=role,
+    )
+
+
+def dense_member(d: int, layers: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:
+    """The dense family member of width ``d`` and depth ``layers`` (SwiGLU ``d_ff ~ 8d/3``, head_dim = ``multiple``)."""
+    return ModelSpec(
+        name="ladder",
+        d_model=d,
+        n_layers=layers,
+        n_heads=d // multiple,
+        d_ff=math.ceil(8 * d / 3 / multiple) * multiple,
+        vocab_size=vocab_size,
+        max_seq_len=seq_len,
+        tie_embeddings=True,
     )
 
 
 def family_spec(n_non_embedding: float, design: LadderDesign) -> ModelSpec:
     """The family member nearest ``n_non_embedding``, built directly (cheap; for searching sizes)."""
     d, layers = family_size(n_non_embedding, design.dim_multiple)
-    ffn = math.ceil(8 * d / 3 / design.dim_multiple) * design.dim_multiple
-    return ModelSpec(
-        name="ladder",
-        d_model=d,
-        n_layers=layers,
-        n_heads=d // design.dim_multiple,
-        d_ff=ffn,
-        vocab_size=design.vocab_size,
-        max_seq_len=design.seq_len,
-        tie_embeddings=True,
-    )
+    dense = dense_member(d, layers, design.vocab_size, design.seq_len, design.dim_multiple)
+    return moe_member(dense, design.n_experts, design.top_k) if design.n_experts else dense
 
 
 def centre_size(design: LadderDesign, budget: float) -> float:
-    """Non-embedding size ``N`` whose run at ``budget`` sees ``tokens_per_param`` tokens per parameter (total,
-    embeddings included); bisection in log N, FLOPs and embeddings scaled between discrete family members."""
+    """Size ``N`` (``fit_params``) whose run at ``budget`` sees ``tokens_per_param`` tokens per active parameter
+    (embeddings included); bisection in log N, FLOPs and embeddings scaled between discrete family members."""
 
     def tokens_per_param(n: float) -> float:
         spec = family_spec(n, design)
         params = count_params(spec)
-        scale = n / params.non_embedding
+        scale = n / fit_params(spec)
         per_token = count_flops(spec, design.seq_len).training * scale
-        return budget / per_token / (params.total * scale)
+        return budget / per_token / (params.active * scale)
 
     lo, hi = 1e3, 1e10
     for _ in range(60):
@@ -251,18 +307,18 @@ def design_grid(design: LadderDesign, shape_fn: ShapeFn | None = None) -> list[G
     lands on the same (or a smaller) family member as the previous one is pushed up until it gives a new one.
     """
     design.validate()
-    shape = shape_fn or default_shape
+    shape = shape_fn or design_shape(design)
     points: list[GridPoint] = []
     for budget in sorted(design.budgets):
         centre = centre_size(design, budget)
         previous = 0
         for k in range(design.sizes):
             target = centre * design.size_ratio ** (k - (design.sizes - 1) / 2)
-            while count_params(family_spec(target, design)).non_embedding <= previous:
+            while fit_params(family_spec(target, design)) <= previous:
                 target *= 1.05
-            n = count_params(family_spec(target, design)).non_embedding
+            n = fit_params(family_spec(target, design))
             spec = shape(n, design.vocab_size, design.seq_len, design.dim_multiple)
-            previous = count_params(spec).non_embedding
+            previous = fit_params(spec)
             points.append(point_for(design, spec, budget))
     return points
 
@@ -277,7 +333,7 @@ def edge_extensions(
     minimum (Hoffmann et al. 2022 chose their IsoFLOP ranges around the minima the same way). The rule uses
     ladder losses only, never the held-out run.
     """
-    shape = shape_fn or default_shape
+    shape = shape_fn or design_shape(design)
     extra: list[GridPoint] = []
     for budget in sorted({b for b, _, _ in finished}):
         runs = sorted((n, loss) for b, n, loss in finished if b == budget)
@@ -288,7 +344,7 @@ def edge_extensions(
             continue
         target = runs[0][0] / design.size_ratio if best == 0 else runs[-1][0] * design.size_ratio
         spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
-        n_new = count_params(spec).non_embedding
+        n_new = fit_params(spec)
         if (best == 0 and n_new < runs[0][0]) or (best > 0 and n_new > runs[-1][0]):
             extra.append(point_for(design, spec, budget))
     return extra

@@ -32,6 +32,22 @@ PRESETS: dict[str, LadderDesign] = {
         max_extensions=0,
         extra_data={"max_bytes": 3_000_000},
     ),
+    # The smoke budgets on a finer shape family (head_dim 8: 856 to 6,984 non-embedding parameters) with a
+    # 256-token batch (4x smoke's steps), for comparisons on a loaded machine (benchmarks/moe_vs_dense.py); one
+    # (compute-optimal) held-out run.
+    "tiny": LadderDesign(
+        name="tiny",
+        budgets=(2e9, 4e9, 8e9),
+        sizes=4,
+        size_ratio=2.0,
+        batch_seqs=4,
+        dim_multiple=8,
+        eval_batches=16,
+        bootstrap=100,
+        overtrain=0.0,
+        max_extensions=0,
+        extra_data={"max_bytes": 3_000_000},
+    ),
     "quick": LadderDesign(
         name="quick",
         budgets=(8e10, 1.6e11, 3.2e11, 6.4e11),
@@ -64,6 +80,35 @@ def get_ladder_preset(name: str) -> LadderDesign:
             f"{'did you mean ' + ', '.join(close) + '?' if close else 'use ' + ', '.join(PRESETS)}"
         )
     return PRESETS[name]
+
+
+FAMILIES = ("dense", "moe")
+MOE_EXPERTS, MOE_TOP_K = 8, 2  # Mixtral's 8 experts, top-2 (Jiang et al. 2024)
+
+
+def with_family(
+    design: LadderDesign, family: str, experts: int | None = None, top_k: int | None = None
+) -> LadderDesign:
+    """``design`` for ``family``: ``dense``, or ``moe``, the dense shapes with ``experts`` routed experts of width
+    ``d_ff / top_k``, ``top_k`` per token (``isoflop.ladder.grid.moe_member``), named ``<name>-moe<E>x<k>``; unset
+    ``experts`` and ``top_k`` default to 8 and 2.
+
+    8 experts top-2 (the default) keeps every expert of a ladder run busy: a 1,024-token batch gives each expert
+    ``1024 x 2 / 8 = 256`` assignments a step, and top-2 routing gives each token two gradients through the router
+    (top-1 Switch routing trains less stably at small scale; Fedus et al. 2022, Sec. 2.1 and Table 1)."""
+    if family not in FAMILIES:
+        raise IsoflopError(f"unknown --family {family!r}; use {' or '.join(FAMILIES)}")
+    if family == "dense":
+        if experts is not None or top_k is not None:
+            raise IsoflopError("--experts and --top-k need --family moe; add --family moe or drop them")
+        return design
+    experts = MOE_EXPERTS if experts is None else experts
+    top_k = MOE_TOP_K if top_k is None else top_k
+    moe = dataclasses.replace(design, name=f"{design.name}-moe{experts}x{top_k}", n_experts=experts, top_k=top_k)
+    if experts < 1:
+        raise IsoflopError(f"--experts must be >= 1, got {experts}; give e.g. --experts 8")
+    moe.validate()
+    return moe
 
 
 def with_data(design: LadderDesign, source: str) -> LadderDesign:

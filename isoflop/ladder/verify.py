@@ -30,13 +30,20 @@ from typing import Any
 import numpy as np
 
 from isoflop.errors import IsoflopError
-from isoflop.ladder.grid import GridPoint, LadderDesign, default_shape, family_spec, heldout_budget, point_for
+from isoflop.ladder.grid import (
+    GridPoint,
+    LadderDesign,
+    design_shape,
+    family_spec,
+    fit_params,
+    heldout_budget,
+    point_for,
+)
 from isoflop.ladder.registry import RunRecord
 from isoflop.laws import bootstrap as B
 from isoflop.laws.fit import IsoflopMinimum, fit, fit_approach2, fit_loss_envelope, isoflop_minima
 from isoflop.laws.forms import AllocationLaw, ChinchillaLaw, PowerLaw, SaturatingPowerLaw
 from isoflop.laws.intervals import ci95, ci95_band
-from isoflop.spec import count_params
 
 MIN_BUDGETS = 3  # interior IsoFLOP minima needed for approach 2 and the envelope
 RUN_BOOTSTRAP_MIN = 30  # runs from which approach 3 resamples runs rather than residuals (as `isoflop fit` does)
@@ -198,7 +205,7 @@ def _optimal_size(design: LadderDesign, fits: LadderFit, c: float) -> float:
 def plan_heldout(design: LadderDesign, fits: LadderFit, shape_fn=None) -> GridPoint:
     """The held-out run: ``heldout_factor`` x the largest budget, at approach 2's N_opt for that compute (or,
     without approach 2, the family member with the lowest approach-3 loss at that compute)."""
-    shape = shape_fn or default_shape
+    shape = shape_fn or design_shape(design)
     c_h = heldout_budget(design)
     spec = shape(int(_optimal_size(design, fits, c_h)), design.vocab_size, design.seq_len, design.dim_multiple)
     return point_for(design, spec, c_h, role="heldout")
@@ -213,7 +220,7 @@ def plan_overtrained(design: LadderDesign, fits: LadderFit, held: GridPoint, sha
     ``design.overtrain`` is 0 or no such size exists. It tests the law's extrapolation in tokens per parameter."""
     if design.overtrain <= 0:
         return None
-    shape = shape_fn or default_shape
+    shape = shape_fn or design_shape(design)
     for c, below in (
         (max(design.budgets), fits.arrays["n"][fits.arrays["budget"] == max(design.budgets)].min(initial=np.inf)),
         (held.budget, held.n_params_non_embedding),
@@ -221,7 +228,7 @@ def plan_overtrained(design: LadderDesign, fits: LadderFit, held: GridPoint, sha
         target = _optimal_size(design, fits, c) / math.sqrt(design.overtrain)
         for _ in range(40):  # down to 1.1^-40 = 1/45 of the target
             spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
-            if count_params(spec).non_embedding < below:
+            if fit_params(spec) < below:
                 return point_for(design, spec, c, role="heldout_overtrained")
             target /= 1.1
     return None
