@@ -28,7 +28,7 @@ def test_the_parallel_section_is_the_layouts_knobs():
     trainer_only = {"strategy", "reshard_after_forward", "pp_schedule"}
     assert set(ParallelSection.model_fields) - trainer_only == set(Layout.field_names())
     layout = build_config(_cfg({"tp": 2, "pp": 2, "strategy": "fsdp"})).parallel.layout(
-        8, "model-parallel", 2, True, "fp32"
+        8, "model-parallel", 2, "full", "fp32"
     )
     assert (layout.tp, layout.pp, layout.dp, layout.zero, layout.recompute) == (2, 2, 2, 3, "full")
 
@@ -36,8 +36,6 @@ def test_the_parallel_section_is_the_layouts_knobs():
 @pytest.mark.parametrize(
     "parallel, train, needle",
     [
-        ({"recompute": "selective"}, {}, 'parallel.recompute="selective" is not implemented'),
-        ({"recompute": "op"}, {}, 'parallel.recompute="op" is not implemented'),
         ({"offload": True}, {}, "parallel.offload=true is not implemented"),
         ({"dtype": "fp8"}, {}, 'parallel.dtype="fp8" is not implemented'),
         ({"tp": 2, "sequence_parallel": False}, {}, "always runs sequence-parallel"),
@@ -55,7 +53,7 @@ def test_knobs_the_trainer_cannot_honour_are_refused(parallel, train, needle):
 
 def test_knobs_take_effect_in_the_section_that_owns_them():
     cfg = build_config(_cfg({"micro_batch": 2, "recompute": "full", "dtype": "amp", "optimizer": "sgd", "zero": 2}))
-    assert (cfg.train.micro_batch, cfg.train.activation_checkpointing, cfg.train.dtype) == (2, True, "bf16")
+    assert (cfg.train.micro_batch, cfg.train.activation_checkpointing, cfg.train.dtype) == (2, "full", "bf16")
     assert cfg.optim.name == "sgd" and cfg.parallel.strategy == "fsdp" and not cfg.parallel.fsdp_reshard()
     again = build_config(cfg.model_dump(mode="json"))  # the resolved config (config.yaml) reads back the same
     assert again == cfg
