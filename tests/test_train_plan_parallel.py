@@ -51,6 +51,13 @@ def test_knobs_the_trainer_cannot_honour_are_refused(parallel, train, needle):
         build_config(_cfg(parallel, **train))
 
 
+@pytest.mark.parametrize("policy", ["none", "selective", "op", "full"])
+def test_every_recompute_policy_of_the_model_runs_in_the_trainer(policy):
+    cfg = build_config(_cfg({"recompute": policy}))
+    assert cfg.train.activation_checkpointing == policy
+    assert cfg.parallel.layout(1, "none", 1, cfg.train.activation_checkpointing, "fp32").recompute == policy
+
+
 def test_knobs_take_effect_in_the_section_that_owns_them():
     cfg = build_config(_cfg({"micro_batch": 2, "recompute": "full", "dtype": "amp", "optimizer": "sgd", "zero": 2}))
     assert (cfg.train.micro_batch, cfg.train.activation_checkpointing, cfg.train.dtype) == (2, "full", "bf16")
