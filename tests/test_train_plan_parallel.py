@@ -98,3 +98,17 @@ def test_a_tensor_parallel_plan_scaled_down_trains_as_it_is(tmp_path_factory, tm
     assert summary["micro_batch"] == cfg["train"]["micro_batch"] and math.isfinite(summary["val_loss"])
     ran = yaml.safe_load((out / "config.yaml").read_text())["parallel"]
     assert {k: ran[k] for k in par} == par  # the parallel section ran as written
+
+
+def test_a_plans_recompute_policy_is_the_trainers():
+    """plan_file passes the planned recompute policy through unchanged (no more selective/op -> full)."""
+    import dataclasses
+
+    from isoflop.plan.plan_file import plan_train_config
+    from isoflop.plan.planner import PlanRequest, make_plan
+
+    plan = make_plan(PlanRequest(gpu="h100-sxm", n_gpus=64, days=14))
+    for policy in ("none", "selective", "op", "full"):
+        hardware = dataclasses.replace(plan.hardware, layout={**plan.hardware.layout, "recompute": policy})
+        cfg = plan_train_config(dataclasses.replace(plan, hardware=hardware))
+        assert cfg.train.activation_checkpointing == policy
