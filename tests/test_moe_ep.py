@@ -4,9 +4,12 @@ FSDP2, 20 steps of a micro MoE in fp32; and the one-line errors of layouts that 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from _train_common import micro_config, run_cli, run_torchrun, shared_cache, summary, write_config
+import torch
+from _train_common import MICRO, micro_config, run_cli, run_torchrun, shared_cache, summary, write_config
+from safetensors.torch import load_file
 
 from isoflop.train.data import DataConfig, prepare_data
 
@@ -14,7 +17,7 @@ REL = 1e-5
 MOE = {"d_ff": 32, "n_experts": 4, "top_k": 2}
 # One process takes the global batch of 8 in two micro-batches of 4, as two EP ranks do, so every balancing loss
 # is computed over the same 4 sequences (the loss is per micro-batch, as in Switch and Mixtral).
-TRAIN = {"max_steps": 20, "log_every": 1, "eval_every": 10, "ckpt_every": 0, "micro_batch": 4}
+TRAIN = {"max_steps": 20, "log_every": 1, "eval_every": 10, "ckpt_every": 10, "micro_batch": 4}
 
 
 def _config(**model) -> dict:
@@ -58,8 +61,27 @@ def test_ep2_on_two_processes_equals_one_process(cache_dir, tmp_path, capacity, 
         flips = _flips(a["moe_tokens_per_expert"], b["moe_tokens_per_expert"])
         assert flips <= 2 * len(a["moe_tokens_per_expert"])
         assert b["moe_dropped_fraction"] == pytest.approx(a["moe_dropped_fraction"], abs=flips / 512)
-    assert summary(out)["val_loss"] == pytest.approx(summary(tmp_path / "one")["val_loss"], rel=REL)
+    ref = summary(tmp_path / "one")
+    assert summary(out)["val_loss"] == pytest.approx(ref["val_loss"], rel=REL)
     assert (capacity is None) == all(r["moe_dropped_fraction"] == 0 for r in one)
+    if capacity is None:  # the Hugging Face export (Mixtral: dropless) gathers every expert from its rank
+        hf_one, hf_two = (
+            load_file(tmp_path / "one" / "hf" / "model.safetensors"),
+            load_file(out / "hf" / "model.safetensors"),
+        )
+        assert hf_one.keys() == hf_two.keys()
+        for key, value in hf_one.items():
+            torch.testing.assert_close(hf_two[key], value, rtol=1e-4, atol=1e-5)
+    # Resume the sharded step-10 checkpoint (DCP reshards the experts): in one process after DDP, on EP2 after FSDP2.
+    shutil.rmtree(out / "checkpoints" / "step-00000020")
+    (out / "summary.json").unlink()
+    again = args[:-4] if strategy == "ddp" else args
+    result = run_cli(again, cache_dir) if strategy == "ddp" else run_torchrun(2, again, cache_dir)
+    assert result.returncode == 0, result.stderr
+    resumed = summary(out)
+    assert resumed["resumed_from"] == 10 and resumed["world"] == (1 if strategy == "ddp" else 2)
+    assert resumed["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=REL)
+    assert resumed["val_loss"] == pytest.approx(ref["val_loss"], rel=REL)
 
 
 def test_ep_that_does_not_divide_is_one_line(cache_dir, tmp_path):
@@ -77,3 +99,48 @@ def test_ep_that_does_not_divide_is_one_line(cache_dir, tmp_path):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def _check_local_experts(rank: int, strategy: str) -> None:
+    """Expert-parallel weights on this rank after one step under ``strategy``: E / ep experts of each."""
+    from isoflop.train.config import build_config
+    from isoflop.train.distributed import DistEnv, wrap_model
+    from isoflop.train.model import build_model
+    from isoflop.train.moe import enable_expert_parallel, moe_layers, reduce_expert_grads
+    from isoflop.train.optim import build_optimizer
+
+    spec = build_config(micro_config(model=MOE)).model
+    model = build_model(spec, "cpu", seed=0)
+    full = {id(m): (m.experts.gate_up.numel(), m.experts.down.numel()) for m in moe_layers(model)}
+    enable_expert_parallel(model, 2, "cpu")
+    layers = moe_layers(model)
+    sizes = [full[id(m)] for m in layers]
+    model = wrap_model(model, strategy, DistEnv(rank=rank, world=2), 1, True)
+    optimizer = build_optimizer(model, 1e-3)
+    x = torch.randint(0, MICRO["model"]["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(rank))
+    model(x, x.roll(-1, 1)).backward()
+    if strategy == "ddp":
+        reduce_expert_grads(model, 2)
+    optimizer.step()
+    for layer, (gate_up, down) in zip(layers, sizes, strict=True):
+        for p, n in ((layer.experts.gate_up, gate_up), (layer.experts.down, down)):
+            assert p.shape[0] == MOE["n_experts"] and p.to_local().shape[0] == MOE["n_experts"] // 2
+            assert p.to_local().numel() == n // 2 and p.grad.to_local().numel() == n // 2
+            assert optimizer.state[p]["exp_avg"].to_local().numel() == n // 2
+
+
+def _local_experts(rank: int, init: str) -> None:
+    """One gloo rank of ``test_each_rank_holds_its_experts``: weights, gradients and AdamW state of E / ep experts,
+    under DDP and FSDP2."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        for strategy in ("ddp", "fsdp"):
+            _check_local_experts(rank, strategy)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_holds_its_experts(tmp_path):
+    torch.multiprocessing.spawn(_local_experts, args=(f"file://{tmp_path / 'init'}",), nprocs=2)

@@ -121,7 +121,12 @@ def wrap_model(
 
         if not dist.is_initialized():
             _init_single_process_group(env)
+        from torch.distributed.tensor import DTensor
+
         ids = [env.device.index] if env.device.type == "cuda" else None
+        # expert-parallel weights (DTensors over the ep mesh) differ per rank: moe.reduce_expert_grads syncs them
+        sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sharded)
         return DistributedDataParallel(model, device_ids=ids)
     if strategy not in ("fsdp", "hsdp"):
         raise IsoflopError(f"unknown parallel.strategy {strategy!r}; use auto, none, ddp, fsdp or hsdp")
@@ -144,10 +149,27 @@ def wrap_model(
         if bf16_params
         else MixedPrecisionPolicy()
     )
+    _shard_experts(model, env.world, reshard_after_forward, mp)
     for block in transformer_blocks(model):
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
     return model
+
+
+def _shard_experts(model: nn.Module, world: int, reshard_after_forward: bool, mp) -> None:
+    """FSDP2 for expert-parallel experts over the ranks that hold the same experts (``dp_mod_ep``), before the
+    blocks take the other parameters (torchtitan's ``apply_fsdp`` with EP); gradients divide by the world size
+    like every other gradient, since each expert gradient already sums its ``ep`` group's tokens."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from isoflop.train.moe import expert_parallel_layers
+
+    for layer in expert_parallel_layers(model):
+        experts = layer.experts
+        fully_shard(experts, mesh=layer.ep_mesh["dp_mod_ep"], reshard_after_forward=reshard_after_forward, mp_policy=mp)
+        experts.set_gradient_divide_factor(float(world))
+        for method in ("grouped", "padded"):  # the MoE layer calls these, not forward
+            register_fsdp_forward_method(experts, method)
 
 
 def _init_single_process_group(env: DistEnv) -> None:
@@ -180,6 +202,28 @@ def no_grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
             model.set_requires_gradient_sync(True)
         return
     yield
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` over parameters that may live on different device meshes (expert-parallel DTensors
+    beside FSDP2 or plain ones): each mesh's norm is reduced to a full value, the squares add, and every group is
+    clipped by the total (torchtitan's EP ``clip_grad_norm_``)."""
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[object, list[nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    if len(groups) <= 1:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    squares = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in group])
+        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
+    total = torch.stack(squares).sum().sqrt()
+    for group in groups.values():
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -49,6 +49,7 @@ from isoflop.train.distributed import (
     all_reduce,
     apply_activation_checkpointing,
     broadcast_object,
+    clip_grad_norm,
     init_distributed,
     no_grad_sync,
     resolve_strategy,
@@ -64,7 +65,7 @@ from isoflop.train.metrics import (
     peak_flops_per_process,
     relative_errors,
 )
-from isoflop.train.moe import check_expert_parallel, enable_expert_parallel, step_stats
+from isoflop.train.moe import check_expert_parallel, enable_expert_parallel, reduce_expert_grads, step_stats
 from isoflop.train.parallel.apply import ParallelModel, check_layout, uses_model_parallelism
 from isoflop.train.precheck import check_memory
 from isoflop.train.schedule import lr_at
@@ -239,7 +240,12 @@ class _Run:
             self.par = ParallelModel(cfg, env, self.dtype)
             self.micro_batch, self.accum, self.strategy = self.par.micro_batch, self.par.accum, self.par.description
             return self.par.module
-        meta_init = env.device.type == "cuda" and self.strategy in ("fsdp", "hsdp") and not cfg.train.init_from
+        meta_init = (
+            env.device.type == "cuda"
+            and self.strategy in ("fsdp", "hsdp")
+            and not cfg.train.init_from
+            and cfg.parallel.ep == 1  # expert parallelism slices the seeded full experts
+        )
         if meta_init:  # never materialise the full model on one GPU: shard first, then initialise the shards
             with torch.device("meta"):
                 model = Transformer(self.spec)
@@ -252,7 +258,7 @@ class _Run:
                 self._say(f"initial weights from {self.init_checkpoint}")
             model = model.to(env.device)
         model.moe_coefs = (cfg.moe.aux_loss, cfg.moe.z_loss)
-        enable_expert_parallel(model, cfg.parallel.ep)
+        enable_expert_parallel(model, cfg.parallel.ep, env.device.type)
         apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
         if cfg.train.compile:
             why = _can_compile(env.device)
@@ -639,10 +645,10 @@ class _Run:
             total += loss.detach().float()
         total /= self.accum
         all_reduce(total, "avg")
+        if self.strategy == "ddp":
+            reduce_expert_grads(model, self.env.world)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
+        norm = clip_grad_norm([p for p in model.parameters() if p.grad is not None], clip)
         loss_value, norm_value = float(total), float(norm)
         if math.isfinite(loss_value) and math.isfinite(norm_value) and loss_value <= ceiling:
             optimizer.step()

@@ -18,9 +18,12 @@
 * Capacity: ``ceil(capacity_factor * T k / E)`` slots per expert; assignments beyond it are dropped (the token
   keeps its residual and its other experts). ``capacity_factor: null`` is dropless.
 * Expert parallelism (``enable_expert_parallel``): each rank of an ``ep`` group runs ``E / ep`` experts; tokens
-  travel there and back with autograd-aware all-to-alls (dispatch and combine). Expert weights stay whole on
-  every rank (replicated under DDP, sharded by FSDP2 over the data-parallel mesh), so DDP/FSDP2 average the
-  gradients exactly as for a dense layer, and checkpoints and exports see ordinary tensors.
+  travel there and back with autograd-aware all-to-alls (dispatch and combine). Each rank holds only its
+  experts: the weights are DTensors ``Shard(0)`` over the ``ep`` dimension of a ``(dp_mod_ep, ep)`` mesh
+  (torchtitan's ``ExpertParallel``), so weights, gradients and optimizer state shrink by ``ep`` while DCP
+  checkpoints and the full-state export keep the ``[E, ...]`` layout. DDP ignores them and
+  ``reduce_expert_grads`` averages over ``dp_mod_ep``; FSDP2 shards them over ``dp_mod_ep``; both divide by the
+  world size, like the other gradients.
 
 FLOPs: the grouped path runs exactly ``T k`` expert rows, what ``isoflop.spec.accounting`` counts; a
 ``FlopCounterMode`` formula for ``aten._grouped_mm`` (which torch does not count) is registered below.
@@ -104,9 +107,19 @@ class Experts(nn.Module):
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up
 
+    def _weights(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Experts ``lo:hi`` of (``w_in``, ``down``); under expert parallelism the weights are DTensors that hold
+        exactly these experts on this rank (``Shard(0)``), and the local shard is used."""
+        from torch.distributed.tensor import DTensor
+
+        w_in, w_out = self.w_in, self.down
+        if isinstance(w_in, DTensor):
+            return w_in.to_local(), w_out.to_local()
+        return w_in[lo:hi], w_out[lo:hi]
+
     def grouped(self, x: Tensor, counts: Tensor, lo: int, hi: int) -> Tensor:
         """Rows of ``x`` sorted by expert, ``counts[e]`` rows for expert ``lo + e``, through experts ``lo:hi``."""
-        w_in, w_out = self.w_in[lo:hi], self.down[lo:hi]
+        w_in, w_out = self._weights(lo, hi)
         if _grouped_ok(x, w_out.shape[1], w_out.shape[2]):
             offs = counts.cumsum(0).to(torch.int32)
             h = self._act(_GroupedMM.apply(x, w_in.to(x.dtype).transpose(-2, -1), offs))
@@ -116,12 +129,15 @@ class Experts(nn.Module):
         expert = torch.repeat_interleave(torch.arange(hi - lo, device=x.device), counts, output_size=x.shape[0])
         slot = expert * capacity + torch.arange(x.shape[0], device=x.device) - start[expert]
         buf = x.new_zeros((hi - lo) * capacity, x.shape[1]).index_copy(0, slot, x)
-        return self.padded(buf.view(hi - lo, capacity, -1), lo, hi).flatten(0, 1)[slot]
+        return self._padded(buf.view(hi - lo, capacity, -1), w_in, w_out).flatten(0, 1)[slot]
 
     def padded(self, buf: Tensor, lo: int, hi: int) -> Tensor:
         """``buf`` ``[experts hi - lo, slots, d]`` through experts ``lo:hi`` as two batched matmuls."""
-        h = self._act(torch.bmm(buf, self.w_in[lo:hi].to(buf.dtype).transpose(1, 2)))
-        return torch.bmm(h, self.down[lo:hi].to(buf.dtype).transpose(1, 2))
+        return self._padded(buf, *self._weights(lo, hi))
+
+    def _padded(self, buf: Tensor, w_in: Tensor, w_out: Tensor) -> Tensor:
+        h = self._act(torch.bmm(buf, w_in.to(buf.dtype).transpose(1, 2)))
+        return torch.bmm(h, w_out.to(buf.dtype).transpose(1, 2))
 
 
 @dataclass
@@ -157,6 +173,7 @@ class MoE(nn.Module):
             dense = spec.replace(d_ff=spec.n_shared_experts * spec.d_ff, n_experts=0, top_k=0, n_shared_experts=0)
             self.shared = MLP(dense)
         self.ep_group = None  # torch.distributed group of the expert-parallel ranks (enable_expert_parallel)
+        self.ep_mesh = None  # its ("dp_mod_ep", "ep") device mesh
         self.aux_loss: Tensor | None = None  # this forward's losses, read by Transformer.forward
         self.z_loss: Tensor | None = None
         self._routed: tuple[Tensor, Tensor, int] | None = None
@@ -322,20 +339,55 @@ def check_expert_parallel(spec: ModelSpec, ep: int, world: int) -> None:
         )
 
 
-def enable_expert_parallel(model: nn.Module, ep: int) -> None:
-    """Split the experts of every MoE layer over groups of ``ep`` consecutive ranks (all ranks must call)."""
+def enable_expert_parallel(model: nn.Module, ep: int, device_type: str) -> None:
+    """Give each rank only its ``E / ep`` experts (all ranks must call; GShard, Lepikhin et al. 2021).
+
+    A ``(world / ep, ep)`` device mesh ``("dp_mod_ep", "ep")`` groups ``ep`` consecutive ranks; every expert
+    weight becomes a DTensor ``Shard(0)`` over ``ep`` (torchtitan's ``ExpertParallel``), so checkpoints keep the
+    full ``[E, ...]`` layout and reshard. Data parallelism for the experts runs over ``dp_mod_ep``, the ranks
+    that hold the same experts (``wrap_model``, ``reduce_expert_grads``)."""
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
 
     if ep == 1:
         return
-    world, rank = dist.get_world_size(), dist.get_rank()
-    mine = None
-    for start in range(0, world, ep):
-        group = dist.new_group(list(range(start, start + ep)))
-        if start <= rank < start + ep:
-            mine = group
+    world = dist.get_world_size()
+    mesh = init_device_mesh(device_type, (world // ep, ep), mesh_dim_names=("dp_mod_ep", "ep"))
+    ep_mesh, rank = mesh["ep"], mesh["ep"].get_local_rank()
     for layer in moe_layers(model):
-        layer.ep_group = mine
+        layer.ep_group, layer.ep_mesh = ep_mesh.get_group(), mesh
+        experts, local = layer.experts, layer.n_experts // ep
+        for name in ("gate_up", "up", "down"):
+            weight = getattr(experts, name, None)
+            if weight is None:
+                continue
+            shard = weight.detach()[rank * local : (rank + 1) * local].clone()
+            dt = DTensor.from_local(shard, ep_mesh, [Shard(0)], run_check=False)
+            setattr(experts, name, nn.Parameter(dt, requires_grad=weight.requires_grad))
+
+
+def expert_parallel_layers(model: nn.Module) -> list[MoE]:
+    """The MoE layers whose experts are sharded over an ``ep`` mesh (``enable_expert_parallel``)."""
+    return [m for m in moe_layers(model) if m.ep_mesh is not None]
+
+
+@torch.no_grad()
+def reduce_expert_grads(model: nn.Module, world: int) -> None:
+    """DDP's step for the experts it ignores: sum each expert gradient over the ranks that hold the same experts
+    (``dp_mod_ep``) and divide by the world size, as DDP divides the other gradients (each rank's expert gradient
+    already sums its ``ep`` group's tokens through the all-to-all's backward)."""
+    import torch.distributed as dist
+
+    for layer in expert_parallel_layers(model):
+        group = layer.ep_mesh["dp_mod_ep"]
+        for p in layer.experts.parameters():
+            if p.grad is None:
+                continue
+            g = p.grad.to_local()
+            if group.size() > 1:
+                dist.all_reduce(g, group=group.get_group())
+            g.div_(world)
 
 
 @dataclass(frozen=True)

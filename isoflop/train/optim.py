@@ -26,18 +26,30 @@ if TYPE_CHECKING:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: ``decay`` (linear weight matrices) and ``no_decay`` (norms, biases, embeddings)."""
+    """AdamW groups: ``decay`` (linear weight matrices) and ``no_decay`` (norms, biases, embeddings); an MoE model
+    has a third, ``experts`` (decayed): under expert parallelism its weights live on the ``ep`` device mesh and a
+    fused/foreach step (run per group) cannot mix meshes. The groups do not depend on the layout, so a
+    checkpoint resumes under any ``ep``."""
+    from isoflop.train.moe import Experts
+
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
+    expert_ids = {id(p) for m in model.modules() if isinstance(m, Experts) for p in m.parameters()}
+    decay, no_decay, experts, seen = [], [], [], set()
     for param in model.parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        (no_decay if param.ndim < 2 or id(param) in embedding_ids else decay).append(param)
-    return [
+        if id(param) in expert_ids:
+            experts.append(param)
+        else:
+            (no_decay if param.ndim < 2 or id(param) in embedding_ids else decay).append(param)
+    groups = [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
+    if experts:
+        groups.append({"params": experts, "weight_decay": weight_decay, "name": "experts"})
+    return groups
 
 
 def _implementation(params: list[torch.Tensor]) -> dict[str, bool]:
