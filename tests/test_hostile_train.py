@@ -107,7 +107,7 @@ def test_a_model_too_big_for_memory_is_refused_before_allocating(tmp_path):
     msg = str(info.value)
     assert "needs about" in msg and "GiB available" in msg and "--nproc-per-node" in msg
     cfg = build_config(micro_config(model=big))
-    need = precheck.predicted_memory(cfg, 1, 8, "fp32", "none", False)
+    need = precheck.predicted_memory(cfg, 1, 8, "fp32", "none", "none")
     params = count_params(cfg.model).total
     assert need.weights == pytest.approx(params * 4 / 2**30, rel=1e-3)  # fp32 weights: 4 bytes per parameter
     assert need.optimizer == pytest.approx(params * 8 / 2**30, rel=1e-3)  # AdamW's two fp32 moments
@@ -117,14 +117,14 @@ def test_a_model_too_big_for_memory_is_refused_before_allocating(tmp_path):
 
 def test_activation_bound_run_gets_a_micro_batch_that_fits(tmp_path, monkeypatch):
     cfg = build_config(micro_config(train={"global_batch": 64, "seq_len": 64}, model={"max_seq_len": 64}))
-    full = precheck.predicted_memory(cfg, 1, 64, "fp32", "none", False).total
-    small = precheck.predicted_memory(cfg, 1, 8, "fp32", "none", False).total
+    full = precheck.predicted_memory(cfg, 1, 64, "fp32", "none", "none").total
+    small = precheck.predicted_memory(cfg, 1, 8, "fp32", "none", "none").total
     assert small < full
     monkeypatch.setattr(precheck, "available_gib", lambda device, local: ((small + full) / 2, "this machine has"))
     with pytest.raises(IsoflopError, match=r"use --micro-batch (\d+)") as info:
         train(cfg, tmp_path / "run")
     mb = int(info.value.args[0].split("use --micro-batch ")[1].split()[0])
-    assert precheck.predicted_memory(cfg, 1, mb, "fp32", "none", False).total <= (small + full) / 2
+    assert precheck.predicted_memory(cfg, 1, mb, "fp32", "none", "none").total <= (small + full) / 2
 
 
 # --set errors ---------------------------------------------------------------------------------------

@@ -3,13 +3,12 @@ memory model's ``op`` policy.
 
 A torchtitan Llama block (benchmarks/eager_elementwise_bytes.py) is checkpointed with PyTorch's
 ``create_selective_checkpoint_contexts`` under torchtitan's policy (parallelize_llama.py: save the output of
-every odd ``aten.mm`` of the block and of the attention kernel, recompute the rest). Dispatch modes count the
+every odd ``aten.mm`` of the block and of the attention kernel, recompute the rest), as the trainer runs it
+(``isoflop.train.recompute.op_sac_context``). Dispatch modes count the
 matmul FLOPs the backward recomputes and the bytes the policy saves; the model must match both.
 """
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -29,22 +28,12 @@ eager = load_benchmark("eager_elementwise_bytes")
 def _run_op_sac(h: int, heads: int, kv_heads: int, f: int, tokens: int) -> tuple[int, float]:
     """(bytes the policy saves, FLOPs recomputed in the backward) for one block and one sequence: the matmul
     FLOPs the backward runs with op-level SAC less those it runs without checkpointing."""
-    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+    from torch.utils.checkpoint import checkpoint
+
+    from isoflop.train.recompute import op_sac_context  # the trainer's policy, built from isoflop.perf.sac
 
     mm = torch.ops.aten.mm.default
     attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default  # the CPU flash kernel
-
-    def context_fn():
-        meta: dict[str, int] = defaultdict(int)
-
-        def policy(ctx, func, *args, **kwargs):
-            mode = "recompute" if ctx.is_recompute else "forward"
-            if func == mm:
-                meta[mode] += 1
-            keep = func == attention or (func == mm and meta[mode] % 2 == 1)
-            return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-        return create_selective_checkpoint_contexts(policy)
 
     torch.manual_seed(0)
     block = eager.Block(h, heads, kv_heads, f).to(torch.bfloat16)
@@ -54,7 +43,7 @@ def _run_op_sac(h: int, heads: int, kv_heads: int, f: int, tokens: int) -> tuple
     x = torch.randn(1, tokens, h, dtype=torch.bfloat16, requires_grad=True)
 
     def backward_flops(sac: bool) -> float:
-        y = checkpoint(block, x, freqs, use_reentrant=False, context_fn=context_fn) if sac else block(x, freqs)
+        y = checkpoint(block, x, freqs, use_reentrant=False, context_fn=op_sac_context) if sac else block(x, freqs)
         with MatmulFlops() as counter:
             y.backward(torch.ones_like(y))
         return counter.flops

@@ -145,10 +145,11 @@ def test_nan_without_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
 def test_activation_checkpointing_compile_and_bf16_options(tmp_path, capsys, monkeypatch):
     base = micro_config(train={"max_steps": 4, "eval_every": 0, "ckpt_every": 0})
     plain = train(base, tmp_path / "plain")
-    ac = train(micro_config(train={**base["train"], "activation_checkpointing": True}), tmp_path / "ac")
-    # Recomputing activations changes no arithmetic: the same losses.
-    assert ac["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=1e-6)
-    assert ac["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
+    for policy in (True, "selective", "op"):  # true = full
+        ac = train(micro_config(train={**base["train"], "activation_checkpointing": policy}), tmp_path / f"ac-{policy}")
+        # Recomputing activations changes no arithmetic: the same losses.
+        assert ac["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=1e-6)
+        assert ac["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
     # torch.compile is guarded: where it cannot run (here: pretend no C++ compiler) the run says why and stays eager.
     monkeypatch.setattr("isoflop.train.loop._can_compile", lambda device: "no C++ compiler was found")
     compiled = train(micro_config(train={**base["train"], "compile": True}), tmp_path / "compiled")

@@ -145,6 +145,18 @@ def test_tensor_parallel_two_processes_match_one(reference, cache_dir, tmp_path)
     )
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["selective", "op"])
+def test_tensor_parallel_with_recompute_matches_one(reference, cache_dir, tmp_path, policy):
+    """The perf model's recompute policies (isoflop.train.recompute) compose with TP's DTensor blocks."""
+    cfg, ref_out = reference
+    out = tmp_path / f"tp2-{policy}"
+    sets = ["--set", "parallel.tp=2", "--set", f"parallel.recompute={policy}"]
+    result = run_torchrun(2, ["train", str(cfg), "--out", str(out), *sets], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_training(ref_out, out)
+
+
 def _assert_resumes_bitwise(out, args, cache_dir):
     """Lose the final checkpoint (as a SIGKILL would): the resumed run ends bitwise the same."""
     final = json.loads((out / "summary.json").read_text())

@@ -28,7 +28,7 @@ def test_the_parallel_section_is_the_layouts_knobs():
     trainer_only = {"strategy", "reshard_after_forward", "pp_schedule"}
     assert set(ParallelSection.model_fields) - trainer_only == set(Layout.field_names())
     layout = build_config(_cfg({"tp": 2, "pp": 2, "strategy": "fsdp"})).parallel.layout(
-        8, "model-parallel", 2, True, "fp32"
+        8, "model-parallel", 2, "full", "fp32"
     )
     assert (layout.tp, layout.pp, layout.dp, layout.zero, layout.recompute) == (2, 2, 2, 3, "full")
 
@@ -36,8 +36,6 @@ def test_the_parallel_section_is_the_layouts_knobs():
 @pytest.mark.parametrize(
     "parallel, train, needle",
     [
-        ({"recompute": "selective"}, {}, 'parallel.recompute="selective" is not implemented'),
-        ({"recompute": "op"}, {}, 'parallel.recompute="op" is not implemented'),
         ({"offload": True}, {}, "parallel.offload=true is not implemented"),
         ({"dtype": "fp8"}, {}, 'parallel.dtype="fp8" is not implemented'),
         ({"tp": 2, "sequence_parallel": False}, {}, "always runs sequence-parallel"),
@@ -53,9 +51,16 @@ def test_knobs_the_trainer_cannot_honour_are_refused(parallel, train, needle):
         build_config(_cfg(parallel, **train))
 
 
+@pytest.mark.parametrize("policy", ["none", "selective", "op", "full"])
+def test_every_recompute_policy_of_the_model_runs_in_the_trainer(policy):
+    cfg = build_config(_cfg({"recompute": policy}))
+    assert cfg.train.activation_checkpointing == policy
+    assert cfg.parallel.layout(1, "none", 1, cfg.train.activation_checkpointing, "fp32").recompute == policy
+
+
 def test_knobs_take_effect_in_the_section_that_owns_them():
     cfg = build_config(_cfg({"micro_batch": 2, "recompute": "full", "dtype": "amp", "optimizer": "sgd", "zero": 2}))
-    assert (cfg.train.micro_batch, cfg.train.activation_checkpointing, cfg.train.dtype) == (2, True, "bf16")
+    assert (cfg.train.micro_batch, cfg.train.activation_checkpointing, cfg.train.dtype) == (2, "full", "bf16")
     assert cfg.optim.name == "sgd" and cfg.parallel.strategy == "fsdp" and not cfg.parallel.fsdp_reshard()
     again = build_config(cfg.model_dump(mode="json"))  # the resolved config (config.yaml) reads back the same
     assert again == cfg
@@ -93,3 +98,17 @@ def test_a_tensor_parallel_plan_scaled_down_trains_as_it_is(tmp_path_factory, tm
     assert summary["micro_batch"] == cfg["train"]["micro_batch"] and math.isfinite(summary["val_loss"])
     ran = yaml.safe_load((out / "config.yaml").read_text())["parallel"]
     assert {k: ran[k] for k in par} == par  # the parallel section ran as written
+
+
+def test_a_plans_recompute_policy_is_the_trainers():
+    """plan_file passes the planned recompute policy through unchanged (no more selective/op -> full)."""
+    import dataclasses
+
+    from isoflop.plan.plan_file import plan_train_config
+    from isoflop.plan.planner import PlanRequest, make_plan
+
+    plan = make_plan(PlanRequest(gpu="h100-sxm", n_gpus=64, days=14))
+    for policy in ("none", "selective", "op", "full"):
+        hardware = dataclasses.replace(plan.hardware, layout={**plan.hardware.layout, "recompute": policy})
+        cfg = plan_train_config(dataclasses.replace(plan, hardware=hardware))
+        assert cfg.train.activation_checkpointing == policy

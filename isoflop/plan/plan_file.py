@@ -41,7 +41,7 @@ def plan_train_config(plan: Plan) -> TrainConfig:
             global_batch=int(hp["global_batch"]),
             micro_batch=int(layout["micro_batch"]) if layout else None,
             tokens=int(round(plan.tokens)),
-            activation_checkpointing=bool(layout and layout.get("recompute", "none") != "none"),
+            activation_checkpointing=layout.get("recompute", "none") if layout else "none",
         ),
         optim=OptimSection(
             lr=float(hp["lr"]),

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from isoflop import structured
 from isoflop.errors import IsoflopError
-from isoflop.perf.layout import Layout
+from isoflop.perf.layout import Layout, Recompute
 from isoflop.spec.loader import load_spec, spec_from_dict
 from isoflop.spec.model import ModelSpec
 from isoflop.train.data import DataConfig
@@ -60,7 +60,11 @@ class TrainSection(_Section):
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: Literal["none", "selective", "op", "full"] = Field(
+        "none",
+        description="Activation recomputation (isoflop.train.recompute): none, selective (the attention core), "
+        "op (torchtitan's op-level SAC), full (each block); true/false = full/none.",
+    )
     eval_every: int = Field(50, ge=0, description="Validation every N steps (0 = only at the end).")
     eval_batches: int = Field(8, gt=0)
     log_every: int = Field(10, gt=0)
@@ -83,6 +87,11 @@ class TrainSection(_Section):
     @classmethod
     def _whole(cls, value: Any) -> Any:
         return _integral(value)
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        return {True: "full", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class OptimSection(_Section):
@@ -119,7 +128,7 @@ _KNOB_HELP = {
     "cp": "Context parallel degree (refused: ring attention does not run on CPU/gloo here).",
     "ep": "Expert parallelism of an MoE model over groups of ep data-parallel ranks.",
     "zero": "0 = replicated (DDP), 1/2 = FSDP2 without resharding after forward (ZeRO-1 runs as ZeRO-2), 3 = FSDP2.",
-    "recompute": "none/full = train.activation_checkpointing; selective and op are refused (not in the trainer).",
+    "recompute": "Sets train.activation_checkpointing: none, selective, op or full (they must agree when both given).",
     "sequence_parallel": "Tensor parallelism always runs sequence-parallel here; false with tp > 1 is refused.",
     "micro_batch": "Sets train.micro_batch (they must agree when both are given).",
     "interleave": "Virtual pipeline stages per rank (interleaved 1F1B).",
@@ -130,7 +139,7 @@ _KNOB_HELP = {
 }
 
 
-_KNOB_FIX = {"recompute": "none or full", "offload": "false", "dtype": "fp32 or bf16"}
+_KNOB_FIX = {"offload": "false", "dtype": "fp32 or bf16"}
 
 
 def _knob_fields() -> dict[str, Any]:
@@ -177,7 +186,7 @@ class ParallelSection(_LayoutKnobs):  # type: ignore[misc, valid-type]
             return self.reshard_after_forward
         return not (self.zero is not None and self.zero <= 2)
 
-    def layout(self, world: int, strategy: str, micro_batch: int, recompute: bool, dtype: str) -> Layout:
+    def layout(self, world: int, strategy: str, micro_batch: int, recompute: str, dtype: str) -> Layout:
         """The performance model's ``Layout`` of this run: the section's degrees, with ``strategy`` (the resolved
         wrapper, or ``model-parallel``), the micro batch, recomputation and dtype the trainer settled on."""
         dp = max(1, world // (self.tp * self.pp * self.cp))
@@ -189,7 +198,7 @@ class ParallelSection(_LayoutKnobs):  # type: ignore[misc, valid-type]
             zero=self.zero if self.zero is not None else (3 if sharded and dp > 1 else 0),
             sequence_parallel=self.tp > 1,
             micro_batch=micro_batch,
-            recompute="full" if recompute else "none",
+            recompute=recompute,
             dtype="amp" if dtype == "bf16" else "fp32",
         )
 
@@ -298,7 +307,6 @@ class TrainConfig(_Section):
         the trainer does not implement, or one that contradicts the section that owns it."""
         p, train, optim = self.parallel, self.train, self.optim
         for knob, value, refused in (
-            ("recompute", p.recompute, ("selective", "op")),
             ("offload", p.offload, (True,)),
             ("dtype", p.dtype, ("fp16", "fp8")),
         ):
@@ -323,7 +331,12 @@ class TrainConfig(_Section):
             p.strategy = "ddp" if p.zero == 0 else "fsdp"
         owned: list[tuple[str, Any, Any, str]] = [
             ("micro_batch", p.micro_batch, train, "micro_batch"),
-            ("recompute", None if p.recompute is None else p.recompute == "full", train, "activation_checkpointing"),
+            (
+                "recompute",
+                None if p.recompute is None else Recompute(p.recompute).value,
+                train,
+                "activation_checkpointing",
+            ),
             ("dtype", {"amp": "bf16"}.get(p.dtype, p.dtype), train, "dtype"),
             ("optimizer", p.optimizer, optim, "name"),
         ]

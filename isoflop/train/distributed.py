@@ -96,13 +96,13 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block's activations in the backward pass (Chen et al. 2016; 'full' recompute)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+def apply_activation_checkpointing(model: nn.Module, policy: str = "full") -> None:
+    """Recompute activations in the backward pass under ``policy`` (none, selective, op, full;
+    ``isoflop.train.recompute``)."""
+    from isoflop.train.recompute import apply_recompute
 
-    blocks = transformer_blocks(model)
-    for i, block in enumerate(blocks):
-        blocks[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    if policy != "none":
+        apply_recompute(transformer_blocks(model), policy)
 
 
 def wrap_model(

@@ -259,8 +259,7 @@ class _Run:
             model = model.to(env.device)
         model.moe_coefs = (cfg.moe.aux_loss, cfg.moe.z_loss)
         enable_expert_parallel(model, cfg.parallel.ep, env.device.type)
-        if cfg.train.activation_checkpointing:
-            apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
         if cfg.train.compile:
             why = _can_compile(env.device)
             if why:

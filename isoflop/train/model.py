@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 from isoflop.errors import IsoflopError
 from isoflop.spec.model import ModelSpec
@@ -97,10 +98,12 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with fused QKV, optional RoPE and GQA/MQA."""
+    """Causal self-attention with fused QKV, optional RoPE and GQA/MQA. ``recompute_core``: in training the
+    attention core is recomputed in the backward (``selective``, Korthikanti et al. 2022; isoflop.train.recompute)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
+        self.recompute_core = False
         self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.qkv = nn.Linear(spec.d_model, spec.q_dim + 2 * spec.kv_dim, bias=spec.bias)
         self.out = nn.Linear(spec.q_dim, spec.d_model, bias=spec.bias)
@@ -113,13 +116,21 @@ class Attention(nn.Module):
             # V gets its own buffer: as a view it would keep the fused QKV output alive beside the rotated Q and K
             q, k, v = apply_rope(q, rope), apply_rope(k, rope), v.contiguous()
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        # GQA/MQA: each group of H / K query heads shares one key/value head, without copying K and V.
-        if uses_math_attention(q):
-            with sdpa_kernel(SDPBackend.MATH):
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
+        if self.recompute_core and self.training and torch.is_grad_enabled():
+            y = checkpoint(_attention_core, q, k, v, use_reentrant=False)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
+            y = _attention_core(q, k, v)
         return self.out(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+def _attention_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal ``softmax(Q K^T / sqrt(d)) V`` of ``(B, heads, T, D)`` tensors. GQA/MQA: each group of query heads
+    shares one key/value head, without copying K and V."""
+    gqa = k.shape[1] != q.shape[1]
+    if uses_math_attention(q):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
 
 
 class MLP(nn.Module):

@@ -37,7 +37,7 @@ class MemoryNeed:
 
 
 def predicted_memory(
-    cfg: TrainConfig, world: int, micro_batch: int, dtype: str, strategy: str, recompute: bool
+    cfg: TrainConfig, world: int, micro_batch: int, dtype: str, strategy: str, recompute: str
 ) -> MemoryNeed | None:
     """The perf model's GiB per process for this run (without the CUDA context allowance); None when the model
     does not cover it (the run is not refused for that)."""
@@ -92,14 +92,15 @@ def available_gib(device: torch.device, local_processes: int) -> tuple[float, st
 def _fix(cfg: TrainConfig, world: int, micro_batch: int, dtype: str, strategy: str, avail: float) -> str:
     """The first change that fits: a smaller micro-batch, activation checkpointing, or both; else more processes."""
     per_rank = cfg.train.global_batch // world
-    for recompute in (cfg.train.activation_checkpointing, True):
+    for recompute in dict.fromkeys((cfg.train.activation_checkpointing, "full")):
         for mb in sorted((d for d in range(1, micro_batch + 1) if per_rank % d == 0), reverse=True):
             if (mb, recompute) == (micro_batch, cfg.train.activation_checkpointing):
                 continue
             need = predicted_memory(cfg, world, mb, dtype, strategy, recompute)
             if need is not None and need.total <= avail:
                 opts = [f"--micro-batch {mb}"] if mb != micro_batch else []
-                opts += ["--set train.activation_checkpointing=true"] if recompute else []
+                if recompute != cfg.train.activation_checkpointing:
+                    opts += [f"--set train.activation_checkpointing={recompute}"]
                 return f"use {' '.join(opts)} ({need.total:.1f} GiB)"
     return (
         "the weights and optimizer states alone do not fit: shard them over more processes "

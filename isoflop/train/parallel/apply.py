@@ -109,19 +109,13 @@ class ParallelModel:
     def _build(self, cfg: TrainConfig, env: DistEnv) -> tuple[nn.Module, Any, bool]:
         from isoflop.train.model import build_model, compile_blocks
         from isoflop.train.parallel.tensor import apply_tensor_parallel
+        from isoflop.train.recompute import apply_recompute
 
         lay = self.layout
         model = build_model(cfg.model, "cpu", seed=cfg.train.seed).to(env.device)
         if lay.tp > 1:
             apply_tensor_parallel(model, self.groups.tp)
-        if cfg.train.activation_checkpointing:
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-                CheckpointImpl,
-                checkpoint_wrapper,
-            )
-
-            for i, block in enumerate(model.layers):
-                model.layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+        apply_recompute(model.layers, cfg.train.activation_checkpointing)
         if cfg.train.compile and env.device.type != "cpu":
             compile_blocks(model)
         if lay.pp == 1:
