@@ -355,13 +355,13 @@ def predict(rec: dict) -> dict:
     from isoflop.perf import LayoutArrays, load_constants
     from isoflop.perf.comm import rank_comm_bytes
     from isoflop.perf.memory import memory_bytes_by_stage
+    from isoflop.perf.workload import Workload
     from isoflop.spec import ModelSpec
 
     spec, lay, gpu = ModelSpec(**SPEC), _layout(rec), get_gpu("h100-sxm")
     const = load_constants(gpu.name, FRAMEWORK)
-    stages = memory_bytes_by_stage(
-        spec, gpu, LayoutArrays.from_layouts([lay]), GLOBAL_BATCH, SEQ, lay.dtype, lay.optimizer, const
-    )
+    work = Workload(spec, gpu, lay.dp * lay.tp * lay.pp * lay.cp, GLOBAL_BATCH, SEQ, lay.dtype, lay.optimizer)
+    stages = memory_bytes_by_stage(work, LayoutArrays.from_layouts([lay]), const)
     mem = stages[0 if rec["pp_rank"] == 0 else 1]
     comm = rank_comm_bytes(spec, lay, GLOBAL_BATCH, SEQ, const, rec["pp_rank"])
     return {

@@ -22,6 +22,7 @@ from isoflop.hardware import get_gpu  # noqa: E402
 from isoflop.perf import load_constants, search_layouts  # noqa: E402
 from isoflop.perf.estimate import evaluate  # noqa: E402
 from isoflop.perf.search import candidates  # noqa: E402
+from isoflop.perf.workload import Workload  # noqa: E402
 from isoflop.spec import get_model_preset  # noqa: E402
 
 PROBLEMS = [
@@ -46,13 +47,12 @@ def main() -> None:
     for model, gpu_name, n, batch, seq in PROBLEMS:
         spec, gpu = get_model_preset(model), get_gpu(gpu_name)
         const = load_constants(gpu_name)
-        la = candidates(spec, gpu, n, batch, seq)
-        t_score = best_of(lambda: evaluate(spec, gpu, n, la, batch, seq, "bf16", "adamw", const))
+        work = Workload(spec, gpu, n, batch, seq)
+        la = candidates(work)
+        t_score = best_of(lambda: evaluate(work, la, const))
         t_search = best_of(lambda: search_layouts(spec, gpu, n, batch, seq, constants=const))
         # CPU time of this process: the one-core rate even while other jobs share the machine
-        t_score_cpu = best_of(
-            lambda: evaluate(spec, gpu, n, la, batch, seq, "bf16", "adamw", const), clock=time.process_time
-        )
+        t_score_cpu = best_of(lambda: evaluate(work, la, const), clock=time.process_time)
         rows.append(
             {
                 "problem": f"{model} on {n} {gpu_name}, batch {batch} x {seq}",

@@ -33,6 +33,7 @@ from isoflop.perf import Layout, LayoutArrays, load_constants, validate  # noqa:
 from isoflop.perf.constants import PerfConstants  # noqa: E402
 from isoflop.perf.layout import peak_dtype  # noqa: E402
 from isoflop.perf.steptime import step_time  # noqa: E402
+from isoflop.perf.workload import Workload  # noqa: E402
 from isoflop.spec import ModelSpec  # noqa: E402
 from isoflop.spec.accounting import flops_per_step  # noqa: E402
 from isoflop.spec.loader import spec_from_dict  # noqa: E402
@@ -184,9 +185,11 @@ def predict(run: Run, params: dict[str, float] | None = None) -> float:
     gpu = _gpu(run.gpu, run.hardware)
     lay = run.layout
     seconds = float(
-        step_time(run.spec, gpu, la, run.batch, run.seq, lay.dtype, lay.optimizer, constants_for(run, params))[
-            "step_time_s"
-        ][0]
+        step_time(
+            Workload(run.spec, gpu, run.n_gpus, run.batch, run.seq, lay.dtype, lay.optimizer),
+            la,
+            constants_for(run, params),
+        )["step_time_s"][0]
     )
     if run.metric == "step_time_s":
         return seconds

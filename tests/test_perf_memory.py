@@ -161,13 +161,14 @@ def test_interleaved_last_stage_keeps_its_warmup_chunks() -> None:
     ((v - 1) p + 1) / v microbatches of its L / p layers (one without interleaving); measured on the trainer by
     benchmarks/layout_parity.py."""
     from isoflop.perf.memory import memory_bytes_by_stage
+    from isoflop.perf.workload import Workload
 
     spec = get_model_preset("llama2-7b")
     const = load_constants("h100-sxm")
     acts = {}
     for v in (1, 2, 4):
         la = _arrays(pp=4, interleave=v)
-        first, last = memory_bytes_by_stage(spec, H100, la, 64, 4096, "bf16", "adamw", const)
+        first, last = memory_bytes_by_stage(Workload(spec, H100, 128, 64, 4096), la, const)
         acts[v] = (first["activations_gib"][0], last["activations_gib"][0])
     one_mb = acts[1][1]
     assert acts[1][0] == pytest.approx(4 * one_mb, rel=1e-12)  # min(p, m) = 4 on the first stage

@@ -75,10 +75,11 @@ def test_search_and_validate_agree_on_hsdp_and_uneven_stages() -> None:
     combination ``validate`` accepts is in the search (replicate limited to node-aligned groups)."""
     from isoflop.perf.layout import validate
     from isoflop.perf.search import candidates
+    from isoflop.perf.workload import Workload
 
     spec, n, batch, seq = get_model_preset("llama3-8b"), 32, 64, 4096
     fixed = dict(tp=1, cp=1, micro_batch=1, offload=False, sequence_parallel=False, recompute="none")
-    la = candidates(spec, H100, n, batch, seq, fixed)
+    la = candidates(Workload(spec, H100, n, batch, seq), fixed)
     found = {(int(la.zero[i]), int(la.replicate[i]), int(la.pp[i]), int(la.interleave[i])) for i in range(len(la))}
     for zero, replicate, pp, v in itertools.product((0, 1, 2, 3), (1, 2, 4), (1, 2, 4, 8, 16, 32), (1, 2, 3, 4)):
         layout = Layout(pp=pp, dp=n // pp, zero=zero, replicate=replicate, interleave=v)

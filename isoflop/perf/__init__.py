@@ -4,12 +4,14 @@ from isoflop.perf.constants import PerfConstants, calibratable, calibration_path
 from isoflop.perf.estimate import Estimate, estimate, evaluate
 from isoflop.perf.layout import Layout, LayoutArrays, validate
 from isoflop.perf.search import fit_hints, search_layouts
+from isoflop.perf.workload import Workload
 
 __all__ = [
     "Estimate",
     "Layout",
     "LayoutArrays",
     "PerfConstants",
+    "Workload",
     "calibratable",
     "calibration_path",
     "estimate",

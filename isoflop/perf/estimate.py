@@ -20,6 +20,7 @@ from isoflop.perf.layout import RECOMPUTE, Layout, LayoutArrays, peak_dtype, val
 from isoflop.perf.memory import GIB, MEMORY_KEYS, memory_bytes
 from isoflop.perf.sac import recomputed_flops_per_token
 from isoflop.perf.steptime import STEP_KEYS, step_time
+from isoflop.perf.workload import Workload
 from isoflop.spec.accounting import FlopCount, count_flops, recompute_flops_per_token
 from isoflop.spec.model import ModelSpec
 
@@ -94,29 +95,19 @@ def _recompute_flops(spec: ModelSpec, flops: FlopCount, policy: str) -> float:
     return recompute_flops_per_token(flops, policy)  # type: ignore[arg-type]
 
 
-def evaluate(
-    spec: ModelSpec,
-    gpu: GPU,
-    n_gpus: int,
-    la: LayoutArrays,
-    global_batch: int,
-    seq_len: int,
-    dtype: str,
-    optimizer: str,
-    constants: PerfConstants,
-) -> dict[str, np.ndarray]:
+def evaluate(w: Workload, la: LayoutArrays, constants: PerfConstants) -> dict[str, np.ndarray]:
     """Memory (GiB), step-time breakdown, throughput and utilisation for every layout in ``la``."""
-    mem = memory_bytes(spec, gpu, la, global_batch, seq_len, dtype, optimizer, constants)
-    times = step_time(spec, gpu, la, global_batch, seq_len, dtype, optimizer, constants)
-    flops = count_flops(spec, seq_len)
-    tokens = global_batch * seq_len
+    mem = memory_bytes(w, la, constants)
+    times = step_time(w, la, constants)
+    flops = count_flops(w.spec, w.seq_len)
+    tokens, n_gpus = w.tokens, w.n_gpus
     model_flops = tokens * flops.training
-    extra = np.array([_recompute_flops(spec, flops, p) for p in RECOMPUTE])[la.recompute] * tokens
+    extra = np.array([_recompute_flops(w.spec, flops, p) for p in RECOMPUTE])[la.recompute] * tokens
     step = times["step_time_s"]
-    peak = gpu.peak_flops(peak_dtype(dtype)) * n_gpus
+    peak = w.gpu.peak_flops(peak_dtype(w.dtype)) * n_gpus
     out = {k: v / GIB for k, v in mem.items()}
     out.update(times)
-    out["fits"] = out["total_gib"] <= gpu.memory_gib
+    out["fits"] = out["total_gib"] <= w.gpu.memory_gib
     out["tokens_per_s"] = tokens / step
     out["tflops_per_gpu"] = model_flops / step / n_gpus / 1e12
     out["mfu"] = model_flops / step / peak
@@ -138,14 +129,7 @@ def overflow_reason(memory: dict[str, float], capacity: float) -> str | None:
 
 
 def build_estimate(
-    row: dict[str, np.ndarray],
-    i: int,
-    layout: Layout,
-    gpu: GPU,
-    n_gpus: int,
-    global_batch: int,
-    seq_len: int,
-    constants: PerfConstants,
+    row: dict[str, np.ndarray], i: int, layout: Layout, w: Workload, constants: PerfConstants
 ) -> Estimate:
     """One row of ``evaluate`` as an ``Estimate``; the 90% band is the cross-validated residual spread
     (``ci90_log_lo``/``ci90_log_hi`` in constants.yaml, from benchmarks/validate_published.py)."""
@@ -165,13 +149,13 @@ def build_estimate(
         mfu=float(row["mfu"][i]),
         hfu=float(row["hfu"][i]),
         breakdown=breakdown,
-        n_gpus=n_gpus,
-        global_batch=global_batch,
-        seq_len=seq_len,
-        gpu=gpu.name,
-        gpu_memory_gib=gpu.memory_gib,
-        microbatches=global_batch // (layout.dp * layout.micro_batch),
-        overflow=overflow_reason(memory, gpu.memory_gib),
+        n_gpus=w.n_gpus,
+        global_batch=w.global_batch,
+        seq_len=w.seq_len,
+        gpu=w.gpu.name,
+        gpu_memory_gib=w.gpu.memory_gib,
+        microbatches=w.global_batch // (layout.dp * layout.micro_batch),
+        overflow=overflow_reason(memory, w.gpu.memory_gib),
     )
 
 
@@ -189,6 +173,6 @@ def estimate(
     gpu.peak_flops(peak_dtype(layout.dtype))  # an unsupported dtype is an error, never a fallback
     const = constants or load_constants(gpu.name)
     la = LayoutArrays.from_layouts([layout])
-    row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, layout.dtype, layout.optimizer, const)
-    est = build_estimate(row, 0, layout, gpu, n_gpus, global_batch, seq_len, const)
+    w = Workload(spec, gpu, n_gpus, global_batch, seq_len, layout.dtype, layout.optimizer)
+    est = build_estimate(evaluate(w, la, const), 0, layout, w, const)
     return replace(est, comm_bytes=comm_bytes(spec, layout, global_batch, seq_len, const))

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from isoflop.hardware import GPU
 from isoflop.perf.constants import PerfConstants
 from isoflop.perf.layout import LayoutArrays, stage_layers
 from isoflop.perf.optimizer_state import ADAM8BIT_BLOCK, optimizer_state_bytes, param_shapes
 from isoflop.perf.sac import saved_and_recomputed
+from isoflop.perf.workload import Workload
 from isoflop.spec.accounting import _attention_params, _mlp_params, _norm_params
 from isoflop.spec.model import ModelSpec
 
@@ -167,33 +167,18 @@ def layer_activation_bytes(
     return {"none": none, "selective": selective, "full": full, "op": op}
 
 
-def memory_bytes(
-    spec: ModelSpec,
-    gpu: GPU,
-    la: LayoutArrays,
-    global_batch: int,
-    seq_len: int,
-    dtype: str,
-    optimizer: str,
-    const: PerfConstants,
-) -> dict[str, np.ndarray]:
+def memory_bytes(w: Workload, la: LayoutArrays, const: PerfConstants) -> dict[str, np.ndarray]:
     """Peak bytes per GPU, by part, for the fuller of the first and the last pipeline stage."""
-    first, last = memory_bytes_by_stage(spec, gpu, la, global_batch, seq_len, dtype, optimizer, const)
+    first, last = memory_bytes_by_stage(w, la, const)
     first_larger = first["total_gib"] >= last["total_gib"]
     return {key: np.where(first_larger, first[key], last[key]) * np.ones(len(la)) for key in MEMORY_KEYS}
 
 
 def memory_bytes_by_stage(
-    spec: ModelSpec,
-    gpu: GPU,
-    la: LayoutArrays,
-    global_batch: int,
-    seq_len: int,
-    dtype: str,
-    optimizer: str,
-    const: PerfConstants,
+    w: Workload, la: LayoutArrays, const: PerfConstants
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Peak bytes per GPU, by part (``MEMORY_KEYS``, in bytes), on the first and on the last pipeline stage."""
+    spec, global_batch, seq_len, dtype, optimizer = w.spec, w.global_batch, w.seq_len, w.dtype, w.optimizer
     prec = precision(spec, dtype, optimizer, const)
     sp = stage_params(spec, la)
     shard = (la.dp * la.cp / la.replicate).astype(float)

@@ -9,6 +9,7 @@ interleaving 1/2/3/4/6/8 (dividing the layers per stage) and optimizer offload o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from isoflop.perf.layout import (
     tp_ok,
     validate,
 )
+from isoflop.perf.workload import Workload
 from isoflop.spec.model import ModelSpec
 
 MAX_MICRO_BATCH = 64
@@ -43,7 +45,8 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _choices(spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int) -> dict[str, list[Any]]:
+def _choices(w: Workload) -> dict[str, list[Any]]:
+    spec, gpu, n_gpus, global_batch, seq_len = w.spec, w.gpu, w.n_gpus, w.global_batch, w.seq_len
     gpu_divs = _divisors(n_gpus)
     return {
         "tp": [t for t in gpu_divs if t <= gpu.gpus_per_node and tp_ok(t, spec.n_heads, spec.n_kv_heads)],
@@ -71,12 +74,11 @@ def _encode_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def candidates(
-    spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int, fixed: dict[str, Any] | None = None
-) -> LayoutArrays:
+def candidates(w: Workload, fixed: dict[str, Any] | None = None) -> LayoutArrays:
     """Every valid layout (as arrays) with the ``fixed`` knobs held; ``dp`` is derived from the others."""
+    spec, n_gpus, global_batch = w.spec, w.n_gpus, w.global_batch
     fix = _encode_fixed(fixed or {})
-    choices = _choices(spec, gpu, n_gpus, global_batch, seq_len)
+    choices = _choices(w)
     for key, value in fix.items():
         if key in choices:
             choices[key] = [value]
@@ -154,32 +156,36 @@ def search_layouts(
 ) -> list[Estimate]:
     """The ``top_k`` fitting layouts, fastest first (each with ``extra['reason']``); ``[]`` when none fits."""
     fixed = dict(fixed or {})
-    dtype = fixed.pop("dtype", None) or "bf16"
-    optimizer = fixed.pop("optimizer", None) or "adamw"
+    w = _workload(Workload(spec, gpu, n_gpus, global_batch, seq_len), fixed)
+    dtype, optimizer = w.dtype, w.optimizer
     if dtype not in PRECISIONS:
         raise IsoflopError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
     if optimizer not in OPTIMIZERS:
         raise IsoflopError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     gpu.peak_flops(peak_dtype(dtype))
     const = constants or load_constants(gpu.name)
-    la = candidates(spec, gpu, n_gpus, global_batch, seq_len, fixed)
+    la = candidates(w, fixed)
     if len(la) == 0:
-        _explain_no_candidate(spec, n_gpus, global_batch, seq_len, fixed)
-    row = evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, dtype, optimizer, const)
+        _explain_no_candidate(w, fixed)
+    row = evaluate(w, la, const)
     order = _ranked(row, row["fits"])[:top_k]
     out: list[Estimate] = []
     for rank, i in enumerate(order):
-        est = build_estimate(
-            row, int(i), la.layout(int(i), dtype, optimizer), gpu, n_gpus, global_batch, seq_len, const
-        )
+        est = build_estimate(row, int(i), la.layout(int(i), dtype, optimizer), w, const)
         est.extra["rank"] = rank + 1
         est.extra["reason"] = _reason(out[0] if out else est, est, rank)
         out.append(est)
     return out
 
 
-def _explain_no_candidate(spec: ModelSpec, n_gpus: int, global_batch: int, seq_len: int, fixed: dict[str, Any]) -> None:
+def _workload(w: Workload, fixed: dict[str, Any]) -> Workload:
+    """``w`` with the dtype and optimizer popped from ``fixed`` (bf16 and AdamW unless fixed)."""
+    return replace(w, dtype=fixed.pop("dtype", None) or "bf16", optimizer=fixed.pop("optimizer", None) or "adamw")
+
+
+def _explain_no_candidate(w: Workload, fixed: dict[str, Any]) -> None:
     """No valid layout at all: validate the fixed knobs to name the broken constraint."""
+    spec, n_gpus, global_batch, seq_len = w.spec, w.n_gpus, w.global_batch, w.seq_len
     lay = Layout(**{k: v for k, v in fixed.items() if k in Layout.field_names()})
     if "dp" not in fixed:
         denom = lay.tp * lay.pp * lay.cp
@@ -210,6 +216,7 @@ def fit_hints(
     fixed = dict(fixed or {})
     hints: list[str] = []
     const = constants or load_constants(gpu.name)
+    w = Workload(spec, gpu, n_gpus, global_batch, seq_len)
     relax = [
         ("zero", 3, "ZeRO-3 (--zero 3)"),
         ("recompute", "full", "full recomputation (--recompute full)"),
@@ -219,23 +226,23 @@ def fit_hints(
     for key, value, text in relax:
         if key in fixed and fixed[key] != value:
             trial = {**fixed, key: value}
-            if _fits_any(spec, gpu, n_gpus, global_batch, seq_len, trial, const):
+            if _fits_any(w, trial, const):
                 hints.append(f"use {text} instead of {key}={fixed[key]}")
     if not hints:
         free = {k: v for k, v in fixed.items() if k in ("dtype", "optimizer")}
-        if free != fixed and _fits_any(spec, gpu, n_gpus, global_batch, seq_len, free, const):
+        if free != fixed and _fits_any(w, free, const):
             hints.append(
                 "drop the fixed knobs (" + ", ".join(f"{k}={v}" for k, v in fixed.items() if k not in free) + ")"
             )
     for factor in (2, 4, 8, 16, 32):
         more = n_gpus * factor
-        if _fits_any(spec, gpu, more, global_batch, seq_len, fixed, const):
+        if _fits_any(replace(w, n_gpus=more), fixed, const):
             hints.append(f"use at least {more} GPUs ({factor}x) so ZeRO-3/pipeline sharding spreads the model states")
             break
     s = seq_len
     while s > 128:
         s //= 2
-        if _fits_any(spec, gpu, n_gpus, global_batch, s, fixed, const):
+        if _fits_any(replace(w, seq_len=s), fixed, const):
             hints.append(f"shorten the sequence to {s} tokens (or keep it and add context parallelism with more GPUs)")
             break
     if not hints:
@@ -245,20 +252,17 @@ def fit_hints(
     return hints
 
 
-def _fits_any(
-    spec: ModelSpec, gpu: GPU, n_gpus: int, global_batch: int, seq_len: int, fixed: dict[str, Any], const: PerfConstants
-) -> bool:
+def _fits_any(w: Workload, fixed: dict[str, Any], const: PerfConstants) -> bool:
     """Whether any layout with ``fixed`` held fits in memory."""
     fixed = dict(fixed)
-    dtype = fixed.pop("dtype", None) or "bf16"
-    optimizer = fixed.pop("optimizer", None) or "adamw"
+    w = _workload(w, fixed)
     try:
-        la = candidates(spec, gpu, n_gpus, global_batch, seq_len, fixed)
+        la = candidates(w, fixed)
     except IsoflopError:
         return False
     if len(la) == 0:
         return False
-    return bool(evaluate(spec, gpu, n_gpus, la, global_batch, seq_len, dtype, optimizer, const)["fits"].any())
+    return bool(evaluate(w, la, const)["fits"].any())
 
 
 __all__ = ["candidates", "fit_hints", "search_layouts"]

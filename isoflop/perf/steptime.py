@@ -39,6 +39,7 @@ from isoflop.perf.layout import LayoutArrays, peak_dtype
 from isoflop.perf.memory import Precision, precision, stage_params
 from isoflop.perf.moe import exposed_expert_comm_s
 from isoflop.perf.sac import saved_and_recomputed
+from isoflop.perf.workload import Workload
 from isoflop.spec.model import ModelSpec
 
 STEP_KEYS = (
@@ -300,17 +301,9 @@ def _optimizer(s: _Step, params) -> np.ndarray:
     return np.where(la.offload, offloaded, on_gpu)
 
 
-def step_time(
-    spec: ModelSpec,
-    gpu: GPU,
-    la: LayoutArrays,
-    global_batch: int,
-    seq_len: int,
-    dtype: str,
-    optimizer: str,
-    c: PerfConstants,
-) -> dict[str, np.ndarray]:
+def step_time(w: Workload, la: LayoutArrays, c: PerfConstants) -> dict[str, np.ndarray]:
     """Seconds per optimizer step, as an additive breakdown (``STEP_KEYS``) plus ``step_time_s``."""
+    spec, gpu, global_batch, seq_len, dtype, optimizer = w.spec, w.gpu, w.global_batch, w.seq_len, w.dtype, w.optimizer
     peak = gpu.peak_flops(peak_dtype(dtype))
     tp, pp, cp, dp, ep = (x.astype(float) for x in (la.tp, la.pp, la.cp, la.dp, la.ep))
     s = _Step(
