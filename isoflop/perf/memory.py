@@ -171,7 +171,7 @@ def memory_bytes(w: Workload, la: LayoutArrays, const: PerfConstants) -> dict[st
     """Peak bytes per GPU, by part, for the fuller of the first and the last pipeline stage."""
     first, last = memory_bytes_by_stage(w, la, const)
     first_larger = first["total_gib"] >= last["total_gib"]
-    return {key: np.where(first_larger, first[key], last[key]) * np.ones(len(la)) for key in MEMORY_KEYS}
+    return {key: np.where(first_larger, first[key], last[key]) for key in MEMORY_KEYS}
 
 
 def memory_bytes_by_stage(
@@ -185,10 +185,14 @@ def memory_bytes_by_stage(
     shard_e = np.maximum(shard / la.ep, 1.0)
     zero = la.zero
 
+    # ZeRO stage k shards the weights (k >= 3), gradients (>= 2) and optimizer states (>= 1)
+    dense_div = {k: np.where(zero >= k, shard, 1.0) for k in (1, 2, 3)}
+    expert_part = {k: sp.expert / np.where(zero >= k, shard_e, 1.0) for k in (1, 2, 3)}
+
     def states(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        w = prec.weight * (dense / np.where(zero >= 3, shard, 1.0) + sp.expert / np.where(zero >= 3, shard_e, 1.0))
-        g = prec.grad * (dense / np.where(zero >= 2, shard, 1.0) + sp.expert / np.where(zero >= 2, shard_e, 1.0))
-        o = prec.optimizer * (dense / np.where(zero >= 1, shard, 1.0) + sp.expert / np.where(zero >= 1, shard_e, 1.0))
+        w = prec.weight * (dense / dense_div[3] + expert_part[3])
+        g = prec.grad * (dense / dense_div[2] + expert_part[2])
+        o = prec.optimizer * (dense / dense_div[1] + expert_part[1])
         return w, g, np.where(la.offload, 0.0, o)
 
     m = global_batch // (la.dp * la.micro_batch)
@@ -244,5 +248,6 @@ def memory_bytes_by_stage(
         tensors = w + g + o + act + lg + comm
         overhead = const.fixed_overhead_gib * GIB + const.allocator_fraction * tensors
         parts.append((w, g, o, act, lg, comm, overhead, tensors + overhead))
-    first, last = ({key: v * np.ones(len(la)) for key, v in zip(MEMORY_KEYS, p)} for p in parts)
+    n = len(la)
+    first, last = ({key: np.broadcast_to(v, (n,)) for key, v in zip(MEMORY_KEYS, p)} for p in parts)
     return first, last
