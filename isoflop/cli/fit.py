@@ -31,7 +31,7 @@ from isoflop.laws.forms import (
 from isoflop.laws.intervals import ci95
 from isoflop.laws.io import Runs, read_runs, read_table
 from isoflop.laws.moe import MOE_FORMS
-from isoflop.laws.moe_fit import moe_fit_report, read_moe_runs, render_moe
+from isoflop.laws.moe_fit import moe_fit_report, read_moe_runs
 from isoflop.laws.predict import extrapolation_warning, parse_point, predict
 
 APPROACH3_FORMS = ("chinchilla", "chinchilla_tied", "overtraining")
@@ -196,17 +196,23 @@ def _plot(law: Law, points: tuple, path: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _params_table(title: str, report: dict[str, Any]) -> Table:
+    """The fitted parameters of a ``fit_report`` or ``moe_fit_report`` dict with their 95% intervals."""
+    table = Table(title=title)
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for key, value in report["params"].items():
+        ci = report["ci95"].get(key)
+        table.add_row(key, f"{value:.6g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+    return table
+
+
 def _render(report: dict[str, Any]):
     def render(console) -> None:
         group = f", {report['group']}" if "group" in report else ""
         title = f"Approach {report['approach']} fit of {report['n_points']} runs ({report['source']}{group})"
-        table = Table(title=title)
-        table.add_column("parameter")
-        table.add_column("value", justify="right")
-        table.add_column("95% CI", justify="right")
-        for key, value in report["params"].items():
-            ci = report["ci95"].get(key)
-            table.add_row(key, f"{value:.6g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+        table = _params_table(title, report)
         ci = report["ci95"].get("a_opt")
         table.add_row("a = N_opt exponent", f"{report['a_opt']:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-")
         console.print(table)
@@ -232,6 +238,20 @@ def _render(report: dict[str, Any]):
         for key in ("out", "plot"):
             if report.get(key):
                 console.print(f"wrote {report[key]}")
+
+    return render
+
+
+def _render_moe(report: dict[str, Any]):
+    def render(console) -> None:
+        console.print(_params_table(f"{report['form']} fit of {report['n_points']} runs ({report['source']})", report))
+        console.print(f"rmse of log loss {report['fit']['rmse_log_loss']:.4g}")
+        if "cutoff_params" in report:
+            console.print(f"experts stop helping beyond N = {report['cutoff_params']:.4g} (b + c log10 N = 0)")
+        for warning in report["warnings"]:
+            console.print(f"[yellow]warning:[/] {warning}")
+        if report.get("out"):
+            console.print(f"wrote {report['out']}")
 
     return render
 
@@ -382,4 +402,4 @@ def _fit_moe(file: str, form: str, opts: dict[str, Any]) -> None:
     if opts["out"]:
         law.save(opts["out"])
         report["out"] = opts["out"]
-    emit(report, opts["as_json"], render_moe(report))
+    emit(report, opts["as_json"], _render_moe(report))

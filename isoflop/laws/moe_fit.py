@@ -104,27 +104,3 @@ def moe_fit_report(runs: MoeRuns, form: str, param_kind: str, bootstrap: int, se
     elif isinstance(law, GranularityLaw) and law.params_["g"] < 1e-6:
         report["warnings"].append("g is ~0: the runs show no granularity effect (add runs at other granularities)")
     return report, law
-
-
-def render_moe(report: dict[str, Any]):
-    """Rich rendering of ``moe_fit_report``'s dict."""
-    from rich.table import Table
-
-    def render(console) -> None:
-        table = Table(title=f"{report['form']} fit of {report['n_points']} runs ({report['source']})")
-        table.add_column("parameter")
-        table.add_column("value", justify="right")
-        table.add_column("95% CI", justify="right")
-        for key, value in report["params"].items():
-            ci = report["ci95"].get(key)
-            table.add_row(key, f"{value:.6g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
-        console.print(table)
-        console.print(f"rmse of log loss {report['fit']['rmse_log_loss']:.4g}")
-        if "cutoff_params" in report:
-            console.print(f"experts stop helping beyond N = {report['cutoff_params']:.4g} (b + c log10 N = 0)")
-        for warning in report["warnings"]:
-            console.print(f"[yellow]warning:[/] {warning}")
-        if report.get("out"):
-            console.print(f"wrote {report['out']}")
-
-    return render
