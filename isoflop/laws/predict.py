@@ -81,18 +81,20 @@ def predict(law: Law, n: float, d: float) -> Prediction:
     loss = float(law.predict(n, d))
     draws = np.array([float(s.predict(n, d)) for s in law.sample_laws()])
     factor, warning = extrapolation_warning(6.0 * n * d, law, f"the prediction at N={n:.3g}, D={d:.3g}")
-    return Prediction(n, d, loss, ci95(draws), _prediction_interval(law, draws), factor, warning)
+    mixed = predictive_draws(law, n, d)  # the 95% prediction interval: their 2.5th and 97.5th percentiles
+    return Prediction(n, d, loss, ci95(draws), None if mixed is None else ci95(mixed), factor, warning)
 
 
-def _prediction_interval(law: Law, draws: np.ndarray) -> list[float] | None:
-    """95% prediction interval: the bootstrap draws combined with every one of the fit's modified residuals
+def predictive_draws(law: Law, n: float, d: float) -> np.ndarray | None:
+    """The loss at ``(n, d)`` of every bootstrap draw combined with every one of the fit's modified residuals
     (Davison & Hinkley 1997, Alg. 6.4, with all ``R x n`` pairs instead of one residual drawn per draw, so the
     2.5th and 97.5th percentiles carry no extra Monte-Carlo noise), in the objective's space; ``None`` without
-    draws or runs."""
+    draws or runs. Pooling the draws of several laws gives their equal-weight mixture (model averaging)."""
+    draws = np.array([float(s.predict(n, d)) for s in law.sample_laws()])
     if len(draws) < 2 or law.runs_ is None or len(law.runs_) != 3:
         return None
     try:
         r = modified_residuals(law)
     except IsoflopError:
         return None
-    return ci95(with_residuals(law, draws[:, None], r[None, :]).ravel())
+    return with_residuals(law, draws[:, None], r[None, :]).ravel()
