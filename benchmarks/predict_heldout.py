@@ -397,7 +397,7 @@ def main() -> None:
         folds = ", ".join("-" if v is None else f"{v:.2f}%" for v in c["cv_fold_scores"].values())
         score, on_targets = c["cv_score"], c["target_median_abs_error_pct"]
         print(
-            f"cross-validation (round {c['round']}) {'/'.join(_config(c))}: folds {folds}, "
+            f"cross-validation {'/'.join(_config(c))}{' (round 2)' if c['round'] == 2 else ''}: folds {folds}, "
             + ("not scored" if score is None else f"score {score:.2f}%")
             + ("" if on_targets is None else f" (targets, not used: {on_targets:.2f}%)")
         )
