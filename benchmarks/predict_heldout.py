@@ -342,6 +342,12 @@ def _median_abs(rows: list[dict]) -> float | None:
     return None if not errs or None in errs else float(np.median(np.abs(errs)))
 
 
+def _median_width(rows: list[dict]) -> float | None:
+    """The median width of the 95% prediction intervals, in % of the predicted loss; ``None`` without intervals."""
+    widths = [(r["pi95"][1] - r["pi95"][0]) / r["predicted"] * 100 for r in rows if r["pi95"] is not None]
+    return float(np.median(widths)) if widths else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true")
@@ -377,6 +383,7 @@ def main() -> None:
                 "targets": len(mine),
                 "median_abs_error_pct": _median_abs(mine),
                 "covered_pct": 100 * float(np.mean([t["covered"] for t in mine])),
+                "median_pi_width_pct": _median_width(mine),
             }
         )
     loo_rows = [] if args.skip_loo else coverage(args.loo_bootstrap, args.loo_stride)
@@ -411,6 +418,7 @@ def main() -> None:
         print(
             f"summary {'/'.join(_config(s))}{tag}: median |error| {med} over {s['targets']} targets, "
             f"{s['covered_pct']:.0f}% inside the 95% prediction interval"
+            + ("" if s["median_pi_width_pct"] is None else f" (median width {s['median_pi_width_pct']:.1f}%)")
         )
     for r in loo_rows:
         print(
