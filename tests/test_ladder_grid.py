@@ -42,7 +42,7 @@ def test_hyperparameter_rule() -> None:
     # Kaplan et al. 2020, Eq. D.1 at N = 1e5 and 1e6 non-embedding parameters.
     assert kaplan_lr(1e5) == pytest.approx(0.003239 - 0.0001395 * math.log(1e5))
     assert kaplan_lr(1e6) < kaplan_lr(1e5)
-    for p in design_grid(PRESETS["medium"]):
+    for p in design_grid(PRESETS["large"]):
         assert p.config.optim.lr == pytest.approx(3 * kaplan_lr(p.n_params_non_embedding), abs=1e-6)
     # The quick ladder's muP-style rule (Yang et al. 2022, Table 3): lr = lr_width / fan-in, halving per doubling.
     widths = {}
