@@ -7,7 +7,16 @@ import math
 import pytest
 
 from isoflop.errors import IsoflopError
-from isoflop.ladder.grid import LadderDesign, centre_size, design_grid, edge_extensions, kaplan_lr
+from isoflop.ladder.grid import (
+    LadderDesign,
+    centre_size,
+    design_grid,
+    edge_extensions,
+    family_spec,
+    fit_params,
+    in_family,
+    kaplan_lr,
+)
 from isoflop.ladder.presets import PRESETS, get_ladder_preset, with_data
 from isoflop.spec import count_flops, count_params
 
@@ -19,7 +28,7 @@ def test_every_preset_is_a_valid_isoflop_grid() -> None:
         assert len(budgets) >= 3
         for b in budgets:
             sizes = sorted(p.n_params_non_embedding for p in points if p.budget == b)
-            assert len(sizes) >= 4 and len(set(sizes)) == len(sizes)
+            assert len(sizes) >= design.sizes >= 3 and len(set(sizes)) == len(sizes)
             centre = centre_size(design, b)
             if design.name != "smoke":  # smoke only exercises the machinery
                 assert sizes[0] < centre < sizes[-1]  # the expected optimum is inside the sizes tried
@@ -30,12 +39,18 @@ def test_points_spend_their_budget_exactly() -> None:
     for p in design_grid(design):
         spec = p.config.model
         per_token = count_flops(spec, design.seq_len).training  # independent recount from the config
-        assert p.flops == pytest.approx(p.config.train.max_steps * design.batch_tokens * per_token)
+        assert p.flops == pytest.approx(
+            p.config.train.max_steps * p.config.train.global_batch * design.seq_len * per_token
+        )
         # whole steps: within half a step of the budget
-        assert abs(p.flops - p.budget) <= 0.5 * design.batch_tokens * per_token + 1e-6 * p.budget
-        assert p.config.train.tokens == p.tokens == p.config.train.max_steps * design.batch_tokens
+        assert (
+            abs(p.flops - p.budget) <= 0.5 * p.config.train.global_batch * design.seq_len * per_token + 1e-6 * p.budget
+        )
+        assert (
+            p.config.train.tokens == p.tokens == p.config.train.max_steps * p.config.train.global_batch * design.seq_len
+        )
         assert count_params(spec).non_embedding == p.n_params_non_embedding
-        assert spec.tie_embeddings and 8 <= spec.d_model / spec.n_layers <= 32  # one shape family
+        assert spec.tie_embeddings and in_family(spec)  # one shape family
 
 
 def test_hyperparameter_rule() -> None:
@@ -52,21 +67,23 @@ def test_hyperparameter_rule() -> None:
         widths[p.spec.d_model] = optim["lr"]
         assert optim["schedule"] == "cosine" and optim["warmup_steps"] == max(1, round(0.05 * train["max_steps"]))
         assert train["seed"] == 0 and p.config.data.vocab_size == PRESETS["quick"].vocab_size
-    assert widths[16] == pytest.approx(2 * widths[32], rel=1e-4)
+    assert widths[32] == pytest.approx(2 * widths[64], rel=1e-4)
     with pytest.raises(IsoflopError, match="lr_width"):
         design_grid(LadderDesign(name="x", budgets=(1e9, 2e9, 4e9), lr_width=0.0))
 
 
 def test_too_small_a_grid_is_refused() -> None:
-    with pytest.raises(IsoflopError, match=">= 3 budgets x >= 4 sizes"):
+    with pytest.raises(IsoflopError, match=">= 3 budgets x >= 3 sizes"):
         design_grid(LadderDesign(name="x", budgets=(1e10, 2e10), sizes=4))
+    with pytest.raises(IsoflopError, match="primary approach3"):
+        design_grid(LadderDesign(name="x", budgets=(1e10, 2e10, 4e10), sizes=3))
 
 
 def test_edge_minima_get_one_more_size() -> None:
     design = PRESETS["quick"]
     points = design_grid(design)
     b0, b1 = sorted({p.budget for p in points})[:2]
-    mid = math.exp(sum(math.log(p.n_params_non_embedding) for p in points if p.budget == b1) / 4)
+    mid = math.exp(sum(math.log(p.n_params_non_embedding) for p in points if p.budget == b1) / design.sizes)
     finished = []
     for p in points:
         if p.budget == b0:  # minimum at the largest size
@@ -77,7 +94,8 @@ def test_edge_minima_get_one_more_size() -> None:
     largest = max(n for b, n, _ in finished if b == b0)
     assert extra.budget == b0 and extra.n_params_non_embedding > largest
     # At the smallest model of the shape family there is nothing smaller to add.
-    assert edge_extensions(design, [(b, n, float(n)) for b, n, _ in finished if b == b0]) == []
+    family = sorted({fit_params(family_spec(n, design)) for n in (1, 6e3, 1.2e4)})  # the family's 3 smallest
+    assert edge_extensions(design, [(b0, n, float(n)) for n in family]) == []
 
 
 def test_ladder_cli_rejects_bad_input(cli, tmp_path) -> None:

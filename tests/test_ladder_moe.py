@@ -33,15 +33,20 @@ def test_moe_family_is_the_dense_grid_with_routed_experts_on_the_budgets(name: s
         assert count_params(spec).total > 3 * m.n_params_non_embedding  # the routed experts not counted
         # exact FLOPs: the config's steps x batch x the accounting, within half a step of the budget
         per_token = count_flops(spec, moe_design.seq_len).training
-        assert m.flops == pytest.approx(m.config.train.max_steps * moe_design.batch_tokens * per_token)
-        assert abs(m.flops - m.budget) <= 0.5 * moe_design.batch_tokens * per_token + 1e-6 * m.budget
+        assert m.flops == pytest.approx(
+            m.config.train.max_steps * m.config.train.global_batch * moe_design.seq_len * per_token
+        )
+        assert (
+            abs(m.flops - m.budget)
+            <= 0.5 * m.config.train.global_batch * moe_design.seq_len * per_token + 1e-6 * m.budget
+        )
         # a token costs the dense member's FLOPs plus the router's 2 d E per layer, forward + backward (x3)
         dense_per_token = count_flops(d.spec, dense_design.seq_len).training
         assert per_token - dense_per_token == pytest.approx(3 * 2 * router)
         assert m.config.optim.lr == pytest.approx(d.config.optim.lr, rel=0.01)  # the rule reads active N
     for b in moe_design.budgets:
         sizes = [p.n_params_non_embedding for p in moe if p.budget == b]
-        assert len(sizes) >= 4 and len(set(sizes)) == len(sizes)
+        assert len(sizes) >= moe_design.sizes and len(set(sizes)) == len(sizes)
 
 
 def test_measured_flops_of_a_moe_member_are_the_dense_members_plus_the_router() -> None:

@@ -81,3 +81,23 @@ def test_slurm_without_submitit_is_a_clear_error(tmp_path) -> None:
     reg = Registry(tmp_path / "reg.sqlite")
     with pytest.raises(IsoflopError, match="needs submitit"):
         execute(reg, _jobs(reg, tmp_path, {"a": "ok"}), ExecOptions(launcher="slurm"))
+
+
+def test_follow_up_jobs_run_in_the_same_pool_and_on_resume(tmp_path) -> None:
+    """``follow_up`` runs after each job (finished, failed or skipped); the jobs it returns join the pool while
+    others still run (a ladder's edge size), and a resumed ladder sees them again as skipped."""
+    reg = Registry(tmp_path / "reg.sqlite")
+    jobs = _jobs(reg, tmp_path, {"a": "ok", "b": "ok", "c": "ok"}, sleep=0.2)
+    extra = _jobs(reg, tmp_path, {"a2": "ok"})
+    calls = []
+
+    def follow_up(job: Job) -> list[Job]:
+        calls.append(job.label)
+        return extra if job.label == "a" else []
+
+    out = execute(reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY), follow_up=follow_up)
+    assert out == {j.run_id: "finished" for j in jobs + extra}
+    assert sorted(calls) == ["a", "a2", "b", "c"] and reg.get(extra[0].run_id).status == "finished"
+    calls.clear()
+    again = execute(reg, jobs, ExecOptions(workers=2, threads=1, entry=ENTRY), follow_up=follow_up)
+    assert set(again.values()) == {"skipped"} and extra[0].run_id in again and sorted(calls) == ["a", "a2", "b", "c"]

@@ -73,9 +73,15 @@ class LadderDesign:
     top_k: int = 0
 
     def validate(self) -> None:
-        if len(self.budgets) < 3 or self.sizes < 4:
+        if len(self.budgets) < 3 or self.sizes < 3:
             raise IsoflopError(
-                f"an IsoFLOP ladder needs >= 3 budgets x >= 4 sizes, got {len(self.budgets)} x {self.sizes}"
+                f"an IsoFLOP ladder needs >= 3 budgets x >= 3 sizes (a parabola per budget), got "
+                f"{len(self.budgets)} x {self.sizes}"
+            )
+        if self.sizes < 4 and self.primary == "envelope":
+            raise IsoflopError(
+                f"{self.sizes} sizes leave the IsoFLOP parabolas no residuals, so the envelope has no interval; "
+                "use >= 4 sizes or primary approach3"
             )
         if any(b <= 0 for b in self.budgets):
             raise IsoflopError("ladder budgets must be positive FLOP counts")
@@ -150,6 +156,13 @@ def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = 16.0
         if err < best_err:
             best, best_err = (d, layers), err
     return best
+
+
+def in_family(spec: ModelSpec, aspect: float = 16.0) -> bool:
+    """Whether ``spec``'s aspect ratio is within 2x of the family's (``aspect / 2 <= d_model / n_layers <= 2 aspect``):
+    the nearest member to a size off the grid can be much deeper and narrower (``family_size`` weighs the aspect
+    softly), which a held-out run must not be."""
+    return aspect / 2 <= spec.d_model / spec.n_layers <= 2 * aspect
 
 
 def default_shape(n_params: int, vocab_size: int, seq_len: int, multiple: int) -> ModelSpec:

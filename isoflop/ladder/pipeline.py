@@ -47,7 +47,8 @@ def _jobs(reg: Registry, design: LadderDesign, points: list[GridPoint], out_dir:
     return jobs
 
 
-def _progress(say: Say, total: int) -> Callable[[str, Job, dict[str, Any]], None]:
+def _progress(say: Say, jobs: list[Job]) -> Callable[[str, Job, dict[str, Any]], None]:
+    """Progress lines ``[k/n]``; ``n`` is ``len(jobs)`` at the time, so runs added while the ladder trains count."""
     done = {"n": 0}
 
     def on_event(event: str, job: Job, info: dict[str, Any]) -> None:
@@ -60,7 +61,7 @@ def _progress(say: Say, total: int) -> Callable[[str, Job, dict[str, Any]], None
             "failed": lambda: f"FAILED: {info.get('error', '')}",
             "skipped": lambda: "already finished (reused)",
         }[event]()
-        say(f"  [{done['n']}/{total}] {job.label}: {detail}")
+        say(f"  [{done['n']}/{len(jobs)}] {job.label}: {detail}")
 
     return on_event
 
@@ -206,6 +207,41 @@ def _verify_entry(entry: dict[str, Any], rec: RunRecord | None) -> None:
     )
 
 
+def _edge_follow_up(
+    design: LadderDesign, reg: Registry, jobs: list[Job], out: Path, say: Say, shape_fn
+) -> Callable[[Job], list[Job]]:
+    """The ladder's follow-up (``execute``): once every run of a budget is done, a budget whose lowest loss sits at
+    an edge size gets one more size beyond it (``edge_extensions``, at most ``design.max_extensions`` per budget),
+    queued at once while other budgets still train; new jobs are appended to ``jobs``."""
+    rounds: dict[float, int] = {}
+
+    def budget_of(job: Job) -> float:
+        return float(job.config["plan"]["budget"])
+
+    def follow_up(job: Job) -> list[Job]:
+        budget = budget_of(job)
+        records = [reg.get(j.run_id) for j in jobs if budget_of(j) == budget]
+        if rounds.get(budget, 0) >= design.max_extensions or any(
+            r is None or r.status not in ("finished", "failed") for r in records
+        ):
+            return []
+        finished = [
+            (r.budget, r.n_params_non_embedding, r.val_loss)
+            for r in records
+            if r.status == "finished" and r.val_loss is not None and math.isfinite(r.val_loss)
+        ]
+        extra = edge_extensions(design, finished, shape_fn)
+        if not extra:
+            return []
+        rounds[budget] = rounds.get(budget, 0) + 1
+        say(f"C={budget:.2e} has its lowest loss at an edge size: adding {', '.join(p.label for p in extra)}")
+        new_jobs = _jobs(reg, design, extra, out)
+        jobs.extend(new_jobs)
+        return new_jobs
+
+    return follow_up
+
+
 def run_pipeline(
     design: LadderDesign,
     out_dir: str | Path,
@@ -235,27 +271,14 @@ def run_pipeline(
     corpus_tokens = prepare(design, say)
     if note := repetition_note(max(p.tokens for p in points), corpus_tokens, "the largest ladder run"):
         say(note)
-    # Executed longest first (tiny runs cost about their step count) so the last runs leave no core idle; the
-    # analysis keeps the grid order, so fits and bootstrap draws do not depend on the schedule.
+    # Executed longest first (tiny runs cost about their step count) so the last runs leave no core idle; a budget
+    # whose lowest loss is at an edge gets its extra size as soon as it is done (``_edge_follow_up``).
     steps = {j.run_id: j.config["train"]["max_steps"] for j in jobs}
-    outcome = execute(reg, sorted(jobs, key=lambda j: -steps[j.run_id]), opts, _progress(say, len(jobs)))
-    for _ in range(design.max_extensions):
-        done = [reg.get(j.run_id) for j in jobs]
-        finished = [
-            (r.budget, r.n_params_non_embedding, r.val_loss)
-            for r in done
-            if r and r.status == "finished" and r.val_loss is not None and math.isfinite(r.val_loss)
-        ]
-        extra = edge_extensions(design, finished, shape_fn)
-        if not extra:
-            break
-        say(
-            f"{len(extra)} budget(s) have their lowest loss at an edge size: adding {', '.join(p.label for p in extra)}"
-        )
-        new_jobs = _jobs(reg, design, extra, out)
-        jobs += new_jobs
-        outcome.update(execute(reg, new_jobs, opts, _progress(say, len(new_jobs))))
-    runs = [reg.get(j.run_id) for j in jobs]
+    follow_up = _edge_follow_up(design, reg, jobs, out, say, shape_fn)
+    outcome = execute(reg, sorted(jobs, key=lambda j: -steps[j.run_id]), opts, _progress(say, jobs), follow_up)
+    # Budget by budget, smallest size first, edge sizes included: the fits' order never depends on the schedule.
+    records = [r for j in jobs if (r := reg.get(j.run_id)) is not None]
+    runs = sorted(records, key=lambda r: (r.budget, r.n_params_non_embedding))
     arr = V.run_arrays(runs)
     say(f"fitting approach 2 (IsoFLOP parabolas, envelope) and approach 3 on {len(arr['n'])} runs")
     fits = V.fit_ladder(arr, bootstrap=design.bootstrap, seed=design.seed)
@@ -276,7 +299,7 @@ def run_pipeline(
         )
         say(f"training the {len(held_points)} held-out run(s) to verify ({held_opts.threads} thread(s) each)")
         held_jobs = _jobs(reg, design, held_points, out)
-        outcome.update(execute(reg, held_jobs, held_opts, _progress(say, len(held_jobs))))
+        outcome.update(execute(reg, held_jobs, held_opts, _progress(say, held_jobs)))
         for entry, job in zip(heldouts, held_jobs, strict=True):
             _verify_entry(entry, reg.get(job.run_id))
     heldout = heldouts[0]

@@ -1,15 +1,15 @@
 """Named ladders for ``isoflop ladder`` and ``isoflop quickstart``: larger presets spend more compute on more
 budgets, which gives a longer, more accurate extrapolation base. Budgets are training FLOPs (exact accounting).
 
-``smoke`` only checks the machinery in about a minute; ``quick`` is the quickstart's default (383 s on 2 idle CPU
-cores, above its 5-minute target; ``python -m isoflop quickstart``, measured in the README): 4 budgets over 8x (an
-earlier 3-budget, 4x quick ladder gave an even more degenerate approach-3 fit, E -> 0 and alpha 0.087), learning rate
-``0.25 / d_model`` (the LR sweep in ``isoflop.ladder.grid``), held-out runs at 2x the largest budget
-(compute-optimal) and at the largest budget 16x over-trained, trained side by side. ``medium`` is quick one budget
-doubling up, the smallest ladder here whose approach-3 fit is not degenerate (452 s); ``large`` took 954 s (its
-largest runs repeat the stdlib corpus: give ``isoflop ladder --data`` a larger one). The grid centres (tokens per
-parameter, embeddings included) come from the 3-budget quick ladder's own IsoFLOP minima (about 47, 36 and 33 tokens
-per parameter at 8e10, 1.6e11 and 3.2e11 FLOPs, falling with compute), not from any held-out run.
+``smoke`` only checks the machinery in about a minute. ``quick``, the quickstart's default, is sized for 5 minutes
+on 2 idle CPU cores (``python -m isoflop quickstart``, measured in the README) with an approach-3 fit that is not
+degenerate: 3 budgets 1.6e11-1.28e12 FLOPs (an 8e10-6.4e11 ladder left E's interval reaching 0, its smallest
+budget's runs still in their optimisation transient) x 3 sizes centred at 20 tokens per parameter
+(embeddings included), one more size where a budget's lowest loss sits at an edge, learning rate ``0.25 / d_model``
+(the LR sweep in ``isoflop.ladder.grid``); approach 3 is primary (3 sizes leave a parabola no residuals, so the
+envelope's interval needs an edge run), held-out runs at 1.5x the largest budget (compute-optimal) and at the
+largest budget 16x over-trained, trained side by side. ``medium`` is the 4 x 4 ladder on 1.6e11-1.28e12 (452 s);
+``large`` took 954 s (its largest runs repeat the stdlib corpus: give ``isoflop ladder --data`` a larger one).
 """
 
 from __future__ import annotations
@@ -51,15 +51,16 @@ PRESETS: dict[str, LadderDesign] = {
     ),
     "quick": LadderDesign(
         name="quick",
-        budgets=(8e10, 1.6e11, 3.2e11, 6.4e11),
-        sizes=4,
+        budgets=(1.6e11, 6.4e11, 1.28e12),
+        sizes=3,
         size_ratio=2.0,
-        tokens_per_param=40.0,
+        tokens_per_param=20.0,
         lr_width=0.25,
-        heldout_factor=2.0,
+        heldout_factor=1.5,
+        primary="approach3",
     ),
-    # quick's family and rules one budget doubling up (1.6e11-1.28e12): the smallest budget whose approach-3 fit is
-    # not degenerate on these runs (README, "Quickstart").
+    # quick's budgets and rules plus 3.2e11, 4 sizes, the envelope primary: the first ladder here whose approach-3
+    # fit was not degenerate (README, "Quickstart").
     "medium": LadderDesign(
         name="medium",
         budgets=(1.6e11, 3.2e11, 6.4e11, 1.28e12),

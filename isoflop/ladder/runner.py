@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,9 +178,15 @@ def _run_one(job: Job, opts: ExecOptions, pool: _Pool | None = None) -> tuple[in
 
 
 def execute(
-    registry: Registry, jobs: list[Job], opts: ExecOptions | None = None, progress: Progress | None = None
+    registry: Registry,
+    jobs: list[Job],
+    opts: ExecOptions | None = None,
+    progress: Progress | None = None,
+    follow_up: Callable[[Job], list[Job]] | None = None,
 ) -> dict[str, str]:
-    """Run every job not yet finished; returns ``run_id -> status`` (finished, failed, or skipped)."""
+    """Run every job not yet finished; returns ``run_id -> status`` (finished, failed, or skipped).
+    ``follow_up(job)``, called once each job is done (finished, failed or skipped), returns more jobs to run in the
+    same pool, queued behind the rest (a ladder adds a budget's edge size as soon as that budget is done)."""
     opts = opts or ExecOptions()
     if opts.launcher not in ("local", "torchrun", "slurm"):
         raise IsoflopError(f"unknown launcher {opts.launcher!r}; use local, torchrun or slurm")
@@ -191,6 +197,7 @@ def execute(
             raise IsoflopError("launcher 'slurm' needs submitit; `pip install -e '.[slurm]'`, or use --launcher local")
     lock = threading.Lock()
     outcome: dict[str, str] = {}
+    submitted: list[Future] = []
 
     def report(event: str, job: Job, info: dict[str, Any]) -> None:
         if progress:
@@ -198,6 +205,12 @@ def execute(
                 progress(event, job, info)
 
     def work(job: Job) -> None:
+        run(job)
+        if follow_up is not None:
+            with lock:
+                submitted.extend(threads.submit(work, new) for new in follow_up(job))
+
+    def run(job: Job) -> None:
         job.out_dir.mkdir(parents=True, exist_ok=True)
         if not registry.claim(job.run_id, str(job.out_dir), threads=opts.threads):
             outcome[job.run_id] = "skipped"
@@ -227,7 +240,16 @@ def execute(
     pool = _Pool(opts) if opts.launcher == "local" and opts.reuse_processes and jobs else None
     try:
         with ThreadPoolExecutor(max_workers=opts.n_workers()) as threads:
-            list(threads.map(work, jobs))
+            with lock:
+                submitted.extend(threads.submit(work, job) for job in jobs)
+            while True:
+                with lock:
+                    pending = [f for f in submitted if not f.done()]
+                if not pending:
+                    break
+                wait(pending, return_when=FIRST_COMPLETED)
+            for future in submitted:
+                future.result()  # a launcher or follow-up error surfaces here, as it did from map
     finally:
         if pool is not None:
             pool.close()

@@ -37,6 +37,7 @@ from isoflop.ladder.grid import (
     family_spec,
     fit_params,
     heldout_budget,
+    in_family,
     point_for,
 )
 from isoflop.ladder.registry import RunRecord
@@ -228,7 +229,7 @@ def plan_overtrained(design: LadderDesign, fits: LadderFit, held: GridPoint, sha
         target = _optimal_size(design, fits, c) / math.sqrt(design.overtrain)
         for _ in range(40):  # down to 1.1^-40 = 1/45 of the target
             spec = shape(int(target), design.vocab_size, design.seq_len, design.dim_multiple)
-            if fit_params(spec) < below:
+            if fit_params(spec) < below and in_family(spec):
                 return point_for(design, spec, c, role="heldout_overtrained")
             target /= 1.1
     return None
