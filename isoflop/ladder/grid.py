@@ -142,7 +142,10 @@ def ladder_lr(n_non_embedding: float, factor: float) -> float:
     return factor * kaplan_lr(n_non_embedding)
 
 
-def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = 16.0) -> tuple[int, int]:
+FAMILY_ASPECT = 16.0  # d_model / n_layers of the ladder family (Kaplan et al. 2020, Fig. 5: a broad optimum)
+
+
+def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = FAMILY_ASPECT) -> tuple[int, int]:
     """``(d_model, n_layers)`` of the fixed-aspect family nearest ``n_non_embedding`` parameters.
 
     Ladder models grow width and depth together, ``d_model ~ aspect x n_layers`` (Kaplan et al. 2020,
@@ -158,7 +161,7 @@ def family_size(n_non_embedding: float, multiple: int = 16, aspect: float = 16.0
     return best
 
 
-def in_family(spec: ModelSpec, aspect: float = 16.0) -> bool:
+def in_family(spec: ModelSpec, aspect: float = FAMILY_ASPECT) -> bool:
     """Whether ``spec``'s aspect ratio is within 2x of the family's (``aspect / 2 <= d_model / n_layers <= 2 aspect``):
     the nearest member to a size off the grid can be much deeper and narrower (``family_size`` weighs the aspect
     softly), which a held-out run must not be."""

@@ -87,6 +87,17 @@ def refit_huber(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: 
     return res.x, bool(res.status > 0 and theta_is_sane(res.x))
 
 
+def _has_huber_optimum(law: Law) -> bool:
+    """An Approach 3 law fitted by Huber on log loss keeps its optimum in ``theta_`` (``None`` otherwise)."""
+    return isinstance(law, ChinchillaLaw) and law.theta_ is not None
+
+
+def _row(theta: np.ndarray) -> np.ndarray:
+    """``(log A, log B, log E, alpha, beta)`` as a draw row in ``ChinchillaLaw.param_names`` order."""
+    log_a, log_b, log_e, alpha, beta = theta
+    return np.array([np.exp(log_e), np.exp(log_a), np.exp(log_b), alpha, beta])
+
+
 def _approach3_refit(law: ChinchillaLaw) -> Callable[[np.ndarray], np.ndarray | None]:
     n, d, loss = law.runs_
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
@@ -96,10 +107,7 @@ def _approach3_refit(law: ChinchillaLaw) -> Callable[[np.ndarray], np.ndarray | 
         if len(np.unique(idx)) < 5:
             return None
         x, ok = refit_huber(theta, log_n[idx], log_d[idx], log_l[idx])
-        if not ok:
-            return None
-        a, b, e, alpha, beta = x
-        return np.array([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
+        return _row(x) if ok else None
 
     return refit
 
@@ -138,18 +146,17 @@ def _residual_refit(law: Law) -> Callable[[np.ndarray], np.ndarray | None]:
     at a fifth of the cost."""
     n, d, _ = law.runs_
     pred, r = law.predict(n, d), modified_residuals(law)
-    warm = isinstance(law, ChinchillaLaw) and law.theta_ is not None and law.objective == "huber_log"
+    theta = np.asarray(law.theta_, dtype=float) if _has_huber_optimum(law) else None
     log_n, log_d = np.log(n), np.log(d)
 
     def refit(idx: np.ndarray) -> np.ndarray | None:
         loss = with_residuals(law, pred, r[idx])
         if not np.all(loss > 0):
             return None
-        if warm:
-            x, ok = refit_huber(np.asarray(law.theta_, dtype=float), log_n, log_d, np.log(loss))
+        if theta is not None:
+            x, ok = refit_huber(theta, log_n, log_d, np.log(loss))
             if ok:
-                log_a, log_b, log_e, alpha, beta = x
-                return np.array([np.exp(log_e), np.exp(log_a), np.exp(log_b), alpha, beta])
+                return _row(x)
         params = refit_params(law, n, d, loss)
         return np.array([params[k] for k in law.param_names])
 
@@ -172,11 +179,10 @@ def bootstrap(law: LawT, n_samples: int = 1000, seed: int = 0, method: str = "ru
         raise IsoflopError(f"--seed must be a whole number >= 0, got {seed}")
     if method not in BOOTSTRAP_METHODS:
         raise IsoflopError(f"unknown bootstrap method {method!r}; use one of {', '.join(BOOTSTRAP_METHODS)}")
-    approach3 = isinstance(law, ChinchillaLaw) and law.theta_ is not None
     if method == "residual":
         refit = _residual_refit(law)
     else:
-        refit = _approach3_refit(law) if approach3 else _generic_refit(law)
+        refit = _approach3_refit(law) if _has_huber_optimum(law) else _generic_refit(law)
     with H.single_threaded_blas():
         rows, dropped = resample(n_samples, seed, with_replacement(len(law.runs_[0])), refit)
     if len(rows) < max(2, n_samples // 2):

@@ -79,10 +79,15 @@ def predict(law: Law, n: float, d: float) -> Prediction:
             "(--approach 3)"
         )
     loss = float(law.predict(n, d))
-    draws = np.array([float(s.predict(n, d)) for s in law.sample_laws()])
+    draws = _draws(law, n, d)
     factor, warning = extrapolation_warning(6.0 * n * d, law, f"the prediction at N={n:.3g}, D={d:.3g}")
-    mixed = predictive_draws(law, n, d)  # the 95% prediction interval: their 2.5th and 97.5th percentiles
+    mixed = _with_every_residual(law, draws)  # the 95% prediction interval: their 2.5th and 97.5th percentiles
     return Prediction(n, d, loss, ci95(draws), None if mixed is None else ci95(mixed), factor, warning)
+
+
+def _draws(law: Law, n: float, d: float) -> np.ndarray:
+    """The loss at ``(n, d)`` of every bootstrap draw of ``law``."""
+    return np.array([float(s.predict(n, d)) for s in law.sample_laws()])
 
 
 def predictive_draws(law: Law, n: float, d: float) -> np.ndarray | None:
@@ -90,7 +95,10 @@ def predictive_draws(law: Law, n: float, d: float) -> np.ndarray | None:
     (Davison & Hinkley 1997, Alg. 6.4, with all ``R x n`` pairs instead of one residual drawn per draw, so the
     2.5th and 97.5th percentiles carry no extra Monte-Carlo noise), in the objective's space; ``None`` without
     draws or runs. Pooling the draws of several laws gives their equal-weight mixture (model averaging)."""
-    draws = np.array([float(s.predict(n, d)) for s in law.sample_laws()])
+    return _with_every_residual(law, _draws(law, n, d))
+
+
+def _with_every_residual(law: Law, draws: np.ndarray) -> np.ndarray | None:
     if len(draws) < 2 or law.runs_ is None or len(law.runs_) != 3:
         return None
     try:
